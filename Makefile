@@ -1,0 +1,38 @@
+# `make demo` and `make test` do every set-up step on a fresh machine.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+HILRL   := $(VENV)/bin/hilrl
+STAMP   := $(VENV)/.installed
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: demo test test-all system-deps install clean
+
+# Offscreen rendering needs EGL/OSMesa from Debian; ffmpeg comes with imageio-ffmpeg.
+system-deps:
+	@if ! ldconfig -p | grep -q libEGL.so.1 || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || ! ldconfig -p | grep -q libOSMesa; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libegl1 libgl1-mesa-dri libosmesa6 >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq libegl1 libgl1-mesa-dri libosmesa6 >/dev/null; fi; fi
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: system-deps $(STAMP)
+
+demo: install
+	$(HILRL) train sim_configs/reach.yaml --out runs/demo
+	$(HILRL) eval runs/demo --episodes 20 --video runs/demo/final_policy.mp4
+
+# Fast suite (CI); `make test-all` adds the slow tests.
+test: install
+	$(VENV)/bin/pytest -q -m "not slow"
+
+test-all: install
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf $(VENV) runs
