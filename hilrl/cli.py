@@ -1,0 +1,173 @@
+"""The `hilrl` command. Thin: parse arguments, load the config, call one library function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hilrl.errors import HilrlError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Teach robot arms with people in the loop.")
+out = Console()
+err = Console(stderr=True)
+
+
+@app.command()
+def envs() -> None:
+    """List the registered tasks with their action and observation spaces."""
+    import gymnasium as gym
+
+    from hilrl.config import registered_task_ids
+
+    table = Table(title="hilrl tasks")
+    for column in ("id", "action", "observation (state mode)", "max steps"):
+        table.add_column(column)
+    for task_id in registered_task_ids():
+        env = gym.make(task_id)
+        obs = ", ".join(f"{k}{tuple(s.shape)}" for k, s in env.observation_space.spaces.items())
+        act = env.action_space
+        table.add_row(task_id, f"Box{tuple(act.shape)} [{act.low.min():g}, {act.high.max():g}]", obs,
+                      str(env.unwrapped.max_episode_steps))
+        env.close()
+    out.print(table)
+    out.print("Cameras: add `cameras: [front, wrist]` under `env:` for uint8 (H, W, 3) images.")
+
+
+@app.command()
+def record(
+    config: Path = typer.Argument(..., help="experiment YAML (its env section is used)"),
+    device: str = typer.Option("expert", help="who acts: expert (scripted)"),
+    episodes: int = typer.Option(10, min=1),
+    out_file: Path = typer.Option(..., "--out", help="robomimic-layout .hdf5 to write"),
+    noise: float = typer.Option(0.0, min=0.0, max=1.0, help="scripted expert's noise knob"),
+    seed: int = typer.Option(0),
+    append: bool = typer.Option(False, help="add to an existing file instead of replacing it"),
+) -> None:
+    """Record demonstrations; each episode is flushed to disk as soon as it ends."""
+    from hilrl.config import load_config
+    from hilrl.runtime.record import record_demos
+
+    cfg = load_config(config)
+    stats = record_demos(cfg.env, out_file, episodes, device=device, noise=noise, seed=seed, append=append)
+    out.print(f"recorded {stats.episodes} episodes to {out_file}: success {stats.success_rate:.0%}, "
+              f"mean return {stats.mean_return:.2f}, {sum(stats.lengths)} steps")
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(..., help="robomimic-layout .hdf5"),
+    mode: str = typer.Option("states", help="states (exact, set each recorded state) or actions (open loop)"),
+    video: Optional[Path] = typer.Option(None, help="write the replay to this mp4"),
+    atol: Optional[float] = typer.Option(None, help="divergence tolerance (default 1e-5 states, 1e-3 actions)"),
+) -> None:
+    """Replay every demo; exits 1 when a state replay diverges."""
+    import gymnasium as gym
+
+    import hilrl.envs  # noqa: F401
+    from hilrl.data.hdf5 import DemoFile
+    from hilrl.data.replay import replay_actions, replay_states
+    from hilrl.data.video import VideoWriter
+
+    if mode not in ("states", "actions"):
+        raise HilrlError(f"--mode {mode!r}: allowed values are states, actions")
+    replay_fn = replay_states if mode == "states" else replay_actions
+    tolerance = atol if atol is not None else (1e-5 if mode == "states" else 1e-3)
+    with DemoFile(file) as demos:
+        env_args = demos.env_args
+        if "env_name" not in env_args:
+            raise HilrlError(f"{file}: data.attrs['env_args'] names no env; cannot replay it")
+        kwargs = dict(env_args.get("env_kwargs", {}))
+        if "cameras" in kwargs:
+            kwargs["cameras"] = tuple(kwargs["cameras"])
+        env = gym.make(env_args["env_name"], **kwargs)
+        writer = VideoWriter(video, fps=env.unwrapped.metadata.get("render_fps", 10)) if video else None
+        table = Table(title=f"{mode} replay of {file}")
+        for column in ("demo", "steps", "max obs error", "worst key", "result"):
+            table.add_column(column)
+        diverged = 0
+        try:
+            for name in demos.demo_names:
+                result = replay_fn(demos.episode(name), env, atol=tolerance, on_frame=writer)
+                diverged += result.diverged
+                table.add_row(name, str(result.steps), f"{result.max_obs_error:.3g}", result.worst_key or "-",
+                              "[red]diverged[/red]" if result.diverged else "[green]ok[/green]")
+        finally:
+            env.close()
+            if writer is not None:
+                writer.close()
+    out.print(table)
+    out.print(f"{diverged} of {len(demos.demo_names)} demos diverged beyond {tolerance:g}")
+    if diverged and mode == "states":
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="experiment YAML in sim_configs/"),
+    steps: Optional[int] = typer.Option(None, help="override train.steps"),
+    seed: Optional[int] = typer.Option(None, help="override train.seed"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<config name>)"),
+) -> None:
+    """Train the config's algorithm; writes config, scalars, checkpoints, metrics.json and a video."""
+    from hilrl.config import load_config
+    from hilrl.runtime.train import train as run_training
+
+    overrides = {k: v for k, v in {"train.steps": steps, "train.seed": seed}.items() if v is not None}
+    cfg = load_config(config, overrides)
+    run_dir = out_dir or Path("runs") / config.stem
+    result = run_training(cfg, run_dir)
+    table = Table(title=f"{cfg.algo.name} on {cfg.env.id}")
+    for column in ("success rate", "mean return", "episodes", "run folder"):
+        table.add_column(column)
+    table.add_row(f"{result.success_rate:.0%}", f"{result.mean_return:.2f}", str(result.episodes), str(run_dir))
+    out.print(table)
+    if result.video:
+        out.print(f"video: {result.video}")
+
+
+@app.command(name="eval")
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder (uses its latest checkpoint) or a checkpoint file"),
+    episodes: int = typer.Option(50, min=1),
+    seed: int = typer.Option(10_000),
+    video: Optional[Path] = typer.Option(None, help="write the first episodes to this mp4"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+) -> None:
+    """Evaluate a trained policy deterministically on seeded episodes."""
+    from hilrl.runtime.evaluate import evaluate_run
+
+    result = evaluate_run(run, episodes=episodes, seed=seed, video=video, show_progress=not as_json)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+        return
+    table = Table(title=f"eval {result.checkpoint}")
+    for column in ("success rate", "mean return", "mean length", "episodes"):
+        table.add_column(column)
+    table.add_row(f"{result.success_rate:.0%}", f"{result.mean_return:.2f}", f"{result.mean_length:.1f}",
+                  str(result.episodes))
+    out.print(table)
+    if result.video:
+        out.print(f"video: {result.video}")
+
+
+def main() -> None:
+    """Entry point: a user-facing error is one red line and exit code 2, never a traceback wall."""
+    try:
+        app()
+    except HilrlError as exc:
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

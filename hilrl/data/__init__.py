@@ -1,0 +1,1 @@
+"""Transitions, episodes, replay buffers and robomimic-layout HDF5 files."""

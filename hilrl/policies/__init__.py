@@ -1,0 +1,1 @@
+"""Learners and policies: SAC/RLPD, BC, DAgger, encoders, SB3 adapters."""

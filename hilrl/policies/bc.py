@@ -1,0 +1,109 @@
+"""Behaviour cloning (robomimic's plain BC): a deterministic MLP trained with an L2 loss on demo actions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from hilrl.config import BCConfig
+from hilrl.data.episode import Episode
+
+
+def state_keys(observation_space: gym.spaces.Dict, keys: Sequence[str] | None = None) -> list[str]:
+    """The non-image observation keys, sorted (images are uint8 with three dims)."""
+    names = sorted(keys) if keys is not None else sorted(observation_space.spaces)
+    missing = [k for k in names if k not in observation_space.spaces]
+    if missing:
+        raise ValueError(f"observation keys {missing} are not in the env's observation space "
+                         f"(it has {sorted(observation_space.spaces)})")
+    return [k for k in names if not (observation_space[k].dtype == np.uint8 and len(observation_space[k].shape) == 3)]
+
+
+def flatten_state(obs: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+    """Concatenate state keys along the last axis (works for one step or a batch)."""
+    return np.concatenate([np.asarray(obs[k], dtype=np.float32) for k in keys], axis=-1)
+
+
+class BC:
+    """Behaviour cloning policy.
+
+    Inputs are the state keys, standardised with the demo mean and std (stored
+    with the weights); outputs are squashed by ``tanh`` into the action box.
+    """
+
+    algo_name = "bc"
+
+    def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, config: BCConfig, seed: int = 0):
+        self.config = config
+        self.keys = state_keys(observation_space, config.obs_keys)
+        obs_dim = sum(int(np.prod(observation_space[k].shape)) for k in self.keys)
+        act_dim = int(np.prod(action_space.shape))
+        torch.manual_seed(seed)
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for hidden in config.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        layers += [nn.Linear(width, act_dim), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.register_normalizer(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32))
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.steps = 0
+        self._rng = np.random.default_rng(seed)
+        self._inputs: torch.Tensor | None = None
+        self._targets: torch.Tensor | None = None
+
+    def register_normalizer(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.obs_mean = torch.as_tensor(mean, dtype=torch.float32)
+        self.obs_std = torch.as_tensor(np.maximum(std, 1e-6), dtype=torch.float32)
+
+    def set_dataset(self, episodes: Sequence[Episode]) -> int:
+        """Use these episodes for training; fits the input normaliser. Returns the sample count."""
+        if not episodes:
+            raise ValueError("BC needs at least one demo episode")
+        inputs = np.concatenate([flatten_state(ep.obs, self.keys) for ep in episodes])
+        targets = np.concatenate([ep.actions for ep in episodes]).astype(np.float32)
+        self.register_normalizer(inputs.mean(0), inputs.std(0))
+        self._inputs = (torch.as_tensor(inputs) - self.obs_mean) / self.obs_std
+        self._targets = torch.as_tensor(np.clip(targets, -1.0, 1.0))
+        return len(inputs)
+
+    def train_step(self) -> dict[str, float]:
+        """One gradient step on a uniformly sampled minibatch."""
+        if self._inputs is None or self._targets is None:
+            raise RuntimeError("call set_dataset() before train_step()")
+        idx = torch.as_tensor(self._rng.integers(0, len(self._inputs), self.config.batch_size))
+        loss = torch.mean((self.net(self._inputs[idx]) - self._targets[idx]) ** 2)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.steps += 1
+        return {"loss": loss.item()}
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], deterministic: bool = True) -> np.ndarray:
+        """Action for one observation (or a batch: leading axis kept)."""
+        x = (torch.as_tensor(flatten_state(obs, self.keys)) - self.obs_mean) / self.obs_std
+        return self.net(x).numpy()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "obs_mean": self.obs_mean,
+            "obs_std": self.obs_std,
+            "steps": self.steps,
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.register_normalizer(state["obs_mean"].numpy(), state["obs_std"].numpy())
+        self.steps = int(state["steps"])
+        self._rng.bit_generator.state = state["rng"]

@@ -1,0 +1,1 @@
+"""Loops that run things: recording, training, evaluation; later actor/learner processes."""

@@ -1,0 +1,89 @@
+"""`hilrl train`: one run folder per experiment, holding config, demos, scalars, checkpoints, metrics and video.
+
+Run folder layout::
+
+    OUT/config.yaml          the resolved config (every default filled in)
+    OUT/demos.hdf5           demos recorded for this run (when the config names no file)
+    OUT/tb/                  TensorBoard scalars
+    OUT/checkpoints/step_N.pt  (temp file + rename)
+    OUT/metrics.json         final evaluation
+    OUT/final_policy.mp4     the final policy's first evaluation episodes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hilrl.config import ExperimentConfig, dump_config
+from hilrl.data.hdf5 import read_episodes
+from hilrl.envs.make import make_env
+from hilrl.policies.registry import make_algorithm, save_checkpoint
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy
+from hilrl.runtime.progress import make_progress
+from hilrl.runtime.record import record_demos
+
+
+def _demo_episodes(config: ExperimentConfig, out: Path, show_progress: bool) -> list:
+    if config.demos.path:
+        return read_episodes(config.demos.path)
+    path = out / "demos.hdf5"
+    record_demos(
+        config.env, path, config.demos.episodes, noise=config.demos.noise, seed=config.train.seed * 100_000,
+        show_progress=show_progress,
+    )
+    return read_episodes(path)
+
+
+def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool = True) -> EvalResult:
+    """Train the configured algorithm, checkpoint it, evaluate it and write the run folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(config.train.threads)
+    dump_config(config, out / "config.yaml")
+    experiment = config.model_dump(mode="json")
+
+    episodes = _demo_episodes(config, out, show_progress)
+    env = make_env(config.env)
+    algo = make_algorithm(config.algo, env.observation_space, env.action_space, seed=config.train.seed)
+    env.close()
+    samples = algo.set_dataset(episodes)
+
+    writer = SummaryWriter(str(out / "tb"))
+    started = time.perf_counter()
+    with make_progress(not show_progress) as bar:
+        task = bar.add_task(f"train {config.algo.name}", total=config.train.steps, stats=f"{samples} samples")
+        for step in range(1, config.train.steps + 1):
+            metrics = algo.train_step()
+            if step % config.train.log_every == 0 or step == config.train.steps:
+                for key, value in metrics.items():
+                    writer.add_scalar(f"train/{key}", value, step)
+                rate = step / (time.perf_counter() - started)
+                bar.update(task, completed=step, stats=f"loss {metrics['loss']:.4f}  {rate:.0f} updates/s")
+            if step % config.train.checkpoint_every == 0 or step == config.train.steps:
+                save_checkpoint(out / "checkpoints" / f"step_{step}.pt", algo, experiment)
+    train_seconds = time.perf_counter() - started
+
+    result = evaluate_policy(
+        config.env, lambda obs: algo.act(obs, deterministic=True), config.train.eval_episodes,
+        video=out / "final_policy.mp4" if config.train.video else None, show_progress=show_progress,
+    )
+    result.checkpoint = str(out / "checkpoints" / f"step_{config.train.steps}.pt")
+    writer.add_scalar("eval/success_rate", result.success_rate, config.train.steps)
+    writer.add_scalar("eval/mean_return", result.mean_return, config.train.steps)
+    writer.close()
+    metrics: dict[str, Any] = {
+        **result.to_dict(), "algo": config.algo.name, "env": config.env.id, "train_steps": config.train.steps,
+        "demo_episodes": len(episodes), "demo_samples": samples, "train_seconds": round(train_seconds, 2),
+    }
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    return result
