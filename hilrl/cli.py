@@ -92,6 +92,7 @@ def replay(
         for column in ("demo", "steps", "max obs error", "worst key", "result"):
             table.add_column(column)
         diverged = 0
+        total = len(demos)
         try:
             for name in demos.demo_names:
                 result = replay_fn(demos.episode(name), env, atol=tolerance, on_frame=writer)
@@ -103,7 +104,7 @@ def replay(
             if writer is not None:
                 writer.close()
     out.print(table)
-    out.print(f"{diverged} of {len(demos.demo_names)} demos diverged beyond {tolerance:g}")
+    out.print(f"{diverged} of {total} demos diverged beyond {tolerance:g}")
     if diverged and mode == "states":
         raise typer.Exit(1)
 
@@ -162,7 +163,7 @@ def main() -> None:
     try:
         app()
     except HilrlError as exc:
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

@@ -47,7 +47,7 @@ def test_record_then_state_replay_is_exact(tmp_path):
 
 def test_user_errors_are_one_line(tmp_path):
     typo = tmp_path / "typo.yaml"
-    typo.write_text((ROOT / "sim_configs/reach.yaml").read_text().replace("episodes: 50", "epsiodes: 50"))
+    typo.write_text((ROOT / "sim_configs/reach.yaml").read_text().replace("  episodes: 50", "  epsiodes: 50"))
     junk = tmp_path / "junk.hdf5"
     junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
     for args, needle in [

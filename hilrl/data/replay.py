@@ -53,9 +53,16 @@ def _require_states(episode: Episode) -> np.ndarray:
     return episode.states
 
 
+def _reset_like_recording(episode: Episode, env: gym.Env) -> None:
+    """Reset with the recorded seed (wrappers require a reset before stepping or rendering)."""
+    seed = episode.attrs.get("seed")
+    env.reset(seed=int(seed) if seed is not None and int(seed) >= 0 else None)
+
+
 def replay_states(episode: Episode, env: gym.Env, atol: float = 1e-5, on_frame: FrameSink | None = None) -> ReplayResult:
     """Set every recorded state and compare the observation the env produces with the recorded one."""
     states = _require_states(episode)
+    _reset_like_recording(episode, env)
     base = env.unwrapped
     worst, worst_key = 0.0, ""
     for t in range(len(episode)):
@@ -74,8 +81,7 @@ def replay_actions(episode: Episode, env: gym.Env, atol: float = 1e-3, on_frame:
     Divergence here is expected to grow with contact-rich tasks; the result reports it.
     """
     states = _require_states(episode)
-    seed = episode.attrs.get("seed")
-    env.reset(seed=int(seed) if seed is not None else None)
+    _reset_like_recording(episode, env)
     env.unwrapped.set_state(states[0])
     worst, worst_key = 0.0, ""
     steps = 0
