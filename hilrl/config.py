@@ -11,12 +11,15 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from hilrl.errors import HilrlError
+from hilrl.policies.bc import BCConfig
+from hilrl.policies.sac import SACConfig
 
 
 class ConfigError(HilrlError):
@@ -73,26 +76,57 @@ class DemosConfig(_Strict):
     noise: float = Field(0.0, ge=0.0, le=1.0, description="scripted expert's noise knob")
 
 
-class BCConfig(_Strict):
-    """Behaviour cloning: a deterministic MLP regressing demo actions (robomimic's BC, L2 loss)."""
+# Each algorithm owns its settings as a dataclass next to its code (SB3-style constructor
+# keywords); here they become strict pydantic dataclasses with a ``name`` tag.
+_STRICT_DATACLASS = pydantic_dataclass(config=ConfigDict(extra="forbid"))
+
+
+@_STRICT_DATACLASS
+class BCAlgoConfig(BCConfig):
+    """``algo:`` for behaviour cloning (:class:`hilrl.policies.bc.BCConfig`)."""
 
     name: Literal["bc"] = "bc"
-    hidden: list[int] = Field(default_factory=lambda: [256, 256])
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    batch_size: int = Field(256, ge=1)
-    obs_keys: list[str] | None = Field(None, description="state keys fed to the policy; None = all non-image keys")
 
 
-AlgoConfig = Annotated[Union[BCConfig], Field(discriminator="name")]
+@_STRICT_DATACLASS
+class SACAlgoConfig(SACConfig):
+    """``algo:`` for the RLPD-style SAC learner (:class:`hilrl.policies.sac.SACConfig`)."""
+
+    name: Literal["sac"] = "sac"
+
+
+AlgoConfig = Annotated[Union[BCAlgoConfig, SACAlgoConfig], Field(discriminator="name")]
+
+
+class InterventionConfig(_Strict):
+    """Who intervenes (a simulated interventionist driving the scripted expert) and how the learner uses it.
+
+    ``learn_from``: ``hil_serl`` keeps the env reward, stores the executed action and
+    also copies intervention steps to the demo buffer; ``rlif`` discards the env reward
+    and gives -1 to the transition just before each intervention (ALGORITHMS.md).
+    """
+
+    source: Literal["none", "value", "distance", "random"] = "none"
+    learn_from: Literal["hil_serl", "rlif"] = "hil_serl"
+    expert_noise: float = Field(0.0, ge=0.0, le=1.0, description="quality of the intervening expert")
+    duration: int | None = Field(None, ge=1, description="expert steps per intervention; None = 4 (value) or 1")
+    beta: float = Field(0.97, gt=0.0, description="value gate: Q(s,a_pi) < beta * Q(s,a_ref) (RLIF, Pen)")
+    q_ref: str | None = Field(None, description="SAC checkpoint whose critic is Q_ref (value source)")
+    threshold: float = Field(1.0, gt=0.0, description="distance gate: ||a_exp - a_pi||_1 >= threshold (HG-DAgger)")
+    probability: float = Field(0.1, ge=0.0, le=1.0, description="random source: chance per step")
+    p_intervene: float = Field(0.95, ge=0.0, le=1.0)
 
 
 class TrainConfig(_Strict):
     steps: int = Field(3000, ge=1, description="gradient steps (BC) or env steps (RL)")
     seed: int = 0
     eval_episodes: int = Field(50, ge=1)
+    eval_every: int = Field(0, ge=0, description="env steps between evaluations during RL; 0 = only at the end")
     log_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
+    learning_starts: int = Field(500, ge=0, description="RL: env steps before the first update")
+    random_steps: int = Field(0, ge=0, description="RL: env steps with uniform random actions at the start")
+    buffer_capacity: int = Field(200_000, ge=1, description="RL: online replay size (HIL-SERL: 200k)")
     video: bool = True
     threads: int = Field(1, ge=1, description="torch threads; 1 avoids collapse when processes share 2 cores")
 
@@ -100,32 +134,45 @@ class TrainConfig(_Strict):
 class ExperimentConfig(_Strict):
     env: EnvConfig
     demos: DemosConfig = Field(default_factory=DemosConfig)
-    algo: AlgoConfig = Field(default_factory=BCConfig)
+    algo: AlgoConfig = Field(default_factory=BCAlgoConfig)
+    intervention: InterventionConfig = Field(default_factory=InterventionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The model class that owns the field at ``loc`` (to list its allowed keys)."""
-    current: Any = model
+def _fields(cls: Any) -> dict[str, Any]:
+    """Pydantic fields of a model or a pydantic dataclass ({} for anything else)."""
+    return getattr(cls, "__pydantic_fields__", None) or {}
+
+
+def _flatten_types(annotation: Any) -> list[Any]:
+    """``Annotated[Union[A, B], ...]`` -> ``[..., A, B]``: every type nested in an annotation."""
+    return [annotation, *(t for arg in get_args(annotation) for t in _flatten_types(arg))]
+
+
+def _owner_at(loc: tuple[Any, ...], tag: str | None) -> Any:
+    """The model (or dataclass) owning the field at ``loc``, to list its allowed keys."""
+    current: Any = ExperimentConfig
     for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            continue
-        field = current.model_fields.get(part)
+        field = _fields(current).get(part)
         if field is None:
-            # a discriminated-union tag such as 'bc' names the chosen member
-            return current
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), annotation)
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+            continue
+        with_fields = [m for m in _flatten_types(field.annotation) if _fields(m)]
+        # in a tagged union pick the member the tag names
+        tagged = [m for m in with_fields if tag and getattr(_fields(m).get("name"), "default", None) == tag]
+        current = (tagged or with_fields or [None])[0]
+    return current
+
+
+_TAGS = ("bc", "sac")
 
 
 def _explain(error: dict[str, Any]) -> str:
-    loc = tuple(p for p in error["loc"] if p not in ("bc",))
+    tag = next((p for p in error["loc"] if p in _TAGS), None)
+    loc = tuple(p for p in error["loc"] if p not in _TAGS)
     where = ".".join(str(p) for p in loc) or "(top level)"
-    if error["type"] == "extra_forbidden":
-        owner = _model_at(ExperimentConfig, loc[:-1])
-        allowed = sorted(owner.model_fields) if owner else []
+    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+        owner = _owner_at(loc[:-1], tag)
+        allowed = sorted(_fields(owner)) if owner else []
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"unknown key {where!r}{suggestion}; allowed here: {', '.join(allowed)}"
@@ -165,6 +212,8 @@ def validate_config(raw: dict[str, Any], source: str = "<config>") -> Experiment
     except ValidationError as exc:
         problems = [_explain(e) for e in exc.errors()]
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+    except (HilrlError, ValueError) as exc:  # an algorithm config's own range checks
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def dump_config(config: ExperimentConfig, path: str | os.PathLike) -> None:

@@ -23,7 +23,7 @@ def write(tmp_path, text):
 def test_defaults_fill_in(tmp_path):
     cfg = load_config(write(tmp_path, GOOD))
     assert cfg.env.cameras == [] and cfg.env.control_hz == 10
-    assert cfg.algo.hidden == [256, 256] and cfg.demos.episodes == 50
+    assert cfg.algo.hidden == (256, 256) and cfg.demos.episodes == 50
     assert cfg.env.make_kwargs()["cameras"] == ()
 
 
@@ -38,7 +38,8 @@ def test_overrides_use_dotted_keys(tmp_path):
         (GOOD.replace("steps: 10", "stpes: 10"), ["exp.yaml", "unknown key 'train.stpes'", "did you mean 'steps'"]),
         (GOOD.replace("Reach", "Raech"), ["exp.yaml", "field 'env.id'", "allowed: hilrl/PegInsert-v0"]),
         (GOOD + "  video: maybe\n", ["field 'train.video'", "valid boolean"]),
-        (GOOD.replace("name: bc", "name: ppo"), ["algo", "'bc'"]),
+        (GOOD.replace("name: bc", "name: ppo"), ["algo", "'bc'", "'sac'"]),
+        (GOOD.replace("name: bc", "name: sac\n  num_critic: 10"), ["unknown key 'algo.num_critic'", "did you mean 'num_critics'"]),
         ("env:\n  cameras: [front, side]\n  id: hilrl/Reach-v0\n", ["field 'env.cameras.1'", "'front' or 'wrist'", "'side'"]),
         ("algo: {name: bc}\n", ["missing required key 'env'"]),
         ("env: [unclosed\n", ["not valid YAML", "line"]),

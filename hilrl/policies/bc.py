@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -10,8 +11,33 @@ import numpy as np
 import torch
 from torch import nn
 
-from hilrl.config import BCConfig
 from hilrl.data.episode import Episode
+
+
+@dataclass
+class BCConfig:
+    """Settings of :class:`BC` (robomimic's BC defaults, except a 1e-3 learning rate).
+
+    Attributes:
+        hidden: hidden widths of the MLP.
+        lr, weight_decay: AdamW settings.
+        batch_size: demo transitions per gradient step.
+        obs_keys: state keys fed to the policy; ``None`` = every non-image key.
+    """
+
+    hidden: tuple[int, ...] = (256, 256)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    obs_keys: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.obs_keys is not None:
+            self.obs_keys = tuple(self.obs_keys)
+        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"BCConfig: lr > 0, batch_size >= 1, weight_decay >= 0 and positive hidden widths "
+                             f"are required, got {self}")
 
 
 def state_keys(observation_space: gym.spaces.Dict, keys: Sequence[str] | None = None) -> list[str]:

@@ -11,8 +11,9 @@ import torch
 
 from hilrl.errors import HilrlError
 from hilrl.policies.bc import BC
+from hilrl.policies.sac import SAC
 
-ALGORITHMS: dict[str, type] = {"bc": BC}
+ALGORITHMS: dict[str, type] = {"bc": BC, "sac": SAC}
 
 
 def make_algorithm(config: Any, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, seed: int = 0) -> Any:

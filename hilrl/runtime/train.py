@@ -33,6 +33,8 @@ def _demo_episodes(config: ExperimentConfig, out: Path, show_progress: bool) -> 
     if config.demos.path:
         return read_episodes(config.demos.path)
     path = out / "demos.hdf5"
+    if path.exists():  # a resumed run keeps the demos it recorded
+        return read_episodes(path)
     record_demos(
         config.env, path, config.demos.episodes, noise=config.demos.noise, seed=config.train.seed * 100_000,
         show_progress=show_progress,
@@ -41,16 +43,27 @@ def _demo_episodes(config: ExperimentConfig, out: Path, show_progress: bool) -> 
 
 
 def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool = True) -> EvalResult:
-    """Train the configured algorithm, checkpoint it, evaluate it and write the run folder."""
-    from torch.utils.tensorboard import SummaryWriter
+    """Train the configured algorithm, checkpoint it, evaluate it and write the run folder.
 
+    Offline algorithms (BC) train on the demos; the others run the online loop
+    (:mod:`hilrl.runtime.online`), which resumes when ``out`` already holds a checkpoint.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.train.threads)
     dump_config(config, out / "config.yaml")
-    experiment = config.model_dump(mode="json")
+    episodes = _demo_episodes(config, out, show_progress) if config.demos.path or config.demos.episodes else []
+    if config.algo.name == "bc":
+        return _train_offline(config, out, episodes, show_progress)
+    from hilrl.runtime.online import train_rl
 
-    episodes = _demo_episodes(config, out, show_progress)
+    return train_rl(config, out, episodes, show_progress)
+
+
+def _train_offline(config: ExperimentConfig, out: Path, episodes: list, show_progress: bool) -> EvalResult:
+    from torch.utils.tensorboard import SummaryWriter
+
+    experiment = config.model_dump(mode="json")
     env = make_env(config.env)
     algo = make_algorithm(config.algo, env.observation_space, env.action_space, seed=config.train.seed)
     env.close()

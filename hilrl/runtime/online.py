@@ -1,0 +1,186 @@
+"""Online RL with human signals: the actor loop that feeds the SAC/RLPD learner.
+
+One loop, read top to bottom: act (or let the interventionist act), store the
+transition with its executed action, update the learner, and at episode ends
+reset. How interventions are learned from follows ``intervention.learn_from``
+(ALGORITHMS.md, "Interventions" and "RLIF"):
+
+* ``hil_serl``: the env reward is kept; intervention steps go to the online
+  buffer and are also copied to the demo buffer.
+* ``rlif``: the env reward is discarded; the agent transition immediately before
+  an intervention begins gets -1, all others 0 (demos enter with 0). Every
+  transition is stored, the terminal one included (the paper, not the official
+  code's quirks). A transition is stored one step late, once we know whether the
+  next step starts an intervention.
+
+A stopped run resumes from its folder: learner, buffers, counters and RNG come back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hilrl.config import ExperimentConfig, dump_config
+from hilrl.data.buffers import ReplayBuffer
+from hilrl.data.episode import Episode
+from hilrl.envs.make import make_env
+from hilrl.feedback.experts import make_expert
+from hilrl.feedback.intervention import InterventionWrapper
+from hilrl.policies.registry import load_checkpoint, make_algorithm, save_checkpoint
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, latest_checkpoint
+from hilrl.runtime.interventions import make_interventionist
+from hilrl.runtime.progress import console, make_progress
+
+
+def fill_demo_buffer(buffer: ReplayBuffer, episodes: list[Episode], zero_rewards: bool) -> None:
+    for ep in episodes:
+        rewards = np.zeros(len(ep), np.float32) if zero_rewards else ep.rewards
+        buffer.extend(ep.obs, ep.actions, rewards, ep.next_obs, ep.terminated, ep.truncated)
+
+
+class _Counters(dict):
+    """Loop counters saved with every checkpoint."""
+
+    @classmethod
+    def fresh(cls) -> _Counters:
+        return cls(env_steps=0, episodes=0, successes=0, interventions=0, intervened_steps=0, updates=0)
+
+
+def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: list[Episode],
+             show_progress: bool = True) -> EvalResult:
+    """Run ``train.steps`` env steps of online RL; resumes when ``out`` holds a checkpoint."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    tc, ic = config.train, config.intervention
+    experiment = config.model_dump(mode="json")
+    rlif = ic.source != "none" and ic.learn_from == "rlif"
+
+    env = make_env(config.env)
+    obs_space, act_space = env.observation_space, env.action_space
+    source = None
+    if ic.source != "none":
+        source = make_interventionist(ic, make_expert(env, noise=ic.expert_noise, seed=tc.seed + 1), seed=tc.seed + 2)
+        env = InterventionWrapper(env, source)
+    agent = make_algorithm(config.algo, obs_space, act_space, seed=tc.seed)
+    extras = {"intervened": ((), bool), "policy_action": (act_space.shape, np.float32)}
+    online = ReplayBuffer(obs_space, act_space, tc.buffer_capacity, extras=extras)
+    demo = ReplayBuffer(obs_space, act_space, tc.buffer_capacity)
+    rng = np.random.default_rng(tc.seed)
+    counters = _Counters.fresh()
+
+    if ckpt_dir.exists() and list(ckpt_dir.glob("step_*.pt")):
+        path = latest_checkpoint(out)
+        state = load_checkpoint(path)
+        agent.load_state_dict(state["state"])
+        counters = _Counters(state["counters"])
+        rng.bit_generator.state = state["rng"]
+        online.load(ckpt_dir / "replay_online.npz")
+        demo.load(ckpt_dir / "replay_demo.npz")
+        console.print(f"resuming {out} from {path.name}: {counters['env_steps']} env steps, "
+                      f"{len(online)} online + {len(demo)} demo transitions")
+    else:
+        fill_demo_buffer(demo, demo_episodes, zero_rewards=rlif)
+
+    def checkpoint() -> None:
+        # buffers first: a checkpoint file on disk always has buffers at least as new as itself
+        online.save(ckpt_dir / "replay_online.npz")
+        demo.save(ckpt_dir / "replay_demo.npz")
+        save_checkpoint(ckpt_dir / f"step_{counters['env_steps']}.pt", agent, experiment,
+                        counters=dict(counters), rng=rng.bit_generator.state)
+
+    writer = SummaryWriter(str(out / "tb"))
+    recent_success: deque[bool] = deque(maxlen=20)
+    recent_intervened: deque[bool] = deque(maxlen=500)
+    obs, _ = env.reset(seed=tc.seed * 1_000_003 + counters["episodes"])
+    pending: dict[str, Any] | None = None
+    started, start_updates = time.perf_counter(), counters["updates"]
+    metrics: dict[str, Any] = {}
+    with make_progress(not show_progress) as bar:
+        task = bar.add_task(f"{config.algo.name} {config.env.id}", total=tc.steps, completed=counters["env_steps"],
+                            stats="")
+        while counters["env_steps"] < tc.steps:
+            if counters["env_steps"] < tc.random_steps:
+                action = rng.uniform(-1.0, 1.0, act_space.shape).astype(np.float32)
+            else:
+                action = agent.act(obs)
+            next_obs, reward, terminated, truncated, info = env.step(action)
+            executed = info.get("executed_action", action)
+            intervened = bool(info.get("intervened", False))
+            transition = dict(obs=obs, action=executed, reward=float(reward), next_obs=next_obs,
+                              terminated=terminated, truncated=truncated, intervened=intervened,
+                              policy_action=np.asarray(action, np.float32))
+            if rlif:
+                if pending is not None:
+                    if info.get("intervention_start"):
+                        pending["reward"] = -1.0
+                    online.add(**pending)
+                pending = {**transition, "reward": 0.0}
+            else:
+                online.add(**transition)
+                if intervened and ic.learn_from == "hil_serl":
+                    demo.add(obs, executed, float(reward), next_obs, terminated, truncated)
+            counters["env_steps"] += 1
+            counters["interventions"] += int(bool(info.get("intervention_start", False)))
+            counters["intervened_steps"] += int(intervened)
+            recent_intervened.append(intervened)
+
+            if counters["env_steps"] >= tc.learning_starts and len(online) > 0:
+                metrics = agent.train_step(online, demo)
+                counters["updates"] += 1
+
+            if terminated or truncated:
+                if pending is not None:
+                    online.add(**pending)
+                    pending = None
+                counters["episodes"] += 1
+                counters["successes"] += int(bool(info.get("is_success", False)))
+                recent_success.append(bool(info.get("is_success", False)))
+                obs, _ = env.reset(seed=tc.seed * 1_000_003 + counters["episodes"])
+            else:
+                obs = next_obs
+
+            step = counters["env_steps"]
+            if step % tc.log_every == 0 or step == tc.steps:
+                rate = (counters["updates"] - start_updates) / max(time.perf_counter() - started, 1e-9)
+                success = float(np.mean(recent_success)) if recent_success else 0.0
+                intervention_rate = float(np.mean(recent_intervened)) if recent_intervened else 0.0
+                for key, value in metrics.items():
+                    writer.add_scalar(f"train/{key}", float(value), step)
+                writer.add_scalar("rollout/success_rate", success, step)
+                writer.add_scalar("rollout/intervention_rate", intervention_rate, step)
+                writer.add_scalar("rollout/interventions", counters["interventions"], step)
+                bar.update(task, completed=step, stats=f"success {success:.0%}  intervened {intervention_rate:.0%}  "
+                                                       f"{rate:.0f} updates/s")
+            if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+                result = evaluate_policy(config.env, lambda o: agent.act(o, deterministic=True), tc.eval_episodes,
+                                         show_progress=False)
+                writer.add_scalar("eval/success_rate", result.success_rate, step)
+                writer.add_scalar("eval/mean_return", result.mean_return, step)
+            if step % tc.checkpoint_every == 0 or step == tc.steps:
+                checkpoint()
+    env.close()
+    train_seconds = time.perf_counter() - started
+
+    result = evaluate_policy(config.env, lambda o: agent.act(o, deterministic=True), tc.eval_episodes,
+                             video=out / "final_policy.mp4" if tc.video else None, show_progress=show_progress)
+    result.checkpoint = str(latest_checkpoint(out))
+    writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
+    writer.add_scalar("eval/mean_return", result.mean_return, tc.steps)
+    writer.close()
+    summary = {**result.to_dict(), "algo": config.algo.name, "env": config.env.id, **counters,
+               "demo_episodes": len(demo_episodes), "train_seconds_this_session": round(train_seconds, 2),
+               "intervention_source": ic.source, "learn_from": ic.learn_from if ic.source != "none" else None}
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, out / "metrics.json")
+    return result
