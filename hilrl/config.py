@@ -19,6 +19,7 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from hilrl.errors import HilrlError
 from hilrl.policies.bc import BCConfig
+from hilrl.policies.dagger import DAggerConfig
 from hilrl.policies.sac import SACConfig
 
 
@@ -95,7 +96,24 @@ class SACAlgoConfig(SACConfig):
     name: Literal["sac"] = "sac"
 
 
-AlgoConfig = Annotated[Union[BCAlgoConfig, SACAlgoConfig], Field(discriminator="name")]
+@_STRICT_DATACLASS
+class DAggerAlgoConfig(DAggerConfig):
+    """``algo:`` for DAgger (every visited state labelled by the expert)."""
+
+    name: Literal["dagger"] = "dagger"
+    label: Literal["all"] = "all"
+
+
+@_STRICT_DATACLASS
+class HGDAggerAlgoConfig(DAggerConfig):
+    """``algo:`` for HG-DAgger (only intervention segments are aggregated)."""
+
+    name: Literal["hg_dagger"] = "hg_dagger"
+    label: Literal["interventions"] = "interventions"
+
+
+AlgoConfig = Annotated[Union[BCAlgoConfig, SACAlgoConfig, DAggerAlgoConfig, HGDAggerAlgoConfig],
+                       Field(discriminator="name")]
 
 
 class InterventionConfig(_Strict):
@@ -163,7 +181,7 @@ def _owner_at(loc: tuple[Any, ...], tag: str | None) -> Any:
     return current
 
 
-_TAGS = ("bc", "sac")
+_TAGS = ("bc", "sac", "dagger", "hg_dagger")
 
 
 def _explain(error: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hilrl.data.episode import Episode
+from hilrl.policies.encoders import split_observation_keys
 
 
 @dataclass
@@ -40,16 +41,6 @@ class BCConfig:
                              f"are required, got {self}")
 
 
-def state_keys(observation_space: gym.spaces.Dict, keys: Sequence[str] | None = None) -> list[str]:
-    """The non-image observation keys, sorted (images are uint8 with three dims)."""
-    names = sorted(keys) if keys is not None else sorted(observation_space.spaces)
-    missing = [k for k in names if k not in observation_space.spaces]
-    if missing:
-        raise ValueError(f"observation keys {missing} are not in the env's observation space "
-                         f"(it has {sorted(observation_space.spaces)})")
-    return [k for k in names if not (observation_space[k].dtype == np.uint8 and len(observation_space[k].shape) == 3)]
-
-
 def flatten_state(obs: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
     """Concatenate state keys along the last axis (works for one step or a batch)."""
     return np.concatenate([np.asarray(obs[k], dtype=np.float32) for k in keys], axis=-1)
@@ -66,7 +57,8 @@ class BC:
 
     def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, config: BCConfig, seed: int = 0):
         self.config = config
-        self.keys = state_keys(observation_space, config.obs_keys)
+        # BC reads state keys only; image keys in obs_keys are left to the SAC encoder
+        self.keys = split_observation_keys(observation_space, config.obs_keys)[0]
         obs_dim = sum(int(np.prod(observation_space[k].shape)) for k in self.keys)
         act_dim = int(np.prod(action_space.shape))
         torch.manual_seed(seed)
@@ -93,7 +85,13 @@ class BC:
         if not episodes:
             raise ValueError("BC needs at least one demo episode")
         inputs = np.concatenate([flatten_state(ep.obs, self.keys) for ep in episodes])
-        targets = np.concatenate([ep.actions for ep in episodes]).astype(np.float32)
+        targets = np.concatenate([ep.actions for ep in episodes])
+        return self.set_samples(inputs, targets)
+
+    def set_samples(self, inputs: np.ndarray, targets: np.ndarray) -> int:
+        """Train on flattened state ``inputs (N, D)`` -> ``targets (N, A)``; fits the input normaliser."""
+        inputs = np.asarray(inputs, np.float32)
+        targets = np.asarray(targets, np.float32)
         self.register_normalizer(inputs.mean(0), inputs.std(0))
         self._inputs = (torch.as_tensor(inputs) - self.obs_mean) / self.obs_std
         self._targets = torch.as_tensor(np.clip(targets, -1.0, 1.0))

@@ -11,9 +11,10 @@ import torch
 
 from hilrl.errors import HilrlError
 from hilrl.policies.bc import BC
+from hilrl.policies.dagger import DAgger
 from hilrl.policies.sac import SAC
 
-ALGORITHMS: dict[str, type] = {"bc": BC, "sac": SAC}
+ALGORITHMS: dict[str, type] = {"bc": BC, "sac": SAC, "dagger": DAgger, "hg_dagger": DAgger}
 
 
 def make_algorithm(config: Any, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, seed: int = 0) -> Any:

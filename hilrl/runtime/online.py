@@ -166,6 +166,9 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
                                          show_progress=False)
                 writer.add_scalar("eval/success_rate", result.success_rate, step)
                 writer.add_scalar("eval/mean_return", result.mean_return, step)
+            if step == tc.steps and pending is not None:
+                online.add(**pending)  # the run ends here: no next step can label it
+                pending = None
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 checkpoint()
     env.close()

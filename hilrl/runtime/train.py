@@ -55,6 +55,10 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
     episodes = _demo_episodes(config, out, show_progress) if config.demos.path or config.demos.episodes else []
     if config.algo.name == "bc":
         return _train_offline(config, out, episodes, show_progress)
+    if config.algo.name in ("dagger", "hg_dagger"):
+        from hilrl.runtime.dagger import train_dagger
+
+        return train_dagger(config, out, episodes, show_progress)
     from hilrl.runtime.online import train_rl
 
     return train_rl(config, out, episodes, show_progress)

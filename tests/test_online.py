@@ -1,0 +1,95 @@
+"""Online RL through `hilrl train`: interventions stored as HIL-SERL and RLIF prescribe, and resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import yaml
+
+from hilrl.config import validate_config
+from hilrl.runtime.train import train
+
+ROOT = Path(__file__).parents[1]
+
+
+def experiment(**sections):
+    raw = {
+        "env": {"id": "hilrl/Reach-v0"},
+        "demos": {"episodes": 2},
+        "algo": {"name": "sac", "hidden": [32, 32], "batch_size": 32, "obs_keys": ["ee_pos", "object"]},
+        "train": {"steps": 300, "learning_starts": 100, "eval_episodes": 2, "checkpoint_every": 300, "video": False},
+    }
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return raw
+
+
+def stored(run, name):
+    with np.load(run / "checkpoints" / f"replay_{name}.npz") as f:
+        return {k.replace("::", "/"): f[k] for k in f.files}
+
+
+def test_rlif_gives_minus_one_to_the_agent_step_before_each_intervention(tmp_path):
+    cfg = validate_config(experiment(intervention={"source": "random", "learn_from": "rlif", "probability": 0.15,
+                                                   "duration": 3}))
+    train(cfg, tmp_path, show_progress=False)
+    online = stored(tmp_path, "online")
+    counters = json.loads((tmp_path / "metrics.json").read_text())
+    rewards, intervened = online["rewards"], online["extras/intervened"].astype(bool)
+    episode_start = np.r_[True, (online["terminated"] | online["truncated"])[:-1]]
+    starts = intervened & ~np.r_[False, intervened[:-1]] | (intervened & episode_start)
+    labelled_starts = starts & ~episode_start  # a segment at t = 0 has no agent step before it
+    assert counters["interventions"] == starts.sum() > 5
+    assert (rewards == -1).sum() == labelled_starts.sum()
+    minus_one = np.flatnonzero(rewards == -1)
+    assert not intervened[minus_one].any(), "-1 must sit on the agent's own action"
+    assert intervened[minus_one + 1].all() and starts[minus_one + 1].all()
+    assert set(np.unique(rewards)) <= {0.0, -1.0}, "RLIF discards the env reward"
+    assert len(rewards) == 300, "every transition is stored, the terminal ones included"
+    assert (stored(tmp_path, "demo")["rewards"] == 0).all(), "demos enter RLIF with reward 0"
+
+
+def test_hil_serl_stores_executed_action_and_copies_interventions_to_demos(tmp_path):
+    cfg = validate_config(experiment(intervention={"source": "random", "learn_from": "hil_serl", "probability": 0.2}))
+    train(cfg, tmp_path, show_progress=False)
+    online, demo = stored(tmp_path, "online"), stored(tmp_path, "demo")
+    intervened = online["extras/intervened"].astype(bool)
+    demo_len = len(demo["actions"])
+
+    with h5py.File(tmp_path / "demos.hdf5", "r") as f:
+        recorded = int(f["data"].attrs["total"])
+    assert intervened.sum() > 20
+    assert demo_len == recorded + intervened.sum()
+    # the copies are exactly the intervened online transitions, in order
+    np.testing.assert_array_equal(demo["actions"][recorded:], online["actions"][intervened])
+    # executed (expert) actions differ from what the policy proposed on intervened steps only
+    differs = np.abs(online["actions"] - online["extras/policy_action"]).max(axis=1) > 1e-6
+    assert differs[intervened].mean() > 0.9 and not differs[~intervened].any()
+    assert not (online["rewards"] == 0).all(), "HIL-SERL keeps the env reward"
+
+
+def test_resume_after_stop_keeps_counters_and_keeps_learning(tmp_path):
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(experiment(train={"steps": 300, "checkpoint_every": 150})))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hilrl.cli", "train", str(config), "--out", str(run)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = json.loads((run / "metrics.json").read_text())
+    assert (before["env_steps"], before["updates"]) == (300, 201)
+
+    second = subprocess.run([*cmd, "--steps", "450"], capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resuming" in second.stderr and "300 env steps" in second.stderr
+    after = json.loads((run / "metrics.json").read_text())
+    assert after["env_steps"] == 450 and after["updates"] == 351
+    assert after["episodes"] > before["episodes"]
+    assert len(stored(run, "online")["actions"]) == 450
+
+    import torch
+
+    state = torch.load(run / "checkpoints" / "step_450.pt", weights_only=False)
+    assert state["state"]["counters"]["num_updates"] == 351
