@@ -1,0 +1,262 @@
+"""Preallocated replay buffers (numpy ring buffers) and the mixed online/demo sampler.
+
+A batch is a dict::
+
+    {"obs": {key: (n, ...)}, "actions": (n, A) float32, "rewards": (n,) float32,
+     "next_obs": {key: (n, ...)}, "terminated": (n,) bool, "truncated": (n,) bool,
+     <extra>: (n, ...)}
+
+Images stay ``uint8``. ``terminated`` and ``truncated`` are kept apart: only
+``terminated`` stops bootstrapping (ALGORITHMS.md, "Interventions", the gym-hil pitfall).
+Extras (``intervened``, ``policy_action``...) are stored per transition; their
+arrays are allocated the first time a key is seen (or declared up front with ``extras``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from hilrl.errors import HilrlError
+
+Batch = dict[str, Any]
+_CORE = ("actions", "rewards", "terminated", "truncated")
+
+
+class ReplayBuffer:
+    """Ring buffer of transitions with ``capacity`` slots, all memory allocated up front.
+
+    Args:
+        observation_space: the env's ``Dict`` observation space; every key is stored.
+        action_space: the env's ``Box`` action space.
+        capacity: number of transitions kept; the oldest are overwritten.
+        extras: optional ``{name: (shape, dtype)}`` of per-transition extras to allocate now.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, capacity: int,
+                 extras: Mapping[str, tuple[tuple[int, ...], Any]] | None = None):
+        if not isinstance(observation_space, gym.spaces.Dict):
+            raise HilrlError(f"ReplayBuffer needs a gymnasium Dict observation space, got "
+                             f"{type(observation_space).__name__}")
+        if not isinstance(action_space, gym.spaces.Box):
+            raise HilrlError(f"ReplayBuffer needs a Box action space, got {type(action_space).__name__}")
+        if int(capacity) < 1:
+            raise HilrlError(f"replay capacity must be a positive integer, got {capacity}")
+        self.observation_space, self.action_space, self.capacity = observation_space, action_space, int(capacity)
+        self.obs_shapes = {k: (tuple(s.shape), np.dtype(s.dtype)) for k, s in observation_space.spaces.items()}
+        self.obs = {k: np.zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in self.obs_shapes.items()}
+        self.next_obs = {k: np.zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in self.obs_shapes.items()}
+        self.actions = np.zeros((self.capacity, *action_space.shape), np.float32)
+        self.rewards = np.zeros(self.capacity, np.float32)
+        self.terminated = np.zeros(self.capacity, bool)
+        self.truncated = np.zeros(self.capacity, bool)
+        self.extras: dict[str, np.ndarray] = {}
+        for name, (shape, dtype) in (extras or {}).items():
+            self._allocate_extra(name, tuple(shape), np.dtype(dtype))
+        self.pos = 0
+        self.size = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    @property
+    def full(self) -> bool:
+        return self.size == self.capacity
+
+    def _allocate_extra(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        if name in ("obs", "next_obs", *_CORE):
+            raise HilrlError(f"extra {name!r} clashes with a core batch key; rename it")
+        self.extras[name] = np.zeros((self.capacity, *shape), dtype)
+
+    def _check_obs(self, obs: Mapping[str, np.ndarray], n: int, what: str) -> None:
+        missing = sorted(set(self.obs_shapes) - set(obs))
+        if missing:
+            raise HilrlError(f"{what} lacks observation keys {missing}; the buffer stores {sorted(self.obs_shapes)}")
+        for key, (shape, _) in self.obs_shapes.items():
+            got = np.shape(obs[key])
+            if got != (n, *shape):
+                raise HilrlError(f"{what}[{key!r}] has shape {got}, expected {(n, *shape)}")
+
+    def extend(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
+               next_obs: Mapping[str, np.ndarray], terminated: np.ndarray, truncated: np.ndarray,
+               **extras: np.ndarray) -> None:
+        """Add ``n`` transitions given as arrays with a leading axis of length ``n``."""
+        actions = np.asarray(actions, np.float32)
+        n = len(actions)
+        if n == 0:
+            return
+        if actions.shape != (n, *self.action_space.shape):
+            raise HilrlError(f"actions have shape {actions.shape}, expected {(n, *self.action_space.shape)}")
+        self._check_obs(obs, n, "obs")
+        self._check_obs(next_obs, n, "next_obs")
+        columns = {"rewards": rewards, "terminated": terminated, "truncated": truncated}
+        for name, values in columns.items():
+            if np.shape(values) != (n,):
+                raise HilrlError(f"{name} has shape {np.shape(values)}, expected ({n},)")
+        for name, values in extras.items():
+            values = np.asarray(values)
+            if values.shape[:1] != (n,):
+                raise HilrlError(f"extra {name!r} has shape {values.shape}; its first axis must be the {n} transitions")
+            if name not in self.extras:
+                if self.size:
+                    raise HilrlError(f"extra {name!r} first appears after {self.size} transitions were stored "
+                                     "without it; declare it with ReplayBuffer(..., extras=...) or always pass it")
+                self._allocate_extra(name, values.shape[1:], values.dtype)
+            elif values.shape[1:] != self.extras[name].shape[1:]:
+                raise HilrlError(f"extra {name!r} has per-step shape {values.shape[1:]}, "
+                                 f"expected {self.extras[name].shape[1:]}")
+        absent = sorted(set(self.extras) - set(extras))
+        if absent:
+            raise HilrlError(f"transitions lack extras {absent} that this buffer stores; pass them to add()/extend()")
+        if n > self.capacity:  # only the newest `capacity` survive
+            cut = n - self.capacity
+            obs = {k: v[cut:] for k, v in obs.items()}
+            next_obs = {k: v[cut:] for k, v in next_obs.items()}
+            actions = actions[cut:]
+            columns = {k: np.asarray(v)[cut:] for k, v in columns.items()}
+            extras = {k: np.asarray(v)[cut:] for k, v in extras.items()}
+            n = self.capacity
+        idx = (self.pos + np.arange(n)) % self.capacity
+        for key in self.obs_shapes:
+            self.obs[key][idx] = obs[key]
+            self.next_obs[key][idx] = next_obs[key]
+        self.actions[idx] = actions
+        self.rewards[idx] = columns["rewards"]
+        self.terminated[idx] = columns["terminated"]
+        self.truncated[idx] = columns["truncated"]
+        for name, values in extras.items():
+            self.extras[name][idx] = values
+        self.pos = int((self.pos + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float,
+            next_obs: Mapping[str, np.ndarray], terminated: bool, truncated: bool, **extras: Any) -> None:
+        """Add one transition."""
+        self.extend({k: np.asarray(v)[None] for k, v in obs.items()}, np.asarray(action, np.float32)[None],
+                    np.array([reward], np.float32), {k: np.asarray(v)[None] for k, v in next_obs.items()},
+                    np.array([terminated], bool), np.array([truncated], bool),
+                    **{k: np.asarray(v)[None] for k, v in extras.items()})
+
+    def gather(self, idx: np.ndarray) -> Batch:
+        """The transitions at slot indices ``idx`` (any shape; the batch axis is ``idx.ravel()``)."""
+        idx = np.asarray(idx).ravel()
+        batch: Batch = {
+            "obs": {k: v[idx] for k, v in self.obs.items()},
+            "actions": self.actions[idx],
+            "rewards": self.rewards[idx],
+            "next_obs": {k: v[idx] for k, v in self.next_obs.items()},
+            "terminated": self.terminated[idx],
+            "truncated": self.truncated[idx],
+        }
+        batch.update({k: v[idx] for k, v in self.extras.items()})
+        return batch
+
+    def sample(self, n: int, rng: np.random.Generator) -> Batch:
+        """``n`` transitions drawn uniformly with replacement."""
+        if self.size == 0:
+            raise HilrlError("cannot sample from an empty replay buffer; add transitions (or demos) first")
+        return self.gather(rng.integers(0, self.size, size=n))
+
+    # ---- persistence -------------------------------------------------------------------------
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """Every stored column, flattened to ``name -> array``, oldest transition first."""
+        order = (np.arange(self.size) + (self.pos if self.full else 0)) % self.capacity
+        arrays = {f"obs/{k}": v[order] for k, v in self.obs.items()}
+        arrays.update({f"next_obs/{k}": v[order] for k, v in self.next_obs.items()})
+        arrays.update({name: getattr(self, name)[order] for name in _CORE})
+        arrays.update({f"extras/{k}": v[order] for k, v in self.extras.items()})
+        return arrays
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the stored transitions to ``.npz`` or ``.h5``/``.hdf5`` (by suffix), via a temp file + rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        arrays = self._arrays()
+        if path.suffix == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, **{k.replace("/", "::"): v for k, v in arrays.items()})
+        elif path.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            with h5py.File(tmp, "w") as f:
+                f.attrs["format"] = "hilrl.replay.v1"
+                for key, values in arrays.items():
+                    f.create_dataset(key, data=values)
+        else:
+            raise HilrlError(f"{path}: replay buffers are saved as .npz, .h5 or .hdf5; change the file suffix")
+        os.replace(tmp, path)
+        return path
+
+    def load(self, path: str | os.PathLike) -> None:
+        """Replace this buffer's contents with a file written by :meth:`save` (spaces must match)."""
+        path = Path(path)
+        if not path.is_file():
+            raise HilrlError(f"{path}: no such replay buffer file")
+        if path.suffix == ".npz":
+            with np.load(path) as f:
+                arrays = {k.replace("::", "/"): f[k] for k in f.files}
+        elif path.suffix in (".h5", ".hdf5"):
+            import h5py
+
+            arrays = {}
+            with h5py.File(path, "r") as f:
+                f.visititems(lambda name, obj: arrays.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset)
+                             else None)
+        else:
+            raise HilrlError(f"{path}: expected a .npz, .h5 or .hdf5 replay buffer file")
+        if "actions" not in arrays:
+            raise HilrlError(f"{path}: not a hilrl replay buffer (no 'actions')")
+        obs = {k[4:]: v for k, v in arrays.items() if k.startswith("obs/")}
+        next_obs = {k[9:]: v for k, v in arrays.items() if k.startswith("next_obs/")}
+        extras = {k[7:]: v for k, v in arrays.items() if k.startswith("extras/")}
+        if set(obs) != set(self.obs_shapes):
+            raise HilrlError(f"{path}: stores observation keys {sorted(obs)} but this buffer's space has "
+                             f"{sorted(self.obs_shapes)}; build the buffer with the same observation space")
+        self.extras = {}
+        self.pos = self.size = 0
+        self.extend(obs, arrays["actions"], arrays["rewards"], next_obs, arrays["terminated"],
+                    arrays["truncated"], **extras)
+
+
+def mixed_sample(online: ReplayBuffer, demo: ReplayBuffer | None, batch_size: int, rng: np.random.Generator,
+                 demo_fraction: float = 0.5, num_slices: int = 1) -> Batch:
+    """RLPD/HIL-SERL symmetric sampling: ``num_slices`` consecutive minibatches of ``batch_size``.
+
+    Each minibatch holds ``round(batch_size * demo_fraction)`` demo transitions
+    and the rest online ones, so every UTD slice keeps the ratio. With an empty
+    (or no) demo buffer everything comes from the online buffer; with an empty
+    online buffer everything comes from the demos. Only extras stored by both
+    buffers are returned.
+    """
+    if not 0.0 <= demo_fraction <= 1.0:
+        raise HilrlError(f"demo_fraction must be within [0, 1], got {demo_fraction}")
+    n_demo = int(round(batch_size * demo_fraction)) if demo is not None and len(demo) else 0
+    if len(online) == 0:
+        n_demo = batch_size if demo is not None and len(demo) else 0
+    n_online = batch_size - n_demo
+    if n_online and len(online) == 0:
+        raise HilrlError("cannot sample: both the online and the demo replay buffers are empty")
+    parts = []
+    if n_online:
+        parts.append(online.gather(rng.integers(0, len(online), size=(num_slices, n_online))))
+    if n_demo:
+        parts.append(demo.gather(rng.integers(0, len(demo), size=(num_slices, n_demo))))  # type: ignore[union-attr]
+    if len(parts) == 1:
+        return parts[0]
+    return _interleave(parts[0], parts[1], num_slices)
+
+
+def _interleave(a: Any, b: Any, num_slices: int) -> Any:
+    """Concatenate per slice: slice k of the result is slice k of ``a`` followed by slice k of ``b``."""
+    if isinstance(a, dict):
+        return {k: _interleave(a[k], b[k], num_slices) for k in a if k in b}
+    a = a.reshape(num_slices, -1, *a.shape[1:])
+    b = b.reshape(num_slices, -1, *b.shape[1:])
+    return np.concatenate([a, b], axis=1).reshape(-1, *a.shape[2:])

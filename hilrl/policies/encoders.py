@@ -1,0 +1,126 @@
+"""Observation encoders: dict observations -> one feature vector.
+
+State keys (float vectors) are concatenated in sorted key order; image keys
+(``uint8`` arrays ``(H, W, 3)``) each go through a small CNN (DrQ-style: four
+3x3 convolutions, a linear projection, LayerNorm and tanh). Images can be
+augmented with DrQ's random shift (replicate-pad by ``pad`` pixels, then crop
+back at a random offset per sample), the augmentation SERL and HIL-SERL use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from hilrl.errors import HilrlError
+
+
+def is_image_space(space: gym.Space) -> bool:
+    """Images are ``uint8`` boxes of shape ``(H, W, 3)``."""
+    return isinstance(space, gym.spaces.Box) and space.dtype == np.uint8 and len(space.shape) == 3 \
+        and space.shape[-1] == 3
+
+
+def split_observation_keys(observation_space: gym.spaces.Dict,
+                           obs_keys: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
+    """The (state keys, image keys) to use, each sorted; ``obs_keys=None`` means every key."""
+    if not isinstance(observation_space, gym.spaces.Dict):
+        raise HilrlError(f"the observation space must be a gymnasium Dict space, got "
+                         f"{type(observation_space).__name__}; wrap a flat Box env so that it returns {{'state': obs}}")
+    available = sorted(observation_space.spaces)
+    names = sorted(obs_keys) if obs_keys is not None else available
+    missing = [k for k in names if k not in observation_space.spaces]
+    if missing:
+        raise HilrlError(f"obs_keys {missing} are not in the observation space; choose from {available}")
+    if not names:
+        raise HilrlError("obs_keys is empty; name at least one observation key or pass None for all")
+    state, image = [], []
+    for key in names:
+        space = observation_space[key]
+        if is_image_space(space):
+            image.append(key)
+        elif isinstance(space, gym.spaces.Box) and np.issubdtype(space.dtype, np.floating):
+            state.append(key)
+        else:
+            raise HilrlError(f"observation key {key!r} has space {space}; expected a float Box (state) or a "
+                             "uint8 Box of shape (H, W, 3) (image); leave it out with obs_keys")
+    return state, image
+
+
+def random_shift(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ random shift of ``images (B, C, H, W)``: replicate-pad, then crop at ``shifts (B, 2)`` in ``[0, 2*pad]``.
+
+    A shift of ``(pad, pad)`` returns the image unchanged.
+    """
+    batch, _, height, width = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    rows = shifts[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)
+    cols = shifts[:, 1:2] + torch.arange(width, device=images.device)  # (B, W)
+    index = torch.arange(batch, device=images.device)[:, None, None]
+    # Advanced indices around a slice put the indexed axes first: the result is (B, H, W, C).
+    return padded[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+class ConvEncoder(nn.Module):
+    """One image -> ``latent_dim`` features (conv stack, linear, LayerNorm, tanh; DrQ's encoder)."""
+
+    def __init__(self, image_shape: tuple[int, int, int], channels: Sequence[int] = (32, 32, 32, 32),
+                 strides: Sequence[int] = (2, 1, 1, 1), latent_dim: int = 50):
+        super().__init__()
+        if len(channels) != len(strides):
+            raise HilrlError(f"image encoder: {len(channels)} channel sizes but {len(strides)} strides; give one "
+                             "stride per conv layer")
+        height, width, in_channels = image_shape
+        layers: list[nn.Module] = []
+        for out_channels, stride in zip(channels, strides):
+            layers += [nn.Conv2d(in_channels, out_channels, 3, stride=stride), nn.ReLU()]
+            in_channels = out_channels
+        self.convs = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, image_shape[2], height, width)).shape[-1]
+        self.project = nn.Sequential(nn.Linear(flat, latent_dim), nn.LayerNorm(latent_dim), nn.Tanh())
+        self.latent_dim = latent_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` is float ``(B, C, H, W)`` in ``[0, 1]``."""
+        return self.project(self.convs(images))
+
+
+class ObservationEncoder(nn.Module):
+    """Dict observation (batched torch tensors) -> features ``(B, F)``.
+
+    Output layout: state keys concatenated (sorted), then one ``latent_dim``
+    block per image key (sorted). With no image keys it has no parameters.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Dict, obs_keys: Sequence[str] | None = None,
+                 latent_dim: int = 50, channels: Sequence[int] = (32, 32, 32, 32),
+                 strides: Sequence[int] = (2, 1, 1, 1), image_pad: int = 4):
+        super().__init__()
+        self.state_keys, self.image_keys = split_observation_keys(observation_space, obs_keys)
+        self.state_dims = {k: int(np.prod(observation_space[k].shape)) for k in self.state_keys}
+        self.image_shapes = {k: tuple(observation_space[k].shape) for k in self.image_keys}
+        self.image_pad = image_pad
+        self.cnns = nn.ModuleDict({k: ConvEncoder(self.image_shapes[k], channels, strides, latent_dim)
+                                   for k in self.image_keys})
+        self.feature_dim = sum(self.state_dims.values()) + latent_dim * len(self.image_keys)
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.image_keys)
+
+    def forward(self, obs: Mapping[str, torch.Tensor],
+                shifts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Features of a batch; ``shifts[key] (B, 2)`` applies the random-shift augmentation to that image key."""
+        parts = [obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys]
+        for key in self.image_keys:
+            images = obs[key].permute(0, 3, 1, 2).float().div_(255.0)
+            if shifts is not None:
+                images = random_shift(images, shifts[key], self.image_pad)
+            parts.append(self.cnns[key](images))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)

@@ -1,0 +1,136 @@
+"""Networks of the SAC learner: a batched critic ensemble and a tanh-Gaussian actor.
+
+The critic ensemble keeps every member's weights stacked in ``(N, in, out)``
+tensors, so all ``N`` members run as one ``torch.baddbmm`` per layer instead of
+a Python loop over ``N`` modules (RLPD, ALGORITHMS.md "RLPD / HIL-SERL learner").
+A subset of members (the two target members of the RLPD backup) runs by
+indexing those stacked tensors, so the unchosen members cost nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+LOG_2 = math.log(2.0)
+
+
+class EnsembleLinear(nn.Module):
+    """``N`` independent affine maps applied in one batched matmul.
+
+    ``weight`` is ``(N, in, out)`` and ``bias`` ``(N, 1, out)``. Each member is
+    initialised like ``nn.Linear`` (uniform in ``±1/sqrt(in)``).
+    """
+
+    def __init__(self, num_members: int, in_features: int, out_features: int):
+        super().__init__()
+        self.num_members, self.in_features, self.out_features = num_members, in_features, out_features
+        self.weight = nn.Parameter(torch.empty(num_members, in_features, out_features))
+        self.bias = nn.Parameter(torch.empty(num_members, 1, out_features))
+        bound = 1.0 / math.sqrt(in_features)
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` is ``(N, B, in)`` (one input per member) or ``(B, in)`` (shared); returns ``(N', B, out)``.
+
+        ``members`` (a long tensor of member indices) selects a subset ``N'`` of members.
+        """
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight.index_select(0, members), bias.index_select(0, members)
+        if x.dim() == 2:
+            x = x.unsqueeze(0).expand(weight.shape[0], -1, -1)
+        return torch.baddbmm(bias, x, weight)
+
+
+class EnsembleLayerNorm(nn.Module):
+    """LayerNorm over the last axis with a separate scale and shift per ensemble member."""
+
+    def __init__(self, num_members: int, features: int, eps: float = 1e-5):
+        super().__init__()
+        self.features, self.eps = features, eps
+        self.weight = nn.Parameter(torch.ones(num_members, 1, features))
+        self.bias = nn.Parameter(torch.zeros(num_members, 1, features))
+
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if members is not None:
+            weight, bias = weight.index_select(0, members), bias.index_select(0, members)
+        return torch.addcmul(bias, F.layer_norm(x, (self.features,), eps=self.eps), weight)
+
+
+class CriticEnsemble(nn.Module):
+    """``N`` Q-functions ``Q_i(features, action)`` as one batched MLP (ReLU, optional LayerNorm)."""
+
+    def __init__(self, input_dim: int, hidden: Sequence[int], num_members: int, layer_norm: bool = True):
+        super().__init__()
+        self.num_members = num_members
+        self.linears = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        width = input_dim
+        for size in hidden:
+            self.linears.append(EnsembleLinear(num_members, width, size))
+            self.norms.append(EnsembleLayerNorm(num_members, size) if layer_norm else nn.Identity())
+            width = size
+        self.head = EnsembleLinear(num_members, width, 1)
+
+    def forward(self, features: torch.Tensor, actions: torch.Tensor,
+                members: torch.Tensor | None = None) -> torch.Tensor:
+        """Q-values ``(N', B)`` for ``features (B, F)`` and ``actions (B, A)``."""
+        x = torch.cat([features, actions], dim=-1)
+        for linear, norm in zip(self.linears, self.norms):
+            x = linear(x, members)
+            x = norm(x, members) if isinstance(norm, EnsembleLayerNorm) else x
+            x = F.relu(x, inplace=True)  # safe: neither baddbmm nor addcmul keeps its output for backward
+        return self.head(x, members).squeeze(-1)
+
+
+def mlp(input_dim: int, hidden: Sequence[int], output_dim: int) -> nn.Sequential:
+    """Plain ReLU MLP."""
+    layers: list[nn.Module] = []
+    width = input_dim
+    for size in hidden:
+        layers += [nn.Linear(width, size), nn.ReLU()]
+        width = size
+    layers.append(nn.Linear(width, output_dim))
+    return nn.Sequential(*layers)
+
+
+class TanhGaussianActor(nn.Module):
+    """Gaussian policy squashed by ``tanh`` into ``[-1, 1]^A``.
+
+    The log-std is clipped to ``[log_std_min, log_std_max]`` (RLPD's TanhNormal:
+    -20 and 2). Sampling takes the standard-normal noise as an argument so that
+    callers own the random stream (checkpointable, and replayable in CUDA graphs).
+    """
+
+    def __init__(self, input_dim: int, action_dim: int, hidden: Sequence[int],
+                 log_std_min: float = -20.0, log_std_max: float = 2.0):
+        super().__init__()
+        self.action_dim = action_dim
+        self.log_std_min, self.log_std_max = log_std_min, log_std_max
+        self.net = mlp(input_dim, hidden, 2 * action_dim)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and clipped log-std of the pre-squash Gaussian."""
+        mean, log_std = self.net(features).chunk(2, dim=-1)
+        return mean, log_std.clamp(self.log_std_min, self.log_std_max)
+
+    def sample(self, features: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reparameterised action ``tanh(mean + std * noise)`` and its log-probability ``(B,)``."""
+        mean, log_std = self(features)
+        pre_tanh = mean + log_std.exp() * noise
+        # log N(u) - sum log(1 - tanh(u)^2), the latter written stably as 2(log 2 - u - softplus(-2u)).
+        log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * LOG_2PI
+                    - 2.0 * (LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+        return torch.tanh(pre_tanh), log_prob
+
+    def deterministic(self, features: torch.Tensor) -> torch.Tensor:
+        """The squashed mean action."""
+        return torch.tanh(self(features)[0])
