@@ -158,6 +158,45 @@ def evaluate(
         out.print(f"video: {result.video}")
 
 
+@app.command(name="serve-robot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve_robot(
+    ctx: typer.Context,
+    driver: str = typer.Option("sim", help="sim (MuJoCo arm), kinematic, franka or ur"),
+    config: Optional[Path] = typer.Option(None, help="robot config YAML (default hardware/configs/<driver>.yaml)"),
+    bind: str = typer.Option("tcp://127.0.0.1:5555", help="command channel address"),
+) -> None:
+    """Run the robot server (hardware/). Further options (--pub-bind, --server-key, --allow-keys,
+    --require-auth) pass through. Stops cleanly on Ctrl-C / SIGTERM with the arm holding."""
+    import signal
+    import subprocess
+
+    # hardware/ is the robot side: it runs in its own process, never imported by hilrl (DESIGN.md)
+    argv = [sys.executable, "-m", "hardware.server", "--driver", driver, "--bind", bind, *ctx.args]
+    if config is not None:
+        argv += ["--config", str(config)]
+    server = subprocess.Popen(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda signum, _frame: server.send_signal(signum))
+    raise typer.Exit(server.wait())
+
+
+keys_app = typer.Typer(help="CurveZMQ keys for the robot link.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("generate")
+def keys_generate(
+    directory: Path = typer.Option(Path("keys"), "--dir", help="folder for NAME.key and NAME.key_secret"),
+    name: str = typer.Option(..., help="key name, e.g. robot or workstation"),
+    overwrite: bool = typer.Option(False, help="replace existing key files"),
+) -> None:
+    """Generate a CurveZMQ key pair; give the public NAME.key to the other side's allow-list."""
+    from hilrl.envs.auth import generate_keypair
+
+    public, secret = generate_keypair(directory, name, overwrite=overwrite)
+    out.print(f"public key: {public}\nsecret key: {secret} (keep it private)")
+
+
 def main() -> None:
     """Entry point: a user-facing error is one red line and exit code 2, never a traceback wall."""
     try:

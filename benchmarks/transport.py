@@ -1,0 +1,225 @@
+"""Cost of the robot protocol on loopback, against plain pyzmq moving the same bytes.
+
+1. Command round trip. Our side: ``RobotClient.call("step", ...)`` to a real
+   ``python -m hardware.server`` (kinematic driver, so no physics is timed):
+   encode, send, server decode + schema + limit checks + driver + encode of a
+   reply carrying the state, client decode. Baseline: a plain REQ/REP pair in
+   the same kind of process pair, where the client sends the very request
+   bytes and the server answers with the very reply bytes our server produced
+   (captured once), with no encoding or checks. Blocks of the two alternate so
+   that drift on a shared machine hits both alike; p50/p99 over all samples.
+2. Transition throughput. Our side: one transition per message (a 128x128x3
+   uint8 image, a float32 state vector of ``--state-dim``, action, reward and
+   the two done flags) through ``protocol.encode`` and ``send_multipart(copy=False)``
+   on PUSH; the PULL side receives with ``copy=False`` and ``protocol.decode``s
+   every message (arrays are views of the frames). Baseline: raw PUSH/PULL of one
+   frame of the same total size, prepared once. Messages/s at the receiver,
+   median of ``--repeats`` alternating runs.
+
+Run: ``python benchmarks/transport.py [--round-trips 5000] [--messages 20000] [--repeats 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))  # `hardware` is a top-level folder of the repository
+
+from hardware.testing import running_server  # noqa: E402
+from hilrl.envs.protocol import decode, encode  # noqa: E402
+from hilrl.envs.remote import RobotClient  # noqa: E402
+
+IMAGE_SHAPE = (128, 128, 3)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# ------------------------------------------------------------------ child processes
+
+
+def serve_raw_rep(address_file: str, reply_file: str) -> None:
+    """REP socket that answers every request with the same pre-recorded bytes."""
+    reply_bytes = Path(reply_file).read_bytes()
+    sock = zmq.Context.instance().socket(zmq.REP)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    Path(address_file + ".tmp").write_text(f"tcp://127.0.0.1:{port}")
+    os.rename(address_file + ".tmp", address_file)  # the parent never reads a half-written address
+    while True:
+        if sock.recv() == b"quit":
+            sock.send(b"")
+            return
+        sock.send(reply_bytes)
+
+
+def push_messages(address: str, mode: str, count: int, state_dim: int) -> None:
+    """PUSH ``count`` transitions, encoded with our protocol (``mode=ours``) or as prepared raw bytes."""
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.sndhwm = 1000
+    sock.connect(address)
+    image = np.random.default_rng(0).integers(0, 256, size=IMAGE_SHAPE, dtype=np.uint8)
+    state = np.random.default_rng(1).normal(size=state_dim).astype(np.float32)
+    action = np.zeros(4, np.float32)
+    if mode == "raw":
+        payload = bytes(transition_bytes(image, state))  # as many bytes as our encoding puts on the wire
+        for _ in range(count):
+            sock.send(payload, copy=False)
+    else:
+        for step in range(count):
+            message = {"step": step, "obs": {"front": image, "state": state}, "action": action,
+                       "reward": 0.0, "terminated": False, "truncated": False}
+            sock.send_multipart(encode(message), copy=False)
+    sock.close(linger=-1)  # deliver everything before exiting
+
+
+def transition_bytes(image: np.ndarray, state: np.ndarray) -> int:
+    header, *frames = encode({"step": 0, "obs": {"front": image, "state": state}, "action": np.zeros(4, np.float32),
+                              "reward": 0.0, "terminated": False, "truncated": False})
+    return len(header) + sum(memoryview(f).nbytes for f in frames)
+
+
+# ------------------------------------------------------------------ measurements
+
+
+def round_trips(blocks: int, per_block: int) -> dict[str, np.ndarray]:
+    samples: dict[str, list[float]] = {"ours": [], "raw": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        # The shipped kinematic config, with a watchdog long enough for the pauses while the baseline runs.
+        config = (REPO_ROOT / "hardware" / "configs" / "kinematic.yaml").read_text().replace("watchdog_timeout_s: 0.2", "watchdog_timeout_s: 10")
+        Path(tmp, "robot.yaml").write_text(config)
+        with running_server("--config", str(Path(tmp, "robot.yaml"))) as server:
+            _measure_round_trips(server.command_address, tmp, blocks, per_block, samples)
+    return {k: np.array(v) * 1e6 for k, v in samples.items()}
+
+
+def _measure_round_trips(address: str, tmp: str, blocks: int, per_block: int, samples: dict[str, list[float]]) -> None:
+    client = RobotClient(address, timeout_s=10)
+    client.call("reset")
+    deltas = ([0.001, 0.0, 0.0], [-0.001, 0.0, 0.0])
+    # Capture the exact bytes of one step request and its reply for the baseline.
+    request_frames = [b"", *encode({"v": 1, "op": "step", "id": 1, "delta": np.array(deltas[0]), "gripper": 1.0})]
+    client.socket.send_multipart(request_frames)
+    reply_frames = client.socket.recv_multipart()
+    assert len(reply_frames) == 2, "a kinematic step reply fits in one frame"
+    Path(tmp, "reply").write_bytes(reply_frames[1])
+    raw_server = subprocess.Popen([sys.executable, __file__, "--serve-raw-rep", str(Path(tmp, "addr")), str(Path(tmp, "reply"))])
+    try:
+        while not Path(tmp, "addr").exists():
+            time.sleep(0.01)
+        raw = zmq.Context.instance().socket(zmq.REQ)
+        raw.connect(Path(tmp, "addr").read_text())
+        request_bytes = request_frames[1]
+        for i in range(200):  # warm both paths
+            client.call("step", delta=deltas[i % 2], gripper=1.0)
+            raw.send(request_bytes)
+            raw.recv()
+        for _ in range(blocks):
+            for i in range(per_block):
+                start = time.perf_counter()
+                client.call("step", delta=deltas[i % 2], gripper=1.0)
+                samples["ours"].append(time.perf_counter() - start)
+            for _ in range(per_block):
+                start = time.perf_counter()
+                raw.send(request_bytes)
+                raw.recv()
+                samples["raw"].append(time.perf_counter() - start)
+        raw.send(b"quit")
+        raw.recv()
+        raw.close()
+        raw_server.wait(10)
+    finally:
+        if raw_server.poll() is None:
+            raw_server.kill()
+            raw_server.wait()
+        client.close()
+
+
+def throughput(mode: str, count: int, state_dim: int) -> float:
+    sock = zmq.Context.instance().socket(zmq.PULL)
+    sock.rcvhwm = 1000
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    sender = subprocess.Popen([sys.executable, __file__, "--push", f"tcp://127.0.0.1:{port}", mode, str(count), str(state_dim)])
+    try:
+        checksum = 0
+        first = sock.recv_multipart(copy=False)
+        start = time.perf_counter()
+        for _ in range(count - 1):
+            frames = sock.recv_multipart(copy=False)
+            if mode == "ours":
+                message = decode(frames)
+                checksum += int(message["obs"]["front"][0, 0, 0]) + message["obs"]["state"].shape[0]
+            else:
+                checksum += frames[0].buffer[0]
+        elapsed = time.perf_counter() - start
+        sender.wait(30)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+        sock.close(linger=0)
+    del first, checksum
+    return (count - 1) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--round-trips", type=int, default=5000, help="step round trips per side")
+    parser.add_argument("--messages", type=int, default=20000, help="transitions per throughput run")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating throughput runs per side")
+    parser.add_argument("--state-dim", type=int, default=25)
+    args = parser.parse_args()
+
+    blocks = 10
+    latency = round_trips(blocks, max(1, args.round_trips // blocks))
+    rates: dict[str, list[float]] = {"ours": [], "raw": []}
+    for _ in range(args.repeats):
+        for mode in ("ours", "raw"):
+            rates[mode].append(throughput(mode, args.messages, args.state_dim))
+    ours_rate, raw_rate = float(np.median(rates["ours"])), float(np.median(rates["raw"]))
+    size = transition_bytes(np.zeros(IMAGE_SHAPE, np.uint8), np.zeros(args.state_dim, np.float32))
+
+    rows = []
+    for label, q in (("step round trip p50 (us)", 50), ("step round trip p99 (us)", 99)):
+        ours, raw = np.percentile(latency["ours"], q), np.percentile(latency["raw"], q)
+        goal = "<= 1.5" if q == 99 else ""
+        rows.append((label, f"{ours:.0f}", f"{raw:.0f}", f"{ours / raw:.2f}", goal))
+    rows.append((f"transitions/s ({size} B each)", f"{ours_rate:,.0f}", f"{raw_rate:,.0f}", f"{ours_rate / raw_rate:.2f}", ">= 0.7"))
+
+    print(f"command: python {shlex.join(sys.argv)}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
+          f"Python {platform.python_version()}, pyzmq {zmq.__version__} / libzmq {zmq.zmq_version()}")
+    print(f"samples: {latency['ours'].size} round trips per side in {blocks} alternating blocks; "
+          f"throughput median of {args.repeats} runs x {args.messages} messages per side")
+    header = ("measure", "ours", "raw pyzmq", "ours/raw", "goal")
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-raw-rep":
+        serve_raw_rep(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--push":
+        push_messages(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+    else:
+        main()
