@@ -1,0 +1,61 @@
+"""PickCube: grasp a cube and lift it to a goal position in the air."""
+
+from __future__ import annotations
+
+import math
+
+import mujoco
+import numpy as np
+
+from hilrl.envs.arm_env import ArmEnv
+from hilrl.envs.tasks.sampling import OBJECT_HIGH, OBJECT_LOW, place_cube
+
+
+class PickCubeEnv(ArmEnv):
+    """Grasp a 5 cm cube and bring its centre within ``success_tolerance`` of a goal above the table.
+
+    ``obs["object"]`` (10,): cube position (3), cube quaternion wxyz (4), goal position (3).
+    Dense reward in [0, 3]: ``reach + grasped + grasped * place`` with
+    ``reach = 1 - tanh(10 |tcp - cube|)``, ``grasped`` 1 when the cube is held between the fingers,
+    ``place = 1 - tanh(10 |cube - goal|)`` (the staged shape ManiSkill uses for PickCube).
+    Success: cube centre within 3 cm of the goal.
+    """
+
+    task_name = "PickCube"
+    xml_file = "pick_cube.xml"
+    default_max_episode_steps = 100
+    object_dim = 10
+    success_tolerance = 0.03
+    cube_half = 0.025
+    goal_z_range = (0.1, 0.3)
+
+    def _task_cache_ids(self) -> None:
+        self._goal_mocap = self.model.body("goal").mocapid[0]
+        self._cube_qadr = self.model.joint("cube").qposadr[0]
+
+    def _sample_task(self) -> None:
+        place_cube(self, self._cube_qadr, self.cube_half)
+        goal_xy = self.np_random.uniform(OBJECT_LOW, OBJECT_HIGH)
+        goal_z = self.np_random.uniform(*self.goal_z_range)
+        self.data.mocap_pos[self._goal_mocap] = (goal_xy[0], goal_xy[1], goal_z)
+
+    def _write_object_obs(self, out: np.ndarray) -> None:
+        out[0:7] = self._qpos[self._cube_qadr : self._cube_qadr + 7]
+        out[7:10] = self._mocap_pos[self._goal_mocap]
+
+    def is_grasped(self) -> bool:
+        """Cube between the closed fingers: near the tool centre point and the fingers rest on it."""
+        cube = self._qpos[self._cube_qadr : self._cube_qadr + 3]
+        return self._grasped(mujoco.mju_dist3(self._tcp, cube))
+
+    def _grasped(self, tcp_to_cube: float) -> bool:
+        return tcp_to_cube < 0.02 and 1.6 * self.cube_half < self.gripper_opening() < 2.3 * self.cube_half
+
+    def _reward_and_success(self) -> tuple[float, bool]:
+        cube = self._qpos[self._cube_qadr : self._cube_qadr + 3]
+        to_goal = mujoco.mju_dist3(cube, self._mocap_pos[self._goal_mocap])
+        tcp_to_cube = mujoco.mju_dist3(self._tcp, cube)
+        grasped = float(self._grasped(tcp_to_cube))
+        reach = 1.0 - math.tanh(10.0 * tcp_to_cube)
+        place = 1.0 - math.tanh(10.0 * to_goal)
+        return reach + grasped + grasped * place, to_goal < self.success_tolerance

@@ -1,0 +1,242 @@
+"""Behaviour of the MuJoCo arm tasks: API conformance, determinism, exact replay, time limits."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import hilrl.envs
+from hilrl.envs import ENV_IDS, TASKS
+from hilrl.feedback import make_expert
+
+torch.set_num_threads(1)
+TASK_NAMES = list(TASKS)
+OBJECT_DIMS = {"Reach": 3, "Push": 10, "PickCube": 10, "PegInsert": 10}
+
+
+def _rollout(env, seed: int, n: int, action_seed: int = 0):
+    obs, _ = env.reset(seed=seed)
+    rng = np.random.default_rng(action_seed)
+    out = [obs]
+    for _ in range(n):
+        obs, *_ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+        out.append(obs)
+    return out
+
+
+def _assert_obs_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_gymnasium_and_sb3_checkers_pass_in_state_mode(task):
+    from gymnasium.utils.env_checker import check_env as gym_check
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    env = gym.make(ENV_IDS[task]).unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # advisory warnings (e.g. unbounded boxes) are fine
+        gym_check(env, skip_render_check=False)
+        sb3_check(env, warn=False)
+    obs, _ = env.reset(seed=0)
+    expected = {"ee_pos": 3, "ee_quat": 4, "gripper": 1, "joint_pos": 7, "joint_vel": 7, "object": OBJECT_DIMS[task]}
+    assert {k: v.shape[0] for k, v in obs.items()} == expected
+    assert all(v.dtype == np.float32 for v in obs.values())
+    assert env.task_name == task and env.action_scale > 0
+    env.close()
+
+
+def test_checkers_pass_with_cameras():
+    from gymnasium.utils.env_checker import check_env as gym_check
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    env = gym.make(ENV_IDS["PickCube"], cameras=("front", "wrist"), image_size=64).unwrapped
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gym_check(env)
+        sb3_check(env, warn=False)
+    obs, _ = env.reset(seed=1)
+    for cam in ("front", "wrist"):
+        assert obs[cam].shape == (64, 64, 3) and obs[cam].dtype == np.uint8
+        assert obs[cam].std() > 5, f"{cam} image is blank"
+    assert env.render().shape == (256, 256, 3)
+    env.close()
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_same_seed_gives_identical_episodes_and_different_seeds_differ(task):
+    env_a, env_b = gym.make(ENV_IDS[task]), gym.make(ENV_IDS[task])
+    for obs_a, obs_b in zip(_rollout(env_a, seed=7, n=15), _rollout(env_b, seed=7, n=15)):
+        _assert_obs_equal(obs_a, obs_b)
+    other, _ = env_b.reset(seed=8)
+    first, _ = env_a.reset(seed=7)
+    assert not np.array_equal(first["object"], other["object"])
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_set_state_reproduces_obs_and_future_exactly(task):
+    cameras = ("front", "wrist") if task == "PickCube" else ()
+    env = gym.make(ENV_IDS[task], cameras=cameras, image_size=48).unwrapped
+    expert = make_expert(env)
+    obs, _ = env.reset(seed=3)
+    for _ in range(6):  # mid-task: objects touched, gripper moving
+        obs, *_ = env.step(expert(obs))
+    state, recorded = env.get_state(), obs
+    assert state.dtype == np.float64
+    actions = [expert(obs)]
+    future = []
+    for _ in range(5):
+        obs, reward, term, trunc, info = env.step(actions[-1])
+        future.append((obs, reward, term, trunc, info))
+        actions.append(expert(obs))
+    env.reset(seed=99)  # somewhere else entirely
+    env.set_state(state)
+    _assert_obs_equal(env.get_obs(), recorded)
+    for action, (obs, reward, term, trunc, info) in zip(actions, future):
+        replay = env.step(action)
+        _assert_obs_equal(replay[0], obs)
+        assert replay[1:] == (reward, term, trunc, info)
+    env.close()
+
+
+def test_observations_are_fresh_arrays_each_step():
+    env = gym.make(ENV_IDS["Push"]).unwrapped
+    first, _ = env.reset(seed=0)
+    kept = {k: v.copy() for k, v in first.items()}
+    for _ in range(3):
+        env.step(np.array([1, 0, -1, -1], np.float32))
+    _assert_obs_equal(first, kept)  # later steps never write into arrays handed out earlier
+
+
+def test_set_state_rejects_bad_states():
+    env = gym.make(ENV_IDS["Reach"]).unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="state has shape"):
+        env.set_state(np.zeros(3))
+    bad = env.get_state()
+    bad[2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        env.set_state(bad)
+
+
+def test_truncated_at_time_limit_without_terminated():
+    # Built from the class: gym.make consumes max_episode_steps itself (it adds a TimeLimit wrapper).
+    env = TASKS["Reach"](max_episode_steps=3)
+    env.reset(seed=0)
+    flags = [env.step(np.zeros(4, np.float32))[2:4] for _ in range(3)]
+    assert flags == [(False, False), (False, False), (False, True)]
+
+
+def test_terminated_on_success_not_truncated_and_configurable():
+    for terminate in (True, False):
+        env = gym.make(ENV_IDS["Reach"], terminate_on_success=terminate, reward_type="sparse")
+        expert = make_expert(env)
+        obs, _ = env.reset(seed=0)
+        for _ in range(30):
+            obs, reward, terminated, truncated, info = env.step(expert(obs))
+            assert reward == float(info["is_success"])
+            if info["is_success"]:
+                break
+        assert info["is_success"] and not truncated
+        assert terminated is terminate
+
+
+def test_time_limit_survives_set_state():
+    env = TASKS["Reach"](max_episode_steps=4)
+    env.reset(seed=0)
+    for _ in range(3):
+        env.step(np.zeros(4, np.float32))
+    state = env.get_state()
+    env.reset(seed=1)
+    env.set_state(state)
+    assert env.elapsed_steps == 3
+    assert env.step(np.zeros(4, np.float32))[3] is True
+
+
+def test_actions_are_clipped_and_tcp_stays_in_workspace():
+    env = gym.make(ENV_IDS["Reach"]).unwrapped
+    low, high = env.workspace
+    for direction in ([1, 1, 1], [-1, -1, -1]):
+        env.reset(seed=0)
+        for _ in range(25):
+            obs, *_ = env.step(np.array([*(3 * np.array(direction)), 1.0], np.float32))  # out of range on purpose
+        # The target is clipped to the box; the servo may lag a few millimetres but never overshoots far.
+        assert np.all(obs["ee_pos"] <= high + 0.01) and np.all(obs["ee_pos"] >= low - 0.01)
+        corner = high if direction[0] > 0 else low
+        assert np.linalg.norm(obs["ee_pos"] - corner) < 0.01  # every corner is reachable
+
+
+def test_gripper_command_opens_and_closes():
+    env = gym.make(ENV_IDS["Reach"]).unwrapped
+    obs, _ = env.reset(seed=0)
+    assert obs["gripper"][0] > 0.95
+    for _ in range(3):
+        obs, *_ = env.step(np.array([0, 0, 0, -1], np.float32))
+    assert obs["gripper"][0] < 0.05
+
+
+def test_rotation_actions_turn_the_gripper():
+    env = gym.make(ENV_IDS["Reach"], use_rotation=True).unwrapped
+    assert env.action_space.shape == (7,)
+    obs, _ = env.reset(seed=0)
+    start = obs["ee_quat"].copy()
+    for _ in range(3):
+        obs, *_ = env.step(np.array([0, 0, 0, 0, 0, 1, 1], np.float32))
+    angle = 2 * np.arccos(min(1.0, abs(float(np.dot(start, obs["ee_quat"])))))
+    assert 0.3 < angle < 0.8  # three yaw steps of 0.2 rad, tracked by the servo
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"cameras": ("top",)}, "unknown camera"),
+        ({"reward_type": "shaped"}, "reward_type"),
+        ({"control_hz": 7.0}, "whole number"),
+        ({"image_size": 0}, "image_size"),
+        ({"max_episode_steps": -1}, "max_episode_steps"),
+        ({"render_mode": "video"}, "render_mode"),
+    ],
+)
+def test_bad_constructor_arguments_raise_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TASKS["Reach"](**kwargs)
+
+
+def test_bad_actions_raise_clear_errors():
+    env = gym.make(ENV_IDS["Reach"]).unwrapped
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="expected"):
+        env.step(np.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        env.step(np.array([np.nan, 0, 0, 0]))
+
+
+def test_import_and_render_without_display():
+    code = (
+        "import warnings, numpy as np, gymnasium as gym, hilrl.envs\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    env = gym.make('hilrl/Reach-v0', render_mode='human')\n"
+        "assert any('DISPLAY' in str(x.message) for x in w)\n"
+        "env.reset(seed=0)\n"
+        "assert env.render().shape == (256, 256, 3)\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_env_ids_are_registered():
+    assert hilrl.envs.ENV_IDS == {t: f"hilrl/{t}-v0" for t in ("Reach", "Push", "PickCube", "PegInsert")}
+    for env_id in ENV_IDS.values():
+        assert env_id in gym.registry
