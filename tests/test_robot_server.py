@@ -130,8 +130,8 @@ def test_limits_clip_targets_and_can_only_be_tightened(tmp_path):
         try:
             ee = client.call("reset", seed=0)["state"]["ee_pos"]
             ceiling = float(ee[2]) + 0.02
-            reply = client.call("set_limits", workspace_high=[0.75, 0.3, ceiling])
-            assert reply["limits"]["workspace_high"] == [0.75, 0.3, ceiling]
+            reply = client.call("set_limits", workspace_high=[0.68, 0.3, ceiling])
+            assert reply["limits"]["workspace_high"] == [0.68, 0.3, ceiling]
             for _ in range(3):
                 reply = client.call("step", delta=[0.0, 0.0, 0.05], gripper=1.0)
                 assert reply["state"]["commanded_pos"][2] <= ceiling
