@@ -15,7 +15,7 @@ from hilrl.errors import HilrlError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Teach robot arms with people in the loop.")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
