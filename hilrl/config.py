@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from hilrl.errors import HilrlError
 from hilrl.policies.bc import BCConfig
 from hilrl.policies.dagger import DAggerConfig
 from hilrl.policies.sac import SACConfig
+from hilrl.policies.sb3 import SB3Config
 
 
 class ConfigError(HilrlError):
@@ -112,7 +113,14 @@ class HGDAggerAlgoConfig(DAggerConfig):
     label: Literal["interventions"] = "interventions"
 
 
-AlgoConfig = Annotated[Union[BCAlgoConfig, SACAlgoConfig, DAggerAlgoConfig, HGDAggerAlgoConfig],
+@_STRICT_DATACLASS
+class SB3AlgoConfig(SB3Config):
+    """``algo:`` for Stable-Baselines3 SAC/TD3 and sb3-contrib TQC/CrossQ (:class:`hilrl.policies.sb3.SB3Config`)."""
+
+    name: Literal["sb3.sac", "sb3.td3", "sb3.tqc", "sb3.crossq"] = "sb3.sac"
+
+
+AlgoConfig = Annotated[Union[BCAlgoConfig, SACAlgoConfig, DAggerAlgoConfig, HGDAggerAlgoConfig, SB3AlgoConfig],
                        Field(discriminator="name")]
 
 
@@ -149,12 +157,36 @@ class TrainConfig(_Strict):
     threads: int = Field(1, ge=1, description="torch threads; 1 avoids collapse when processes share 2 cores")
 
 
+class RuntimeConfig(_Strict):
+    """Where the online loop runs: one process (``local``), or a learner fed by actor processes over ZMQ
+    (``distributed``, :mod:`hilrl.runtime.learner` and :mod:`hilrl.runtime.actor`). ``runtime: distributed``
+    is short for ``runtime: {mode: distributed}``."""
+
+    mode: Literal["local", "distributed"] = "local"
+    bind: str = Field("tcp://127.0.0.1:5560", description="learner's transition channel (actors connect here)")
+    weights_bind: str | None = Field(None, description="learner's weight broadcast (PUB); None = same host, any port")
+    actors: int = Field(1, ge=1, description="actor processes `hilrl train` starts on this machine")
+    publish_every: int = Field(50, ge=1, description="learner updates between weight broadcasts (HIL-SERL: 50)")
+    max_update_ratio: float | None = Field(1.0, gt=0, description="learner updates per stored transition at most, "
+                                           "as the local loop (1); None = update freely (HIL-SERL)")
+    ack_timeout_s: float = Field(2.0, gt=0, description="actor re-sends unacknowledged transitions after this")
+    max_unacked: int = Field(1000, ge=1, description="actor pauses when this many transitions wait for an ack")
+    fsync: bool = Field(False, description="fsync the learner's log before acking (survives power loss, slower); "
+                        "a flush alone survives kill -9")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_shorthand(cls, value: Any) -> Any:
+        return {"mode": value} if isinstance(value, str) else value
+
+
 class ExperimentConfig(_Strict):
     env: EnvConfig
     demos: DemosConfig = Field(default_factory=DemosConfig)
     algo: AlgoConfig = Field(default_factory=BCAlgoConfig)
     intervention: InterventionConfig = Field(default_factory=InterventionConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
 
 def _fields(cls: Any) -> dict[str, Any]:
@@ -176,12 +208,13 @@ def _owner_at(loc: tuple[Any, ...], tag: str | None) -> Any:
             continue
         with_fields = [m for m in _flatten_types(field.annotation) if _fields(m)]
         # in a tagged union pick the member the tag names
-        tagged = [m for m in with_fields if tag and getattr(_fields(m).get("name"), "default", None) == tag]
+        names = {m: get_args(getattr(_fields(m).get("name"), "annotation", None)) for m in with_fields}
+        tagged = [m for m in with_fields if tag and tag in names[m]]
         current = (tagged or with_fields or [None])[0]
     return current
 
 
-_TAGS = ("bc", "sac", "dagger", "hg_dagger")
+_TAGS = ("bc", "sac", "dagger", "hg_dagger", "sb3.sac", "sb3.td3", "sb3.tqc", "sb3.crossq")
 
 
 def _explain(error: dict[str, Any]) -> str:

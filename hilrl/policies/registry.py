@@ -13,8 +13,10 @@ from hilrl.errors import HilrlError
 from hilrl.policies.bc import BC
 from hilrl.policies.dagger import DAgger
 from hilrl.policies.sac import SAC
+from hilrl.policies.sb3 import SB3_ALGORITHMS, SB3Agent
 
-ALGORITHMS: dict[str, type] = {"bc": BC, "sac": SAC, "dagger": DAgger, "hg_dagger": DAgger}
+ALGORITHMS: dict[str, type] = {"bc": BC, "sac": SAC, "dagger": DAgger, "hg_dagger": DAgger,
+                               **{name: SB3Agent for name in SB3_ALGORITHMS}}
 
 
 def make_algorithm(config: Any, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, seed: int = 0) -> Any:

@@ -47,7 +47,13 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
 
     Offline algorithms (BC) train on the demos; the others run the online loop
     (:mod:`hilrl.runtime.online`), which resumes when ``out`` already holds a checkpoint.
+    ``sb3.*`` algorithms run SB3's own loop (:mod:`hilrl.runtime.sb3_loop`).
     """
+    sb3 = config.algo.name.startswith("sb3.")
+    if sb3:
+        from hilrl.runtime.sb3_loop import check_sb3_experiment
+
+        check_sb3_experiment(config, out)  # before any demo is recorded
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.train.threads)
@@ -59,6 +65,10 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
         from hilrl.runtime.dagger import train_dagger
 
         return train_dagger(config, out, episodes, show_progress)
+    if sb3:
+        from hilrl.runtime.sb3_loop import train_sb3
+
+        return train_sb3(config, out, episodes, show_progress)
     from hilrl.runtime.online import train_rl
 
     return train_rl(config, out, episodes, show_progress)
