@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
@@ -26,6 +25,7 @@ import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hilrl.envs  # noqa: E402
+from machine import describe_machine  # noqa: E402
 from hilrl.envs.arm_env import STATE_SPEC  # noqa: E402
 from hilrl.envs.rendering import CameraRenderer  # noqa: E402
 
@@ -71,16 +71,6 @@ def measure(env, actions: np.ndarray, cameras: tuple[str, ...], image_size: int,
     return env_time, raw_time
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, mujoco {mujoco.__version__}, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(hilrl.envs.TASKS), choices=list(hilrl.envs.TASKS))
@@ -114,7 +104,7 @@ def main() -> None:
         print(f"| {task} | {mode} | {substeps} | {raw:.0f} | {ours:.0f} | {ours / raw:.2f} |")
     print("\nraw loop: same MjModel, same controls, mj_step(nstep=substeps) (+ the same renders) per policy step")
     print("command: python " + " ".join(sys.argv))
-    print("machine: " + machine())
+    print("machine: " + describe_machine(f"mujoco {mujoco.__version__}"))
 
 
 if __name__ == "__main__":

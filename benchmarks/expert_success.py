@@ -10,8 +10,6 @@ Episode ``i`` uses ``env.reset(seed=i)`` and the expert's noise generator is see
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 
@@ -19,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 
 import hilrl.envs
+from machine import describe_machine  # noqa: E402
 from hilrl.feedback import make_expert
 
 
@@ -42,16 +41,6 @@ def expert_success(task: str, noise: float, episodes: int, expert_seed: int = 0)
     return successes / episodes, float(np.mean(lengths))
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=list(hilrl.envs.TASKS), choices=list(hilrl.envs.TASKS))
@@ -70,7 +59,7 @@ def main() -> None:
     print(f"\n{args.episodes} episodes per row (seeds 0..{args.episodes - 1}), expert seed {args.expert_seed}, "
           f"{time.perf_counter() - start:.0f} s total")
     print("command: python " + " ".join(sys.argv))
-    print("machine: " + machine())
+    print("machine: " + describe_machine())
 
 
 if __name__ == "__main__":

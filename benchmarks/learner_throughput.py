@@ -41,18 +41,8 @@ import numpy as np
 import torch
 
 from hilrl.data.buffers import ReplayBuffer
+from machine import cpu_name  # noqa: E402
 from hilrl.policies.sac import SAC, SACConfig
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def synchronize(device: torch.device) -> None:
