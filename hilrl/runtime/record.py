@@ -1,4 +1,10 @@
-"""Record demonstrations from a device (the scripted expert for now) into a robomimic-layout file."""
+"""Record demonstrations from a device (the scripted expert or a person's teleop device) into a robomimic-layout file.
+
+With a human device (``keyboard``, ``gamepad``, ``spacemouse``; see ``hilrl.feedback.teleop``)
+the device acts on every step, in real time at the env's ``control_hz``; its ``success``/``failure``
+buttons end the episode with that label and ``rerecord`` discards the episode in progress, which
+is then recorded again with the same seed.
+"""
 
 from __future__ import annotations
 
@@ -9,34 +15,51 @@ from hilrl.config import EnvConfig
 from hilrl.data.hdf5 import DemoWriter
 from hilrl.envs.make import make_env
 from hilrl.feedback.experts import make_expert
+from hilrl.feedback.teleop import HUMAN_DEVICES, TeleopDevice, make_device, teleop_episode
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.rollout import RolloutStats, run_episode
 
-DEVICES = ("expert",)
+DEVICES = ("expert", *HUMAN_DEVICES)
 
 
 def record_demos(
     env_config: EnvConfig,
     out: str | os.PathLike,
     episodes: int,
-    device: str = "expert",
+    device: str | TeleopDevice = "expert",
     noise: float = 0.0,
     seed: int = 0,
     only_successes: bool = False,
     append: bool = False,
     show_progress: bool = True,
+    realtime: bool = True,
 ) -> RolloutStats:
     """Record ``episodes`` episodes; each is written and flushed as soon as it ends.
 
     Episode ``i`` is reset with seed ``seed + i``. With ``only_successes`` failed
     episodes are not written (they are still counted in the returned stats).
+    ``device`` is a name from ``DEVICES`` or an open :class:`TeleopDevice` (the caller closes it).
+    ``realtime`` paces a human device at the env's ``control_hz``.
     """
-    if device not in DEVICES:
+    if isinstance(device, str) and device not in DEVICES:
         from hilrl.errors import HilrlError
 
         raise HilrlError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
-    env = make_env(env_config)
-    expert = make_expert(env, noise=noise, seed=seed)
+    if isinstance(device, str) and device != "expert":
+        teleop, owned = make_device(device), True  # opened first: a missing device fails before the env starts
+    else:
+        teleop, owned = (None if device == "expert" else device), False
+    device_name = device if isinstance(device, str) else device.name
+    # a person recording in simulation needs to see the arm: a viewer window when there is a display
+    viewer = teleop is not None and device_name != "expert" and not env_config.remote and bool(os.environ.get("DISPLAY"))
+    try:
+        env = make_env(env_config, **({"render_mode": "human"} if viewer else {}))
+    except BaseException:
+        if owned:
+            teleop.close()
+        raise
+    expert = make_expert(env, noise=noise, seed=seed) if teleop is None else None
+    pace_hz = getattr(env.unwrapped, "control_hz", None) if realtime else None
     stats = RolloutStats.empty()
     env_kwargs: dict[str, Any] = env_config.make_kwargs()
     env_kwargs["cameras"] = list(env_kwargs["cameras"])
@@ -44,13 +67,20 @@ def record_demos(
         with DemoWriter(out, env_config.id, env_kwargs, append=append) as writer, make_progress(not show_progress) as bar:
             task = bar.add_task(f"record {env_config.id}", total=episodes, stats="")
             for i in range(episodes):
-                expert.reset()
-                episode = run_episode(env, expert, seed=seed + i)
-                episode.attrs["device"] = device
+                if teleop is None:
+                    expert.reset()
+                    episode = run_episode(env, expert, seed=seed + i)
+                else:
+                    episode = None
+                    while episode is None:  # re-record: the same seed again
+                        episode = teleop_episode(env, teleop, seed=seed + i, pace_hz=pace_hz)
+                episode.attrs["device"] = device_name
                 stats.add(episode)
                 if episode.success or not only_successes:
                     writer.add(episode)
                 bar.update(task, advance=1, stats=f"success {stats.success_rate:.0%} written {writer.num_demos}")
     finally:
         env.close()
+        if owned:
+            teleop.close()
     return stats

@@ -1,0 +1,57 @@
+"""A teleop device as an :class:`~hilrl.feedback.intervention.InterventionSource` (HIL-SERL semantics).
+
+ALGORITHMS.md, "Interventions": the device's action replaces the policy's when the
+device moves beyond a tiny dead-zone or a button is pressed. Here that is: the mapped
+translation/rotation has norm above ``dead_zone``, or ``intervene`` is held, or the
+person changed the gripper command. Otherwise the policy acts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hilrl.feedback.teleop.base import FrameMap, TeleopCommand, TeleopDevice, TeleopError
+
+# In action units (1.0 = one action_scale step). HIL-SERL uses a near-zero threshold on the
+# SpaceMouse; 0.05 (17 raw counts of 350) keeps a resting hand or a drifting stick from taking over.
+DEFAULT_DEAD_ZONE = 0.05
+
+
+class DeviceInterventionist:
+    """Lets a person take over from the policy with a :class:`TeleopDevice`.
+
+    Args:
+        device: the device to read once per step.
+        dead_zone: norm of the mapped motion part above which the device takes over.
+        frame_map: device -> action frame; default the device's own ``frame_map``.
+
+    ``last_command`` holds the latest reading, so a training loop can act on the
+    ``success``/``failure``/``rerecord`` buttons, which an intervention source cannot.
+    """
+
+    def __init__(self, device: TeleopDevice, dead_zone: float = DEFAULT_DEAD_ZONE, frame_map: FrameMap | None = None):
+        if not dead_zone >= 0.0:
+            raise TeleopError(f"dead_zone must be >= 0 (action units), got {dead_zone}")
+        self.device = device
+        self.dead_zone = float(dead_zone)
+        self.frame_map = frame_map or device.frame_map
+        self.last_command: TeleopCommand | None = None
+        self._last_gripper: float | None = None
+
+    def reset(self) -> None:
+        self.device.reset()
+        self.last_command = None
+        self._last_gripper = None
+
+    def __call__(self, obs: dict[str, np.ndarray], policy_action: np.ndarray) -> np.ndarray | None:
+        self.device.observe(obs)
+        command = self.device.read()
+        self.last_command = command
+        policy_action = np.asarray(policy_action, dtype=np.float32)
+        action = self.frame_map.to_action(command, policy_action.size, gripper=float(policy_action[-1]))
+        moved = float(np.linalg.norm(action[:-1])) > self.dead_zone
+        gripper_changed = command.gripper is not None and command.gripper != self._last_gripper
+        self._last_gripper = command.gripper
+        if moved or gripper_changed or "intervene" in command.buttons:
+            return action
+        return None
