@@ -15,8 +15,16 @@
    every message (arrays are views of the frames). Baseline: raw PUSH/PULL of one
    frame of the same total size, prepared once. Messages/s at the receiver,
    median of ``--repeats`` alternating runs.
+3. Actor -> learner. Our side: the real ``hilrl.runtime.actor.Actor`` link (encode a transition of
+   Reach with a 128x128x3 ``front`` camera + state, append it to the spool and flush, send on
+   DEALER, handle acks) in one process, the real ``hilrl.runtime.learner.Learner`` serve loop (ROUTER
+   receive, decode, schema/shape/finite checks, append to the log and flush, store in the replay
+   buffer, ack) in another; no env steps and no SGD are timed. Baseline: raw PUSH/PULL of one frame
+   as big as our whole transition message (obs and next_obs), prepared once. Transitions/s stored
+   at the learner, median of ``--repeats`` alternating runs.
 
-Run: ``python benchmarks/transport.py [--round-trips 5000] [--messages 20000] [--repeats 3]``.
+Run: ``python benchmarks/transport.py [--round-trips 5000] [--messages 20000] [--actor-messages 2000]
+[--repeats 3] [--sections robot,actor]``.
 """
 
 from __future__ import annotations
@@ -90,6 +98,122 @@ def push_messages(address: str, mode: str, count: int, state_dim: int) -> None:
                        "reward": 0.0, "terminated": False, "truncated": False}
             sock.send_multipart(encode(message), copy=False)
     sock.close(linger=-1)  # deliver everything before exiting
+
+
+def push_raw(address: str, count: int, nbytes: int) -> None:
+    """PUSH ``count`` prepared frames of ``nbytes`` each (the actor -> learner baseline)."""
+    sock = zmq.Context.instance().socket(zmq.PUSH)
+    sock.sndhwm = 1000
+    sock.connect(address)
+    payload = np.random.default_rng(0).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+    for _ in range(count):
+        sock.send(payload, copy=False)
+    sock.close(linger=-1)
+
+
+def actor_learner_config() -> dict:
+    return {"env": {"id": "hilrl/Reach-v0", "cameras": ["front"], "image_size": IMAGE_SHAPE[0]},
+            "demos": {"episodes": 0}, "algo": {"name": "sac"},
+            "train": {"learning_starts": 10**9, "buffer_capacity": 1000, "video": False},
+            "runtime": {"mode": "distributed", "max_unacked": 1000}}
+
+
+def run_bench_actor(address: str, folder: str, count: int) -> None:
+    """The real actor link streaming ``count`` copies of one real transition (no env steps timed)."""
+    import torch
+
+    from hilrl.config import validate_config
+    from hilrl.runtime.actor import Actor
+
+    torch.set_num_threads(1)
+    actor = Actor(validate_config(actor_learner_config()), folder, address, actor_id="bench")
+    obs, _ = actor.env.reset(seed=0)
+    action = np.zeros(actor.act_space.shape, np.float32)
+    next_obs = actor.env.step(action)[0]
+    transition = dict(obs=obs, action=action, reward=0.0, next_obs=next_obs, terminated=False, truncated=False,
+                      intervened=False, intervention_start=False, policy_action=action, is_success=False,
+                      episode_start=False)
+    try:
+        while not actor.learner_done:
+            if actor.next_seq <= count and len(actor.unacked) < actor.config.runtime.max_unacked:
+                actor._spool(transition)
+            actor._service_link()
+            if actor.next_seq > count:
+                actor.socket.poll(10)
+    finally:
+        actor.close()
+
+
+def actor_learner_message_bytes() -> int:
+    import gymnasium as gym
+
+    from hilrl.config import validate_config
+    from hilrl.envs.make import make_env
+    from hilrl.runtime.transport import transition_message
+
+    env = make_env(validate_config(actor_learner_config()).env)
+    obs, _ = env.reset(seed=0)
+    action = np.zeros(env.action_space.shape, np.float32)
+    next_obs = env.step(action)[0]
+    env.close()
+    del gym
+    frames = encode(transition_message("bench", 1, dict(
+        obs=obs, action=action, reward=0.0, next_obs=next_obs, terminated=False, truncated=False, intervened=False,
+        intervention_start=False, policy_action=action, is_success=False, episode_start=False)))
+    return sum(memoryview(f).nbytes for f in frames)
+
+
+def actor_learner_rate(mode: str, count: int, nbytes: int) -> float:
+    """Transitions/s arriving (ours: stored and logged) at the learner side."""
+    if mode == "raw":
+        sock = zmq.Context.instance().socket(zmq.PULL)
+        sock.rcvhwm = 1000
+        port = sock.bind_to_random_port("tcp://127.0.0.1")
+        sender = subprocess.Popen([sys.executable, __file__, "--push-raw", f"tcp://127.0.0.1:{port}", str(count),
+                                   str(nbytes)])
+        try:
+            sock.recv(copy=False)
+            start = time.perf_counter()
+            for _ in range(count - 1):
+                sock.recv(copy=False)
+            elapsed = time.perf_counter() - start
+            sender.wait(60)
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+            sock.close(linger=0)
+        return (count - 1) / elapsed
+
+    import torch
+
+    from hilrl.config import validate_config
+    from hilrl.runtime.learner import Learner
+
+    torch.set_num_threads(1)
+    raw = actor_learner_config()
+    raw["train"]["steps"] = count
+    with tempfile.TemporaryDirectory() as tmp:
+        learner = Learner(validate_config(raw), Path(tmp, "learner"), bind="tcp://127.0.0.1:*", demo_episodes=[],
+                          show_progress=False)
+        sender = subprocess.Popen([sys.executable, __file__, "--bench-actor", learner.address, str(Path(tmp, "actor")),
+                                   str(count)])
+        try:
+            while learner.counters["env_steps"] == 0:
+                learner._serve(100)
+            start, first = time.perf_counter(), learner.counters["env_steps"]
+            while not learner.done:
+                learner._serve(100)
+            elapsed = time.perf_counter() - start
+            deadline = time.perf_counter() + 30
+            while sender.poll() is None and time.perf_counter() < deadline:
+                learner._serve(50)  # tell the actor it is done
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+            sender.wait()
+            learner.close()
+    return (count - first) / elapsed
 
 
 def transition_bytes(image: np.ndarray, state: np.ndarray) -> int:
@@ -185,31 +309,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--round-trips", type=int, default=5000, help="step round trips per side")
     parser.add_argument("--messages", type=int, default=20000, help="transitions per throughput run")
+    parser.add_argument("--actor-messages", type=int, default=2000, help="transitions per actor -> learner run")
     parser.add_argument("--repeats", type=int, default=3, help="alternating throughput runs per side")
     parser.add_argument("--state-dim", type=int, default=25)
+    parser.add_argument("--sections", default="robot,actor", help="robot (1 and 2), actor (3), or both")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
+    if not sections <= {"robot", "actor"}:
+        parser.error(f"--sections {args.sections!r}: use robot, actor or robot,actor")
 
     blocks = 10
-    latency = round_trips(blocks, max(1, args.round_trips // blocks))
-    rates: dict[str, list[float]] = {"ours": [], "raw": []}
-    for _ in range(args.repeats):
-        for mode in ("ours", "raw"):
-            rates[mode].append(throughput(mode, args.messages, args.state_dim))
-    ours_rate, raw_rate = float(np.median(rates["ours"])), float(np.median(rates["raw"]))
-    size = transition_bytes(np.zeros(IMAGE_SHAPE, np.uint8), np.zeros(args.state_dim, np.float32))
-
     rows = []
-    for label, q in (("step round trip p50 (us)", 50), ("step round trip p99 (us)", 99)):
-        ours, raw = np.percentile(latency["ours"], q), np.percentile(latency["raw"], q)
-        goal = "<= 1.5" if q == 99 else ""
-        rows.append((label, f"{ours:.0f}", f"{raw:.0f}", f"{ours / raw:.2f}", goal))
-    rows.append((f"transitions/s ({size} B each)", f"{ours_rate:,.0f}", f"{raw_rate:,.0f}", f"{ours_rate / raw_rate:.2f}", ">= 0.7"))
+    notes = []
+    if "robot" in sections:
+        latency = round_trips(blocks, max(1, args.round_trips // blocks))
+        rates: dict[str, list[float]] = {"ours": [], "raw": []}
+        for _ in range(args.repeats):
+            for mode in ("ours", "raw"):
+                rates[mode].append(throughput(mode, args.messages, args.state_dim))
+        ours_rate, raw_rate = float(np.median(rates["ours"])), float(np.median(rates["raw"]))
+        size = transition_bytes(np.zeros(IMAGE_SHAPE, np.uint8), np.zeros(args.state_dim, np.float32))
+        for label, q in (("step round trip p50 (us)", 50), ("step round trip p99 (us)", 99)):
+            ours, raw = np.percentile(latency["ours"], q), np.percentile(latency["raw"], q)
+            goal = "<= 1.5" if q == 99 else ""
+            rows.append((label, f"{ours:.0f}", f"{raw:.0f}", f"{ours / raw:.2f}", goal))
+        rows.append((f"transitions/s ({size} B each)", f"{ours_rate:,.0f}", f"{raw_rate:,.0f}",
+                     f"{ours_rate / raw_rate:.2f}", ">= 0.7"))
+        notes.append(f"{latency['ours'].size} round trips per side in {blocks} alternating blocks; "
+                     f"throughput median of {args.repeats} runs x {args.messages} messages per side")
+    if "actor" in sections:
+        nbytes = actor_learner_message_bytes()
+        actor_rates: dict[str, list[float]] = {"ours": [], "raw": []}
+        for _ in range(args.repeats):
+            for mode in ("ours", "raw"):
+                actor_rates[mode].append(actor_learner_rate(mode, args.actor_messages, nbytes))
+        ours_rate, raw_rate = float(np.median(actor_rates["ours"])), float(np.median(actor_rates["raw"]))
+        rows.append((f"actor->learner transitions/s ({nbytes} B each)", f"{ours_rate:,.0f}", f"{raw_rate:,.0f}",
+                     f"{ours_rate / raw_rate:.2f}", ""))
+        notes.append(f"actor -> learner median of {args.repeats} runs x {args.actor_messages} transitions per side "
+                     "(ours: spooled, sent, checked, logged, stored in the replay buffer, acked)")
 
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
           f"Python {platform.python_version()}, pyzmq {zmq.__version__} / libzmq {zmq.zmq_version()}")
-    print(f"samples: {latency['ours'].size} round trips per side in {blocks} alternating blocks; "
-          f"throughput median of {args.repeats} runs x {args.messages} messages per side")
+    for note in notes:
+        print(f"samples: {note}")
     header = ("measure", "ours", "raw pyzmq", "ours/raw", "goal")
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
@@ -219,6 +363,10 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-raw-rep":
         serve_raw_rep(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--push-raw":
+        push_raw(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
+    elif len(sys.argv) > 1 and sys.argv[1] == "--bench-actor":
+        run_bench_actor(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--push":
         push_messages(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
     else:

@@ -43,7 +43,8 @@ def envs() -> None:
 @app.command()
 def record(
     config: Path = typer.Argument(..., help="experiment YAML (its env section is used)"),
-    device: str = typer.Option("expert", help="who acts: expert (scripted)"),
+    device: str = typer.Option("expert", help="who acts: expert (scripted), or a person with keyboard, gamepad "
+                                              "or spacemouse (needs hilrl[teleop]; controls: README, Teleoperation)"),
     episodes: int = typer.Option(10, min=1),
     out_file: Path = typer.Option(..., "--out", help="robomimic-layout .hdf5 to write"),
     noise: float = typer.Option(0.0, min=0.0, max=1.0, help="scripted expert's noise knob"),
@@ -131,6 +132,45 @@ def train(
     out.print(table)
     if result.video:
         out.print(f"video: {result.video}")
+
+
+@app.command()
+def learner(
+    config: Path = typer.Argument(..., help="experiment YAML (algo.name: sac)"),
+    bind: Optional[str] = typer.Option(None, help="transition channel, e.g. tcp://0.0.0.0:5560 (default runtime.bind)"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<config name>); resumed"),
+    steps: Optional[int] = typer.Option(None, help="override train.steps (transitions from all actors)"),
+    quiet: bool = typer.Option(False, help="no progress bar"),
+) -> None:
+    """Train from the transitions actors stream; publish weights; ack what is stored. Resumes its folder."""
+    from hilrl.config import load_config
+    from hilrl.runtime.learner import run_learner
+
+    cfg = load_config(config, {"train.steps": steps} if steps is not None else None)
+    run_dir = out_dir or Path("runs") / config.stem
+    result = run_learner(cfg, run_dir, bind=bind, show_progress=not quiet)
+    if result is not None:
+        out.print(f"success {result.success_rate:.0%}, mean return {result.mean_return:.2f}; run folder {run_dir}")
+
+
+@app.command()
+def actor(
+    config: Path = typer.Argument(..., help="the learner's experiment YAML"),
+    learner_address: str = typer.Option(..., "--learner", help="the learner's address, e.g. tcp://10.0.0.2:5560"),
+    out_dir: Path = typer.Option(..., "--out", help="this actor's folder (spool, last weights); resumed"),
+    actor_id: str = typer.Option("actor0", "--id", help="unique name among the learner's actors"),
+    index: int = typer.Option(0, min=0, help="seeds this actor's episodes apart from the others'"),
+    steps: Optional[int] = typer.Option(None, min=1, help="stop after this many env steps (default: until done)"),
+    quiet: bool = typer.Option(False, help="no summary line"),
+) -> None:
+    """Act in the env and stream transitions to the learner; keeps acting if it stalls, re-sends after restarts."""
+    from hilrl.config import load_config
+    from hilrl.runtime.actor import run_actor
+
+    counters = run_actor(load_config(config), out_dir, learner_address, actor_id=actor_id, index=index, steps=steps)
+    if not quiet:
+        out.print(f"actor {actor_id}: {counters['steps']} steps, {counters['episodes']} episodes, "
+                  f"acked up to {counters['acked']}, {counters['unacked']} waiting")
 
 
 @app.command(name="eval")

@@ -86,7 +86,7 @@ def test_resume_after_stop_keeps_counters_and_keeps_learning(tmp_path):
     assert "resuming" in second.stderr and "300 env steps" in second.stderr
     after = json.loads((run / "metrics.json").read_text())
     assert after["env_steps"] == 450 and after["updates"] == 351
-    assert after["episodes"] > before["episodes"]
+    assert after["train_episodes"] > before["train_episodes"]
     assert len(stored(run, "online")["actions"]) == 450
 
     import torch

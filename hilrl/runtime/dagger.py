@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from hilrl.errors import HilrlError
 from hilrl.feedback.experts import make_expert
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import make_algorithm, save_checkpoint
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import make_progress
 
@@ -94,7 +93,6 @@ def train_dagger(config: ExperimentConfig, out: str | os.PathLike, demo_episodes
     result.checkpoint = str(out / "checkpoints" / f"step_{tc.steps}.pt")
     writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
     writer.close()
-    summary = {**result.to_dict(), "algo": algo_cfg.name, "env": config.env.id, **counters,
-               "train_seconds": round(time.perf_counter() - started, 2)}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    write_metrics(out, result, counters, algo=algo_cfg.name, env=config.env.id,
+                  train_seconds=round(time.perf_counter() - started, 2))
     return result

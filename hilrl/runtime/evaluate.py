@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -66,6 +67,24 @@ def evaluate_policy(
         mean_length=float(sum(stats.lengths) / max(len(stats.lengths), 1)),
         video=str(video) if video else None,
     )
+
+
+def write_metrics(out: str | os.PathLike, result: EvalResult | None, counters: dict[str, Any] | None = None,
+                  **facts: Any) -> dict[str, Any]:
+    """Write ``OUT/metrics.json`` (temp file + rename): the final evaluation, the run's facts and its counters.
+
+    The training loop's episode counter is written as ``train_episodes`` so that
+    ``episodes`` always means the evaluation's episode count.
+    """
+    counters = dict(counters or {})
+    if "episodes" in counters:
+        counters["train_episodes"] = counters.pop("episodes")
+    summary = {**(result.to_dict() if result is not None else {}), **facts, **counters}
+    path = Path(out) / "metrics.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
+    return summary
 
 
 def latest_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:

@@ -18,7 +18,6 @@ A stopped run resumes from its folder: learner, buffers, counters and RNG come b
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -26,16 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from hilrl.config import ExperimentConfig, dump_config
+from hilrl.config import ExperimentConfig
 from hilrl.data.buffers import ReplayBuffer
 from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
 from hilrl.feedback.experts import make_expert
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import load_checkpoint, make_algorithm, save_checkpoint
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy, latest_checkpoint
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, latest_checkpoint, write_metrics
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import console, make_progress
 
@@ -44,6 +42,54 @@ def fill_demo_buffer(buffer: ReplayBuffer, episodes: list[Episode], zero_rewards
     for ep in episodes:
         rewards = np.zeros(len(ep), np.float32) if zero_rewards else ep.rewards
         buffer.extend(ep.obs, ep.actions, rewards, ep.next_obs, ep.terminated, ep.truncated)
+
+
+class TransitionStorage:
+    """Where one actor's transitions go, by ``intervention.learn_from`` (ALGORITHMS.md); shared by the
+    single-process loop and the distributed learner.
+
+    * ``rlif=False`` (HIL-SERL): every transition goes to ``online``; intervened ones are also copied
+      to ``demo`` with their env reward.
+    * ``rlif=True``: the env reward is replaced by 0, and by -1 for the transition just before an
+      intervention starts. A transition waits in :attr:`pending` until the next one tells whether an
+      intervention starts there; an episode's last transition is stored when it arrives.
+
+    One instance per stream of consecutive steps (one per actor): the one-step lag pairs a
+    transition with the step that follows it in the same stream.
+    """
+
+    def __init__(self, online: ReplayBuffer, demo: ReplayBuffer, rlif: bool) -> None:
+        self.online, self.demo, self.rlif = online, demo, rlif
+        self.pending: dict[str, Any] | None = None
+
+    def add(self, transition: dict[str, Any], intervention_start: bool, episode_start: bool = False) -> None:
+        """Store ``transition`` (keys of :meth:`ReplayBuffer.add` plus ``intervened`` and ``policy_action``).
+
+        ``intervention_start``: an intervention begins at this step. ``episode_start``: this step opens
+        an episode, so a transition still pending belongs to an episode that was cut short (an actor
+        restart): it is stored unlabelled.
+        """
+        if episode_start:
+            self.flush()
+        if self.rlif:
+            if self.pending is not None:
+                if intervention_start:
+                    self.pending["reward"] = -1.0
+                self.online.add(**self.pending)
+            self.pending = {**transition, "reward": 0.0}
+            if transition["terminated"] or transition["truncated"]:
+                self.flush()
+        else:
+            self.online.add(**transition)
+            if transition["intervened"]:
+                self.demo.add(transition["obs"], transition["action"], transition["reward"], transition["next_obs"],
+                              transition["terminated"], transition["truncated"])
+
+    def flush(self) -> None:
+        """Store the pending RLIF transition as it is (no next step will label it)."""
+        if self.pending is not None:
+            self.online.add(**self.pending)
+            self.pending = None
 
 
 class _Counters(dict):
@@ -102,7 +148,7 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
     recent_success: deque[bool] = deque(maxlen=20)
     recent_intervened: deque[bool] = deque(maxlen=500)
     obs, _ = env.reset(seed=tc.seed * 1_000_003 + counters["episodes"])
-    pending: dict[str, Any] | None = None
+    storage = TransitionStorage(online, demo, rlif)
     started, start_updates = time.perf_counter(), counters["updates"]
     metrics: dict[str, Any] = {}
     with make_progress(not show_progress) as bar:
@@ -119,16 +165,7 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
             transition = dict(obs=obs, action=executed, reward=float(reward), next_obs=next_obs,
                               terminated=terminated, truncated=truncated, intervened=intervened,
                               policy_action=np.asarray(action, np.float32))
-            if rlif:
-                if pending is not None:
-                    if info.get("intervention_start"):
-                        pending["reward"] = -1.0
-                    online.add(**pending)
-                pending = {**transition, "reward": 0.0}
-            else:
-                online.add(**transition)
-                if intervened and ic.learn_from == "hil_serl":
-                    demo.add(obs, executed, float(reward), next_obs, terminated, truncated)
+            storage.add(transition, intervention_start=bool(info.get("intervention_start", False)))
             counters["env_steps"] += 1
             counters["interventions"] += int(bool(info.get("intervention_start", False)))
             counters["intervened_steps"] += int(intervened)
@@ -139,9 +176,6 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
                 counters["updates"] += 1
 
             if terminated or truncated:
-                if pending is not None:
-                    online.add(**pending)
-                    pending = None
                 counters["episodes"] += 1
                 counters["successes"] += int(bool(info.get("is_success", False)))
                 recent_success.append(bool(info.get("is_success", False)))
@@ -166,9 +200,8 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
                                          show_progress=False)
                 writer.add_scalar("eval/success_rate", result.success_rate, step)
                 writer.add_scalar("eval/mean_return", result.mean_return, step)
-            if step == tc.steps and pending is not None:
-                online.add(**pending)  # the run ends here: no next step can label it
-                pending = None
+            if step == tc.steps:
+                storage.flush()  # the run ends here: no next step can label it
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 checkpoint()
     env.close()
@@ -180,10 +213,7 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
     writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
     writer.add_scalar("eval/mean_return", result.mean_return, tc.steps)
     writer.close()
-    summary = {**result.to_dict(), "algo": config.algo.name, "env": config.env.id, **counters,
-               "demo_episodes": len(demo_episodes), "train_seconds_this_session": round(train_seconds, 2),
-               "intervention_source": ic.source, "learn_from": ic.learn_from if ic.source != "none" else None}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_metrics(out, result, counters, algo=config.algo.name, env=config.env.id,
+                  demo_episodes=len(demo_episodes), train_seconds_this_session=round(train_seconds, 2),
+                  intervention_source=ic.source, learn_from=ic.learn_from if ic.source != "none" else None)
     return result

@@ -17,7 +17,6 @@ which is what ``train.random_steps`` does in our loop, so that key must stay 0.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import deque
@@ -38,7 +37,7 @@ from hilrl.feedback.experts import make_expert
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import make_algorithm, save_checkpoint
 from hilrl.policies.sb3 import SB3Agent
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import make_progress
 
@@ -155,14 +154,9 @@ def train_sb3(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: l
     agent.model.logger.dump(callback.last_checkpoint)
     agent.model.logger.close()
     buffer = agent.replay_buffer
-    summary = {**result.to_dict(), "algo": config.algo.name, "env": config.env.id,
-               **{k: v for k, v in callback.counters.items() if k != "episodes"},
-               "train_episodes": callback.counters["episodes"],
-               "updates": int(agent.model._n_updates), "demo_episodes": len(demo_episodes),
-               "online_transitions": int(buffer.size()), "demo_transitions": int(buffer.demo.size()),
-               "train_seconds": round(train_seconds, 2), "intervention_source": ic.source,
-               "learn_from": ic.learn_from if ic.source != "none" else None}
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_metrics(out, result, callback.counters, algo=config.algo.name, env=config.env.id,
+                  updates=int(agent.model._n_updates), demo_episodes=len(demo_episodes),
+                  online_transitions=int(buffer.size()), demo_transitions=int(buffer.demo.size()),
+                  train_seconds=round(train_seconds, 2), intervention_source=ic.source,
+                  learn_from=ic.learn_from if ic.source != "none" else None)
     return result

@@ -12,19 +12,18 @@ Run folder layout::
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from hilrl.config import ExperimentConfig, dump_config
 from hilrl.data.hdf5 import read_episodes
 from hilrl.envs.make import make_env
+from hilrl.errors import HilrlError
 from hilrl.policies.registry import make_algorithm, save_checkpoint
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.record import record_demos
 
@@ -46,9 +45,14 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
     """Train the configured algorithm, checkpoint it, evaluate it and write the run folder.
 
     Offline algorithms (BC) train on the demos; the others run the online loop
-    (:mod:`hilrl.runtime.online`), which resumes when ``out`` already holds a checkpoint.
+    (:mod:`hilrl.runtime.online`), which resumes when ``out`` already holds a checkpoint;
+    ``runtime: distributed`` runs it as a learner with actor processes (:mod:`hilrl.runtime.learner`).
     ``sb3.*`` algorithms run SB3's own loop (:mod:`hilrl.runtime.sb3_loop`).
     """
+    distributed = config.runtime.mode == "distributed"
+    if distributed and config.algo.name != "sac":
+        raise HilrlError(f"runtime: distributed trains algo.name: sac, not {config.algo.name!r}; "
+                         "use runtime: local for the others")
     sb3 = config.algo.name.startswith("sb3.")
     if sb3:
         from hilrl.runtime.sb3_loop import check_sb3_experiment
@@ -69,6 +73,10 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
         from hilrl.runtime.sb3_loop import train_sb3
 
         return train_sb3(config, out, episodes, show_progress)
+    if distributed:
+        from hilrl.runtime.learner import train_distributed
+
+        return train_distributed(config, out, episodes, show_progress)
     from hilrl.runtime.online import train_rl
 
     return train_rl(config, out, episodes, show_progress)
@@ -106,11 +114,6 @@ def _train_offline(config: ExperimentConfig, out: Path, episodes: list, show_pro
     writer.add_scalar("eval/success_rate", result.success_rate, config.train.steps)
     writer.add_scalar("eval/mean_return", result.mean_return, config.train.steps)
     writer.close()
-    metrics: dict[str, Any] = {
-        **result.to_dict(), "algo": config.algo.name, "env": config.env.id, "train_steps": config.train.steps,
-        "demo_episodes": len(episodes), "demo_samples": samples, "train_seconds": round(train_seconds, 2),
-    }
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, out / "metrics.json")
+    write_metrics(out, result, algo=config.algo.name, env=config.env.id, train_steps=config.train.steps,
+                  demo_episodes=len(episodes), demo_samples=samples, train_seconds=round(train_seconds, 2))
     return result

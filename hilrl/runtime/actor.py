@@ -1,0 +1,322 @@
+"""The actor process: acts in the env (next to the robot), streams transitions, swaps in new weights.
+
+``hilrl actor CONFIG --learner tcp://HOST:PORT --out ACTOR_DIR``. Each env step becomes one
+``transition`` message (:mod:`hilrl.runtime.transport`) with the executed action and the
+intervention marks. Before it is sent it is appended to the spool ``ACTOR_DIR/spool/``; it
+stays there and in memory until the learner acks it, and is re-sent after a silence of
+``runtime.ack_timeout_s`` or when the learner reports a gap. So the actor:
+
+* keeps acting on its last weights while the learner is slow, gone or restarting (the ZMQ
+  socket reconnects by itself), pausing only when ``runtime.max_unacked`` steps wait for an ack;
+* resumes after a crash from its spool (un-acked transitions), ``weights.npz`` and ``actor_state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from hilrl.config import ExperimentConfig
+from hilrl.envs.make import make_env
+from hilrl.envs.protocol import ProtocolError, encode
+from hilrl.errors import HilrlError
+from hilrl.feedback.experts import make_expert
+from hilrl.feedback.intervention import InterventionWrapper
+from hilrl.policies.registry import make_algorithm
+from hilrl.runtime import transport
+from hilrl.runtime.interventions import make_interventionist
+from hilrl.runtime.progress import console
+
+SPOOL_SEGMENT_RECORDS = 200  # spool file size in transitions; a file goes once all of it is acked
+WEIGHTS_SAVE_PERIOD_S = 5.0
+HELLO_RETRY_S = 0.5
+STATE_SAVE_PERIOD_S = 0.5  # actor_state.json: a restart re-sends at most this much of acked transitions again
+
+
+class Actor:
+    """One actor. Build it (loads its folder, connects), then :meth:`run`.
+
+    Args:
+        config: the same experiment the learner runs.
+        out: this actor's folder (spool, last weights, counters).
+        learner: the learner's transition address, e.g. ``tcp://10.0.0.2:5560``.
+        actor_id: unique name among the learner's actors; the learner keys seqs by it.
+        index: seeds the env and the interventionist apart from other actors.
+        steps: stop after this many env steps in this session (``None``: until the learner is done).
+    """
+
+    def __init__(self, config: ExperimentConfig, out: str | os.PathLike, learner: str, actor_id: str = "actor0",
+                 index: int = 0, steps: int | None = None) -> None:
+        if config.algo.name != "sac":
+            raise HilrlError(f"runtime: distributed trains algo.name: sac, not {config.algo.name!r}")
+        if not actor_id or not actor_id.isprintable():
+            raise HilrlError(f"--id {actor_id!r}: give each actor a non-empty printable name")
+        torch.set_num_threads(config.train.threads)
+        self.config, self.actor_id, self.index, self.steps_limit = config, actor_id, index, steps
+        self.out = Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        tc, ic = config.train, config.intervention
+
+        self.env = make_env(config.env)
+        self.act_space = self.env.action_space
+        if ic.source != "none":
+            seed = tc.seed + 1 + 7919 * index
+            source = make_interventionist(ic, make_expert(self.env, noise=ic.expert_noise, seed=seed), seed=seed + 1)
+            self.env = InterventionWrapper(self.env, source)
+        self.agent = make_algorithm(config.algo, self.env.observation_space, self.act_space, seed=tc.seed + index)
+        self.rng = np.random.default_rng(tc.seed + 1_000 * (index + 1))
+
+        self.state = {"actor": actor_id, "acked": 0, "steps": 0, "episodes": 0, "successes": 0, "weights_version": -1}
+        state_file = self.out / "actor_state.json"
+        if state_file.is_file():
+            saved = json.loads(state_file.read_text())
+            if saved.get("actor") != actor_id:
+                raise HilrlError(f"{self.out} belongs to actor {saved.get('actor')!r}, not {actor_id!r}; use its "
+                                 "--id or another --out")
+            self.state.update(saved)
+        weights_file = self.out / "weights.npz"
+        if weights_file.is_file():
+            with np.load(weights_file) as f:
+                transport.load_policy_weights(self.agent, {k: f[k] for k in f.files})
+        self.spool = transport.RecordLog(self.out / "spool")
+        self.unacked: OrderedDict[int, list[Any]] = OrderedDict()
+        self.segment_last_seq: dict[int, int] = {}
+        for segment, frames in self.spool.read():
+            seq = transport.read_message(frames)["seq"]
+            self.segment_last_seq[segment] = seq
+            if seq > self.state["acked"]:
+                self.unacked[seq] = frames
+        self.next_seq = max([self.state["acked"], *self.unacked]) + 1
+        if self.unacked or self.state["steps"]:
+            console.print(f"actor {actor_id} resuming: {self.state['steps']} steps, {len(self.unacked)} "
+                          "transitions to re-send", soft_wrap=True)
+
+        self.context = zmq.Context.instance()
+        self.learner = learner
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        self.socket.immediate = True  # no queueing for a learner that is not there: the spool is the queue
+        self.socket.sndhwm = config.runtime.max_unacked + 16
+        try:
+            self.socket.connect(learner)
+        except zmq.ZMQError as exc:
+            raise HilrlError(f"--learner {learner!r}: not a ZMQ address ({exc}); use tcp://HOST:PORT") from None
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.weights_address: str | None = None
+        self.sent_upto = self.state["acked"]
+        self.last_progress = time.monotonic()
+        self.last_hello = -float("inf")
+        self.last_weights_save = time.monotonic()
+        self.last_state_save = -float("inf")
+        self.learner_done = False
+        self.stop_requested = False
+        self.welcomed = False  # set by the learner's welcome; cleared when it goes silent or restarts
+
+    # ---------------------------------------------------------------- link
+
+    def _hello(self, go_back: bool) -> None:
+        self.last_hello = time.monotonic()
+        self.welcomed = False
+        if go_back:
+            self.sent_upto = self.state["acked"]  # re-send everything not acked
+        self._send(transport.hello(self.actor_id, self.state["acked"]))
+
+    def _send(self, message_or_frames: dict[str, Any] | list[Any]) -> bool:
+        frames = encode(message_or_frames) if isinstance(message_or_frames, dict) else message_or_frames
+        try:
+            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:  # no learner connected, or its queue is full: the spool keeps it
+            return False
+
+    def _pump(self) -> None:
+        """Send spooled transitions the learner has not been sent since the last go-back."""
+        # un-acked seqs are contiguous (acked + 1 .. next_seq - 1): index them, do not scan the window
+        for seq in range(max(self.sent_upto, self.state["acked"]) + 1, self.next_seq):
+            frames = self.unacked.get(seq)
+            if frames is None:
+                continue
+            if not self._send(frames):
+                break
+            self.sent_upto = seq
+
+    def _acked(self, acked: int) -> None:
+        if acked > self.state["acked"]:
+            self.state["acked"] = acked
+            self.last_progress = time.monotonic()
+            if self.last_progress - self.last_state_save > STATE_SAVE_PERIOD_S:
+                self._save_state()
+            while self.unacked and next(iter(self.unacked)) <= acked:
+                self.unacked.popitem(last=False)
+            self.next_seq = max(self.next_seq, acked + 1)  # never reuse a seq the learner already holds
+            self._compact_spool()
+        self.sent_upto = max(self.sent_upto, acked)
+
+    def _compact_spool(self) -> None:
+        done = [s for s, last in self.segment_last_seq.items() if last <= self.state["acked"] and s != self.spool.segment]
+        if done:
+            self._save_state()  # acked on disk first: the seq numbering must survive the deleted files
+            keep = min([s for s in self.segment_last_seq if s not in done] + [self.spool.segment])
+            self.spool.drop_before(keep)
+            for s in done:
+                if s < keep:
+                    del self.segment_last_seq[s]
+
+    def _receive(self) -> None:
+        """Handle every waiting ack, welcome, error and weight broadcast."""
+        while self.socket.poll(0):
+            try:
+                message = transport.read_message(self.socket.recv_multipart(copy=False))
+            except ProtocolError as exc:
+                console.print(f"[yellow]actor {self.actor_id}: unreadable reply from the learner: {exc}[/yellow]")
+                continue
+            kind = message["kind"]
+            if kind == "error":
+                raise HilrlError(f"the learner at {self.learner} refused our transitions: {message.get('error')}; "
+                                 "run actor and learner with the same config")
+            if kind == "welcome":
+                self.welcomed = True
+                self._acked(message["acked"])
+                self._load_weights(message["version"], message["weights"])
+                if message["weights_address"] != self.weights_address:
+                    if self.weights_address:
+                        self.sub.disconnect(self.weights_address)
+                    self.weights_address = message["weights_address"]
+                    self.sub.connect(self.weights_address)
+            elif kind == "ack":
+                self._acked(message["acked"])
+                if message.get("gap") and time.monotonic() - self.last_hello > 0.2:
+                    self._hello(go_back=True)  # the learner lost what we sent (it restarted): resume after its ack
+            else:
+                continue
+            self.learner_done = self.learner_done or bool(message.get("done"))
+        latest = None
+        while self.sub.poll(0):
+            try:
+                latest = transport.read_message(self.sub.recv_multipart(copy=False))
+            except ProtocolError:
+                continue
+        if latest is not None and latest["kind"] == "weights":
+            self._load_weights(latest["version"], latest["weights"])
+
+    def _load_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
+        if version == self.state["weights_version"]:
+            return
+        transport.load_policy_weights(self.agent, weights)
+        self.state["weights_version"] = version
+        self._weights = weights
+        if time.monotonic() - self.last_weights_save > WEIGHTS_SAVE_PERIOD_S:
+            self._save_weights()
+
+    def _save_weights(self) -> None:
+        weights = getattr(self, "_weights", None)
+        if weights is None:
+            return
+        tmp = self.out / "weights.npz.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, **weights)
+        os.replace(tmp, self.out / "weights.npz")
+        self.last_weights_save = time.monotonic()
+
+    def _save_state(self) -> None:
+        self.last_state_save = time.monotonic()
+        tmp = self.out / "actor_state.json.tmp"
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.out / "actor_state.json")
+
+    def _service_link(self) -> None:
+        self._receive()
+        now = time.monotonic()
+        timeout = self.config.runtime.ack_timeout_s
+        if self.unacked and now - self.last_progress > timeout and now - self.last_hello > timeout:
+            self._hello(go_back=True)  # a silent learner: say hello again and re-send from its last ack
+        elif not self.welcomed and now - self.last_hello > HELLO_RETRY_S:
+            self._hello(go_back=False)  # a hello sent before the connection was up is dropped, not queued
+        self._pump()
+
+    # ---------------------------------------------------------------- acting
+
+    def _spool(self, transition: dict[str, Any]) -> None:
+        seq = self.next_seq
+        frames = encode(transport.transition_message(self.actor_id, seq, transition))
+        self.spool.append(frames)
+        self.spool.sync()
+        self.segment_last_seq[self.spool.segment] = seq
+        if self.spool.records_in_segment >= SPOOL_SEGMENT_RECORDS:
+            self.spool.rotate()
+        self.unacked[seq] = frames
+        self.next_seq += 1
+
+    def run(self) -> dict[str, Any]:
+        """Act until the learner says it is done, ``steps`` were taken, or SIGTERM/SIGINT; returns the counters."""
+        tc, s = self.config.train, self.state
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
+        episode_seed = tc.seed * 1_000_003 + 100_003 * (self.index + 1) + s["episodes"]
+        obs, _ = self.env.reset(seed=episode_seed % 2**32)
+        episode_start, taken = True, 0
+        try:
+            while not (self.learner_done or self.stop_requested):
+                self._service_link()
+                if self.steps_limit is not None and taken >= self.steps_limit:
+                    if not self.unacked:
+                        break
+                    time.sleep(0.01)
+                    continue
+                if len(self.unacked) >= self.config.runtime.max_unacked:
+                    time.sleep(0.01)  # the learner is far behind or away: do not run the robot unrecorded
+                    continue
+                if s["steps"] < tc.random_steps:
+                    action = self.rng.uniform(-1.0, 1.0, self.act_space.shape).astype(np.float32)
+                else:
+                    action = self.agent.act(obs)
+                next_obs, reward, terminated, truncated, info = self.env.step(action)
+                intervened = bool(info.get("intervened", False))
+                self._spool(dict(
+                    obs=obs, action=np.asarray(info.get("executed_action", action), np.float32),
+                    reward=float(reward), next_obs=next_obs, terminated=bool(terminated), truncated=bool(truncated),
+                    intervened=intervened, intervention_start=bool(info.get("intervention_start", False)),
+                    policy_action=np.asarray(action, np.float32), is_success=bool(info.get("is_success", False)),
+                    episode_start=episode_start))
+                s["steps"] += 1
+                taken += 1
+                episode_start = False
+                if terminated or truncated:
+                    s["episodes"] += 1
+                    s["successes"] += int(bool(info.get("is_success", False)))
+                    episode_seed = tc.seed * 1_000_003 + 100_003 * (self.index + 1) + s["episodes"]
+                    obs, _ = self.env.reset(seed=episode_seed % 2**32)
+                    episode_start = True
+                else:
+                    obs = next_obs
+        finally:
+            self._save_state()
+            self._save_weights()
+        return dict(s, unacked=len(self.unacked))
+
+    def close(self) -> None:
+        self.spool.close()
+        self.env.close()
+        self.socket.close(linger=0)
+        self.sub.close(linger=0)
+
+
+def run_actor(config: ExperimentConfig, out: str | os.PathLike, learner: str, actor_id: str = "actor0",
+              index: int = 0, steps: int | None = None) -> dict[str, Any]:
+    """`hilrl actor`: act for the learner at ``learner`` until it is done; returns the actor's counters."""
+    actor = Actor(config, out, learner, actor_id=actor_id, index=index, steps=steps)
+    try:
+        return actor.run()
+    finally:
+        actor.close()

@@ -1,0 +1,372 @@
+"""The learner process: stores the transitions actors stream to it, trains SAC, publishes actor weights.
+
+``hilrl learner CONFIG --bind tcp://HOST:PORT --out RUN`` (or ``hilrl train`` with ``runtime: distributed``,
+which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per message, in this order:
+
+1. check it (schema, shapes, finite numbers) against the task's spaces;
+2. keep it only if it is the actor's next seq (duplicates and messages after a gap are dropped);
+3. append its wire frames to the log ``RUN/log/`` and store it in the replay buffers with the
+   HIL-SERL / RLIF rules (:class:`hilrl.runtime.online.TransitionStorage`, one per actor);
+4. after a batch of messages, flush the log, then ack each actor's highest contiguous seq.
+
+So an acked transition is on disk. A checkpoint (``RUN/checkpoints/step_N.pt`` with its
+``replay_*_N.npz``) holds the learner, buffers, per-actor acked seqs and RLIF pending steps, and
+names the first log segment written after it; a restarted learner loads the newest checkpoint and
+replays the log from there, so a ``kill -9`` loses nothing it acked. Stopping rule: ``train.steps``
+stored transitions, then updates up to the ``runtime.max_update_ratio`` budget, then evaluation.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from hilrl.config import ExperimentConfig, dump_config
+from hilrl.data.buffers import ReplayBuffer
+from hilrl.envs.make import make_env
+from hilrl.envs.protocol import ProtocolError, encode
+from hilrl.envs.remote import _stream_address
+from hilrl.errors import HilrlError
+from hilrl.policies.registry import load_checkpoint, make_algorithm, save_checkpoint
+from hilrl.runtime import transport
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
+from hilrl.runtime.online import TransitionStorage, fill_demo_buffer
+from hilrl.runtime.progress import console, make_progress
+
+DRAIN_MESSAGES = 256  # messages stored between two log flushes / ack rounds
+PACED_DRAIN = 16  # ... when pacing: small, so acks keep flowing well within the actors' ack_timeout_s
+PACED_SERVE_PERIOD_S = 0.5  # a paced learner serves at least this often, even behind on its updates
+
+
+class Learner:
+    """One learner serving any number of actors. Build it (binds the sockets), then :meth:`run`.
+
+    Args:
+        config: the experiment (``algo.name: sac``).
+        out: run folder; a folder with a checkpoint or a log is resumed.
+        bind: transition channel address (default ``config.runtime.bind``); ``tcp://HOST:*`` picks a port.
+        demo_episodes: demos for the demo buffer of a fresh run.
+    """
+
+    def __init__(self, config: ExperimentConfig, out: str | os.PathLike, bind: str | None = None,
+                 demo_episodes: list | None = None, show_progress: bool = True) -> None:
+        if config.algo.name != "sac":
+            raise HilrlError(f"runtime: distributed trains algo.name: sac, not {config.algo.name!r}; "
+                             "use runtime: local for the others")
+        torch.set_num_threads(config.train.threads)
+        self.config, self.show_progress = config, show_progress
+        self.out = Path(out)
+        self.ckpt_dir = self.out / "checkpoints"
+        tc, ic, rc = config.train, config.intervention, config.runtime
+        self.rlif = ic.source != "none" and ic.learn_from == "rlif"
+        self.experiment = config.model_dump(mode="json")
+
+        env = make_env(config.env)
+        self.obs_space, self.act_space = env.observation_space, env.action_space
+        env.close()
+        self.agent = make_algorithm(config.algo, self.obs_space, self.act_space, seed=tc.seed)
+        extras = {"intervened": ((), bool), "policy_action": (self.act_space.shape, np.float32)}
+        self.online = ReplayBuffer(self.obs_space, self.act_space, tc.buffer_capacity, extras=extras)
+        self.demo = ReplayBuffer(self.obs_space, self.act_space, tc.buffer_capacity)
+        self.storage: dict[str, TransitionStorage] = {}
+        self.acked: dict[str, int] = {}
+        self.counters = dict(env_steps=0, episodes=0, successes=0, interventions=0, intervened_steps=0, updates=0,
+                             dropped=0, rejected=0)
+        self.weights_version = 0
+        self.log = transport.RecordLog(self.out / "log", fsync=rc.fsync)
+        self._resume(demo_episodes or [])
+        self.last_checkpoint_steps = self.counters["env_steps"]
+
+        self.context = zmq.Context.instance()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.router.linger = 0
+        self.router.rcvhwm = 2 * DRAIN_MESSAGES
+        self.pub = self.context.socket(zmq.PUB)
+        self.pub.linger = 0
+        self.pub.sndhwm = 4  # a slow actor should get the newest weights, not a queue of old ones
+        try:
+            self.router.bind(bind or rc.bind)
+            host = self.router.last_endpoint.decode().rpartition(":")[0]
+            self.pub.bind(rc.weights_bind or f"{host}:*")
+        except zmq.ZMQError as exc:
+            self.close()
+            raise HilrlError(f"cannot bind the learner to {bind or rc.bind} ({exc}); pick a free port with --bind "
+                             "tcp://HOST:PORT (or tcp://HOST:* for any)") from None
+        self.address = self.router.last_endpoint.decode()
+        self.weights_address = _stream_address(self.address, self.pub.last_endpoint.decode())
+        self.weights = transport.policy_weights(self.agent)
+        (self.out / "learner_address.txt").write_text(self.address + "\n")
+
+    # ---------------------------------------------------------------- resume
+
+    def _resume(self, demo_episodes: list) -> None:
+        state_path = self._latest_complete_checkpoint()
+        first_segment = 0
+        if state_path is None:
+            fill_demo_buffer(self.demo, demo_episodes, zero_rewards=self.rlif)
+        else:
+            state = load_checkpoint(state_path)
+            self.agent.load_state_dict(state["state"])
+            self.counters.update(state["counters"])
+            self.acked = dict(state["acked"])
+            for actor, pending in state["pending"].items():
+                self._storage_for(actor).pending = pending
+            self.weights_version = int(state["weights_version"])
+            self.online.load(self.ckpt_dir / state["replay"]["online"])
+            self.demo.load(self.ckpt_dir / state["replay"]["demo"])
+            first_segment = int(state["log_segment"])
+        replayed = 0
+        for _, frames in self.log.read(first_segment):
+            message = transport.read_message(frames)  # we wrote it after checking it
+            replayed += self._accept(message, frames=None)
+        if state_path is not None or replayed:
+            where = state_path.name if state_path is not None else "an empty start"
+            console.print(f"resuming {self.out} from {where} + {replayed} logged transitions: "
+                          f"{self.counters['env_steps']} stored, {self.counters['updates']} updates, "
+                          f"acked {self.acked}", soft_wrap=True)
+
+    def _latest_complete_checkpoint(self) -> Path | None:
+        """The newest ``step_N.pt`` written by a learner whose replay files are all there."""
+        candidates = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for path in reversed(candidates):
+            state = load_checkpoint(path)
+            replay = state.get("replay")
+            if replay and all((self.ckpt_dir / name).is_file() for name in replay.values()):
+                return path
+        return None
+
+    def _storage_for(self, actor: str) -> TransitionStorage:
+        if actor not in self.storage:
+            self.storage[actor] = TransitionStorage(self.online, self.demo, self.rlif)
+        return self.storage[actor]
+
+    # ---------------------------------------------------------------- storing
+
+    @property
+    def done(self) -> bool:
+        return self.counters["env_steps"] >= self.config.train.steps
+
+    def _accept(self, message: dict[str, Any], frames: list[Any] | None) -> int:
+        """Store a checked transition if it is its actor's next seq; log its ``frames`` first (live only)."""
+        actor, seq, t = message["actor"], message["seq"], message["t"]
+        if self.done or seq != self.acked.get(actor, 0) + 1:
+            return 0
+        if frames is not None:
+            self.log.append(frames)
+        c = self.counters
+        self._storage_for(actor).add(
+            dict(obs=t["obs"], action=t["action"], reward=float(t["reward"]), next_obs=t["next_obs"],
+                 terminated=t["terminated"], truncated=t["truncated"], intervened=t["intervened"],
+                 policy_action=t["policy_action"]),
+            intervention_start=t["intervention_start"], episode_start=t["episode_start"])
+        self.acked[actor] = seq
+        c["env_steps"] += 1
+        c["interventions"] += int(t["intervention_start"])
+        c["intervened_steps"] += int(t["intervened"])
+        if t["terminated"] or t["truncated"]:
+            c["episodes"] += 1
+            c["successes"] += int(t["is_success"])
+        if self.done:
+            for storage in self.storage.values():
+                storage.flush()  # the run ends here: no next step can label them
+        return 1
+
+    def _serve(self, timeout_ms: int, limit: int = DRAIN_MESSAGES) -> None:
+        """Handle up to ``limit`` messages, flush the log, then ack every actor heard from."""
+        if not self.router.poll(timeout_ms):
+            return
+        replies: dict[bytes, tuple[str, bool]] = {}
+        for _ in range(limit):
+            try:
+                identity, *frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            identity = identity.bytes
+            try:
+                message = transport.read_message(frames)
+                if message["kind"] == "hello":
+                    self._welcome(identity, message)
+                    continue
+                if message["kind"] != "transition":
+                    raise ProtocolError(f"an actor sends hello or transition, not {message['kind']!r}")
+                transport.check_transition(message, self.obs_space, self.act_space)
+            except ProtocolError as exc:
+                self.counters["rejected"] += 1
+                self.router.send_multipart([identity, *encode(transport.error(str(exc)))])
+                continue
+            actor = message["actor"]
+            stored = self._accept(message, frames)
+            gap = not stored and not self.done and message["seq"] > self.acked.get(actor, 0) + 1
+            self.counters["dropped"] += 1 - stored
+            previous_gap = replies.get(identity, (actor, False))[1]
+            replies[identity] = (actor, previous_gap or gap)
+        self.log.sync()  # acked means written: flush before any ack leaves
+        for identity, (actor, gap) in replies.items():
+            self.router.send_multipart([identity, *encode(transport.ack(self.acked.get(actor, 0), self.done, gap))])
+
+    def _welcome(self, identity: bytes, message: dict[str, Any]) -> None:
+        actor, their_acked = message.get("actor"), message.get("acked")
+        if not isinstance(actor, str) or not actor or type(their_acked) is not int:
+            raise ProtocolError("hello needs 'actor' (a non-empty string) and 'acked' (an int)")
+        if their_acked > self.acked.get(actor, 0):
+            # This learner lost transitions it once acked (a run folder wiped or replaced): they are gone
+            # from the actor too, so continue after them rather than wait forever for them.
+            console.print(f"[yellow]actor {actor} was acked up to {their_acked}, this learner has "
+                          f"{self.acked.get(actor, 0)}; continuing from {their_acked}[/yellow]")
+            self.acked[actor] = their_acked
+            self._storage_for(actor).flush()
+        self.router.send_multipart([identity, *encode(transport.welcome(
+            self.acked.get(actor, 0), self.done, self.weights_address, self.weights_version, self.weights))],
+            copy=False)
+
+    # ---------------------------------------------------------------- checkpoints and weights
+
+    def publish(self) -> None:
+        self.weights_version += 1
+        self.weights = transport.policy_weights(self.agent)
+        self.pub.send_multipart(encode(transport.weights_message(self.weights_version, self.weights)), copy=False)
+
+    def checkpoint(self) -> Path:
+        """Learner + buffers + acked seqs; names the first log segment it does not contain."""
+        segment = self.log.rotate()
+        tag = self.counters["env_steps"]
+        replay = {"online": f"replay_online_{tag}.npz", "demo": f"replay_demo_{tag}.npz"}
+        self.online.save(self.ckpt_dir / replay["online"])
+        self.demo.save(self.ckpt_dir / replay["demo"])
+        path = save_checkpoint(self.ckpt_dir / f"step_{tag}.pt", self.agent, self.experiment,
+                               counters=dict(self.counters), acked=dict(self.acked),
+                               pending={a: s.pending for a, s in self.storage.items()}, log_segment=segment,
+                               replay=replay, weights_version=self.weights_version)
+        self.log.drop_before(segment)
+        for old in self.ckpt_dir.glob("replay_*.npz"):
+            if old.name not in replay.values():
+                old.unlink(missing_ok=True)  # older step_*.pt keep their networks; only the newest resumes
+        self.last_checkpoint_steps = tag
+        return path
+
+    # ---------------------------------------------------------------- main loop
+
+    def update_budget(self) -> float:
+        """Updates allowed now: as the local loop, one per stored transition after ``learning_starts``."""
+        tc, ratio = self.config.train, self.config.runtime.max_update_ratio
+        if self.counters["env_steps"] < tc.learning_starts or len(self.online) == 0:
+            return 0
+        if ratio is None:
+            return float("inf") if not self.done else self.counters["updates"]
+        return ratio * (self.counters["env_steps"] - tc.learning_starts + 1)
+
+    def run(self) -> EvalResult | None:
+        """Serve actors and train until ``train.steps`` transitions are stored and updated on; then evaluate."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        tc, rc, c = self.config.train, self.config.runtime, self.counters
+        writer = SummaryWriter(str(self.out / "tb"))
+        metrics: dict[str, Any] = {}
+        started, start_updates, next_log = time.perf_counter(), c["updates"], c["env_steps"] + tc.log_every
+        last_serve = time.monotonic()
+        console.print(f"learner on {self.address} (weights on {self.weights_address}), run folder {self.out}",
+                      soft_wrap=True)
+        with make_progress(not self.show_progress) as bar:
+            task = bar.add_task(f"learner {self.config.env.id}", total=tc.steps, completed=c["env_steps"], stats="")
+            while True:
+                can_update = c["updates"] < self.update_budget()
+                # Paced (max_update_ratio set): take new transitions only once their updates are done, a few
+                # at a time, so the actors' un-acked window (runtime.max_unacked) bounds their policy's lag.
+                paced = rc.max_update_ratio is not None and c["env_steps"] >= tc.learning_starts
+                # ... but never silent for long: late acks make actors time out and re-send their whole window
+                overdue = time.monotonic() - last_serve > PACED_SERVE_PERIOD_S
+                if not (paced and can_update) or overdue:
+                    self._serve(0 if can_update else 20, PACED_DRAIN if paced else DRAIN_MESSAGES)
+                    last_serve = time.monotonic()
+                if can_update:
+                    metrics = self.agent.train_step(self.online, self.demo)
+                    c["updates"] += 1
+                    if c["updates"] % rc.publish_every == 0:
+                        self.publish()
+                if c["env_steps"] - self.last_checkpoint_steps >= tc.checkpoint_every:
+                    self.checkpoint()
+                if c["env_steps"] >= next_log or (self.done and not can_update):
+                    next_log = c["env_steps"] + tc.log_every
+                    rate = (c["updates"] - start_updates) / max(time.perf_counter() - started, 1e-9)
+                    for key, value in metrics.items():
+                        writer.add_scalar(f"train/{key}", float(value), c["env_steps"])
+                    bar.update(task, completed=c["env_steps"], stats=f"{c['updates']} updates ({rate:.0f}/s)  "
+                                                                     f"actors {dict(self.acked)}")
+                if self.done and c["updates"] >= self.update_budget():
+                    break
+            self.publish()
+            self.checkpoint()
+            self._serve(0)  # tell waiting actors the run is done
+        train_seconds = time.perf_counter() - started
+        result = None
+        if self.config.env.remote is None:  # evaluating on a real arm is the user's call, not the learner's
+            result = evaluate_policy(self.config.env, lambda o: self.agent.act(o, deterministic=True),
+                                     tc.eval_episodes, video=self.out / "final_policy.mp4" if tc.video else None,
+                                     show_progress=self.show_progress)
+            result.checkpoint = str(self.ckpt_dir / f"step_{c['env_steps']}.pt")
+            writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
+        writer.close()
+        write_metrics(self.out, result, c, algo="sac", env=self.config.env.id, runtime="distributed",
+                      acked=dict(self.acked), weights_version=self.weights_version,
+                      train_seconds_this_session=round(train_seconds, 2))
+        return result
+
+    def close(self) -> None:
+        self.log.close()
+        self.router.close(linger=0)
+        self.pub.close(linger=0)
+
+
+def run_learner(config: ExperimentConfig, out: str | os.PathLike, bind: str | None = None,
+                show_progress: bool = True) -> EvalResult | None:
+    """`hilrl learner`: the run folder gets config, demos, log, checkpoints, scalars and metrics.json."""
+    from hilrl.runtime.train import _demo_episodes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_config(config, out / "config.yaml")
+    episodes = _demo_episodes(config, out, show_progress) if config.demos.path or config.demos.episodes else []
+    learner = Learner(config, out, bind=bind, demo_episodes=episodes, show_progress=show_progress)
+    try:
+        return learner.run()
+    finally:
+        learner.close()
+
+
+def train_distributed(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: list,
+                      show_progress: bool = True) -> EvalResult:
+    """`hilrl train` with ``runtime: distributed``: this process is the learner; ``runtime.actors`` actor
+    processes (``hilrl actor``) run beside it with folders ``OUT/actors/actorI``."""
+    out = Path(out)
+    learner = Learner(config, out, demo_episodes=demo_episodes, show_progress=show_progress)
+    actors: list[subprocess.Popen] = []
+    try:
+        for index in range(config.runtime.actors):
+            actors.append(subprocess.Popen([
+                sys.executable, "-m", "hilrl.cli", "actor", str(out / "config.yaml"), "--learner", learner.address,
+                "--out", str(out / "actors" / f"actor{index}"), "--id", f"actor{index}", "--index", str(index),
+                "--quiet"]))
+        result = learner.run()
+    finally:
+        learner.close()
+        for actor in actors:
+            if actor.poll() is None:
+                actor.send_signal(signal.SIGTERM)  # it saves its spool state and exits
+        for actor in actors:
+            try:
+                actor.wait(30)
+            except subprocess.TimeoutExpired:
+                actor.kill()
+                actor.wait()
+    if result is None:
+        raise HilrlError("the distributed run stored its transitions but did not evaluate (env.remote is set)")
+    return result
