@@ -124,3 +124,41 @@ def test_mismatches_and_bad_actions_are_named(tmp_path):
 def test_no_server_gives_a_clear_connection_error():
     with pytest.raises(RobotConnectionError, match="no reply to 'hello'.*hardware.server"):
         RemoteArmEnv("tcp://127.0.0.1:9", timeout_s=0.3)
+
+
+def test_record_through_the_server_then_replay_locally(tmp_path):
+    """Issue 3 acceptance: `hilrl serve-robot --driver sim` + `hilrl record <remote config>` + `hilrl replay`."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).parents[1]
+    robot = yaml.safe_load((root / "hardware/configs/sim.yaml").read_text())
+    robot["sim"]["task"] = "hilrl/PickCube-v0"
+    robot["sim"]["realtime"] = False
+    robot_config = tmp_path / "robot.yaml"
+    robot_config.write_text(yaml.safe_dump(robot))
+    cli = [sys.executable, "-m", "hilrl.cli"]
+    server = subprocess.Popen([*cli, "serve-robot", "--driver", "sim", "--config", str(robot_config),
+                               "--bind", "tcp://127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = server.stdout.readline()
+        assert "robot server ready" in ready, ready
+        address = ready.split("cmd=")[1].split()[0]
+        experiment = yaml.safe_load((root / "sim_configs/pick_cube_remote.yaml").read_text())
+        experiment["env"]["remote"] = address
+        config = tmp_path / "remote.yaml"
+        config.write_text(yaml.safe_dump(experiment))
+        demos = tmp_path / "d.hdf5"
+        rec = subprocess.run([*cli, "record", str(config), "--device", "expert", "--episodes", "3", "--out", str(demos)],
+                             capture_output=True, text=True, timeout=300)
+        assert rec.returncode == 0, rec.stderr[-2000:]
+        assert "success 100%" in rec.stdout
+    finally:
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+    rep = subprocess.run([*cli, "replay", str(demos)], capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    assert "0 of 3 demos diverged" in rep.stdout

@@ -82,7 +82,8 @@ class SimArmDriver(ArmDriver):
 
     def reset(self, seed: int | None) -> ArmState:
         obs, info = self.env.reset(seed=seed)
-        task = {"reward": 0.0, "terminated": False, "truncated": False, "is_success": bool(info["is_success"])}
+        task = {"reward": 0.0, "terminated": False, "truncated": False, "is_success": bool(info["is_success"]),
+                "sim_state": self.env.get_state()}
         self._state = self._snapshot(obs, task)
         self._last_move = time.monotonic()
         return self._state
@@ -107,6 +108,8 @@ class SimArmDriver(ArmDriver):
             "terminated": bool(terminated),
             "truncated": bool(truncated),
             "is_success": bool(info["is_success"]),
+            # the full MuJoCo state lets recordings made through the server be replayed state-exactly
+            "sim_state": env.get_state(),
         }
         self._state = self._snapshot(obs, task)
         return self._state

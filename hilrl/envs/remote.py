@@ -246,6 +246,7 @@ class RemoteArmEnv(gym.Env):
         self.max_episode_steps = max_episode_steps if max_episode_steps is not None else server_limit
         self._elapsed = 0
         self._last_obs: dict[str, np.ndarray] | None = None
+        self._sim_state: np.ndarray | None = None
 
     @staticmethod
     def _check_matches(info: dict[str, Any], task_id: str | None, given: dict[str, Any]) -> None:
@@ -313,6 +314,13 @@ class RemoteArmEnv(gym.Env):
 
     # ---------------------------------------------------------------- helpers
 
+    def get_state(self) -> np.ndarray | None:
+        """The simulator state of the last reply when the server runs the sim driver; ``None`` for a real arm.
+
+        Recorders store it, so demos recorded through the server replay state-exactly in the local task.
+        """
+        return None if self._sim_state is None else self._sim_state.copy()
+
     def estop(self) -> dict[str, Any]:
         """Emergency-stop the arm (latched on the server until :meth:`clear_error`)."""
         return self.client.call("estop")["status"]
@@ -321,6 +329,8 @@ class RemoteArmEnv(gym.Env):
         return self.client.call("clear_error")["status"]
 
     def _obs(self, message: dict[str, Any]) -> dict[str, np.ndarray]:
+        sim_state = (message["state"].get("task") or {}).get("sim_state")
+        self._sim_state = None if sim_state is None else np.array(sim_state, dtype=np.float64)
         wire = message["state"]["obs"]
         # Fresh, writable arrays with the declared dtypes (decoded ones are read-only views of frames).
         obs = {key: np.array(wire[key], dtype=space.dtype) for key, space in self.observation_space.spaces.items()}
