@@ -78,7 +78,6 @@ def test_expert_needs_only_task_name_and_action_scale():
         obs, *_ = env.step(action)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("task", list(TASKS))
 def test_expert_reaches_95_percent_over_100_seeded_episodes(task):
     assert _success_rate(task, episodes=100) >= 0.95
