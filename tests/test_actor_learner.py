@@ -68,11 +68,16 @@ def spooled_unacked(folder: Path) -> int:
     """Transitions in the actor's spool the learner has not acked, read from its files as a restart reads them."""
     state = folder / "actor_state.json"
     acked = json.loads(state.read_text())["acked"] if state.exists() else 0
-    return sum(transport.read_message(frames)["seq"] > acked for _, frames in transport.read_records(folder / "spool"))
+    total = 0
+    for _, frames in transport.read_records(folder / "spool"):  # a record is a batch of steps seq, seq + 1, ...
+        message = transport.read_message(frames)
+        total += sum(message["seq"] + i > acked for i in range(len(message["t"]["reward"])))
+    return total
 
 
 def logged_after_checkpoint(run: Path) -> int:
-    return sum(1 for _ in transport.read_records(run / "log"))
+    """Transitions in the learner's log (a record is a batch), i.e. stored after its last checkpoint."""
+    return sum(len(transport.read_message(frames)["t"]["reward"]) for _, frames in transport.read_records(run / "log"))
 
 
 def online_buffer(run: Path) -> dict[str, np.ndarray]:
@@ -161,7 +166,7 @@ def test_actor_keeps_acting_while_learner_stalls_and_resends_after_kill_9(tmp_pa
             actor.wait()
             waiting = spooled_unacked(arm)
             last = [transport.read_message(f)["t"] for _, f in transport.read_records(arm / "spool")][-1]
-            cut_episode = not (last["terminated"] or last["truncated"])
+            cut_episode = not (last["terminated"][-1] or last["truncated"][-1])
         finally:
             learner.send_signal(signal.SIGCONT)
         assert waiting >= 40
@@ -248,7 +253,7 @@ def test_record_log_stops_at_a_torn_last_record(tmp_path):
     assert (reader.segment == 1) and len(list((tmp_path / "log").glob("seg_*.log"))) == 2
 
 
-def test_check_transition_names_the_bad_field():
+def test_check_transitions_names_the_bad_field():
     import gymnasium as gym
 
     obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (3,), np.float32)})
@@ -257,10 +262,16 @@ def test_check_transition_names_the_bad_field():
          "next_obs": {"state": np.zeros(2, np.float32)}, "terminated": False, "truncated": False,
          "intervened": False, "intervention_start": False, "policy_action": np.zeros(4, np.float32),
          "is_success": False, "episode_start": False}
-    with pytest.raises(transport.ProtocolError, match=r"t.next_obs.state must be an array of shape \(3,\)"):
-        transport.check_transition(transport.transition_message("arm", 1, t), obs_space, act_space)
+    with pytest.raises(transport.ProtocolError, match=r"t.next_obs.state must be an array of shape \(1, 3\)"):
+        transport.check_transitions(transport.transition_message("arm", 1, t), obs_space, act_space)
     with pytest.raises(transport.ProtocolError, match="'seq' must be an int >= 1"):
-        transport.check_transition(transport.transition_message("arm", 0, t), obs_space, act_space)
+        transport.check_transitions(transport.transition_message("arm", 0, t), obs_space, act_space)
+    good = transport.transitions_message("arm", 1, transport.stack_transitions(
+        [{**t, "next_obs": {"state": np.zeros(3, np.float32)}}] * 3))
+    assert transport.check_transitions(good, obs_space, act_space) == 3
+    good["t"]["truncated"] = good["t"]["truncated"][:2]
+    with pytest.raises(transport.ProtocolError, match=r"t.truncated must be a bool array of shape \(3,\)"):
+        transport.check_transitions(good, obs_space, act_space)
 
 
 @pytest.mark.slow
@@ -274,3 +285,145 @@ def test_hilrl_train_distributed_learns_reach(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["env_steps"] == 5000 and set(metrics["acked"]) == {"actor0", "actor1"}
     assert metrics["success_rate"] >= 0.3, "the actors' policy must learn to reach (45% measured once with this config)"
+
+
+def _in_process_pair(tmp_path, **env):
+    """A Learner and an Actor in this process (Reach, state only), linked over loopback."""
+    import torch
+
+    from hilrl.runtime.actor import Actor
+    from hilrl.runtime.learner import Learner
+
+    torch.set_num_threads(1)
+    raw = yaml.safe_load(write_config(tmp_path / "exp.yaml", max_unacked=1000).read_text())
+    raw["demos"]["episodes"] = 0
+    raw["env"].update(env)
+    learner = Learner(validate_config(raw), tmp_path / "run", bind="tcp://127.0.0.1:*", show_progress=False)
+    actor_raw = {**raw, "env": {"id": "hilrl/Reach-v0"}}
+    actor = Actor(validate_config(actor_raw), tmp_path / "arm", learner.address, actor_id="arm")
+    return learner, actor
+
+
+def test_a_burst_of_transitions_travels_as_a_few_batches_in_order(tmp_path):
+    learner, actor = _in_process_pair(tmp_path)
+    try:
+        obs, _ = actor.env.reset(seed=0)
+        action = np.zeros(actor.act_space.shape, np.float32)
+        burst = 150
+        for i in range(burst):  # taken while the learner serves nobody: they pile up at the actor
+            next_obs = actor.env.step(action)[0]
+            actor._take(dict(obs=obs, action=action, reward=float(i), next_obs=next_obs, terminated=False,
+                             truncated=False, intervened=False, intervention_start=False, policy_action=action,
+                             is_success=False, episode_start=i == 0))
+            obs = next_obs
+        deadline = time.monotonic() + 30
+        while learner.acked.get("arm", 0) < burst or actor.state["acked"] < burst:
+            assert time.monotonic() < deadline, f"acked {learner.acked}, actor {actor.state['acked']}"
+            actor._service_link()
+            learner._serve(20)
+        records = [transport.read_message(frames) for _, frames in transport.read_records(tmp_path / "run" / "log")]
+        assert len(records) <= 5, f"{burst} steps should travel as a few batches, got {len(records)} messages"
+        assert [r["seq"] for r in records] == list(np.cumsum([1] + [len(r["t"]["reward"]) for r in records])[:-1])
+        assert learner.counters["env_steps"] == burst and learner.counters["dropped"] == 0
+        np.testing.assert_array_equal(learner.online.rewards[:burst], np.arange(burst, dtype=np.float32))
+        assert chain_breaks({"terminated": learner.online.terminated[:burst],
+                             "truncated": learner.online.truncated[:burst],
+                             **{f"obs/{k}": v[:burst] for k, v in learner.online.obs.items()},
+                             **{f"next_obs/{k}": v[:burst] for k, v in learner.online.next_obs.items()}}) == 0
+    finally:
+        actor.close()
+        learner.close()
+
+
+@pytest.mark.parametrize("rlif", [False, True])
+def test_transition_storage_extend_stores_what_add_stores(rlif):
+    import gymnasium as gym
+
+    from hilrl.data.buffers import ReplayBuffer
+    from hilrl.runtime.online import TransitionStorage
+
+    obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (2,), np.float32)})
+    act_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    rng = np.random.default_rng(0)
+    n = 300
+    steps = {"obs": {"state": rng.normal(size=(n, 2)).astype(np.float32)}, "action": rng.normal(size=(n, 2)).astype(np.float32),
+             "reward": rng.normal(size=n), "next_obs": {"state": rng.normal(size=(n, 2)).astype(np.float32)},
+             "terminated": rng.random(n) < 0.05, "truncated": rng.random(n) < 0.05, "intervened": rng.random(n) < 0.3,
+             "policy_action": rng.normal(size=(n, 2)).astype(np.float32)}
+    starts, episode_starts = rng.random(n) < 0.2, rng.random(n) < 0.05
+    buffers = []
+    for mode in ("add", "extend"):
+        extras = {"intervened": ((), bool), "policy_action": ((2,), np.float32)}
+        online, demo = ReplayBuffer(obs_space, act_space, 1000, extras=extras), ReplayBuffer(obs_space, act_space, 1000)
+        storage = TransitionStorage(online, demo, rlif)
+        if mode == "add":
+            for i in range(n):
+                storage.add({k: ({kk: vv[i] for kk, vv in v.items()} if isinstance(v, dict) else v[i].item() if v.ndim == 1
+                                 else v[i]) for k, v in steps.items()}, bool(starts[i]), bool(episode_starts[i]))
+        else:
+            cuts = [0, 1, 2, 50, 51, 180, n]  # batches of many sizes, one of a single step
+            for a, b in zip(cuts[:-1], cuts[1:]):
+                rows = slice(a, b)
+                storage.extend({k: ({kk: vv[rows] for kk, vv in v.items()} if isinstance(v, dict) else v[rows])
+                                for k, v in steps.items()}, starts[rows], episode_starts[rows])
+        storage.flush()
+        buffers.append((online._arrays(), demo._arrays()))
+    for stored_by_add, stored_by_extend in zip(*buffers):
+        assert stored_by_add.keys() == stored_by_extend.keys()
+        for key in stored_by_add:
+            np.testing.assert_array_equal(stored_by_add[key], stored_by_extend[key], err_msg=key)
+    assert len(buffers[0][0]["rewards"]) == n
+    if rlif:
+        assert (buffers[0][0]["rewards"] == -1).sum() > 10
+
+
+def test_learner_refuses_an_actor_with_other_spaces(tmp_path):
+    import gymnasium as gym
+
+    from hilrl.runtime.learner import Learner
+
+    raw = yaml.safe_load(write_config(tmp_path / "exp.yaml").read_text())
+    raw["demos"]["episodes"] = 0
+    learner = Learner(validate_config(raw), tmp_path / "run", bind="tcp://127.0.0.1:*", show_progress=False)
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.rcvtimeo = 5000
+    try:
+        dealer.connect(learner.address)
+        other = gym.spaces.Box(-1, 1, (7,), np.float32)
+        dealer.send_multipart(encode(transport.hello("arm", 0, learner.obs_space, other)))
+        learner._serve(5000)
+        reply = transport.read_message(dealer.recv_multipart())
+        assert reply["kind"] == "error" and "action space" in reply["error"] and "same task" in reply["error"]
+        dealer.send_multipart(encode(transport.hello("arm", 0, learner.obs_space, learner.act_space)))
+        learner._serve(5000)
+        assert transport.read_message(dealer.recv_multipart())["kind"] == "welcome"
+    finally:
+        dealer.close(linger=0)
+        learner.close()
+
+
+def test_a_remote_arm_learner_builds_from_the_actors_hello_and_resumes_without_one(tmp_path):
+    # env.remote points at no robot: the learner must never connect there, only take the actor's spaces
+    learner, actor = _in_process_pair(tmp_path, remote="tcp://127.0.0.1:9")
+    try:
+        assert not learner.built
+        deadline = time.monotonic() + 30
+        while not (learner.built and actor.welcomed):
+            assert time.monotonic() < deadline, "the actor's hello did not build the learner"
+            actor._service_link()
+            learner._serve(20)
+        assert learner.obs_space == actor.env.observation_space and learner.act_space == actor.act_space
+    finally:
+        actor.close()
+        learner.close()
+    from hilrl.runtime.learner import Learner
+
+    raw = yaml.safe_load((tmp_path / "exp.yaml").read_text())
+    raw["demos"]["episodes"] = 0
+    raw["env"]["remote"] = "tcp://127.0.0.1:9"
+    again = Learner(validate_config(raw), tmp_path / "run", bind="tcp://127.0.0.1:*", show_progress=False)
+    try:
+        assert again.built and again.obs_space == actor.env.observation_space  # from RUN/spaces.msgpack
+    finally:
+        again.close()

@@ -121,7 +121,8 @@ class ReplayBuffer:
             columns = {k: np.asarray(v)[cut:] for k, v in columns.items()}
             extras = {k: np.asarray(v)[cut:] for k, v in extras.items()}
             n = self.capacity
-        idx = (self.pos + np.arange(n)) % self.capacity
+        # a slice copies faster than an index array; wrap around the ring only when needed
+        idx = slice(self.pos, self.pos + n) if self.pos + n <= self.capacity else (self.pos + np.arange(n)) % self.capacity
         for key in self.obs_shapes:
             self.obs[key][idx] = obs[key]
             self.next_obs[key][idx] = next_obs[key]

@@ -1,10 +1,18 @@
 """The actor process: acts in the env (next to the robot), streams transitions, swaps in new weights.
 
-``hilrl actor CONFIG --learner tcp://HOST:PORT --out ACTOR_DIR``. Each env step becomes one
-``transition`` message (:mod:`hilrl.runtime.transport`) with the executed action and the
-intervention marks. Before it is sent it is appended to the spool ``ACTOR_DIR/spool/``; it
-stays there and in memory until the learner acks it, and is re-sent after a silence of
-``runtime.ack_timeout_s`` or when the learner reports a gap. So the actor:
+``hilrl actor CONFIG --learner tcp://HOST:PORT --out ACTOR_DIR``. Each env step is one transition
+with the executed action and the intervention marks. Steps travel in ``transitions`` messages
+(:mod:`hilrl.runtime.transport`) of up to ``BATCH_MAX_TRANSITIONS`` consecutive steps, and a batch
+is encoded once: the same frames are appended to the spool ``ACTOR_DIR/spool/`` (flushed), kept in
+memory until the learner acks them, sent, and re-sent after a silence of ``runtime.ack_timeout_s``
+or when the learner reports a gap.
+
+A batch is closed with the steps taken so far as soon as fewer than ``MAX_IN_FLIGHT_BATCHES``
+batches wait for an ack, a full batch is ready, or its oldest step is ``BATCH_MAX_DELAY_S`` old.
+So a slow robot's steps go one by one with no added delay, a fast producer's steps pile up into
+big batches while the learner works on the previous ones, and a step is on disk within
+``BATCH_MAX_DELAY_S`` of being taken (an actor killed -9 loses at most that much; never an acked step).
+So the actor:
 
 * keeps acting on its last weights while the learner is slow, gone or restarting (the ZMQ
   socket reconnects by itself), pausing only when ``runtime.max_unacked`` steps wait for an ack;
@@ -17,7 +25,7 @@ import json
 import os
 import signal
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +45,10 @@ from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import console
 
 SPOOL_SEGMENT_RECORDS = 200  # spool file size in transitions; a file goes once all of it is acked
+BATCH_MAX_TRANSITIONS = 64
+BATCH_MAX_BYTES = 8 * 1024 * 1024  # well under transport.MAX_MESSAGE_BYTES, whatever the cameras
+MAX_IN_FLIGHT_BATCHES = 2  # two: the learner has the next batch queued while it stores one
+BATCH_MAX_DELAY_S = 0.02
 WEIGHTS_SAVE_PERIOD_S = 5.0
 HELLO_RETRY_S = 0.5
 STATE_SAVE_PERIOD_S = 0.5  # actor_state.json: a restart re-sends at most this much of acked transitions again
@@ -88,16 +100,22 @@ class Actor:
             with np.load(weights_file) as f:
                 transport.load_policy_weights(self.agent, {k: f[k] for k in f.files})
         self.spool = transport.RecordLog(self.out / "spool")
-        self.unacked: OrderedDict[int, list[Any]] = OrderedDict()
+        # spooled batches with a step not yet acked: first seq -> (last seq, wire frames)
+        self.batches: OrderedDict[int, tuple[int, list[Any]]] = OrderedDict()
+        self.taken: list[dict[str, Any]] = []  # steps not yet in a batch (at most BATCH_MAX_DELAY_S old)
+        self.taken_since = 0.0
         self.segment_last_seq: dict[int, int] = {}
+        last = self.state["acked"]
         for segment, frames in self.spool.read():
-            seq = transport.read_message(frames)["seq"]
-            self.segment_last_seq[segment] = seq
-            if seq > self.state["acked"]:
-                self.unacked[seq] = frames
-        self.next_seq = max([self.state["acked"], *self.unacked]) + 1
-        if self.unacked or self.state["steps"]:
-            console.print(f"actor {actor_id} resuming: {self.state['steps']} steps, {len(self.unacked)} "
+            message = transport.read_message(frames)
+            first = message["seq"]
+            last = first + len(message["t"]["reward"]) - 1
+            self.segment_last_seq[segment] = last
+            if last > self.state["acked"]:
+                self.batches[first] = (last, frames)
+        self.next_seq = max(self.state["acked"], last) + 1
+        if self.batches or self.state["steps"]:
+            console.print(f"actor {actor_id} resuming: {self.state['steps']} steps, {self.unacked_steps()} "
                           "transitions to re-send", soft_wrap=True)
 
         self.context = zmq.Context.instance()
@@ -115,6 +133,9 @@ class Actor:
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.weights_address: str | None = None
         self.sent_upto = self.state["acked"]
+        self.in_flight: deque[int] = deque()  # last seq of each batch sent and not yet acked
+        self.to_send: deque[int] = deque(self.batches)  # first seqs of batches to send, oldest first
+        self.batch_max = BATCH_MAX_TRANSITIONS
         self.last_progress = time.monotonic()
         self.last_hello = -float("inf")
         self.last_weights_save = time.monotonic()
@@ -130,7 +151,9 @@ class Actor:
         self.welcomed = False
         if go_back:
             self.sent_upto = self.state["acked"]  # re-send everything not acked
-        self._send(transport.hello(self.actor_id, self.state["acked"]))
+            self.in_flight.clear()
+            self.to_send = deque(self.batches)
+        self._send(transport.hello(self.actor_id, self.state["acked"], self.env.observation_space, self.act_space))
 
     def _send(self, message_or_frames: dict[str, Any] | list[Any]) -> bool:
         frames = encode(message_or_frames) if isinstance(message_or_frames, dict) else message_or_frames
@@ -140,16 +163,39 @@ class Actor:
         except zmq.Again:  # no learner connected, or its queue is full: the spool keeps it
             return False
 
+    def unacked_steps(self) -> int:
+        """Steps taken (batched or not) that the learner has not acked."""
+        return self.next_seq - 1 - self.state["acked"]
+
+    def _close_batch(self) -> None:
+        """Encode the steps taken so far as one batch, append it to the spool (flushed), queue it to send."""
+        first, steps = self.next_seq - len(self.taken), self.taken
+        frames = encode(transport.transitions_message(self.actor_id, first, transport.stack_transitions(steps)))
+        self.spool.append(frames)
+        self.spool.sync()
+        last = first + len(steps) - 1
+        self.segment_last_seq[self.spool.segment] = last
+        if self.spool.records_in_segment >= SPOOL_SEGMENT_RECORDS:
+            self.spool.rotate()
+        step_bytes = sum(memoryview(f).nbytes for f in frames) // len(steps)  # cameras vary: size by bytes
+        self.batch_max = max(1, min(BATCH_MAX_TRANSITIONS, BATCH_MAX_BYTES // step_bytes))
+        self.batches[first] = (last, frames)
+        self.to_send.append(first)
+        self.taken = []
+
     def _pump(self) -> None:
-        """Send spooled transitions the learner has not been sent since the last go-back."""
-        # un-acked seqs are contiguous (acked + 1 .. next_seq - 1): index them, do not scan the window
-        for seq in range(max(self.sent_upto, self.state["acked"]) + 1, self.next_seq):
-            frames = self.unacked.get(seq)
-            if frames is None:
-                continue
-            if not self._send(frames):
-                break
-            self.sent_upto = seq
+        """Close a batch when it is due, then send the batches the learner has not been sent since the last go-back."""
+        if self.taken and (len(self.in_flight) < MAX_IN_FLIGHT_BATCHES or len(self.taken) >= self.batch_max
+                           or time.monotonic() - self.taken_since >= BATCH_MAX_DELAY_S):
+            self._close_batch()
+        while self.to_send:
+            batch = self.batches.get(self.to_send[0])
+            if batch is not None:  # else acked meanwhile
+                if not self._send(batch[1]):
+                    return  # no learner, or its queue is full: the spool keeps them
+                self.sent_upto = batch[0]
+                self.in_flight.append(batch[0])
+            self.to_send.popleft()
 
     def _acked(self, acked: int) -> None:
         if acked > self.state["acked"]:
@@ -157,9 +203,11 @@ class Actor:
             self.last_progress = time.monotonic()
             if self.last_progress - self.last_state_save > STATE_SAVE_PERIOD_S:
                 self._save_state()
-            while self.unacked and next(iter(self.unacked)) <= acked:
-                self.unacked.popitem(last=False)
+            while self.batches and next(iter(self.batches.values()))[0] <= acked:
+                self.batches.popitem(last=False)
             self.next_seq = max(self.next_seq, acked + 1)  # never reuse a seq the learner already holds
+            while self.in_flight and self.in_flight[0] <= acked:
+                self.in_flight.popleft()
             self._compact_spool()
         self.sent_upto = max(self.sent_upto, acked)
 
@@ -239,7 +287,7 @@ class Actor:
         self._receive()
         now = time.monotonic()
         timeout = self.config.runtime.ack_timeout_s
-        if self.unacked and now - self.last_progress > timeout and now - self.last_hello > timeout:
+        if self.unacked_steps() and now - self.last_progress > timeout and now - self.last_hello > timeout:
             self._hello(go_back=True)  # a silent learner: say hello again and re-send from its last ack
         elif not self.welcomed and now - self.last_hello > HELLO_RETRY_S:
             self._hello(go_back=False)  # a hello sent before the connection was up is dropped, not queued
@@ -247,16 +295,14 @@ class Actor:
 
     # ---------------------------------------------------------------- acting
 
-    def _spool(self, transition: dict[str, Any]) -> None:
-        seq = self.next_seq
-        frames = encode(transport.transition_message(self.actor_id, seq, transition))
-        self.spool.append(frames)
-        self.spool.sync()
-        self.segment_last_seq[self.spool.segment] = seq
-        if self.spool.records_in_segment >= SPOOL_SEGMENT_RECORDS:
-            self.spool.rotate()
-        self.unacked[seq] = frames
+    def _take(self, transition: dict[str, Any]) -> None:
+        """Number a step and hold it for the next batch (:meth:`_pump` closes it)."""
+        if not self.taken:
+            self.taken_since = time.monotonic()
+        self.taken.append(transition)
         self.next_seq += 1
+        if len(self.taken) >= self.batch_max:
+            self._close_batch()
 
     def run(self) -> dict[str, Any]:
         """Act until the learner says it is done, ``steps`` were taken, or SIGTERM/SIGINT; returns the counters."""
@@ -270,11 +316,11 @@ class Actor:
             while not (self.learner_done or self.stop_requested):
                 self._service_link()
                 if self.steps_limit is not None and taken >= self.steps_limit:
-                    if not self.unacked:
+                    if not self.unacked_steps():
                         break
                     time.sleep(0.01)
                     continue
-                if len(self.unacked) >= self.config.runtime.max_unacked:
+                if self.unacked_steps() >= self.config.runtime.max_unacked:
                     time.sleep(0.01)  # the learner is far behind or away: do not run the robot unrecorded
                     continue
                 if s["steps"] < tc.random_steps:
@@ -283,7 +329,7 @@ class Actor:
                     action = self.agent.act(obs)
                 next_obs, reward, terminated, truncated, info = self.env.step(action)
                 intervened = bool(info.get("intervened", False))
-                self._spool(dict(
+                self._take(dict(
                     obs=obs, action=np.asarray(info.get("executed_action", action), np.float32),
                     reward=float(reward), next_obs=next_obs, terminated=bool(terminated), truncated=bool(truncated),
                     intervened=intervened, intervention_start=bool(info.get("intervention_start", False)),
@@ -301,9 +347,11 @@ class Actor:
                 else:
                     obs = next_obs
         finally:
+            if self.taken:
+                self._close_batch()  # stopped: keep the last steps for the next session
             self._save_state()
             self._save_weights()
-        return dict(s, unacked=len(self.unacked))
+        return dict(s, unacked=self.unacked_steps())
 
     def close(self) -> None:
         self.spool.close()

@@ -1,13 +1,20 @@
 """The learner process: stores the transitions actors stream to it, trains SAC, publishes actor weights.
 
 ``hilrl learner CONFIG --bind tcp://HOST:PORT --out RUN`` (or ``hilrl train`` with ``runtime: distributed``,
-which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per message, in this order:
+which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per ``transitions`` message
+(a batch of an actor's consecutive steps), in this order:
 
-1. check it (schema, shapes, finite numbers) against the task's spaces;
-2. keep it only if it is the actor's next seq (duplicates and messages after a gap are dropped);
-3. append its wire frames to the log ``RUN/log/`` and store it in the replay buffers with the
-   HIL-SERL / RLIF rules (:class:`hilrl.runtime.online.TransitionStorage`, one per actor);
-4. after a batch of messages, flush the log, then ack each actor's highest contiguous seq.
+1. check it (schema, shapes, finite numbers; one numpy call per stacked field) against the task's spaces;
+2. keep the steps after the actor's acked seq if the batch reaches back to it (duplicates are skipped,
+   a batch after a gap is dropped);
+3. append its wire frames to the log ``RUN/log/`` (one record per batch) and store the new steps in the
+   replay buffers with the HIL-SERL / RLIF rules (:class:`hilrl.runtime.online.TransitionStorage`, one
+   per actor), vectorised;
+4. after a round of messages, flush the log, then ack each actor's highest contiguous seq.
+
+The task's spaces come from ``make_env`` (a sim env, built and closed), or, with ``env.remote`` set
+(the arm is at the actors), from the first actor's ``hello``; they are saved as ``RUN/spaces.msgpack``
+so a restarted learner resumes without an actor. An actor whose spaces differ is refused.
 
 So an acked transition is on disk. A checkpoint (``RUN/checkpoints/step_N.pt`` with its
 ``replay_*_N.npz``) holds the learner, buffers, per-actor acked seqs and RLIF pending steps, and
@@ -33,7 +40,7 @@ import zmq
 from hilrl.config import ExperimentConfig, dump_config
 from hilrl.data.buffers import ReplayBuffer
 from hilrl.envs.make import make_env
-from hilrl.envs.protocol import ProtocolError, encode
+from hilrl.envs.protocol import ProtocolError, decode, encode
 from hilrl.envs.remote import _stream_address
 from hilrl.errors import HilrlError
 from hilrl.policies.registry import load_checkpoint, make_algorithm, save_checkpoint
@@ -42,8 +49,10 @@ from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
 from hilrl.runtime.online import TransitionStorage, fill_demo_buffer
 from hilrl.runtime.progress import console, make_progress
 
-DRAIN_MESSAGES = 256  # messages stored between two log flushes / ack rounds
+DRAIN_TRANSITIONS = 256  # transitions stored between two log flushes / ack rounds (the last batch may pass it)
 PACED_DRAIN = 16  # ... when pacing: small, so acks keep flowing well within the actors' ack_timeout_s
+ROUTER_QUEUE_MESSAGES = 512
+SPACES_FILE = "spaces.msgpack"
 PACED_SERVE_PERIOD_S = 0.5  # a paced learner serves at least this often, even behind on its updates
 
 
@@ -70,26 +79,29 @@ class Learner:
         self.rlif = ic.source != "none" and ic.learn_from == "rlif"
         self.experiment = config.model_dump(mode="json")
 
-        env = make_env(config.env)
-        self.obs_space, self.act_space = env.observation_space, env.action_space
-        env.close()
-        self.agent = make_algorithm(config.algo, self.obs_space, self.act_space, seed=tc.seed)
-        extras = {"intervened": ((), bool), "policy_action": (self.act_space.shape, np.float32)}
-        self.online = ReplayBuffer(self.obs_space, self.act_space, tc.buffer_capacity, extras=extras)
-        self.demo = ReplayBuffer(self.obs_space, self.act_space, tc.buffer_capacity)
         self.storage: dict[str, TransitionStorage] = {}
         self.acked: dict[str, int] = {}
         self.counters = dict(env_steps=0, episodes=0, successes=0, interventions=0, intervened_steps=0, updates=0,
                              dropped=0, rejected=0)
         self.weights_version = 0
+        self.demo_episodes = demo_episodes or []
+        self.obs_space: Any = None
+        self.act_space: Any = None
         self.log = transport.RecordLog(self.out / "log", fsync=rc.fsync)
-        self._resume(demo_episodes or [])
-        self.last_checkpoint_steps = self.counters["env_steps"]
+        self.last_checkpoint_steps = 0
+        spaces_file = self.out / SPACES_FILE
+        if config.env.remote is None:
+            env = make_env(config.env)
+            self._build(env.observation_space, env.action_space)
+            env.close()
+        elif spaces_file.is_file():
+            self._build(*transport.hello_spaces(decode([spaces_file.read_bytes()])))
+        # else: a remote arm; the first actor's hello brings the spaces (self._build then)
 
         self.context = zmq.Context.instance()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.linger = 0
-        self.router.rcvhwm = 2 * DRAIN_MESSAGES
+        self.router.rcvhwm = ROUTER_QUEUE_MESSAGES
         self.pub = self.context.socket(zmq.PUB)
         self.pub.linger = 0
         self.pub.sndhwm = 4  # a slow actor should get the newest weights, not a queue of old ones
@@ -103,8 +115,31 @@ class Learner:
                              "tcp://HOST:PORT (or tcp://HOST:* for any)") from None
         self.address = self.router.last_endpoint.decode()
         self.weights_address = _stream_address(self.address, self.pub.last_endpoint.decode())
-        self.weights = transport.policy_weights(self.agent)
         (self.out / "learner_address.txt").write_text(self.address + "\n")
+
+    def _build(self, obs_space: Any, act_space: Any) -> None:
+        """Networks and buffers for these spaces, then the resume from checkpoint + log."""
+        tc = self.config.train
+        self.obs_space, self.act_space = obs_space, act_space
+        spaces_file = self.out / SPACES_FILE
+        if not spaces_file.is_file():
+            self.out.mkdir(parents=True, exist_ok=True)
+            # one frame: arrays inline, so the file is the header alone
+            (header,) = encode(transport.hello("learner", 0, obs_space, act_space), inline_array_bytes=2**62)
+            tmp = spaces_file.with_name(SPACES_FILE + ".tmp")
+            tmp.write_bytes(header)
+            os.replace(tmp, spaces_file)
+        self.agent = make_algorithm(self.config.algo, obs_space, act_space, seed=tc.seed)
+        extras = {"intervened": ((), bool), "policy_action": (act_space.shape, np.float32)}
+        self.online = ReplayBuffer(obs_space, act_space, tc.buffer_capacity, extras=extras)
+        self.demo = ReplayBuffer(obs_space, act_space, tc.buffer_capacity)
+        self._resume(self.demo_episodes)
+        self.last_checkpoint_steps = self.counters["env_steps"]
+        self.weights = transport.policy_weights(self.agent)
+
+    @property
+    def built(self) -> bool:
+        return self.obs_space is not None
 
     # ---------------------------------------------------------------- resume
 
@@ -156,36 +191,42 @@ class Learner:
         return self.counters["env_steps"] >= self.config.train.steps
 
     def _accept(self, message: dict[str, Any], frames: list[Any] | None) -> int:
-        """Store a checked transition if it is its actor's next seq; log its ``frames`` first (live only)."""
-        actor, seq, t = message["actor"], message["seq"], message["t"]
-        if self.done or seq != self.acked.get(actor, 0) + 1:
+        """Store the steps of a checked batch that follow its actor's acked seq; log ``frames`` first (live only).
+
+        Returns how many steps were stored. A batch that starts after ``acked + 1`` (a gap) stores none.
+        """
+        actor, first, t = message["actor"], message["seq"], message["t"]
+        n, acked = len(t["reward"]), self.acked.get(actor, 0)
+        if self.done or first > acked + 1 or first + n - 1 <= acked:
             return 0
+        skip = acked + 1 - first  # steps this learner already holds
+        take = min(n - skip, self.config.train.steps - self.counters["env_steps"])
         if frames is not None:
             self.log.append(frames)
+        rows = slice(skip, skip + take)
+        steps = {key: ({k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows])
+                 for key, value in t.items()}
+        self._storage_for(actor).extend(steps, steps["intervention_start"], steps["episode_start"])
+        self.acked[actor] = acked + take
         c = self.counters
-        self._storage_for(actor).add(
-            dict(obs=t["obs"], action=t["action"], reward=float(t["reward"]), next_obs=t["next_obs"],
-                 terminated=t["terminated"], truncated=t["truncated"], intervened=t["intervened"],
-                 policy_action=t["policy_action"]),
-            intervention_start=t["intervention_start"], episode_start=t["episode_start"])
-        self.acked[actor] = seq
-        c["env_steps"] += 1
-        c["interventions"] += int(t["intervention_start"])
-        c["intervened_steps"] += int(t["intervened"])
-        if t["terminated"] or t["truncated"]:
-            c["episodes"] += 1
-            c["successes"] += int(t["is_success"])
+        ends = steps["terminated"] | steps["truncated"]
+        c["env_steps"] += take
+        c["interventions"] += int(steps["intervention_start"].sum())
+        c["intervened_steps"] += int(steps["intervened"].sum())
+        c["episodes"] += int(ends.sum())
+        c["successes"] += int((ends & steps["is_success"]).sum())
         if self.done:
             for storage in self.storage.values():
                 storage.flush()  # the run ends here: no next step can label them
-        return 1
+        return take
 
-    def _serve(self, timeout_ms: int, limit: int = DRAIN_MESSAGES) -> None:
-        """Handle up to ``limit`` messages, flush the log, then ack every actor heard from."""
+    def _serve(self, timeout_ms: int, limit: int = DRAIN_TRANSITIONS) -> None:
+        """Handle messages holding up to about ``limit`` transitions, flush the log, then ack every actor heard from."""
         if not self.router.poll(timeout_ms):
             return
         replies: dict[bytes, tuple[str, bool]] = {}
-        for _ in range(limit):
+        handled = 0
+        while handled < limit:
             try:
                 identity, *frames = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -196,17 +237,21 @@ class Learner:
                 if message["kind"] == "hello":
                     self._welcome(identity, message)
                     continue
-                if message["kind"] != "transition":
-                    raise ProtocolError(f"an actor sends hello or transition, not {message['kind']!r}")
-                transport.check_transition(message, self.obs_space, self.act_space)
+                if message["kind"] != "transitions":
+                    raise ProtocolError(f"an actor sends hello or transitions, not {message['kind']!r}")
+                if not self.built:
+                    raise ProtocolError("send hello with your observation and action spaces before transitions "
+                                        "(this learner has no env of its own: env.remote is set)")
+                n = transport.check_transitions(message, self.obs_space, self.act_space)
             except ProtocolError as exc:
                 self.counters["rejected"] += 1
                 self.router.send_multipart([identity, *encode(transport.error(str(exc)))])
                 continue
             actor = message["actor"]
             stored = self._accept(message, frames)
+            handled += n
             gap = not stored and not self.done and message["seq"] > self.acked.get(actor, 0) + 1
-            self.counters["dropped"] += 1 - stored
+            self.counters["dropped"] += n - stored
             previous_gap = replies.get(identity, (actor, False))[1]
             replies[identity] = (actor, previous_gap or gap)
         self.log.sync()  # acked means written: flush before any ack leaves
@@ -217,6 +262,19 @@ class Learner:
         actor, their_acked = message.get("actor"), message.get("acked")
         if not isinstance(actor, str) or not actor or type(their_acked) is not int:
             raise ProtocolError("hello needs 'actor' (a non-empty string) and 'acked' (an int)")
+        spaces = transport.hello_spaces(message)
+        if spaces is None and not self.built:
+            raise ProtocolError("hello must carry 'spaces' (observation and action): this learner has no env of "
+                                "its own (env.remote is set); run an actor of the same hilrl version")
+        if spaces is not None:
+            if not self.built:
+                console.print(f"learner: spaces from actor {actor} (env.remote is set)", soft_wrap=True)
+                self._build(*spaces)
+            for what, theirs, ours in (("observation", spaces[0], self.obs_space), ("action", spaces[1], self.act_space)):
+                if theirs != ours:
+                    raise ProtocolError(f"actor {actor!r} has {what} space {theirs}, but this learner trains on {ours}; "
+                                        "run every actor with the learner's env config (same task, cameras, "
+                                        "image size and obs keys)")
         if their_acked > self.acked.get(actor, 0):
             # This learner lost transitions it once acked (a run folder wiped or replaced): they are gone
             # from the actor too, so continue after them rather than wait forever for them.
@@ -277,6 +335,8 @@ class Learner:
                       soft_wrap=True)
         with make_progress(not self.show_progress) as bar:
             task = bar.add_task(f"learner {self.config.env.id}", total=tc.steps, completed=c["env_steps"], stats="")
+            while not self.built:  # env.remote: waiting for the first actor's hello
+                self._serve(100)
             while True:
                 can_update = c["updates"] < self.update_budget()
                 # Paced (max_update_ratio set): take new transitions only once their updates are done, a few
@@ -285,7 +345,7 @@ class Learner:
                 # ... but never silent for long: late acks make actors time out and re-send their whole window
                 overdue = time.monotonic() - last_serve > PACED_SERVE_PERIOD_S
                 if not (paced and can_update) or overdue:
-                    self._serve(0 if can_update else 20, PACED_DRAIN if paced else DRAIN_MESSAGES)
+                    self._serve(0 if can_update else 20, PACED_DRAIN if paced else DRAIN_TRANSITIONS)
                     last_serve = time.monotonic()
                 if can_update:
                     metrics = self.agent.train_step(self.online, self.demo)

@@ -85,11 +85,59 @@ class TransitionStorage:
                 self.demo.add(transition["obs"], transition["action"], transition["reward"], transition["next_obs"],
                               transition["terminated"], transition["truncated"])
 
+    def extend(self, steps: dict[str, Any], intervention_start: np.ndarray, episode_start: np.ndarray) -> None:
+        """Store ``n`` consecutive steps of this stream at once: exactly what ``n`` calls of :meth:`add` store.
+
+        ``steps`` holds the keys of :meth:`add`'s ``transition``, each stacked along a first axis of
+        length ``n`` (``obs`` and ``next_obs`` are maps of such arrays); ``intervention_start`` and
+        ``episode_start`` are bool arrays of length ``n``.
+        """
+        n = len(steps["reward"])
+        if n == 0:
+            return
+        ends = np.asarray(steps["terminated"], bool) | np.asarray(steps["truncated"], bool)
+        columns = dict(obs=steps["obs"], actions=steps["action"], next_obs=steps["next_obs"],
+                       terminated=steps["terminated"], truncated=steps["truncated"], intervened=steps["intervened"],
+                       policy_action=steps["policy_action"])
+        if not self.rlif:
+            self.online.extend(rewards=steps["reward"], **columns)
+            mask = np.asarray(steps["intervened"], bool)
+            if mask.any():
+                self.demo.extend({k: v[mask] for k, v in steps["obs"].items()}, steps["action"][mask],
+                                 steps["reward"][mask], {k: v[mask] for k, v in steps["next_obs"].items()},
+                                 steps["terminated"][mask], steps["truncated"][mask])
+            return
+        if self.pending is not None:  # the step before this batch waits for its label: step 0 decides it
+            if episode_start[0]:
+                self.flush()
+            else:
+                if intervention_start[0]:
+                    self.pending["reward"] = -1.0
+                self.flush()
+        # step i gets -1 when step i + 1 starts an intervention in the same episode (as add() labels it)
+        rewards = np.zeros(n, np.float32)
+        rewards[:-1][intervention_start[1:] & ~episode_start[1:] & ~ends[:-1]] = -1.0
+        keep = n if ends[-1] else n - 1  # a last step that does not end its episode waits for the next batch
+        if keep:
+            self.online.extend(rewards=rewards[:keep], **_rows(columns, slice(0, keep)))
+        if keep < n:
+            last = _rows(columns, n - 1, copy=True)
+            self.pending = dict(obs=last["obs"], action=last["actions"], reward=0.0, next_obs=last["next_obs"],
+                                terminated=bool(last["terminated"]), truncated=bool(last["truncated"]),
+                                intervened=bool(last["intervened"]), policy_action=last["policy_action"])
+
     def flush(self) -> None:
         """Store the pending RLIF transition as it is (no next step will label it)."""
         if self.pending is not None:
             self.online.add(**self.pending)
             self.pending = None
+
+
+def _rows(columns: dict[str, Any], rows: slice | int, copy: bool = False) -> dict[str, Any]:
+    """``columns`` (arrays and maps of arrays) cut to ``rows``; ``copy`` detaches them from received frames."""
+    def cut(value: np.ndarray) -> np.ndarray:
+        return np.array(value[rows]) if copy else value[rows]
+    return {k: ({kk: cut(vv) for kk, vv in v.items()} if isinstance(v, dict) else cut(v)) for k, v in columns.items()}
 
 
 class _Counters(dict):

@@ -3,12 +3,15 @@
 Every message is framed by :mod:`hilrl.envs.protocol` (a msgpack header, big numpy
 arrays in their own zero-copy frames); nothing here is a second codec. Channels:
 
-* actor DEALER -> learner ROUTER (``runtime.bind``): ``hello``, then one ``transition``
-  message per env step, numbered by ``seq`` (1, 2, ...) per actor. The learner answers
-  ``welcome`` to a hello and ``ack`` after storing: ``acked`` is the highest seq such
-  that every seq up to it is stored *and* written to its log. It stores seq ``acked + 1``
-  only (go-back-N): a duplicate or a message after a gap is dropped, and the ack tells
-  the actor where to resume.
+* actor DEALER -> learner ROUTER (``runtime.bind``): ``hello`` (with the actor's observation
+  and action spaces), then ``transitions`` messages: a run of consecutive steps numbered
+  ``seq, seq + 1, ...`` per actor, every field stacked along a leading axis of length ``n``
+  (one array per field, so the learner checks and stores a batch with a few numpy calls).
+  The learner answers ``welcome`` to a hello and ``ack`` after storing: ``acked`` is the
+  highest seq such that every seq up to it is stored *and* written to its log. It stores
+  only the steps after ``acked`` of a batch that starts at or before ``acked + 1`` (go-back-N):
+  duplicates are skipped, a batch after a gap is dropped, and the ack tells the actor where
+  to resume.
 * learner PUB -> actor SUB (address given in ``welcome``): ``weights``, versioned,
   every ``runtime.publish_every`` learner updates. A welcome carries the current weights
   too, so an actor that joins late need not wait for the next broadcast.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +34,62 @@ import numpy as np
 import torch
 import zmq
 
-from hilrl.envs.protocol import ProtocolError, decode
+from hilrl.envs.protocol import ProtocolError, decode, space_from_wire, space_to_wire
 from hilrl.errors import HilrlError
 
-WIRE_VERSION = 1
-# A 128x128x3 obs + next_obs is ~100 kB; 64 MB leaves room for big multi-camera observations.
+WIRE_VERSION = 2  # 2: batched `transitions` and spaces in `hello` (1 sent one `transition` per message)
+# A 128x128x3 obs + next_obs is ~100 kB; 64 MB leaves room for batches of big multi-camera observations.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TRANSITION_KEYS = frozenset({"obs", "action", "reward", "next_obs", "terminated", "truncated", "intervened",
                              "intervention_start", "policy_action", "is_success", "episode_start"})
+FLAG_KEYS = ("terminated", "truncated", "intervened", "intervention_start", "is_success", "episode_start")
 
 
 # ---------------------------------------------------------------------------- messages
 
 
-def hello(actor: str, acked: int) -> dict[str, Any]:
-    """First message of an actor (and again after a silence): ``acked`` is what it last heard."""
-    return {"v": WIRE_VERSION, "kind": "hello", "actor": actor, "acked": acked}
+def hello(actor: str, acked: int, observation_space: gym.Space | None = None,
+          action_space: gym.Space | None = None) -> dict[str, Any]:
+    """First message of an actor (and again after a silence): ``acked`` is what it last heard.
+
+    The spaces let a learner that has no env of its own (``env.remote``: the arm is at the actor)
+    build its networks, and let every learner refuse an actor that runs another task.
+    """
+    message = {"v": WIRE_VERSION, "kind": "hello", "actor": actor, "acked": acked}
+    if observation_space is not None and action_space is not None:
+        message["spaces"] = {"observation": space_to_wire(observation_space), "action": space_to_wire(action_space)}
+    return message
+
+
+def stack_transitions(transitions: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack per-step transitions (maps of arrays, numbers, flags) field by field along a new first axis.
+
+    One transition is stacked without a copy (each array gets a leading axis of 1).
+    """
+    first = transitions[0]
+    stacked: dict[str, Any] = {}
+    for key, value in first.items():
+        if isinstance(value, Mapping):
+            stacked[key] = stack_transitions([t[key] for t in transitions])
+        elif len(transitions) == 1:
+            stacked[key] = np.asarray(value)[None]
+        else:
+            stacked[key] = np.stack([np.asarray(t[key]) for t in transitions])
+    return stacked
+
+
+def transitions_message(actor: str, seq: int, stacked: Mapping[str, Any]) -> dict[str, Any]:
+    """Steps ``seq .. seq + n - 1`` of ``actor``, stacked by :func:`stack_transitions`."""
+    return {"v": WIRE_VERSION, "kind": "transitions", "actor": actor, "seq": seq, "t": dict(stacked)}
 
 
 def transition_message(actor: str, seq: int, transition: Mapping[str, Any]) -> dict[str, Any]:
-    return {"v": WIRE_VERSION, "kind": "transition", "actor": actor, "seq": seq, "t": dict(transition)}
+    """A ``transitions`` message holding the single step ``seq``."""
+    return transitions_message(actor, seq, stack_transitions([transition]))
 
 
 def ack(acked: int, done: bool, gap: bool = False) -> dict[str, Any]:
-    """``gap``: a message after ``acked + 1`` was dropped (some were lost): re-send from ``acked + 1`` now."""
+    """``gap``: a batch after ``acked + 1`` was dropped (some were lost): re-send from ``acked + 1`` now."""
     return {"v": WIRE_VERSION, "kind": "ack", "acked": acked, "done": done, "gap": gap}
 
 
@@ -77,17 +112,34 @@ def read_message(frames: list[Any]) -> dict[str, Any]:
     if message.get("v") != WIRE_VERSION:
         raise ProtocolError(f"wire version {message.get('v')!r} not supported; both ends must run the same hilrl "
                             f"(v={WIRE_VERSION})")
-    if message.get("kind") not in ("hello", "transition", "ack", "welcome", "weights", "error"):
+    if message.get("kind") not in ("hello", "transitions", "ack", "welcome", "weights", "error"):
         raise ProtocolError(f"unknown message kind {message.get('kind')!r}")
     return message
 
 
-def check_transition(message: Mapping[str, Any], observation_space: gym.spaces.Dict,
-                     action_space: gym.spaces.Box) -> dict[str, Any]:
-    """Validate a decoded ``transition`` message against the learner's spaces; return its transition.
+def hello_spaces(message: Mapping[str, Any]) -> tuple[gym.spaces.Dict, gym.spaces.Box] | None:
+    """The (observation, action) spaces a ``hello`` carries, or ``None`` if it carries none."""
+    spaces = message.get("spaces")
+    if spaces is None:
+        return None
+    try:
+        observation, action = space_from_wire(spaces["observation"]), space_from_wire(spaces["action"])
+    except ProtocolError:
+        raise
+    except Exception as exc:  # a malformed description: missing keys, bad shapes or dtypes
+        raise ProtocolError(f"hello 'spaces' is not a valid space description ({type(exc).__name__}: {exc})") from None
+    if not isinstance(observation, gym.spaces.Dict) or not isinstance(action, gym.spaces.Box):
+        raise ProtocolError("hello 'spaces' must hold a Dict observation space and a Box action space")
+    return observation, action
 
-    Everything the replay buffer will copy is checked here (keys, shapes, dtypes, finite
-    numbers), so a bad actor gets an error reply and nothing reaches the buffers.
+
+def check_transitions(message: Mapping[str, Any], observation_space: gym.spaces.Dict,
+                      action_space: gym.spaces.Box) -> int:
+    """Validate a decoded ``transitions`` message against the learner's spaces; return its step count ``n``.
+
+    Everything the replay buffer will copy is checked here, one numpy call per stacked field
+    (keys, shapes, dtypes, finite numbers), so a bad actor gets an error reply and nothing
+    reaches the buffers.
     """
     actor, seq, t = message.get("actor"), message.get("seq"), message.get("t")
     if not isinstance(actor, str) or not actor:
@@ -97,30 +149,35 @@ def check_transition(message: Mapping[str, Any], observation_space: gym.spaces.D
     if not isinstance(t, dict) or set(t) != TRANSITION_KEYS:
         got = sorted(t) if isinstance(t, dict) else type(t).__name__
         raise ProtocolError(f"field 't' must be a map with keys {sorted(TRANSITION_KEYS)}, got {got}")
+    reward = t["reward"]
+    if not isinstance(reward, np.ndarray) or reward.ndim != 1 or reward.size == 0 or reward.dtype.kind not in "fiu":
+        raise ProtocolError("t.reward must be a non-empty 1-d array of numbers (one per step)")
+    n = len(reward)
+    if not np.isfinite(reward).all():
+        raise ProtocolError("t.reward holds NaN or inf")
     for side in ("obs", "next_obs"):
         obs = t[side]
         if not isinstance(obs, dict) or set(obs) != set(observation_space.spaces):
             raise ProtocolError(f"t.{side} must have keys {sorted(observation_space.spaces)}")
         for key, space in observation_space.spaces.items():
             value = obs[key]
-            if not isinstance(value, np.ndarray) or value.shape != space.shape or value.dtype != space.dtype:
+            if not isinstance(value, np.ndarray) or value.shape != (n, *space.shape) or value.dtype != space.dtype:
                 got = (value.shape, str(value.dtype)) if isinstance(value, np.ndarray) else type(value).__name__
-                raise ProtocolError(f"t.{side}.{key} must be an array of shape {space.shape} and dtype {space.dtype}, "
-                                    f"got {got}")
+                raise ProtocolError(f"t.{side}.{key} must be an array of shape {(n, *space.shape)} (n={n} steps) and "
+                                    f"dtype {space.dtype}, got {got}")
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise ProtocolError(f"t.{side}.{key} holds NaN or inf")
     for name in ("action", "policy_action"):
         value = t[name]
-        if not isinstance(value, np.ndarray) or value.shape != action_space.shape or value.dtype != np.float32:
-            raise ProtocolError(f"t.{name} must be a float32 array of shape {action_space.shape}")
+        if not isinstance(value, np.ndarray) or value.shape != (n, *action_space.shape) or value.dtype != np.float32:
+            raise ProtocolError(f"t.{name} must be a float32 array of shape {(n, *action_space.shape)} (n={n} steps)")
         if not np.isfinite(value).all():
             raise ProtocolError(f"t.{name} holds NaN or inf")
-    if type(t["reward"]) not in (int, float) or not np.isfinite(t["reward"]):
-        raise ProtocolError(f"t.reward must be a finite number, got {t['reward']!r}")
-    for flag in ("terminated", "truncated", "intervened", "intervention_start", "is_success", "episode_start"):
-        if type(t[flag]) is not bool:
-            raise ProtocolError(f"t.{flag} must be true or false")
-    return t
+    for flag in FLAG_KEYS:
+        value = t[flag]
+        if not isinstance(value, np.ndarray) or value.dtype != np.bool_ or value.shape != (n,):
+            raise ProtocolError(f"t.{flag} must be a bool array of shape ({n},)")
+    return n
 
 
 # ---------------------------------------------------------------------------- policy weights
@@ -160,10 +217,8 @@ def load_policy_weights(agent: Any, weights: Mapping[str, np.ndarray]) -> None:
 _RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of the payload
 
 
-def _pack(frames: list[Any]) -> bytes:
-    views = [(f.buffer if isinstance(f, zmq.Frame) else memoryview(f)).cast("B") for f in frames]
-    head = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
-    return b"".join([head, *views])
+def _views(frames: list[Any]) -> list[memoryview]:
+    return [(f.buffer if isinstance(f, zmq.Frame) else memoryview(f)).cast("B") for f in frames]
 
 
 def _unpack(payload: bytes) -> list[memoryview]:
@@ -200,9 +255,16 @@ class RecordLog:
         return sorted(int(p.stem[4:]) for p in self.directory.glob("seg_*.log"))
 
     def append(self, frames: list[Any]) -> None:
-        payload = _pack(frames)
-        self._file.write(_RECORD_HEAD.pack(len(payload), zlib.crc32(payload)))
-        self._file.write(payload)
+        # the frames go to the file one by one, the CRC runs over them in turn: a batch is never joined in memory
+        views = _views(frames)
+        index = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
+        crc = zlib.crc32(index)
+        for view in views:
+            crc = zlib.crc32(view, crc)
+        self._file.write(_RECORD_HEAD.pack(len(index) + sum(v.nbytes for v in views), crc))
+        self._file.write(index)
+        for view in views:
+            self._file.write(view)
         self.records_in_segment += 1
 
     def sync(self) -> None:
