@@ -1,0 +1,119 @@
+"""RLIF vs HIL-SERL-style vs HG-DAgger vs DAgger vs BC vs SAC (dense), with experts of two qualities.
+
+Reproduces the comparison of the RLIF paper (ALGORITHMS.md, "RLIF": its margin over
+DAgger grows as the expert worsens) on our tasks, state observations. For every
+task x expert quality x method x seed it runs `hilrl train` (the library entry)
+and prints final eval success as mean +- std over seeds, env steps, intervention
+counts and wall time. Expert qualities come from ``NOISE_FOR_SUCCESS`` (noise
+giving about 90% and 40% success). The value-based interventionist needs a
+reference critic per task (benchmarks/train_reference_critic.py; trained here
+when missing).
+
+    python benchmarks/rlif_vs_dagger.py --tasks Push PickCube --seeds 0 1 2 --steps 20000 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from machine import describe_machine
+from train_reference_critic import OBS_KEYS, ensure_reference
+
+METHODS = ("rlif", "hil_serl", "hg_dagger", "dagger", "bc", "sac_dense")
+
+
+def method_config(method: str, task: str, noise: float, steps: int, seed: int, q_ref: str) -> dict:
+    env = {"id": f"hilrl/{task}-v0"}
+    demos = {"episodes": 10, "noise": noise}
+    train = {"steps": steps, "seed": seed, "learning_starts": 500, "eval_episodes": 50,
+             "checkpoint_every": steps, "video": False}
+    sac = {"name": "sac", "num_critics": 2, "utd": 2, "gamma": 0.97, "init_temperature": 0.05, "obs_keys": OBS_KEYS}
+    value_gate = {"source": "value", "q_ref": q_ref, "expert_noise": noise, "beta": 0.97}
+    bc_like = {"obs_keys": OBS_KEYS, "round_steps": max(steps // 10, 100), "updates_per_round": 500}
+    if method == "rlif":
+        return {"env": env, "demos": demos, "algo": {**sac, "backup_entropy": False},
+                "intervention": {**value_gate, "learn_from": "rlif"}, "train": train}
+    if method == "hil_serl":
+        return {"env": {**env, "reward_type": "sparse"}, "demos": demos, "algo": sac,
+                "intervention": {**value_gate, "learn_from": "hil_serl"}, "train": train}
+    if method == "hg_dagger":
+        return {"env": env, "demos": demos, "algo": {"name": "hg_dagger", **bc_like},
+                "intervention": {"source": "distance", "threshold": 1.0, "expert_noise": noise}, "train": train}
+    if method == "dagger":
+        return {"env": env, "demos": demos, "algo": {"name": "dagger", **bc_like},
+                "intervention": {"expert_noise": noise}, "train": train}
+    if method == "bc":
+        return {"env": env, "demos": {**demos, "episodes": 50}, "algo": {"name": "bc", "obs_keys": OBS_KEYS},
+                "train": {**train, "steps": 3000}}
+    if method == "sac_dense":
+        return {"env": {**env, "terminate_on_success": False}, "demos": {"episodes": 0}, "algo": sac, "train": train}
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def run_one(job: tuple) -> dict:
+    import torch
+
+    from hilrl.config import validate_config
+    from hilrl.runtime.train import train
+
+    torch.set_num_threads(1)
+    method, task, quality, noise, steps, seed, q_ref, out = job
+    started = time.perf_counter()
+    result = train(validate_config(method_config(method, task, noise, steps, seed, q_ref)), out, show_progress=False)
+    import json
+
+    metrics = json.loads((Path(out) / "metrics.json").read_text())
+    return {"method": method, "task": task, "quality": quality, "seed": seed, "success": result.success_rate,
+            "env_steps": metrics.get("env_steps", 0), "interventions": metrics.get("interventions", 0),
+            "seconds": time.perf_counter() - started}
+
+
+def main() -> None:
+    from hilrl.feedback.experts import NOISE_FOR_SUCCESS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["Push", "PickCube"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=20000)
+    parser.add_argument("--reference-steps", type=int, default=20000)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=Path("runs/rlif_vs_dagger"))
+    args = parser.parse_args()
+
+    jobs = []
+    for task in args.tasks:
+        q_ref = str(ensure_reference(task, args.reference_steps, Path("artifacts") / f"qref_{task.lower()}"))
+        for quality, noise in sorted(NOISE_FOR_SUCCESS[task].items(), reverse=True):
+            for method in args.methods:
+                for seed in args.seeds:
+                    out = args.out / f"{task}_{quality:.0%}_{method}_s{seed}"
+                    jobs.append((method, task, quality, noise, args.steps, seed, q_ref, str(out)))
+    with ProcessPoolExecutor(args.workers) as pool:
+        rows = list(pool.map(run_one, jobs))
+
+    print(f"| task | expert success | method | final success (mean ± std over {len(args.seeds)} seeds) | "
+          "env steps | interventions | wall s |")
+    print("|---|---|---|---|---|---|---|")
+    for task in args.tasks:
+        for quality in sorted(NOISE_FOR_SUCCESS[task], reverse=True):
+            for method in args.methods:
+                group = [r for r in rows if (r["task"], r["quality"], r["method"]) == (task, quality, method)]
+                success = np.array([r["success"] for r in group])
+                print(f"| {task} | {quality:.0%} | {method} | {success.mean():.2f} ± {success.std():.2f} | "
+                      f"{int(np.mean([r['env_steps'] for r in group]))} | "
+                      f"{int(np.mean([r['interventions'] for r in group]))} | "
+                      f"{np.mean([r['seconds'] for r in group]):.0f} |")
+    print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
+    print("machine:", describe_machine())
+
+
+if __name__ == "__main__":
+    main()
