@@ -25,7 +25,7 @@ install: system-deps $(STAMP)
 
 demo: install
 	$(HILRL) train sim_configs/reach.yaml --out runs/demo
-	$(HILRL) eval runs/demo --episodes 20 --video runs/demo/final_policy.mp4
+	$(HILRL) eval runs/demo --episodes 20 --video runs/demo/final_policy.mp4 --video-episodes 10
 
 # Fast suite (CI); `make test-all` adds the slow tests.
 test: install

@@ -179,12 +179,14 @@ def evaluate(
     episodes: int = typer.Option(50, min=1),
     seed: int = typer.Option(10_000),
     video: Optional[Path] = typer.Option(None, help="write the first episodes to this mp4"),
+    video_episodes: int = typer.Option(5, min=1, help="how many episodes the video shows"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
     """Evaluate a trained policy deterministically on seeded episodes."""
     from hilrl.runtime.evaluate import evaluate_run
 
-    result = evaluate_run(run, episodes=episodes, seed=seed, video=video, show_progress=not as_json)
+    result = evaluate_run(run, episodes=episodes, seed=seed, video=video, video_episodes=video_episodes,
+                          show_progress=not as_json)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict()) + "\n")
         return

@@ -119,6 +119,7 @@ def evaluate_run(
     episodes: int = 50,
     seed: int = 10_000,
     video: str | os.PathLike | None = None,
+    video_episodes: int = 5,
     show_progress: bool = True,
 ) -> EvalResult:
     """`hilrl eval`: load the latest checkpoint and evaluate it deterministically."""
@@ -126,7 +127,7 @@ def evaluate_run(
     config, algo, ckpt_path = load_policy(run_or_checkpoint)
     result = evaluate_policy(
         config.env, lambda obs: algo.act(obs, deterministic=True), episodes, seed=seed, video=video,
-        show_progress=show_progress,
+        video_episodes=video_episodes, show_progress=show_progress,
     )
     result.checkpoint = str(ckpt_path)
     return result
