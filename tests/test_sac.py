@@ -252,10 +252,10 @@ def test_image_encoder_trains_only_through_the_critic_and_can_be_frozen(freeze):
     assert sac.encoder.feature_dim == 8 + 1
     buf = ReplayBuffer(IMAGE_SPACE, ACT_SPACE, 50)
     fill(buf, 40, np.random.default_rng(0))
-    before = {k: v.clone() for k, v in sac.encoder.state_dict().items()}
+    before = {k: v.detach().clone() for k, v in sac.encoder.named_parameters()}
     metrics = sac.train_step(buf)
     assert all(torch.isfinite(v) for v in metrics.values())
-    changed = any(not torch.equal(before[k], v) for k, v in sac.encoder.state_dict().items())
+    changed = any(not torch.equal(before[k], v) for k, v in sac.encoder.named_parameters())
     assert changed != freeze
     if freeze:
         assert all(p.grad is None for p in sac.encoder.parameters())
@@ -305,6 +305,72 @@ def test_kl_regularisation_pulls_the_policy_to_the_prior():
     assert torch.equal(sac.temperature, temperature)  # alpha is not tuned when the KL term replaces it
     with pytest.raises(HilrlError, match="bc_policy"):
         SAC(STATE_SPACE, ACT_SPACE, config)
+
+
+def test_observation_normaliser_is_fitted_once_from_both_buffers_and_saved(tmp_path):
+    rng = np.random.default_rng(0)
+    online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 200), ReplayBuffer(STATE_SPACE, ACT_SPACE, 200)
+    fill(online, 60, rng)
+    fill(demo, 40, rng, source=1)
+    online.obs["ee_pos"][:60] = online.obs["ee_pos"][:60] * 0.1 + 0.5  # small spread around 0.5, like positions
+    demo.obs["ee_pos"][:40] = demo.obs["ee_pos"][:40] * 0.1 + 0.5
+    online.obs["gripper"][:60] = 0.3  # constant key: its std is floored, not zero
+    demo.obs["gripper"][:40] = 0.3
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(normalize_obs=True, obs_norm_min_std=0.05, **SMALL))
+    raw = {"ee_pos": torch.tensor([[0.5, 0.6, 0.4]]), "gripper": torch.tensor([[0.3]])}
+    torch.testing.assert_close(sac.encoder(raw), torch.cat([raw["ee_pos"], raw["gripper"]], -1))  # identity before
+    sac.train_step(online, demo)
+    assert sac.encoder.is_normalizer_fitted and sac.target["encoder"].is_normalizer_fitted
+    states = np.concatenate([np.concatenate([b.obs["ee_pos"][: len(b)], b.obs["gripper"][: len(b)]], 1)
+                             for b in (online, demo)])
+    features = sac.encoder({"ee_pos": torch.as_tensor(states[:, :3]), "gripper": torch.as_tensor(states[:, 3:])})
+    np.testing.assert_allclose(features[:, :3].mean(0).numpy(), 0.0, atol=1e-5)
+    np.testing.assert_allclose(features[:, :3].std(0, unbiased=False).numpy(), 1.0, atol=1e-4)
+    np.testing.assert_allclose(features[:, 3].numpy(), 0.0, atol=1e-5)
+    far = sac.encoder({"ee_pos": torch.tensor([[50.0, 0.5, 0.5]]), "gripper": torch.tensor([[0.3]])})
+    assert far[0, 0] == sac.config.obs_norm_clip
+    # fitted once: later samples from elsewhere do not move the statistics
+    offset = sac.encoder.state_offset.clone()
+    fill(online, 100, rng)
+    sac.train_step(online, demo)
+    assert torch.equal(sac.encoder.state_offset, offset)
+    torch.testing.assert_close(sac.target["encoder"].state_scale, sac.encoder.state_scale)
+    sac.save(tmp_path / "sac.pt")
+    restored = SAC.load(tmp_path / "sac.pt", STATE_SPACE, ACT_SPACE)
+    assert torch.equal(restored.encoder.state_offset, offset) and restored.encoder.is_normalizer_fitted
+    off = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL))
+    off.train_step(online, demo)
+    assert not off.encoder.is_normalizer_fitted
+    with pytest.raises(HilrlError, match="empty"):
+        empty = ReplayBuffer(STATE_SPACE, ACT_SPACE, 5)
+        SAC(STATE_SPACE, ACT_SPACE, SACConfig(normalize_obs=True, **SMALL)).fit_normalizer([empty])
+
+
+def test_bc_term_pulls_the_policy_to_demo_actions_on_demo_rows_only():
+    """Same reward for every action: only the BC term can favour the demo action, and the policy copies it.
+
+    The reward is not zero because the BC weight scales with mean|Q| (TD3+BC's normalisation).
+    """
+    rng = np.random.default_rng(0)
+    online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 500), ReplayBuffer(STATE_SPACE, ACT_SPACE, 500)
+    fill(online, 300, rng, reward=1.0)
+    fill(demo, 300, rng, reward=1.0, source=1)
+    demo.actions[:300] = (0.7, -0.5)
+    seen = []
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(bc_coef=1.0, hidden=(32, 32), batch_size=32, utd=2, gamma=0.5,
+                                                init_temperature=0.01, learn_temperature=False))
+    sac.train_step(online, demo, relabel=lambda b: seen.append(b) or b["rewards"])
+    np.testing.assert_array_equal(seen[0]["demo_mask"], seen[0]["source"].astype(np.float32))
+    assert seen[0]["demo_mask"].sum() == 32  # half of each of the two slices
+    for _ in range(300):
+        metrics = sac.train_step(online, demo)
+    states = {k: rng.uniform(-1, 1, (64, *s.shape)).astype(np.float32) for k, s in STATE_SPACE.items()}
+    np.testing.assert_allclose(sac.act(states, deterministic=True).mean(0), [0.7, -0.5], atol=0.1)
+    assert float(metrics["bc_loss"]) < 0.05
+    plain = SAC(STATE_SPACE, ACT_SPACE, SACConfig(hidden=(32, 32), batch_size=32, utd=2))
+    assert float(plain.train_step(online, demo)["bc_loss"]) == 0.0
+    with pytest.raises(HilrlError, match="bc_coef"):
+        SACConfig(bc_coef=-1.0)
 
 
 def test_bad_configuration_and_spaces_are_reported():

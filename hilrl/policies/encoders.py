@@ -5,6 +5,14 @@ State keys (float vectors) are concatenated in sorted key order; image keys
 3x3 convolutions, a linear projection, LayerNorm and tanh). Images can be
 augmented with DrQ's random shift (replicate-pad by ``pad`` pixels, then crop
 back at a random offset per sample), the augmentation SERL and HIL-SERL use.
+
+State features can be standardised by a fixed per-dimension offset and scale
+(:meth:`ObservationEncoder.fit_state_normalizer`). Why: arm positions span a few
+tenths of a metre, so raw inputs differ by centimetres between states that need
+opposite actions, and an MLP learns such small input differences slowly. The
+statistics are buffers (they travel with ``state_dict``, checkpoints and the
+weights sent to actors) and never change after fitting, so the critic's
+targets stay consistent. RLPD itself feeds raw states; this is our departure.
 """
 
 from __future__ import annotations
@@ -109,6 +117,46 @@ class ObservationEncoder(nn.Module):
         self.cnns = nn.ModuleDict({k: ConvEncoder(self.image_shapes[k], channels, strides, latent_dim)
                                    for k in self.image_keys})
         self.feature_dim = sum(self.state_dims.values()) + latent_dim * len(self.image_keys)
+        state_dim = sum(self.state_dims.values())
+        # Identity until fitted; the clip bound is +inf until then so raw states pass unchanged.
+        self.register_buffer("state_offset", torch.zeros(state_dim))
+        self.register_buffer("state_scale", torch.ones(state_dim))
+        self.register_buffer("state_clip", torch.tensor(float("inf")))
+        self.register_buffer("normalizer_fitted", torch.tensor(False))
+
+    @property
+    def is_normalizer_fitted(self) -> bool:
+        return bool(self.normalizer_fitted)
+
+    @torch.no_grad()
+    def fit_state_normalizer(self, states: Mapping[str, np.ndarray], min_std: float = 0.05,
+                             clip: float = 10.0) -> None:
+        """Fix the state standardisation ``clip((x - mean) / max(std, min_std))`` from samples ``{key: (N, ...)}``.
+
+        ``min_std`` keeps near-constant dimensions (e.g. an object's orientation that
+        the demos never change) from being blown up; ``clip`` bounds features of states
+        far outside the samples.
+        """
+        if not self.state_keys:
+            return
+        missing = [k for k in self.state_keys if k not in states]
+        if missing:
+            raise HilrlError(f"fit_state_normalizer: samples lack state keys {missing}; pass every key of "
+                             f"{self.state_keys}")
+        if min_std <= 0 or clip <= 0:
+            raise HilrlError(f"fit_state_normalizer: min_std ({min_std}) and clip ({clip}) must be > 0")
+        rows = {len(states[k]) for k in self.state_keys}
+        if len(rows) != 1 or 0 in rows:
+            raise HilrlError(f"fit_state_normalizer: need the same, non-zero number of samples per key, got "
+                             f"{ {k: len(states[k]) for k in self.state_keys} }")
+        flat = np.concatenate([np.asarray(states[k], np.float64).reshape(len(states[k]), -1)
+                               for k in self.state_keys], axis=1)
+        if not np.isfinite(flat).all():
+            raise HilrlError("fit_state_normalizer: samples hold NaN or inf values; check the observations stored")
+        self.state_offset.copy_(torch.as_tensor(flat.mean(axis=0)))
+        self.state_scale.copy_(torch.as_tensor(1.0 / np.maximum(flat.std(axis=0), min_std)))
+        self.state_clip.fill_(float(clip))
+        self.normalizer_fitted.fill_(True)
 
     @property
     def has_images(self) -> bool:
@@ -118,6 +166,10 @@ class ObservationEncoder(nn.Module):
                 shifts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Features of a batch; ``shifts[key] (B, 2)`` applies the random-shift augmentation to that image key."""
         parts = [obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys]
+        if parts:
+            state = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            state = (state - self.state_offset) * self.state_scale
+            parts = [torch.clamp(state, -self.state_clip, self.state_clip)]
         for key in self.image_keys:
             images = obs[key].permute(0, 3, 1, 2).float().div_(255.0)
             if shifts is not None:
