@@ -49,19 +49,9 @@ sys.path.insert(0, str(REPO_ROOT))  # `hardware` is a top-level folder of the re
 from hardware.testing import running_server  # noqa: E402
 from hilrl.envs.protocol import decode, encode  # noqa: E402
 from hilrl.envs.remote import RobotClient  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 IMAGE_SHAPE = (128, 128, 3)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 # ------------------------------------------------------------------ child processes
