@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -202,7 +203,9 @@ def test_train_distributed_runs_two_actors_and_publishes_weights(tmp_path):
     assert 0.0 <= result.success_rate <= 1.0
 
 
-def test_learner_rejects_a_malformed_transition_with_a_clear_error(tmp_path):
+@contextmanager
+def learner_and_raw_dealer(tmp_path):
+    """A learner served by hand (``learner._serve``) and a bare DEALER speaking to it, closed afterwards."""
     from hilrl.runtime.learner import Learner
 
     raw = yaml.safe_load(write_config(tmp_path / "exp.yaml").read_text())
@@ -213,6 +216,14 @@ def test_learner_rejects_a_malformed_transition_with_a_clear_error(tmp_path):
     dealer.rcvtimeo = 5000
     try:
         dealer.connect(learner.address)
+        yield learner, dealer
+    finally:
+        dealer.close(linger=0)
+        learner.close()
+
+
+def test_learner_rejects_a_malformed_transition_with_a_clear_error(tmp_path):
+    with learner_and_raw_dealer(tmp_path) as (learner, dealer):
         obs = {k: np.zeros(s.shape, s.dtype) for k, s in learner.obs_space.spaces.items()}
         bad = {"obs": obs, "action": np.full(learner.act_space.shape, np.nan, np.float32), "reward": 0.0,
                "next_obs": obs, "terminated": False, "truncated": False, "intervened": False,
@@ -233,9 +244,6 @@ def test_learner_rejects_a_malformed_transition_with_a_clear_error(tmp_path):
             acks.append(transport.read_message(dealer.recv_multipart()))
         assert learner.acked == {"arm": 2} and len(learner.online) == 2
         assert any(a["gap"] for a in acks)
-    finally:
-        dealer.close(linger=0)
-        learner.close()
 
 
 def test_record_log_stops_at_a_torn_last_record(tmp_path):
@@ -380,16 +388,7 @@ def test_transition_storage_extend_stores_what_add_stores(rlif):
 def test_learner_refuses_an_actor_with_other_spaces(tmp_path):
     import gymnasium as gym
 
-    from hilrl.runtime.learner import Learner
-
-    raw = yaml.safe_load(write_config(tmp_path / "exp.yaml").read_text())
-    raw["demos"]["episodes"] = 0
-    learner = Learner(validate_config(raw), tmp_path / "run", bind="tcp://127.0.0.1:*", show_progress=False)
-    dealer = zmq.Context.instance().socket(zmq.DEALER)
-    dealer.linger = 0
-    dealer.rcvtimeo = 5000
-    try:
-        dealer.connect(learner.address)
+    with learner_and_raw_dealer(tmp_path) as (learner, dealer):
         other = gym.spaces.Box(-1, 1, (7,), np.float32)
         dealer.send_multipart(encode(transport.hello("arm", 0, learner.obs_space, other)))
         learner._serve(5000)
@@ -398,9 +397,6 @@ def test_learner_refuses_an_actor_with_other_spaces(tmp_path):
         dealer.send_multipart(encode(transport.hello("arm", 0, learner.obs_space, learner.act_space)))
         learner._serve(5000)
         assert transport.read_message(dealer.recv_multipart())["kind"] == "welcome"
-    finally:
-        dealer.close(linger=0)
-        learner.close()
 
 
 def test_a_remote_arm_learner_builds_from_the_actors_hello_and_resumes_without_one(tmp_path):
