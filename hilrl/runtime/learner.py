@@ -75,7 +75,7 @@ class Learner:
         self.config, self.show_progress = config, show_progress
         self.out = Path(out)
         self.ckpt_dir = self.out / "checkpoints"
-        tc, ic, rc = config.train, config.intervention, config.runtime
+        ic, rc = config.intervention, config.runtime
         self.rlif = ic.source != "none" and ic.learn_from == "rlif"
         self.experiment = config.model_dump(mode="json")
 

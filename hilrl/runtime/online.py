@@ -108,12 +108,9 @@ class TransitionStorage:
                                  steps["terminated"][mask], steps["truncated"][mask])
             return
         if self.pending is not None:  # the step before this batch waits for its label: step 0 decides it
-            if episode_start[0]:
-                self.flush()
-            else:
-                if intervention_start[0]:
-                    self.pending["reward"] = -1.0
-                self.flush()
+            if intervention_start[0] and not episode_start[0]:
+                self.pending["reward"] = -1.0
+            self.flush()
         # step i gets -1 when step i + 1 starts an intervention in the same episode (as add() labels it)
         rewards = np.zeros(n, np.float32)
         rewards[:-1][intervention_start[1:] & ~episode_start[1:] & ~ends[:-1]] = -1.0
