@@ -23,7 +23,10 @@ multiply-add (LayerNorm, activations, the optimiser and sampling are overhead, n
 bound is its measured rate divided by that. SB3's fraction uses the same count as
 ours with 2 critics at utd 1 (the work the algorithm needs; SB3 does a little more).
 
-Run: ``python benchmarks/learner_throughput.py [--device cuda] [--threads 1] [--cuda-graph]``.
+The matmul probe and every learner are timed in turn within each repeat (best of
+``--repeats`` each), so on a shared machine all rows see the same conditions.
+
+Run: ``python benchmarks/learner_throughput.py [--device cuda] [--threads 1] [--compile] [--cuda-graph]``.
 """
 
 from __future__ import annotations
@@ -50,16 +53,23 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_rate(step: Callable[[], None], iterations: int, repeats: int, device: torch.device) -> float:
-    """Best-of-``repeats`` calls per second of ``step`` (best-of filters out other tenants on a shared machine)."""
-    best = 0.0
+def interleaved_best_rates(steps: dict[str, Callable[[], None]], iterations: dict[str, int], repeats: int,
+                           device: torch.device) -> dict[str, float]:
+    """Best-of-``repeats`` calls per second of each step, the contenders timed in turn within every repeat.
+
+    Best-of filters out other tenants of a shared machine; taking turns puts the matmul-rate probe and
+    every learner under the same conditions, so their ratios (the fractions of the bound) stay comparable
+    even when the load changes during the run.
+    """
+    best = dict.fromkeys(steps, 0.0)
     for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(iterations):
-            step()
-        synchronize(device)
-        best = max(best, iterations / (time.perf_counter() - start))
+        for name, step in steps.items():
+            synchronize(device)
+            start = time.perf_counter()
+            for _ in range(iterations[name]):
+                step()
+            synchronize(device)
+            best[name] = max(best[name], iterations[name] / (time.perf_counter() - start))
     return best
 
 
@@ -84,13 +94,13 @@ def update_flops(obs_dim: int, act_dim: int, hidden: tuple[int, ...], batch: int
     return utd * per_critic_step + actor_step
 
 
-def matmul_rate(obs_dim: int, act_dim: int, hidden: tuple[int, ...], batch: int, device: torch.device,
-                iterations: int, repeats: int) -> float:
-    """FLOP/s of forward + both backward GEMMs over every layer shape of actor and critic."""
+def matmul_probe(obs_dim: int, act_dim: int, hidden: tuple[int, ...], batch: int,
+                 device: torch.device) -> tuple[Callable[[], None], float]:
+    """A step running forward + both backward GEMMs over every layer shape of actor and critic, and its FLOPs."""
     shapes = layer_shapes(obs_dim, hidden, 2 * act_dim) + layer_shapes(obs_dim + act_dim, hidden, 1)
     tensors = [(torch.randn(batch, i, device=device), torch.randn(i, o, device=device),
                 torch.randn(batch, o, device=device)) for i, o in shapes]
-    flops = sum(3 * 2 * batch * i * o for i, o in shapes)
+    flops = float(sum(3 * 2 * batch * i * o for i, o in shapes))
 
     def step() -> None:
         for x, w, g in tensors:
@@ -98,7 +108,7 @@ def matmul_rate(obs_dim: int, act_dim: int, hidden: tuple[int, ...], batch: int,
             torch.mm(g, w.t())
             torch.mm(x.t(), g)
 
-    return flops * best_rate(step, iterations, repeats, device)
+    return step, flops
 
 
 def random_transitions(n: int, obs_dim: int, act_dim: int, rng: np.random.Generator):
@@ -124,7 +134,8 @@ class _SpacesOnlyEnv(gym.Env):
         return np.zeros(self.observation_space.shape, np.float32), 0.0, False, False, {}
 
 
-def sb3_rate(args: argparse.Namespace, device: torch.device, data) -> float:
+def sb3_step(args: argparse.Namespace, device: torch.device, data) -> Callable[[], None]:
+    """SB3's ``train(gradient_steps=--iterations)`` on a filled buffer (one call, as SB3 trains), after warm-up."""
     from stable_baselines3 import SAC as SB3SAC
     from stable_baselines3.common.logger import configure
 
@@ -141,23 +152,24 @@ def sb3_rate(args: argparse.Namespace, device: torch.device, data) -> float:
     buffer.dones[:, 0] = terminated
     buffer.full, buffer.pos = True, 0
     model.train(gradient_steps=args.warmup, batch_size=args.batch)
-    return args.iterations * best_rate(lambda: model.train(gradient_steps=args.iterations, batch_size=args.batch),
-                                       1, args.repeats, device)
+    return lambda: model.train(gradient_steps=args.iterations, batch_size=args.batch)
 
 
-def ours_rate(args: argparse.Namespace, device: torch.device, data, critics: int, utd: int,
-              cuda_graph: bool) -> float:
+def ours_step(args: argparse.Namespace, device: torch.device, data, critics: int, utd: int,
+              cuda_graph: bool, compile_critic: bool) -> Callable[[], None]:
+    """One ``SAC.train_step`` on a filled buffer, after ``--warmup`` updates (which include any compilation)."""
     obs, next_obs, actions, rewards, terminated = data
     n = len(obs)
     obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)})
     act_space = gym.spaces.Box(-1, 1, (args.act_dim,), np.float32)
-    config = SACConfig(num_critics=critics, utd=utd, hidden=tuple(args.hidden), batch_size=args.batch)
+    config = SACConfig(num_critics=critics, utd=utd, hidden=tuple(args.hidden), batch_size=args.batch,
+                       compile_critic=compile_critic)
     learner = SAC(obs_space, act_space, config, device=device, seed=0, cuda_graph=cuda_graph)
     online = ReplayBuffer(obs_space, act_space, n)
     online.extend({"state": obs}, actions, rewards, {"state": next_obs}, terminated, np.zeros(n, bool))
     for _ in range(args.warmup):
         learner.train_step(online)
-    return best_rate(lambda: learner.train_step(online), args.iterations, args.repeats, device)
+    return lambda: learner.train_step(online)
 
 
 def main() -> None:
@@ -175,6 +187,8 @@ def main() -> None:
     parser.add_argument("--buffer", type=int, default=20_000, help="transitions in each replay buffer")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also time our update captured as a CUDA graph (rows added to the eager ones)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our learner with SACConfig.compile_critic (rows added; warm-up compiles)")
     parser.add_argument("--skip-sb3", action="store_true")
     args = parser.parse_args()
     args.hidden = tuple(args.hidden)
@@ -187,26 +201,37 @@ def main() -> None:
     data = random_transitions(args.buffer, args.obs_dim, args.act_dim, np.random.default_rng(0))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    rate = matmul_rate(args.obs_dim, args.act_dim, args.hidden, args.batch, device, args.iterations * 4,
-                       args.repeats)
-
     def flops(critics: int, utd: int) -> float:
         return update_flops(args.obs_dim, args.act_dim, args.hidden, args.batch, critics, utd)
 
-    rows = []  # (name, critics, utd, actor updates/s, flops per update)
-    sb3 = None
+    probe, probe_flops = matmul_probe(args.obs_dim, args.act_dim, args.hidden, args.batch, device)
+    steps: dict[str, Callable[[], None]] = {"matmul": probe}
+    iterations = {"matmul": args.iterations * 4}
+    rows = []  # (key, name, critics, utd, flops per update)
     if not args.skip_sb3:
-        sb3 = sb3_rate(args, device, data)
-        rows.append(("stable-baselines3 SAC", 2, 1, sb3, flops(2, 1)))
-    ours10_utd1 = 0.0
-    for cuda_graph in sorted({False, args.cuda_graph}):
+        steps["sb3"] = sb3_step(args, device, data)
+        iterations["sb3"] = 1  # one call runs --iterations updates
+        rows.append(("sb3", "stable-baselines3 SAC", 2, 1, flops(2, 1)))
+    variants = [("", False, False)]
+    if args.compile:
+        variants.append((" (compiled critic)", False, True))
+    if args.cuda_graph:
+        variants.append((" (CUDA graph)", True, False))
+    for suffix, cuda_graph, compile_critic in variants:
         for critics in (2, 10):
-            for utd in (1, args.utd):
-                ups = ours_rate(args, device, data, critics, utd, cuda_graph)
-                rows.append((f"hilrl SAC{' (CUDA graph)' if cuda_graph else ''}", critics, utd, ups,
-                             flops(critics, utd)))
-                if critics == 10 and utd == 1:
-                    ours10_utd1 = max(ours10_utd1, ups)
+            for utd in sorted({1, args.utd}):
+                key = f"ours{suffix}/{critics}/{utd}"
+                steps[key] = ours_step(args, device, data, critics, utd, cuda_graph, compile_critic)
+                rows.append((key, f"hilrl SAC{suffix}", critics, utd, flops(critics, utd)))
+    for key in steps:
+        iterations.setdefault(key, args.iterations)
+    rates = interleaved_best_rates(steps, iterations, args.repeats, device)
+    rate = probe_flops * rates["matmul"]
+    if "sb3" in rates:
+        rates["sb3"] *= args.iterations
+    sb3 = rates.get("sb3")
+    ours10_utd1 = max((rates[key] for key, _, critics, utd, _ in rows if key != "sb3" and critics == 10 and utd == 1),
+                      default=0.0)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"machine: {device_name} | {platform.platform()} | python {platform.python_version()}")
@@ -214,13 +239,14 @@ def main() -> None:
           f"| load average at start {load:.2f} (other tenants make rates noisy)")
     print(f"command: {shlex.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"batch {args.batch}, hidden {args.hidden}, obs dim {args.obs_dim}, action dim {args.act_dim}; "
-          f"best of {args.repeats} x {args.iterations} updates")
+          f"best of {args.repeats} x {args.iterations} updates, every row and the matmul probe timed in turn")
     print(f"matmul rate at these shapes (fwd + 2 bwd GEMMs): {rate / 1e9:.1f} GFLOP/s")
     header = (f"{'learner':<28}{'critics':>8}{'utd':>5}{'actor upd/s':>13}{'critic upd/s':>14}"
               f"{'MFLOP/upd':>11}{'bound upd/s':>13}{'of bound':>10}{'vs SB3':>8}")
     print(header)
     print("-" * len(header))
-    for name, critics, utd, ups, f in rows:
+    for key, name, critics, utd, f in rows:
+        ups = rates[key]
         bound = rate / f
         versus = f"{ups / sb3:.2f}x" if sb3 and utd == 1 else "-"
         print(f"{name:<28}{critics:>8}{utd:>5}{ups:>13.1f}{ups * utd:>14.1f}{f / 1e6:>11.0f}{bound:>13.1f}"

@@ -56,6 +56,64 @@ def test_batched_ensemble_equals_per_member_forward():
     torch.testing.assert_close(subset, batched[[3, 1]])
 
 
+def test_constant_weights_give_the_same_q_and_input_gradients_and_no_weight_gradients():
+    """``param_grads=False`` (the actor step) changes which gradients exist, never the values."""
+    torch.manual_seed(0)
+    ensemble = CriticEnsemble(6, (16, 8), num_members=4)
+    features = torch.randn(5, 4)
+    results = []
+    for param_grads in (True, False):
+        actions = torch.randn(5, 2, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+        q = ensemble(features, actions, param_grads=param_grads)
+        q.pow(2).mean().backward()
+        results.append((q.detach(), actions.grad))
+        if param_grads:
+            assert all(p.grad is not None for p in ensemble.parameters())
+            ensemble.zero_grad(set_to_none=True)
+        else:
+            assert all(p.grad is None for p in ensemble.parameters())
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=0, atol=0)
+
+
+def test_layer_norm_has_no_saved_constant_and_old_checkpoints_load():
+    """The identity weight fed to the fast LayerNorm kernel is not part of the saved state."""
+    ensemble = CriticEnsemble(6, (16, 8), num_members=3)
+    state = ensemble.state_dict()
+    assert not any("_ones" in key for key in state)
+    CriticEnsemble(6, (16, 8), num_members=3).load_state_dict(state)  # strict: same keys as before
+
+
+def test_compile_critic_needs_a_compiler_and_not_a_cuda_graph(monkeypatch):
+    import hilrl.policies.sac as sac_module
+
+    monkeypatch.setattr(sac_module.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(HilrlError, match="C\\+\\+ compiler"):
+        SAC(STATE_SPACE, ACT_SPACE, SACConfig(compile_critic=True, **SMALL))
+    SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL))  # eager needs none
+
+
+@pytest.mark.slow
+def test_compiled_critic_update_matches_eager():
+    """``compile_critic`` is speed only: from the same state, same batch and noise, the same update."""
+    config = dict(num_critics=5, utd=2, **SMALL)
+    eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
+    compiled = SAC(STATE_SPACE, ACT_SPACE, SACConfig(compile_critic=True, **config), seed=2)
+    buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 100)
+    fill(buf, 100, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        batch, noise = batch_to_torch(buf.sample(32, rng), "cpu"), eager.draw_noise(16)
+        m1, m2 = eager.update(batch, noise), compiled.update(batch, noise)
+        for key in m1:
+            torch.testing.assert_close(m1[key], m2[key], rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager.critic.parameters(), compiled.critic.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(eager.actor.parameters(), compiled.actor.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("backup_entropy", [True, False])
 def test_target_is_min_over_the_two_chosen_members(backup_entropy):
     sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(num_critics=5, backup_entropy=backup_entropy, gamma=0.9, **SMALL))

@@ -5,6 +5,13 @@ tensors, so all ``N`` members run as one ``torch.baddbmm`` per layer instead of
 a Python loop over ``N`` modules (RLPD, ALGORITHMS.md "RLPD / HIL-SERL learner").
 A subset of members (the two target members of the RLPD backup) runs by
 indexing those stacked tensors, so the unchosen members cost nothing.
+
+Speed on CPU (``benchmarks/learner_throughput.py``): at hidden 256 the
+per-member LayerNorm, its affine map and the ReLU are memory-bound passes over
+``(N, B, 256)`` activations that cost about as much as the matmuls. Eager
+PyTorch runs each as its own pass; ``SACConfig.compile_critic`` lets inductor fuse
+them. ``param_grads=False`` drops the weights from the autograd graph where
+only input gradients are wanted (the actor step), so no pass is spent on them.
 """
 
 from __future__ import annotations
@@ -36,12 +43,14 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None,
+                param_grads: bool = True) -> torch.Tensor:
         """``x`` is ``(N, B, in)`` (one input per member) or ``(B, in)`` (shared); returns ``(N', B, out)``.
 
-        ``members`` (a long tensor of member indices) selects a subset ``N'`` of members.
+        ``members`` (a long tensor of member indices) selects a subset ``N'`` of members;
+        ``param_grads=False`` treats the weights as constants (gradients reach ``x`` only).
         """
-        weight, bias = self.weight, self.bias
+        weight, bias = (self.weight, self.bias) if param_grads else (self.weight.detach(), self.bias.detach())
         if members is not None:
             weight, bias = weight.index_select(0, members), bias.index_select(0, members)
         if x.dim() == 2:
@@ -57,12 +66,19 @@ class EnsembleLayerNorm(nn.Module):
         self.features, self.eps = features, eps
         self.weight = nn.Parameter(torch.ones(num_members, 1, features))
         self.bias = nn.Parameter(torch.zeros(num_members, 1, features))
+        # Not saved: a constant the fast LayerNorm kernel takes as its (identity) weight.
+        self.register_buffer("_ones", torch.ones(features), persistent=False)
 
-    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
+    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None, relu: bool = False,
+                param_grads: bool = True) -> torch.Tensor:
+        """``x`` is ``(N', B, F)``; ``relu=True`` applies the following ReLU in place; see :class:`EnsembleLinear`."""
+        weight, bias = (self.weight, self.bias) if param_grads else (self.weight.detach(), self.bias.detach())
         if members is not None:
             weight, bias = weight.index_select(0, members), bias.index_select(0, members)
-        return torch.addcmul(bias, F.layer_norm(x, (self.features,), eps=self.eps), weight)
+        # aten's LayerNorm kernel without an affine weight takes a path about twice as slow on CPU (torch 2.13);
+        # a weight of ones gives the same values.
+        out = torch.addcmul(bias, F.layer_norm(x, (self.features,), self._ones, None, self.eps), weight)
+        return out.relu_() if relu else out
 
 
 class CriticEnsemble(nn.Module):
@@ -81,14 +97,21 @@ class CriticEnsemble(nn.Module):
         self.head = EnsembleLinear(num_members, width, 1)
 
     def forward(self, features: torch.Tensor, actions: torch.Tensor,
-                members: torch.Tensor | None = None) -> torch.Tensor:
-        """Q-values ``(N', B)`` for ``features (B, F)`` and ``actions (B, A)``."""
+                members: torch.Tensor | None = None, param_grads: bool = True) -> torch.Tensor:
+        """Q-values ``(N', B)`` for ``features (B, F)`` and ``actions (B, A)``.
+
+        ``members`` selects a subset of members; ``param_grads=False`` treats the weights as
+        constants, for losses whose gradient is wanted only with respect to the inputs.
+        """
         x = torch.cat([features, actions], dim=-1)
         for linear, norm in zip(self.linears, self.norms):
-            x = linear(x, members)
-            x = norm(x, members) if isinstance(norm, EnsembleLayerNorm) else x
-            x = F.relu(x, inplace=True)  # safe: neither baddbmm nor addcmul keeps its output for backward
-        return self.head(x, members).squeeze(-1)
+            x = linear(x, members, param_grads)
+            # in-place ReLU is safe: neither baddbmm nor addcmul keeps its output for backward
+            if isinstance(norm, EnsembleLayerNorm):
+                x = norm(x, members, relu=True, param_grads=param_grads)
+            else:
+                x = F.relu(x, inplace=True)
+        return self.head(x, members, param_grads).squeeze(-1)
 
 
 def mlp(input_dim: int, hidden: Sequence[int], output_dim: int) -> nn.Sequential:

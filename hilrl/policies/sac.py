@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,11 @@ class SACConfig:
             factor is TD3+BC's normalisation (Fujimoto & Gu 2021: alpha 2.5 there is ``bc_coef = 0.4``), so the
             setting does not depend on the reward scale. It helps where few demos must guide a long,
             precise task (PickCube) faster than the critic alone can.
+        compile_critic: run the online and target critic ensembles through ``torch.compile`` (inductor),
+            which fuses the LayerNorm/affine/ReLU passes eager PyTorch makes over every ``(N, B, hidden)``
+            activation. Speed only (same maths; floating-point results differ in the last bits). The first
+            updates compile (seconds to a minute); on CPU it needs a C++ compiler. Off by default; see
+            ``benchmarks/learner_throughput.py`` for what it buys on your machine. Not with ``cuda_graph``.
     """
 
     obs_keys: tuple[str, ...] | None = None
@@ -131,6 +137,7 @@ class SACConfig:
     obs_norm_min_std: float = 0.05
     obs_norm_clip: float = 10.0
     bc_coef: float = 0.0
+    compile_critic: bool = False
 
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -242,6 +249,12 @@ class SAC:
                              "set kl_coef=0")
         if cuda_graph and self.device.type != "cuda":
             raise HilrlError(f"cuda_graph=True needs a CUDA device, got {self.device}")
+        if cuda_graph and config.compile_critic:
+            raise HilrlError("cuda_graph=True and SACConfig.compile_critic=True do not combine; choose one "
+                             "(on CUDA the graph removes more overhead)")
+        if config.compile_critic and self.device.type == "cpu" and not _has_cxx_compiler():
+            raise HilrlError("SACConfig.compile_critic=True needs a C++ compiler on CPU (torch.compile builds "
+                             "C++ kernels); install g++ (or set CXX) or set compile_critic=False")
         self.observation_space, self.action_space = observation_space, action_space
         self.action_dim = int(action_space.shape[0])
         self.target_entropy = (-self.action_dim / 2.0 if config.target_entropy is None
@@ -270,6 +283,14 @@ class SAC:
                                             requires_grad=True)
 
         self.critic_params = [p for p in self.critic.parameters() if p.requires_grad]
+        # Listed once: walking the module tree every critic step costs more than the Polyak update itself.
+        self._polyak_pairs = (list(self.target.parameters()), list(self.critic.parameters()))
+        # The ensembles as the update calls them: compiled wrappers share the modules' parameters.
+        self._critic_q: Callable[..., torch.Tensor] = self.critic["q"]
+        self._target_q: Callable[..., torch.Tensor] = self.target["q"]
+        if config.compile_critic:
+            self._critic_q = torch.compile(self.critic["q"], dynamic=False)
+            self._target_q = torch.compile(self.target["q"], dynamic=False)
         self.actor_params = list(self.actor.parameters())
         self.critic_optimizer = self._adam(self.critic_params, config.critic_lr, cuda_graph)
         self.actor_optimizer = self._adam(self.actor_params, config.actor_lr, cuda_graph)
@@ -366,7 +387,7 @@ class SAC:
         ``next_reg`` is subtracted only with ``backup_entropy``; ``mask`` is ``1 - terminated``.
         """
         features = self.target["encoder"](next_obs, shifts)
-        next_q = self.target["q"](features, next_actions, members).min(dim=0).values
+        next_q = self._target_q(features, next_actions, members).min(dim=0).values
         if self.config.backup_entropy:
             next_q = next_q - next_reg
         return rewards + self.config.gamma * mask * next_q
@@ -403,17 +424,18 @@ class SAC:
                                           noise["members"][k], part_next_shift)
             with torch.set_grad_enabled(self.encoder_trains):
                 features = self.encoder(obs, None if obs_shift is None else _slice(obs_shift, part))
-            q = self.critic["q"](features, batch["actions"][part])
+            q = self._critic_q(features, batch["actions"][part])
             critic_loss = (q - target_q).pow(2).mean()
             self._step(self.critic_optimizer, critic_loss, self.critic_params)
             with torch.no_grad():
-                torch._foreach_lerp_(list(self.target.parameters()), list(self.critic.parameters()), cfg.tau)
+                torch._foreach_lerp_(*self._polyak_pairs, cfg.tau)
 
         # Actor and temperature on the last slice (RLPD): features detached from the encoder.
         with torch.no_grad():
             features = self.encoder(obs, None if obs_shift is None else _slice(obs_shift, part))
         actions, log_prob = self.actor.sample(features, noise["actor_eps"])
-        q_pi = self.critic["q"](features, actions).mean(dim=0)
+        # param_grads=False: the actor loss needs gradients only through the actions, not the critic's weights.
+        q_pi = self._critic_q(features, actions, param_grads=False).mean(dim=0)
         actor_loss = (self._regulariser(obs, actions, log_prob, temperature) - q_pi).mean()
         bc_loss = torch.zeros((), device=self.device)
         if cfg.bc_coef > 0 and "demo_mask" in batch:
@@ -583,6 +605,11 @@ class SAC:
         learner = cls(observation_space, action_space, config, device=device, **kwargs)
         learner.load_state_dict(state)
         return learner
+
+
+def _has_cxx_compiler() -> bool:
+    """Whether torch.compile can build CPU kernels here (it uses ``$CXX``, else g++ or clang++)."""
+    return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if name)
 
 
 def _demo_mask(online_size: int, demo_size: int, cfg: SACConfig) -> np.ndarray:
