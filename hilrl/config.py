@@ -50,7 +50,7 @@ class EnvConfig(_Strict):
     use_rotation: bool = False
     max_episode_steps: int | None = Field(None, ge=1)
     terminate_on_success: bool = True
-    reward_type: Literal["dense", "sparse"] = "dense"
+    reward_type: Literal["dense", "sparse", "dense_cost"] = "dense"
     remote: str | None = Field(None, description="robot server address, e.g. tcp://127.0.0.1:5555")
 
     @field_validator("id")

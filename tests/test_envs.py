@@ -150,6 +150,29 @@ def test_terminated_on_success_not_truncated_and_configurable():
         assert terminated is terminate
 
 
+@pytest.mark.parametrize("task", ["Reach", "PickCube"])
+def test_dense_cost_is_the_dense_reward_minus_its_maximum(task):
+    # The same seeded expert episode under both reward types: every step differs by the task's maximum,
+    # so a staged positive reward (PickCube, max 4 on success) becomes a cost and success pays most.
+    rewards = {}
+    for reward_type in ("dense", "dense_cost"):
+        env = gym.make(ENV_IDS[task], reward_type=reward_type)
+        expert = make_expert(env)
+        obs, _ = env.reset(seed=3)
+        rewards[reward_type] = []
+        for _ in range(60):
+            obs, reward, terminated, truncated, info = env.step(expert(obs))
+            rewards[reward_type].append(reward)
+            if terminated or truncated:
+                break
+        assert info["is_success"] and terminated
+    shift = env.unwrapped.dense_reward_max
+    assert shift == {"Reach": 0.0, "PickCube": 4.0}[task]
+    np.testing.assert_allclose(np.array(rewards["dense_cost"]), np.array(rewards["dense"]) - shift)
+    assert max(rewards["dense_cost"]) <= 0.0
+    assert rewards["dense"][-1] == max(rewards["dense"])  # the success step pays the most
+
+
 def test_time_limit_survives_set_state():
     env = TASKS["Reach"](max_episode_steps=4)
     env.reset(seed=0)

@@ -38,6 +38,7 @@ from hilrl.errors import HilrlError
 ASSETS = Path(__file__).resolve().parent / "assets"
 ARM_JOINTS = tuple(f"joint{i}" for i in range(1, 8))
 CAMERA_NAMES = ("front", "wrist")
+REWARD_TYPES = ("dense", "sparse", "dense_cost")
 # Tool centre point at (0.45, 0, 0.30) pointing down; found once by IK from the Panda "ready" pose.
 HOME_QPOS = np.array([0.0, -0.2594, 0.0, -2.4315, 0.0, 2.1721, 0.7854])
 FINGER_MAX_OPENING = 0.04  # per finger (m); the total opening is twice this.
@@ -63,7 +64,11 @@ class ArmEnv(gym.Env):
         use_rotation: add three rotation deltas (roll, pitch, yaw) to the action.
         max_episode_steps: time limit in policy steps; ``None`` takes the task default.
         terminate_on_success: end the episode (``terminated=True``) when the task succeeds.
-        reward_type: ``"dense"`` (the task's shaped reward) or ``"sparse"`` (1.0 on success else 0.0).
+        reward_type: ``"dense"`` (the task's shaped reward), ``"sparse"`` (1.0 on success else 0.0) or
+            ``"dense_cost"`` (the shaped reward minus its maximum ``dense_reward_max``, so <= 0). With
+            ``terminate_on_success`` a staged positive reward (PickCube, PegInsert) would pay the agent to
+            keep going instead of succeeding; as a cost, ending the episode by succeeding is what pays.
+            For tasks whose dense reward is already a cost (Reach, Push) it equals ``"dense"``.
         render_mode: ``"rgb_array"`` or ``"human"`` (a passive viewer; needs ``DISPLAY``).
         render_size: side of the square ``render()`` image.
         action_scale: meters per unit of translation action per step.
@@ -76,6 +81,7 @@ class ArmEnv(gym.Env):
     task_name: ClassVar[str] = ""
     xml_file: ClassVar[str] = ""
     default_max_episode_steps: ClassVar[int] = 100
+    dense_reward_max: ClassVar[float] = 0.0  # the dense reward's maximum; "dense_cost" subtracts it
     object_dim: ClassVar[int] = 0
     # Workspace box for the tool centre point (m, world frame): z_low keeps the fingertips off the table.
     workspace_low: ClassVar[tuple[float, float, float]] = (0.25, -0.3, 0.015)
@@ -109,8 +115,8 @@ class ArmEnv(gym.Env):
         _check_positive("physics_dt", physics_dt, (int, float))
         _check_positive("action_scale", action_scale, (int, float))
         _check_positive("rotation_scale", rotation_scale, (int, float))
-        if reward_type not in ("dense", "sparse"):
-            raise ArmEnvError(f"reward_type={reward_type!r}: use 'dense' or 'sparse'.")
+        if reward_type not in REWARD_TYPES:
+            raise ArmEnvError(f"reward_type={reward_type!r}: use one of {', '.join(REWARD_TYPES)}.")
         if render_mode not in (None, "rgb_array", "human"):
             raise ArmEnvError(f"render_mode={render_mode!r}: use 'rgb_array', 'human' or None.")
         if max_episode_steps is None:
@@ -237,7 +243,10 @@ class ArmEnv(gym.Env):
         self._update_kinematics()
 
         dense, success = self._reward_and_success()
-        reward = dense if self.reward_type == "dense" else float(success)
+        if self.reward_type == "sparse":
+            reward = float(success)
+        else:
+            reward = dense - self.dense_reward_max if self.reward_type == "dense_cost" else dense
         terminated = bool(success) and self.terminate_on_success
         truncated = self.elapsed_steps >= self.max_episode_steps
         if self._viewer is not None:

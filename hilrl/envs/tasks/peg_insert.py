@@ -25,6 +25,7 @@ class PegInsertEnv(ArmEnv):
     task_name = "PegInsert"
     xml_file = "peg_insert.xml"
     default_max_episode_steps = 100
+    dense_reward_max = 4.0
     object_dim = 10
     peg_half = np.array([0.012, 0.012, 0.04])
     block_height = 0.05
