@@ -23,9 +23,10 @@ $(STAMP): pyproject.toml
 
 install: system-deps $(STAMP)
 
+# The default job: HIL-SERL-style RL on Reach with a simulated person (a few minutes on 2 cores).
 demo: install
-	$(HILRL) train sim_configs/reach.yaml --out runs/demo
-	$(HILRL) eval runs/demo --episodes 20 --video runs/demo/final_policy.mp4 --video-episodes 10
+	$(HILRL) train sim_configs/reach_hil.yaml --out runs/demo
+	$(HILRL) eval runs/demo --episodes 50 --video runs/demo/final_policy.mp4 --video-episodes 10
 
 # Fast suite (CI); `make test-all` adds the slow tests.
 test: install

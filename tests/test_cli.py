@@ -83,6 +83,19 @@ def test_bc_on_expert_reach_demos_succeeds(tmp_path):
     assert np.isfinite(metrics["mean_return"])
 
 
+def test_the_demo_job_runs_rl_with_a_simulated_person(tmp_path):
+    """`make demo`'s config, shortened: online SAC where the simulated person steps in and is learned from."""
+    run = tmp_path / "run"
+    trained = hilrl("train", ROOT / "sim_configs/reach_hil.yaml", "--steps", 400, "--out", run)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["algo"] == "sac" and metrics["intervention_source"] == "distance"
+    assert metrics["learn_from"] == "hil_serl"
+    assert metrics["env_steps"] == 400 and metrics["updates"] == 400 - 200 + 1
+    assert 0 < metrics["intervened_steps"] < 400 and metrics["interventions"] > 0
+    assert (run / "final_policy.mp4").stat().st_size > 0
+
+
 @pytest.mark.parametrize("task", ["push", "pick_cube", "peg_insert"])
 def test_every_task_records_with_cameras_and_replays_exactly(tmp_path, task):
     config = tmp_path / f"{task}.yaml"
