@@ -171,8 +171,8 @@ class RuntimeConfig(_Strict):
                                            "as the local loop (1); None = update freely (HIL-SERL)")
     ack_timeout_s: float = Field(2.0, gt=0, description="actor re-sends unacknowledged transitions after this")
     max_unacked: int = Field(1000, ge=1, description="actor pauses when this many transitions wait for an ack")
-    fsync: bool = Field(False, description="fsync the learner's log before acking (survives power loss, slower); "
-                        "a flush alone survives kill -9")
+    fsync: bool = Field(False, description="fsync the learner's log before acking and the actor's spool after each "
+                        "batch (survives power loss, slower); a completed write alone survives kill -9")
 
     @model_validator(mode="before")
     @classmethod

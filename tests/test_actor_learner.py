@@ -261,6 +261,37 @@ def test_record_log_stops_at_a_torn_last_record(tmp_path):
     assert (reader.segment == 1) and len(list((tmp_path / "log").glob("seg_*.log"))) == 2
 
 
+def test_record_log_checks_what_a_crash_can_leave(tmp_path):
+    """A killed process leaves a short tail (caught by length); a power cut may leave zeros or stale
+    bytes, which the head CRC catches in any log and the body CRC catches in an fsync log."""
+    def write(folder, fsync):
+        log = transport.RecordLog(folder, fsync=fsync)
+        for seq in (1, 2, 3):
+            log.append(encode(transport.transition_message("arm", seq, {"x": np.arange(600, dtype=np.float32)})))
+        log.close()
+        return next(folder.glob("seg_*.log"))
+
+    def seqs(folder):
+        return [transport.read_message(frames)["seq"] for _, frames in transport.read_records(folder)]
+
+    for fsync in (False, True):
+        segment = write(tmp_path / f"zeros{fsync}", fsync)
+        data = segment.read_bytes()
+        segment.write_bytes(data[:-2000] + bytes(2000))  # the third record's array is zeros
+        assert seqs(segment.parent) == [1, 2] if fsync else len(seqs(segment.parent)) in (2, 3)
+    segment = write(tmp_path / "stale", fsync=True)
+    data = bytearray(segment.read_bytes())
+    data[-10] ^= 0xFF  # one wrong byte inside the last record's array
+    segment.write_bytes(bytes(data))
+    assert seqs(segment.parent) == [1, 2]
+    segment.write_bytes(b"")  # a writer killed before its first byte
+    assert seqs(segment.parent) == []
+    (tmp_path / "old" / "seg_000000.log").parent.mkdir()
+    (tmp_path / "old" / "seg_000000.log").write_bytes(b"\x00" * 64)
+    with pytest.raises(transport.HilrlError, match="not a log of this hilrl version"):
+        seqs(tmp_path / "old")
+
+
 def test_check_transitions_names_the_bad_field():
     import gymnasium as gym
 
@@ -274,17 +305,95 @@ def test_check_transitions_names_the_bad_field():
         transport.check_transitions(transport.transition_message("arm", 1, t), obs_space, act_space)
     with pytest.raises(transport.ProtocolError, match="'seq' must be an int >= 1"):
         transport.check_transitions(transport.transition_message("arm", 0, t), obs_space, act_space)
-    good = transport.transitions_message("arm", 1, transport.stack_transitions(
+    good = transport.transitions_message("arm", 1, transport.stack_steps(
         [{**t, "next_obs": {"state": np.zeros(3, np.float32)}}] * 3))
     assert transport.check_transitions(good, obs_space, act_space) == 3
     good["t"]["truncated"] = good["t"]["truncated"][:2]
     with pytest.raises(transport.ProtocolError, match=r"t.truncated must be a bool array of shape \(3,\)"):
         transport.check_transitions(good, obs_space, act_space)
+    good["t"]["truncated"] = np.zeros(3, bool)
+    good["t"]["own_next"] = np.array([True, True, False])
+    with pytest.raises(transport.ProtocolError, match="t.own_next must be .* true at least for the last step"):
+        transport.check_transitions(good, obs_space, act_space)
+    good["t"]["own_next"] = np.array([False, True, True])
+    with pytest.raises(transport.ProtocolError, match=r"t.next_obs.state must be an array of shape \(2, 3\)"):
+        transport.check_transitions(good, obs_space, act_space)
+
+
+def test_next_obs_travels_only_where_it_is_not_the_next_steps_obs():
+    import gymnasium as gym
+
+    obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-10, 10, (2,), np.float32),
+                                 "image": gym.spaces.Box(0, 255, (4, 4, 3), np.uint8)})
+    act_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    rng = np.random.default_rng(0)
+    observations = [{"state": rng.normal(size=2).astype(np.float32),
+                     "image": rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)} for _ in range(9)]
+    # two episodes: 0 -> 1 -> 2 -> 3 (ends at 4), then 5 -> 6 -> 7 -> (8, not yet the next step's obs)
+    chain = [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6), (6, 7), (7, 8)]
+    steps = [dict(obs=observations[a], action=np.zeros(1, np.float32), reward=float(i),
+                  next_obs=observations[b], terminated=a == 3, truncated=False, intervened=False,
+                  intervention_start=False, policy_action=np.zeros(1, np.float32), is_success=False,
+                  episode_start=a in (0, 5)) for i, (a, b) in enumerate(chain)]
+    message = transport.transitions_message("arm", 1, transport.stack_steps(steps))
+    t = message["t"]
+    assert t["own_next"].tolist() == [False, False, False, True, False, False, True]
+    assert t["next_obs"]["image"].shape == (2, 4, 4, 3)
+    decoded = transport.read_message(encode(message))  # as the learner gets it: read-only views of the frames
+    assert transport.check_transitions(decoded, obs_space, act_space) == 7
+    rebuilt = transport.full_next_obs(decoded["t"])
+    for key in ("state", "image"):
+        np.testing.assert_array_equal(rebuilt[key], np.stack([observations[b][key] for _, b in chain]))
+
+
+def test_actor_and_learner_processes_learn_reach(tmp_path):
+    """`hilrl train` with runtime: distributed (a learner and an actor process on loopback) learns Reach.
+
+    Short (1500 steps): standardised observations (algo.normalize_obs) and fresh weights every 10
+    updates with at most 20 steps in flight make it learn fast. Measured on 2 shared, busy cores:
+    the untrained policy 5% success / mean return -8.4; after 1500 steps 50% / -1.2 in 85 s
+    (with publish_every 50 and max_unacked 100 instead: 15% / -2.5). The untrained policy is the
+    same network at the same seed, evaluated on the same 20 seeded episodes.
+    """
+    import torch
+
+    from hilrl.envs.make import make_env
+    from hilrl.policies.registry import make_algorithm
+    from hilrl.runtime.evaluate import evaluate_policy
+
+    raw = {
+        "env": {"id": "hilrl/Reach-v0"},
+        "demos": {"episodes": 10},
+        "algo": {"name": "sac", "utd": 4, "gamma": 0.9, "init_temperature": 0.01, "normalize_obs": True,
+                 "obs_keys": ["ee_pos", "object"]},
+        "train": {"steps": 1500, "learning_starts": 200, "eval_episodes": 20, "checkpoint_every": 1000,
+                  "video": False},
+        "runtime": {"mode": "distributed", "bind": "tcp://127.0.0.1:*", "actors": 1, "publish_every": 10,
+                    "max_update_ratio": 1.0, "max_unacked": 20},
+    }
+    config_path = tmp_path / "reach.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "hilrl.cli", "train", str(config_path), "--out", str(run)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["env_steps"] == 1500 and metrics["acked"] == {"actor0": 1500} and metrics["weights_version"] > 0
+
+    torch.set_num_threads(1)
+    config = validate_config(raw)
+    env = make_env(config.env)
+    untrained = make_algorithm(config.algo, env.observation_space, env.action_space, seed=config.train.seed)
+    env.close()
+    before = evaluate_policy(config.env, lambda o: untrained.act(o, deterministic=True), 20, show_progress=False)
+    assert metrics["mean_return"] > before.mean_return + 3.0, (before, metrics)
+    assert metrics["success_rate"] > before.success_rate, (before, metrics)
 
 
 @pytest.mark.slow
 def test_hilrl_train_distributed_learns_reach(tmp_path):
-    """The shipped config end to end (learner + 2 actor processes). Measured once: 45% eval success, 5000 steps."""
+    """The shipped config end to end (learner + 2 actor processes). Measured once: 100% eval success (20 episodes)
+    at 5000 steps, 236 s on 2 busy shared cores (45% before normalize_obs and publish_every 10 / max_unacked 20)."""
     run = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "hilrl.cli", "train", "sim_configs/reach_distributed.yaml", "--out",
                            str(run)], capture_output=True, text=True, timeout=1800,
@@ -292,7 +401,7 @@ def test_hilrl_train_distributed_learns_reach(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["env_steps"] == 5000 and set(metrics["acked"]) == {"actor0", "actor1"}
-    assert metrics["success_rate"] >= 0.3, "the actors' policy must learn to reach (45% measured once with this config)"
+    assert metrics["success_rate"] >= 0.7, "the actors' policy must learn to reach (100% measured once with this config)"
 
 
 def _in_process_pair(tmp_path, **env):

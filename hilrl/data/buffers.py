@@ -121,17 +121,21 @@ class ReplayBuffer:
             columns = {k: np.asarray(v)[cut:] for k, v in columns.items()}
             extras = {k: np.asarray(v)[cut:] for k, v in extras.items()}
             n = self.capacity
-        # a slice copies faster than an index array; wrap around the ring only when needed
-        idx = slice(self.pos, self.pos + n) if self.pos + n <= self.capacity else (self.pos + np.arange(n)) % self.capacity
-        for key in self.obs_shapes:
-            self.obs[key][idx] = obs[key]
-            self.next_obs[key][idx] = next_obs[key]
-        self.actions[idx] = actions
-        self.rewards[idx] = columns["rewards"]
-        self.terminated[idx] = columns["terminated"]
-        self.truncated[idx] = columns["truncated"]
-        for name, values in extras.items():
-            self.extras[name][idx] = values
+        # slice copies only (an index array gathers row by row): one up to the ring's end, one from its start
+        head = min(n, self.capacity - self.pos)
+        parts = [(slice(self.pos, self.pos + head), slice(0, head))]
+        if head < n:
+            parts.append((slice(0, n - head), slice(head, n)))
+        for ring, rows in parts:
+            for key in self.obs_shapes:
+                self.obs[key][ring] = obs[key][rows]
+                self.next_obs[key][ring] = next_obs[key][rows]
+            self.actions[ring] = actions[rows]
+            self.rewards[ring] = np.asarray(columns["rewards"])[rows]
+            self.terminated[ring] = np.asarray(columns["terminated"])[rows]
+            self.truncated[ring] = np.asarray(columns["truncated"])[rows]
+            for name, values in extras.items():
+                self.extras[name][ring] = np.asarray(values)[rows]
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 

@@ -66,6 +66,11 @@ def array_header(dtype: str, shape: Sequence[int]) -> bytes:
     return bytes([len(encoded)]) + encoded + struct.pack(f"<B{len(shape)}I", len(shape), *shape)
 
 
+# ExtType's own constructor re-checks types in Python (~1 us per array, several arrays per reply); our
+# code and payload are an int and bytes by construction, so the tuple is built directly.
+_ext = tuple.__new__
+
+
 def encode(message: Mapping[str, Any], inline_array_bytes: int = INLINE_ARRAY_BYTES) -> list[Any]:
     """Encode ``message`` as frames: ``[header, big_array_0, big_array_1, ...]``.
 
@@ -88,9 +93,9 @@ def encode(message: Mapping[str, Any], inline_array_bytes: int = INLINE_ARRAY_BY
                 if len(_HEAD_CACHE) < 4096:
                     _HEAD_CACHE[key] = head
             if obj.nbytes < inline_array_bytes:
-                return msgpack.ExtType(EXT_INLINE, head + obj.tobytes())
+                return _ext(msgpack.ExtType, (EXT_INLINE, head + obj.tobytes()))
             buffers.append(obj)
-            return msgpack.ExtType(EXT_FRAME, head + struct.pack("<I", len(buffers)))
+            return _ext(msgpack.ExtType, (EXT_FRAME, head + struct.pack("<I", len(buffers))))
         if isinstance(obj, np.generic):
             return obj.item()
         raise TypeError(f"cannot encode a {type(obj).__name__}; send numbers, strings, lists, maps or numpy arrays")

@@ -76,6 +76,9 @@ class RobotClient:
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.linger = 0
         self.socket.rcvtimeo = max(1, round(self.timeout_s * 1000))
+        # A DEALER with no live connection (server gone, or our CurveZMQ key refused and the link
+        # dropped) blocks on send; bound that wait too, so every call ends within its timeout.
+        self.socket.sndtimeo = self.socket.rcvtimeo
         self._monitor: zmq.Socket | None = None
         if self.keys:
             auth.apply_client_keys(self.socket, *self.keys)
@@ -87,7 +90,10 @@ class RobotClient:
     def call(self, op: str, *, check: bool = True, **fields: Any) -> dict[str, Any]:
         """Send one request and return the server's reply map; raise RobotCommandError if refused and ``check``."""
         request_id = next(self._ids)
-        self.socket.send_multipart([b"", *encode(request(op, request_id, **fields))], copy=False)
+        try:
+            self.socket.send_multipart([b"", *encode(request(op, request_id, **fields))], copy=False)
+        except zmq.Again:
+            raise RobotConnectionError(self._timeout_text(op)) from None
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:

@@ -3,9 +3,9 @@
 ``hilrl actor CONFIG --learner tcp://HOST:PORT --out ACTOR_DIR``. Each env step is one transition
 with the executed action and the intervention marks. Steps travel in ``transitions`` messages
 (:mod:`hilrl.runtime.transport`) of up to ``BATCH_MAX_TRANSITIONS`` consecutive steps, and a batch
-is encoded once: the same frames are appended to the spool ``ACTOR_DIR/spool/`` (flushed), kept in
-memory until the learner acks them, sent, and re-sent after a silence of ``runtime.ack_timeout_s``
-or when the learner reports a gap.
+is encoded once: the same frames are appended to the spool ``ACTOR_DIR/spool/`` (one ``writev``, also
+fsynced with ``runtime.fsync``), kept in memory until the learner acks them, sent, and re-sent after a
+silence of ``runtime.ack_timeout_s`` or when the learner reports a gap.
 
 A batch is closed with the steps taken so far as soon as fewer than ``MAX_IN_FLIGHT_BATCHES``
 batches wait for an ack, a full batch is ready, or its oldest step is ``BATCH_MAX_DELAY_S`` old.
@@ -99,7 +99,7 @@ class Actor:
         if weights_file.is_file():
             with np.load(weights_file) as f:
                 transport.load_policy_weights(self.agent, {k: f[k] for k in f.files})
-        self.spool = transport.RecordLog(self.out / "spool")
+        self.spool = transport.RecordLog(self.out / "spool", fsync=config.runtime.fsync)
         # spooled batches with a step not yet acked: first seq -> (last seq, wire frames)
         self.batches: OrderedDict[int, tuple[int, list[Any]]] = OrderedDict()
         self.taken: list[dict[str, Any]] = []  # steps not yet in a batch (at most BATCH_MAX_DELAY_S old)
@@ -168,11 +168,11 @@ class Actor:
         return self.next_seq - 1 - self.state["acked"]
 
     def _close_batch(self) -> None:
-        """Encode the steps taken so far as one batch, append it to the spool (flushed), queue it to send."""
+        """Encode the steps taken so far as one batch, append it to the spool, queue it to send."""
         first, steps = self.next_seq - len(self.taken), self.taken
-        frames = encode(transport.transitions_message(self.actor_id, first, transport.stack_transitions(steps)))
-        self.spool.append(frames)
-        self.spool.sync()
+        frames = encode(transport.transitions_message(self.actor_id, first, transport.stack_steps(steps)))
+        self.spool.append(frames)  # one writev: on disk for any later crash of this process
+        self.spool.sync()  # fsync only with runtime.fsync
         last = first + len(steps) - 1
         self.segment_last_seq[self.spool.segment] = last
         if self.spool.records_in_segment >= SPOOL_SEGMENT_RECORDS:

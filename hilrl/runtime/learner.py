@@ -10,7 +10,8 @@ which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per `
 3. append its wire frames to the log ``RUN/log/`` (one record per batch) and store the new steps in the
    replay buffers with the HIL-SERL / RLIF rules (:class:`hilrl.runtime.online.TransitionStorage`, one
    per actor), vectorised;
-4. after a round of messages, flush the log, then ack each actor's highest contiguous seq.
+4. after a round of messages (and an fsync of the log with ``runtime.fsync``), ack each actor's highest
+   contiguous seq.
 
 The task's spaces come from ``make_env`` (a sim env, built and closed), or, with ``env.remote`` set
 (the arm is at the actors), from the first actor's ``hello``; they are saved as ``RUN/spaces.msgpack``
@@ -204,6 +205,8 @@ class Learner:
         if frames is not None:
             self.log.append(frames)
         rows = slice(skip, skip + take)
+        t = {**t, "next_obs": transport.full_next_obs(t)}
+        del t["own_next"]
         steps = {key: ({k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows])
                  for key, value in t.items()}
         self._storage_for(actor).extend(steps, steps["intervention_start"], steps["episode_start"])
@@ -254,7 +257,7 @@ class Learner:
             self.counters["dropped"] += n - stored
             previous_gap = replies.get(identity, (actor, False))[1]
             replies[identity] = (actor, previous_gap or gap)
-        self.log.sync()  # acked means written: flush before any ack leaves
+        self.log.sync()  # acked means written: every append is in the OS already; fsync it with runtime.fsync
         for identity, (actor, gap) in replies.items():
             self.router.send_multipart([identity, *encode(transport.ack(self.acked.get(actor, 0), self.done, gap))])
 

@@ -7,6 +7,9 @@ arrays in their own zero-copy frames); nothing here is a second codec. Channels:
   and action spaces), then ``transitions`` messages: a run of consecutive steps numbered
   ``seq, seq + 1, ...`` per actor, every field stacked along a leading axis of length ``n``
   (one array per field, so the learner checks and stores a batch with a few numpy calls).
+  A step's ``next_obs`` is almost always the next step's ``obs``; it travels only where it is
+  not (``own_next``: an episode's last step, and the batch's last step), so one observation
+  crosses the wire per step; :func:`full_next_obs` rebuilds every row at the learner.
   The learner answers ``welcome`` to a hello and ``ack`` after storing: ``acked`` is the
   highest seq such that every seq up to it is stored *and* written to its log. It stores
   only the steps after ``acked`` of a batch that starts at or before ``acked + 1`` (go-back-N):
@@ -17,7 +20,12 @@ arrays in their own zero-copy frames); nothing here is a second codec. Channels:
   too, so an actor that joins late need not wait for the next broadcast.
 
 :class:`RecordLog` appends whole messages (their wire frames, CRC-checked) to segment
-files and flushes them; a reader stops at a torn last record, which was never acked.
+files; a reader stops at a torn last record, which was never acked. What a record's check must
+catch: after a ``kill -9`` a ``write`` leaves a *short* file (a prefix of the record), never garbage,
+so the length and a CRC over the record's small head (frame sizes + msgpack header) find the torn
+tail without reading the big arrays twice. A log opened with ``fsync=True`` claims to survive the
+machine too; a power cut can leave a tail of zeros or stale blocks, so there every record also
+carries a CRC of its whole body.
 """
 
 from __future__ import annotations
@@ -37,11 +45,13 @@ import zmq
 from hilrl.envs.protocol import ProtocolError, decode, space_from_wire, space_to_wire
 from hilrl.errors import HilrlError
 
-WIRE_VERSION = 2  # 2: batched `transitions` and spaces in `hello` (1 sent one `transition` per message)
+# 3: `own_next` (next_obs only where it is not the next step's obs); 2: batched `transitions` and
+# spaces in `hello`; 1: one `transition` per message
+WIRE_VERSION = 3
 # A 128x128x3 obs + next_obs is ~100 kB; 64 MB leaves room for batches of big multi-camera observations.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-TRANSITION_KEYS = frozenset({"obs", "action", "reward", "next_obs", "terminated", "truncated", "intervened",
-                             "intervention_start", "policy_action", "is_success", "episode_start"})
+TRANSITION_KEYS = frozenset({"obs", "action", "reward", "next_obs", "own_next", "terminated", "truncated",
+                             "intervened", "intervention_start", "policy_action", "is_success", "episode_start"})
 FLAG_KEYS = ("terminated", "truncated", "intervened", "intervention_start", "is_success", "episode_start")
 
 
@@ -78,14 +88,47 @@ def stack_transitions(transitions: Sequence[Mapping[str, Any]]) -> dict[str, Any
     return stacked
 
 
+def stack_steps(steps: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack consecutive env steps for the wire: :func:`stack_transitions`, but ``next_obs`` only where needed.
+
+    Step ``i``'s ``next_obs`` travels only when it is not the very object the actor gave as step
+    ``i + 1``'s ``obs`` (an episode's last step, a step whose successor is another episode) and for
+    the last step; ``own_next`` marks those rows. The actor's loop hands the same dict on
+    (``obs = next_obs``), so an object identity test finds them without comparing pixels.
+    """
+    n = len(steps)
+    own_next = np.fromiter((i == n - 1 or steps[i]["next_obs"] is not steps[i + 1]["obs"] for i in range(n)),
+                           bool, count=n)
+    stacked = stack_transitions([{k: v for k, v in step.items() if k != "next_obs"} for step in steps])
+    stacked["next_obs"] = stack_transitions([steps[i]["next_obs"] for i in np.flatnonzero(own_next)])
+    stacked["own_next"] = own_next
+    return stacked
+
+
+def full_next_obs(t: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Every step's ``next_obs`` of a checked ``transitions`` body: ``obs[i + 1]``, or its own row where ``own_next``.
+
+    One slice copy per key plus one scatter of the few own rows; no per-step Python.
+    """
+    own = t["own_next"]
+    full = {}
+    for key, obs in t["obs"].items():
+        rows = np.empty_like(obs)
+        rows[:-1] = obs[1:]
+        rows[own] = t["next_obs"][key]
+        full[key] = rows
+    return full
+
+
 def transitions_message(actor: str, seq: int, stacked: Mapping[str, Any]) -> dict[str, Any]:
-    """Steps ``seq .. seq + n - 1`` of ``actor``, stacked by :func:`stack_transitions`."""
+    """Steps ``seq .. seq + n - 1`` of ``actor``, stacked by :func:`stack_steps`."""
     return {"v": WIRE_VERSION, "kind": "transitions", "actor": actor, "seq": seq, "t": dict(stacked)}
 
 
 def transition_message(actor: str, seq: int, transition: Mapping[str, Any]) -> dict[str, Any]:
-    """A ``transitions`` message holding the single step ``seq``."""
-    return transitions_message(actor, seq, stack_transitions([transition]))
+    """A ``transitions`` message holding the single step ``seq`` (a step with ``next_obs``, or any map)."""
+    stacked = stack_steps([transition]) if "next_obs" in transition else stack_transitions([transition])
+    return transitions_message(actor, seq, stacked)
 
 
 def ack(acked: int, done: bool, gap: bool = False) -> dict[str, Any]:
@@ -155,15 +198,21 @@ def check_transitions(message: Mapping[str, Any], observation_space: gym.spaces.
     n = len(reward)
     if not np.isfinite(reward).all():
         raise ProtocolError("t.reward holds NaN or inf")
+    own_next = t["own_next"]
+    if not isinstance(own_next, np.ndarray) or own_next.dtype != np.bool_ or own_next.shape != (n,) or not own_next[-1]:
+        raise ProtocolError(f"t.own_next must be a bool array of shape ({n},) that is true at least for the last step "
+                            "(whose next_obs no later step of the batch carries)")
+    rows = {"obs": n, "next_obs": int(own_next.sum())}
     for side in ("obs", "next_obs"):
-        obs = t[side]
+        obs, m = t[side], rows[side]
         if not isinstance(obs, dict) or set(obs) != set(observation_space.spaces):
             raise ProtocolError(f"t.{side} must have keys {sorted(observation_space.spaces)}")
         for key, space in observation_space.spaces.items():
             value = obs[key]
-            if not isinstance(value, np.ndarray) or value.shape != (n, *space.shape) or value.dtype != space.dtype:
+            if not isinstance(value, np.ndarray) or value.shape != (m, *space.shape) or value.dtype != space.dtype:
                 got = (value.shape, str(value.dtype)) if isinstance(value, np.ndarray) else type(value).__name__
-                raise ProtocolError(f"t.{side}.{key} must be an array of shape {(n, *space.shape)} (n={n} steps) and "
+                what = f"n={n} steps" if side == "obs" else f"one row per true t.own_next, {m}"
+                raise ProtocolError(f"t.{side}.{key} must be an array of shape {(m, *space.shape)} ({what}) and "
                                     f"dtype {space.dtype}, got {got}")
             if value.dtype.kind == "f" and not np.isfinite(value).all():
                 raise ProtocolError(f"t.{side}.{key} holds NaN or inf")
@@ -214,30 +263,56 @@ def load_policy_weights(agent: Any, weights: Mapping[str, np.ndarray]) -> None:
 
 # ---------------------------------------------------------------------------- durable log
 
-_RECORD_HEAD = struct.Struct("<II")  # payload length, crc32 of the payload
+SEGMENT_MAGIC = b"HILRLOG3"  # first bytes of every segment file; a log of another format is refused, not misread
+# payload length, CRC32 of the head (frame index + msgpack header frame), CRC32 of the whole payload, flags
+_RECORD_HEAD = struct.Struct("<IIII")
+_BODY_CHECKED = 1  # flag: the body CRC was computed (a log opened with fsync=True)
 
 
 def _views(frames: list[Any]) -> list[memoryview]:
     return [(f.buffer if isinstance(f, zmq.Frame) else memoryview(f)).cast("B") for f in frames]
 
 
-def _unpack(payload: bytes) -> list[memoryview]:
-    view = memoryview(payload)
-    (count,) = struct.unpack_from("<I", view)
-    sizes = struct.unpack_from(f"<{count}Q", view, 4)
-    frames, offset = [], 4 + 8 * count
+def _frame_index(payload: memoryview) -> tuple[int, tuple[int, ...]] | None:
+    """``(offset of frame 0, frame sizes)`` from a payload's index, or ``None`` if it does not fit the payload."""
+    if len(payload) < 4:
+        return None
+    (count,) = struct.unpack_from("<I", payload)
+    start = 4 + 8 * count
+    if count == 0 or start > len(payload):
+        return None
+    sizes = struct.unpack_from(f"<{count}Q", payload, 4)
+    if start + sum(sizes) != len(payload):
+        return None
+    return start, sizes
+
+
+def _unpack(payload: memoryview, start: int, sizes: tuple[int, ...]) -> list[memoryview]:
+    frames, offset = [], start
     for size in sizes:
-        frames.append(view[offset:offset + size])
+        frames.append(payload[offset:offset + size])
         offset += size
     return frames
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    """One ``writev`` for the whole record (a short write, which a signal can cause, continues where it stopped)."""
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= views[0].nbytes:
+            written -= views[0].nbytes
+            views = views[1:]
+        if views and written:
+            views = [views[0][written:], *views[1:]]
 
 
 class RecordLog:
     """Append-only log of whole messages in numbered segment files ``DIR/seg_NNNNNN.log``.
 
-    :meth:`append` writes, :meth:`sync` makes the writes survive the process (flush) or the
-    machine (``fsync=True``). A new writer always starts a new segment, so a torn record can
-    only sit at the end of a segment written by a process that died.
+    :meth:`append` hands a record to the OS in one ``writev`` (no user-space buffer: once it
+    returns, the record survives the process); :meth:`sync` makes the writes survive the machine
+    when ``fsync=True``. A new writer always starts a new segment, so a torn record can only sit at
+    the end of a segment written by a process that died. Record checks: module docstring.
     """
 
     def __init__(self, directory: str | os.PathLike, fsync: bool = False) -> None:
@@ -245,7 +320,11 @@ class RecordLog:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.segment = max(self.segments(), default=-1) + 1
-        self._file = open(self._path(self.segment), "ab")
+        self._open()
+
+    def _open(self) -> None:
+        self._file = open(self._path(self.segment), "ab", buffering=0)
+        self._file.write(SEGMENT_MAGIC)
         self.records_in_segment = 0
 
     def _path(self, index: int) -> Path:
@@ -255,20 +334,20 @@ class RecordLog:
         return sorted(int(p.stem[4:]) for p in self.directory.glob("seg_*.log"))
 
     def append(self, frames: list[Any]) -> None:
-        # the frames go to the file one by one, the CRC runs over them in turn: a batch is never joined in memory
         views = _views(frames)
         index = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
-        crc = zlib.crc32(index)
-        for view in views:
-            crc = zlib.crc32(view, crc)
-        self._file.write(_RECORD_HEAD.pack(len(index) + sum(v.nbytes for v in views), crc))
-        self._file.write(index)
-        for view in views:
-            self._file.write(view)
+        head_crc = zlib.crc32(views[0], zlib.crc32(index))
+        body_crc, flags = 0, 0
+        if self.fsync:
+            body_crc, flags = head_crc, _BODY_CHECKED
+            for view in views[1:]:
+                body_crc = zlib.crc32(view, body_crc)
+        length = len(index) + sum(v.nbytes for v in views)
+        _write_all(self._file.fileno(), [memoryview(_RECORD_HEAD.pack(length, head_crc, body_crc, flags)),
+                                         memoryview(index), *views])
         self.records_in_segment += 1
 
     def sync(self) -> None:
-        self._file.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
 
@@ -277,8 +356,7 @@ class RecordLog:
         self.sync()
         self._file.close()
         self.segment += 1
-        self._file = open(self._path(self.segment), "ab")
-        self.records_in_segment = 0
+        self._open()
         return self.segment
 
     def drop_before(self, index: int) -> None:
@@ -300,19 +378,31 @@ class RecordLog:
 def read_records(directory: str | os.PathLike, first_segment: int = 0) -> Iterator[tuple[int, list[memoryview]]]:
     """Yield ``(segment, frames)`` of every intact record of a :class:`RecordLog` folder, oldest first.
 
-    A record whose length or CRC does not check out ends its segment: its writer died while
-    writing it, so it was never acknowledged.
+    A record whose length or checks do not hold ends its segment: its writer died while writing
+    it, so it was never acknowledged.
     """
     directory = Path(directory)
     for index in sorted(int(p.stem[4:]) for p in directory.glob("seg_*.log")):
         if index < first_segment:
             continue
-        data = (directory / f"seg_{index:06d}.log").read_bytes()
-        offset = 0
+        path = directory / f"seg_{index:06d}.log"
+        data = memoryview(path.read_bytes())
+        if len(data) < len(SEGMENT_MAGIC):
+            continue  # its writer died before writing anything
+        if data[:len(SEGMENT_MAGIC)] != SEGMENT_MAGIC:
+            raise HilrlError(f"{path} is not a log of this hilrl version (it lacks {SEGMENT_MAGIC!r}); finish or "
+                             "discard that run with the hilrl that wrote it")
+        offset = len(SEGMENT_MAGIC)
         while offset + _RECORD_HEAD.size <= len(data):
-            length, crc = _RECORD_HEAD.unpack_from(data, offset)
+            length, head_crc, body_crc, flags = _RECORD_HEAD.unpack_from(data, offset)
             payload = data[offset + _RECORD_HEAD.size: offset + _RECORD_HEAD.size + length]
-            if len(payload) < length or zlib.crc32(payload) != crc:
+            layout = _frame_index(payload) if len(payload) == length else None
+            if layout is None:
                 break
-            yield index, _unpack(payload)
+            start, sizes = layout
+            if zlib.crc32(payload[start:start + sizes[0]], zlib.crc32(payload[:start])) != head_crc:
+                break
+            if flags & _BODY_CHECKED and zlib.crc32(payload[start + sizes[0]:], head_crc) != body_crc:
+                break
+            yield index, _unpack(payload, start, sizes)
             offset += _RECORD_HEAD.size + length
