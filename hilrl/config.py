@@ -148,6 +148,9 @@ class TrainConfig(_Strict):
     seed: int = 0
     eval_episodes: int = Field(50, ge=1)
     eval_every: int = Field(0, ge=0, description="env steps between evaluations during RL; 0 = only at the end")
+    keep_best: bool = Field(False, description="online SAC: save checkpoints/best.pt at each evaluation that beats the "
+                            "best so far (validation seeds), and make it the run's policy (robomimic's save on best "
+                            "rollout success)")
     log_every: int = Field(100, ge=1)
     checkpoint_every: int = Field(1000, ge=1)
     learning_starts: int = Field(500, ge=0, description="RL: env steps before the first update")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import yaml
 
 from hilrl.config import validate_config
@@ -93,3 +94,38 @@ def test_resume_after_stop_keeps_counters_and_keeps_learning(tmp_path):
 
     state = torch.load(run / "checkpoints" / "step_450.pt", weights_only=False)
     assert state["state"]["counters"]["num_updates"] == 351
+
+
+def test_keep_best_makes_the_best_evaluated_checkpoint_the_runs_policy(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from hilrl.runtime.evaluate import evaluate_run
+
+    cfg = validate_config(experiment(train={"steps": 400, "eval_every": 100, "eval_episodes": 5, "keep_best": True}))
+    run = tmp_path / "run"
+    result = train(cfg, run, show_progress=False)
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    validation = {e.step: e.value for e in events.Scalars("eval/success_rate")}
+    assert sorted(validation) == [100, 200, 300, 400]  # the last iterate competes too
+    metrics = json.loads((run / "metrics.json").read_text())
+    best = metrics["best_validation"]
+    assert best["success_rate"] == max(validation.values())
+    assert best["step"] == min(s for s, v in validation.items() if v == best["success_rate"])  # first of ties
+
+    # the final evaluation, `hilrl eval` and anything loading the run use best.pt
+    assert result.checkpoint.endswith("best.pt") and metrics["checkpoint"].endswith("best.pt")
+    assert evaluate_run(run, episodes=2, show_progress=False).checkpoint.endswith("best.pt")
+    import torch
+
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=False)["counters"]["env_steps"] == best["step"]
+
+
+def test_keep_best_outside_the_online_sac_loop_is_refused(tmp_path):
+    from hilrl.errors import HilrlError
+
+    cfg = validate_config(experiment(algo={"name": "bc", "obs_keys": ["ee_pos", "object"]},
+                                     train={"keep_best": True, "eval_every": 100}))
+    with pytest.raises(HilrlError, match="keep_best works in the online SAC loop"):
+        train(cfg, tmp_path / "run", show_progress=False)

@@ -87,6 +87,20 @@ def write_metrics(out: str | os.PathLike, result: EvalResult | None, counters: d
     return summary
 
 
+BEST_CHECKPOINT = "best.pt"
+# Evaluations during training (and train.keep_best's choice among them) run on these seeds, so the
+# final evaluation's seeds (10 000 on) stay unseen by the choice.
+VALIDATION_SEED = 20_000
+
+
+def policy_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
+    """The checkpoint that is a run's policy: ``checkpoints/best.pt`` if the run kept its best
+    (``train.keep_best``), else the newest ``step_N.pt``; a checkpoint file is itself."""
+    path = Path(run_or_checkpoint)
+    best = path / "checkpoints" / BEST_CHECKPOINT
+    return best if path.is_dir() and best.is_file() else latest_checkpoint(path)
+
+
 def latest_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
     """A checkpoint file itself, or the newest one in ``RUN_DIR/checkpoints``."""
     path = Path(run_or_checkpoint)
@@ -101,8 +115,9 @@ def latest_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
 
 
 def load_policy(run_or_checkpoint: str | os.PathLike) -> tuple[ExperimentConfig, Any, Path]:
-    """Rebuild the experiment config and the trained algorithm from a run folder or checkpoint."""
-    ckpt_path = latest_checkpoint(run_or_checkpoint)
+    """Rebuild the experiment config and the trained algorithm from a run folder (:func:`policy_checkpoint`)
+    or a checkpoint."""
+    ckpt_path = policy_checkpoint(run_or_checkpoint)
     ckpt = load_checkpoint(ckpt_path)
     config = ExperimentConfig.model_validate(ckpt["experiment"])
     env = make_env(config.env)
@@ -122,7 +137,7 @@ def evaluate_run(
     video_episodes: int = 5,
     show_progress: bool = True,
 ) -> EvalResult:
-    """`hilrl eval`: load the latest checkpoint and evaluate it deterministically."""
+    """`hilrl eval`: load the run's policy checkpoint (:func:`policy_checkpoint`) and evaluate it deterministically."""
     torch.set_num_threads(1)
     config, algo, ckpt_path = load_policy(run_or_checkpoint)
     result = evaluate_policy(

@@ -33,7 +33,15 @@ from hilrl.envs.make import make_env
 from hilrl.feedback.experts import make_expert
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import load_checkpoint, make_algorithm, save_checkpoint
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy, latest_checkpoint, write_metrics
+from hilrl.runtime.evaluate import (
+    BEST_CHECKPOINT,
+    VALIDATION_SEED,
+    EvalResult,
+    evaluate_policy,
+    latest_checkpoint,
+    policy_checkpoint,
+    write_metrics,
+)
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import console, make_progress
 
@@ -181,6 +189,8 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
                       f"{len(online)} online + {len(demo)} demo transitions")
     else:
         fill_demo_buffer(demo, demo_episodes, zero_rewards=rlif)
+    best_path = ckpt_dir / BEST_CHECKPOINT
+    best = load_checkpoint(best_path)["best"] if tc.keep_best and best_path.is_file() else None
 
     def checkpoint() -> None:
         # buffers first: a checkpoint file on disk always has buffers at least as new as itself
@@ -240,11 +250,15 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
                 writer.add_scalar("rollout/interventions", counters["interventions"], step)
                 bar.update(task, completed=step, stats=f"success {success:.0%}  intervened {intervention_rate:.0%}  "
                                                        f"{rate:.0f} updates/s")
-            if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+            # with keep_best the last iterate competes too, so it is evaluated like the others
+            if tc.eval_every and step % tc.eval_every == 0 and (step < tc.steps or tc.keep_best):
                 result = evaluate_policy(config.env, lambda o: agent.act(o, deterministic=True), tc.eval_episodes,
-                                         show_progress=False)
+                                         seed=VALIDATION_SEED, show_progress=False)
                 writer.add_scalar("eval/success_rate", result.success_rate, step)
                 writer.add_scalar("eval/mean_return", result.mean_return, step)
+                if tc.keep_best and (best is None or result.success_rate > best["success_rate"]):
+                    best = {"step": step, "success_rate": result.success_rate, "mean_return": result.mean_return}
+                    save_checkpoint(best_path, agent, experiment, counters=dict(counters), best=best)
             if step == tc.steps:
                 storage.flush()  # the run ends here: no next step can label it
             if step % tc.checkpoint_every == 0 or step == tc.steps:
@@ -252,13 +266,17 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
     env.close()
     train_seconds = time.perf_counter() - started
 
+    if best is not None:  # the run's policy is the best evaluated one, judged here on unseen seeds
+        agent.load_state_dict(load_checkpoint(best_path)["state"])
     result = evaluate_policy(config.env, lambda o: agent.act(o, deterministic=True), tc.eval_episodes,
                              video=out / "final_policy.mp4" if tc.video else None, show_progress=show_progress)
-    result.checkpoint = str(latest_checkpoint(out))
-    writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
-    writer.add_scalar("eval/mean_return", result.mean_return, tc.steps)
+    result.checkpoint = str(policy_checkpoint(out))
+    prefix = "eval/best_policy_" if best is not None else "eval/"
+    writer.add_scalar(f"{prefix}success_rate", result.success_rate, tc.steps)
+    writer.add_scalar(f"{prefix}mean_return", result.mean_return, tc.steps)
     writer.close()
     write_metrics(out, result, counters, algo=config.algo.name, env=config.env.id,
                   demo_episodes=len(demo_episodes), train_seconds_this_session=round(train_seconds, 2),
-                  intervention_source=ic.source, learn_from=ic.learn_from if ic.source != "none" else None)
+                  intervention_source=ic.source, learn_from=ic.learn_from if ic.source != "none" else None,
+                  **({"best_validation": best} if best is not None else {}))
     return result

@@ -53,6 +53,9 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
     if distributed and config.algo.name != "sac":
         raise HilrlError(f"runtime: distributed trains algo.name: sac, not {config.algo.name!r}; "
                          "use runtime: local for the others")
+    if config.train.keep_best and (config.algo.name != "sac" or distributed or not config.train.eval_every):
+        raise HilrlError("train.keep_best works in the online SAC loop (algo.name: sac, runtime: local) with "
+                         "train.eval_every > 0; remove it or change those settings")
     sb3 = config.algo.name.startswith("sb3.")
     if sb3:
         from hilrl.runtime.sb3_loop import check_sb3_experiment
