@@ -53,7 +53,7 @@ def method_config(method: str, task: str, noise: float, steps: int, seed: int, q
         return {"env": env, "demos": {**demos, "episodes": 50}, "algo": {"name": "bc", "obs_keys": OBS_KEYS},
                 "train": {**train, "steps": 3000}}
     if method == "sac_dense":
-        return {"env": {**env, "terminate_on_success": False}, "demos": {"episodes": 0}, "algo": sac, "train": train}
+        return {"env": {**env, "reward_type": "dense_cost"}, "demos": {"episodes": 0}, "algo": sac, "train": train}
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 

@@ -40,15 +40,18 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=2000)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--demos", type=int, default=10, help="expert demos for ours (the issue: 10)")
     parser.add_argument("--out", type=Path, default=Path("runs/sample_efficiency"))
     args = parser.parse_args()
 
     ours = yaml.safe_load((ROOT / "sim_configs/pick_cube_rlpd.yaml").read_text())
     ours["env"]["id"] = f"hilrl/{args.task}-v0"
-    sb3 = {"env": {"id": f"hilrl/{args.task}-v0", "reward_type": "dense", "terminate_on_success": False},
-           "demos": {"episodes": 0}, "algo": {"name": "sb3.sac", "obs_keys": ours["algo"].get("obs_keys")}}
+    ours["demos"]["episodes"] = args.demos
+    # the same task, reward and episode ends for both: only the learner (and ours' demos) differ
+    sb3 = {"env": dict(ours["env"]), "demos": {"episodes": 0},
+           "algo": {"name": "sb3.sac", "obs_keys": ours["algo"].get("obs_keys")}}
     rows = []
-    for name, raw, tag in (("hilrl RLPD + 10 demos", ours, "eval/success_rate"),
+    for name, raw, tag in ((f"hilrl RLPD + {args.demos} demos", ours, "eval/success_rate"),
                            ("SB3 SAC, dense reward", sb3, "eval/success_rate")):
         raw["train"] = {**raw.get("train", {}), "steps": args.steps, "seed": args.seed, "eval_every": args.eval_every,
                         "eval_episodes": 20, "checkpoint_every": args.steps, "video": False}

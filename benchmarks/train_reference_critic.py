@@ -2,9 +2,12 @@
 
 RLIF's Q_ref is a critic ensemble from an RLPD run on the task's own reward. This
 script trains our SAC on the task's dense reward from expert demos and keeps the
-run folder as the artifact; `intervention.q_ref` points at it. Rebuild with:
+run folder as the artifact; `intervention.q_ref` points at it. A task with a ready
+RLPD experiment in ``sim_configs/`` (PickCube: ``pick_cube_rlpd.yaml``) uses it;
+the others use the generic config below. Rebuild with:
 
-    python benchmarks/train_reference_critic.py --task Push --steps 20000 --out artifacts/qref_push
+    python benchmarks/train_reference_critic.py --task Push --steps 8000 --out artifacts/qref_push
+    python benchmarks/train_reference_critic.py --task PickCube --steps 20000 --out artifacts/qref_pickcube
 """
 
 from __future__ import annotations
@@ -14,15 +17,24 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 from hilrl.config import validate_config
 from hilrl.runtime.train import train
 
 OBS_KEYS = ["ee_pos", "gripper", "object"]
+ROOT = Path(__file__).resolve().parents[1]
+RLPD_CONFIGS = {"PickCube": ROOT / "sim_configs" / "pick_cube_rlpd.yaml"}
 
 
 def reference_config(task: str, steps: int, seed: int = 0) -> dict:
+    if task in RLPD_CONFIGS:
+        config = yaml.safe_load(RLPD_CONFIGS[task].read_text())
+        config["train"].update(steps=steps, seed=seed, checkpoint_every=steps, video=False)
+        return config
     return {
-        "env": {"id": f"hilrl/{task}-v0", "reward_type": "dense", "terminate_on_success": False},
+        # the task's dense reward as a cost, episodes ending on success: the Q_ref of "how soon will this succeed"
+        "env": {"id": f"hilrl/{task}-v0", "reward_type": "dense_cost", "terminate_on_success": True},
         "demos": {"episodes": 10},
         "algo": {"name": "sac", "num_critics": 10, "utd": 2, "gamma": 0.97, "init_temperature": 0.05,
                  "obs_keys": OBS_KEYS},

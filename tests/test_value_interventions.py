@@ -45,3 +45,18 @@ def test_value_interventions_from_a_reference_checkpoint(tmp_path):
     assert ((stops - starts)[~cut] >= 4).all()
     assert (~cut).sum() > 5
     assert (rewards == -1).sum() > 0
+
+
+def test_a_missing_reference_critic_says_how_to_build_it(tmp_path):
+    import pytest
+
+    from hilrl.errors import HilrlError
+
+    cfg = validate_config({
+        "env": {"id": "hilrl/Push-v0"}, "demos": {"episodes": 0},
+        "algo": {"name": "sac", "hidden": [32, 32], "batch_size": 32},
+        "intervention": {"source": "value", "q_ref": str(tmp_path / "qref_push"), "learn_from": "rlif"},
+        "train": {"steps": 10, "video": False},
+    })
+    with pytest.raises(HilrlError, match="train_reference_critic.py"):
+        train(cfg, tmp_path / "run", show_progress=False)

@@ -19,8 +19,13 @@ from hilrl.feedback.intervention import (
 
 def reference_q(checkpoint: str) -> Any:
     """``Q_ref(obs, action)``: the mean of a trained SAC critic ensemble (RLIF's reference value)."""
+    from pathlib import Path
+
     from hilrl.runtime.evaluate import load_policy
 
+    if not Path(checkpoint).exists():
+        raise HilrlError(f"intervention.q_ref {checkpoint!r} does not exist; train the reference critic first: "
+                         f"python benchmarks/train_reference_critic.py --task TASK --out {checkpoint}")
     _, sac, _ = load_policy(checkpoint)
     if getattr(sac, "algo_name", "") != "sac":
         raise HilrlError(f"{checkpoint}: q_ref must be a SAC checkpoint (got {getattr(sac, 'algo_name', '?')})")
