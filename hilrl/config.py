@@ -52,6 +52,18 @@ class EnvConfig(_Strict):
     terminate_on_success: bool = True
     reward_type: Literal["dense", "sparse", "dense_cost"] = "dense"
     remote: str | None = Field(None, description="robot server address, e.g. tcp://127.0.0.1:5555")
+    client_key: str | None = Field(None, description="remote arm over CurveZMQ: our .key_secret file "
+                                   "(`hilrl keys generate`; its .key goes to the server's --allow-keys folder)")
+    server_key: str | None = Field(None, description="remote arm over CurveZMQ: the robot server's public .key file")
+
+    @model_validator(mode="after")
+    def _keys_need_remote(self) -> EnvConfig:
+        if (self.client_key is None) != (self.server_key is None):
+            raise ValueError("set both env.client_key (our .key_secret) and env.server_key (the server's .key), "
+                             "or neither")
+        if self.client_key is not None and self.remote is None:
+            raise ValueError("env.client_key/env.server_key authenticate to a robot server: set env.remote too")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -63,7 +75,7 @@ class EnvConfig(_Strict):
 
     def make_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``gymnasium.make(self.id, ...)``."""
-        kwargs = self.model_dump(exclude={"id", "remote", "max_episode_steps"})
+        kwargs = self.model_dump(exclude={"id", "remote", "max_episode_steps", "client_key", "server_key"})
         kwargs["cameras"] = tuple(self.cameras)
         if self.max_episode_steps is not None:
             kwargs["max_episode_steps"] = self.max_episode_steps

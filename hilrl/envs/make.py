@@ -20,7 +20,8 @@ def make_env(config: Any, **overrides: Any) -> gym.Env:
     if config.remote:
         from hilrl.envs.remote import RemoteArmEnv
 
-        env = RemoteArmEnv(config.remote, task_id=config.id, **kwargs)
+        env = RemoteArmEnv(config.remote, task_id=config.id, client_key=config.client_key,
+                           server_key=config.server_key, **kwargs)
     else:
         env = gym.make(config.id, **kwargs)
     if max_steps is not None:
