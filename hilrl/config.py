@@ -188,11 +188,23 @@ class RuntimeConfig(_Strict):
     max_unacked: int = Field(1000, ge=1, description="actor pauses when this many transitions wait for an ack")
     fsync: bool = Field(False, description="fsync the learner's log before acking and the actor's spool after each "
                         "batch (survives power loss, slower); a completed write alone survives kill -9")
+    learner_secret_key: str | None = Field(None, description="learner: its .key_secret (`hilrl keys generate`); turns "
+                                           "CurveZMQ on for both learner sockets (required off loopback)")
+    allow_keys: str | None = Field(None, description="learner: folder of the public .key files of the actors it accepts")
+    actor_secret_key: str | None = Field(None, description="actor: its .key_secret (its .key is in the learner's allow_keys)")
+    learner_public_key: str | None = Field(None, description="actor: the learner's public .key")
 
     @model_validator(mode="before")
     @classmethod
     def _mode_shorthand(cls, value: Any) -> Any:
         return {"mode": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _key_pairs(self) -> RuntimeConfig:
+        for mine, theirs in (("learner_secret_key", "allow_keys"), ("actor_secret_key", "learner_public_key")):
+            if (getattr(self, mine) is None) != (getattr(self, theirs) is None):
+                raise ValueError(f"set both runtime.{mine} and runtime.{theirs}, or neither")
+        return self
 
 
 class ExperimentConfig(_Strict):

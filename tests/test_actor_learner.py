@@ -188,10 +188,19 @@ def test_actor_keeps_acting_while_learner_stalls_and_resends_after_kill_9(tmp_pa
 
 
 def test_train_distributed_runs_two_actors_and_publishes_weights(tmp_path):
+    """Over CurveZMQ, as across machines: transitions and weights travel only between key-holders."""
+    from hilrl.envs import auth
     from hilrl.runtime.train import train
 
-    raw = yaml.safe_load(write_config(tmp_path / "exp.yaml", actors=2, bind="tcp://127.0.0.1:*",
-                                      publish_every=20).read_text())
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    _, learner_secret = auth.generate_keypair(keys, "learner")
+    actor_public, actor_secret = auth.generate_keypair(keys, "actor")
+    allowed.mkdir()
+    (allowed / "actor.key").write_bytes(actor_public.read_bytes())
+    raw = yaml.safe_load(write_config(
+        tmp_path / "exp.yaml", actors=2, bind="tcp://127.0.0.1:*", publish_every=20,
+        learner_secret_key=str(learner_secret), allow_keys=str(allowed), actor_secret_key=str(actor_secret),
+        learner_public_key=str(keys / "learner.key")).read_text())
     raw["train"]["steps"] = 600  # paced by the learner's updates: long enough for the second actor to start
     result = train(validate_config(raw), tmp_path / "run", show_progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -532,3 +541,46 @@ def test_a_remote_arm_learner_builds_from_the_actors_hello_and_resumes_without_o
         assert again.built and again.obs_space == actor.env.observation_space  # from RUN/spaces.msgpack
     finally:
         again.close()
+
+
+def test_learner_with_curve_keys_serves_allowed_actors_only(tmp_path):
+    """Off loopback a learner needs keys; with them, an actor whose key is allowed gets its welcome, a stranger nothing."""
+    from hilrl.envs import auth
+    from hilrl.errors import HilrlError
+    from hilrl.runtime.learner import Learner
+
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    _, learner_secret = auth.generate_keypair(keys, "learner")
+    actor_public, actor_secret = auth.generate_keypair(keys, "actor")
+    _, stranger_secret = auth.generate_keypair(keys, "stranger")
+    allowed.mkdir()
+    (allowed / "actor.key").write_bytes(actor_public.read_bytes())
+    raw = yaml.safe_load(write_config(tmp_path / "exp.yaml").read_text())
+    raw["demos"]["episodes"] = 0
+
+    with pytest.raises(HilrlError, match="off loopback: set runtime.learner_secret_key"):
+        Learner(validate_config(raw), tmp_path / "open", bind="tcp://0.0.0.0:*", show_progress=False)
+
+    raw["runtime"].update(learner_secret_key=str(learner_secret), allow_keys=str(allowed))
+    learner = Learner(validate_config(raw), tmp_path / "run", bind="tcp://127.0.0.1:*", show_progress=False)
+    dealers = {}
+    try:
+        for name, secret in (("actor", actor_secret), ("stranger", stranger_secret)):
+            dealer = zmq.Context.instance().socket(zmq.DEALER)
+            dealer.linger = 0
+            auth.apply_client_keys(dealer, secret, keys / "learner.key")
+            dealer.connect(learner.address)
+            dealer.send_multipart(encode(transport.hello(name, 0)))
+            dealers[name] = dealer
+        replies = {}
+        for _ in range(40):  # serve by hand for up to ~2 s
+            learner._serve(50)
+            for name, dealer in dealers.items():
+                if name not in replies and dealer.poll(0):
+                    replies[name] = transport.read_message(dealer.recv_multipart())
+        assert replies["actor"]["kind"] == "welcome" and replies["actor"]["weights"]
+        assert "stranger" not in replies  # the handshake failed: its hello never reached the learner
+    finally:
+        for dealer in dealers.values():
+            dealer.close(linger=0)
+        learner.close()

@@ -34,6 +34,7 @@ import torch
 import zmq
 
 from hilrl.config import ExperimentConfig
+from hilrl.envs import auth
 from hilrl.envs.make import make_env
 from hilrl.envs.protocol import ProtocolError, encode
 from hilrl.errors import HilrlError
@@ -124,13 +125,16 @@ class Actor:
         self.socket.linger = 0
         self.socket.immediate = True  # no queueing for a learner that is not there: the spool is the queue
         self.socket.sndhwm = config.runtime.max_unacked + 16
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.linger = 0
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        if config.runtime.learner_public_key is not None:  # CurveZMQ: the learner must know our key
+            for socket in (self.socket, self.sub):
+                auth.apply_client_keys(socket, config.runtime.actor_secret_key, config.runtime.learner_public_key)
         try:
             self.socket.connect(learner)
         except zmq.ZMQError as exc:
             raise HilrlError(f"--learner {learner!r}: not a ZMQ address ({exc}); use tcp://HOST:PORT") from None
-        self.sub = self.context.socket(zmq.SUB)
-        self.sub.linger = 0
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.weights_address: str | None = None
         self.sent_upto = self.state["acked"]
         self.in_flight: deque[int] = deque()  # last seq of each batch sent and not yet acked

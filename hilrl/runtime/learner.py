@@ -40,6 +40,7 @@ import zmq
 
 from hilrl.config import ExperimentConfig, dump_config
 from hilrl.data.buffers import ReplayBuffer
+from hilrl.envs import auth
 from hilrl.envs.make import make_env
 from hilrl.envs.protocol import ProtocolError, decode, encode
 from hilrl.envs.remote import _stream_address
@@ -106,7 +107,9 @@ class Learner:
         self.pub = self.context.socket(zmq.PUB)
         self.pub.linger = 0
         self.pub.sndhwm = 4  # a slow actor should get the newest weights, not a queue of old ones
+        self.authenticator = None
         try:
+            self._secure(bind or rc.bind)
             self.router.bind(bind or rc.bind)
             host = self.router.last_endpoint.decode().rpartition(":")[0]
             self.pub.bind(rc.weights_bind or f"{host}:*")
@@ -114,9 +117,33 @@ class Learner:
             self.close()
             raise HilrlError(f"cannot bind the learner to {bind or rc.bind} ({exc}); pick a free port with --bind "
                              "tcp://HOST:PORT (or tcp://HOST:* for any)") from None
+        except HilrlError:
+            self.close()
+            raise
         self.address = self.router.last_endpoint.decode()
         self.weights_address = _stream_address(self.address, self.pub.last_endpoint.decode())
         (self.out / "learner_address.txt").write_text(self.address + "\n")
+
+    def _secure(self, address: str) -> None:
+        """CurveZMQ on both sockets when ``runtime.learner_secret_key`` is set; required off loopback, where
+        anyone could otherwise send transitions or read the policy (as the robot server, PROTOCOL.md)."""
+        rc = self.config.runtime
+        loopback = auth.is_loopback(address) and (rc.weights_bind is None or auth.is_loopback(rc.weights_bind))
+        if rc.learner_secret_key is None:
+            if not loopback:
+                raise HilrlError(f"the learner binds {address}, off loopback: set runtime.learner_secret_key and "
+                                 "runtime.allow_keys (CurveZMQ keys from `hilrl keys generate`) so that only your "
+                                 "actors can send transitions and receive the policy")
+            return
+        from zmq.auth.thread import ThreadAuthenticator
+
+        allowed = auth.allowed_public_keys(rc.allow_keys)
+        self.authenticator = ThreadAuthenticator(self.context)
+        self.authenticator.start()
+        self.authenticator.configure_curve(domain="*", location=str(rc.allow_keys))
+        for socket in (self.router, self.pub):
+            auth.apply_server_keys(socket, rc.learner_secret_key)
+        console.print(f"learner: CurveZMQ on, {len(allowed)} allowed actor key(s) in {rc.allow_keys}", soft_wrap=True)
 
     def _build(self, obs_space: Any, act_space: Any) -> None:
         """Networks and buffers for these spaces, then the resume from checkpoint + log."""
@@ -387,6 +414,9 @@ class Learner:
         self.log.close()
         self.router.close(linger=0)
         self.pub.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
 
 
 def run_learner(config: ExperimentConfig, out: str | os.PathLike, bind: str | None = None,
