@@ -374,15 +374,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes * HARD_FRAME_FACTOR)
         stream.sndhwm = 10
         if curve:
-            allowed = auth.allowed_public_keys(args.allow_keys)
-            from zmq.auth.thread import ThreadAuthenticator
-
-            authenticator = ThreadAuthenticator(context)
-            authenticator.start()
-            authenticator.configure_curve(domain="*", location=str(args.allow_keys))
-            for sock in (commands, stream):
-                auth.apply_server_keys(sock, args.server_key)
-            print(f"[robot-server] CurveZMQ on: {len(allowed)} allowed client key(s) in {args.allow_keys}", file=sys.stderr)
+            authenticator, allowed = auth.serve_curve(context, [commands, stream], args.server_key, args.allow_keys)
+            print(f"[robot-server] CurveZMQ on: {allowed} allowed client key(s) in {args.allow_keys}", file=sys.stderr)
         else:
             print("[robot-server] no authentication (loopback only); pass --require-auth to use CurveZMQ", file=sys.stderr)
         command_address = _tcp_bind(commands, args.bind, "command")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.auth
@@ -115,6 +116,26 @@ def apply_client_keys(socket: zmq.Socket, client_secret_path: str | Path, server
     socket.curve_publickey = public
     socket.curve_secretkey = secret
     socket.curve_serverkey = load_public_key(server_public_path)
+
+
+def serve_curve(context: zmq.Context, sockets: list[zmq.Socket], server_secret_path: str | Path,
+                allow_keys: str | Path) -> tuple[Any, int]:
+    """Make ``sockets`` CurveZMQ servers with our key pair, behind a ZAP allow-list of the client
+    keys in the folder ``allow_keys``. Returns the started authenticator (stop it when the sockets
+    close) and how many client keys are allowed."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    allowed = allowed_public_keys(allow_keys)
+    authenticator = ThreadAuthenticator(context)
+    authenticator.start()
+    try:
+        authenticator.configure_curve(domain="*", location=str(allow_keys))
+        for socket in sockets:
+            apply_server_keys(socket, server_secret_path)
+    except BaseException:
+        authenticator.stop()
+        raise
+    return authenticator, len(allowed)
 
 
 def apply_server_keys(socket: zmq.Socket, server_secret_path: str | Path) -> None:

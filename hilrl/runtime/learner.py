@@ -135,15 +135,9 @@ class Learner:
                                  "runtime.allow_keys (CurveZMQ keys from `hilrl keys generate`) so that only your "
                                  "actors can send transitions and receive the policy")
             return
-        from zmq.auth.thread import ThreadAuthenticator
-
-        allowed = auth.allowed_public_keys(rc.allow_keys)
-        self.authenticator = ThreadAuthenticator(self.context)
-        self.authenticator.start()
-        self.authenticator.configure_curve(domain="*", location=str(rc.allow_keys))
-        for socket in (self.router, self.pub):
-            auth.apply_server_keys(socket, rc.learner_secret_key)
-        console.print(f"learner: CurveZMQ on, {len(allowed)} allowed actor key(s) in {rc.allow_keys}", soft_wrap=True)
+        self.authenticator, allowed = auth.serve_curve(self.context, [self.router, self.pub], rc.learner_secret_key,
+                                                       rc.allow_keys)
+        console.print(f"learner: CurveZMQ on, {allowed} allowed actor key(s) in {rc.allow_keys}", soft_wrap=True)
 
     def _build(self, obs_space: Any, act_space: Any) -> None:
         """Networks and buffers for these spaces, then the resume from checkpoint + log."""
