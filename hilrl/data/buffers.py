@@ -230,6 +230,13 @@ class ReplayBuffer:
                     arrays["truncated"], **extras)
 
 
+def demo_rows(online_size: int, demo_size: int, batch_size: int, demo_fraction: float) -> int:
+    """Demo transitions in each :func:`mixed_sample` minibatch; they are its last rows."""
+    if demo_size == 0:
+        return 0
+    return batch_size if online_size == 0 else int(round(batch_size * demo_fraction))
+
+
 def mixed_sample(online: ReplayBuffer, demo: ReplayBuffer | None, batch_size: int, rng: np.random.Generator,
                  demo_fraction: float = 0.5, num_slices: int = 1) -> Batch:
     """RLPD/HIL-SERL symmetric sampling: ``num_slices`` consecutive minibatches of ``batch_size``.
@@ -242,9 +249,7 @@ def mixed_sample(online: ReplayBuffer, demo: ReplayBuffer | None, batch_size: in
     """
     if not 0.0 <= demo_fraction <= 1.0:
         raise HilrlError(f"demo_fraction must be within [0, 1], got {demo_fraction}")
-    n_demo = int(round(batch_size * demo_fraction)) if demo is not None and len(demo) else 0
-    if len(online) == 0:
-        n_demo = batch_size if demo is not None and len(demo) else 0
+    n_demo = demo_rows(len(online), 0 if demo is None else len(demo), batch_size, demo_fraction)
     n_online = batch_size - n_demo
     if n_online and len(online) == 0:
         raise HilrlError("cannot sample: both the online and the demo replay buffers are empty")

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hilrl.data.buffers import Batch, ReplayBuffer, mixed_sample
+from hilrl.data.buffers import Batch, ReplayBuffer, demo_rows, mixed_sample
 from hilrl.errors import HilrlError
 from hilrl.policies.encoders import ObservationEncoder
 from hilrl.policies.networks import CriticEnsemble, TanhGaussianActor
@@ -614,9 +614,7 @@ def _has_cxx_compiler() -> bool:
 
 def _demo_mask(online_size: int, demo_size: int, cfg: SACConfig) -> np.ndarray:
     """1.0 on the demo rows of a :func:`mixed_sample` batch: the last ``n_demo`` rows of every slice."""
-    n_demo = int(round(cfg.batch_size * cfg.demo_fraction)) if demo_size else 0
-    if online_size == 0:
-        n_demo = cfg.batch_size if demo_size else 0
+    n_demo = demo_rows(online_size, demo_size, cfg.batch_size, cfg.demo_fraction)
     mask = np.zeros((cfg.utd, cfg.batch_size), np.float32)
     mask[:, cfg.batch_size - n_demo:] = 1.0
     return mask.reshape(-1)
