@@ -245,8 +245,10 @@ class ArmEnv(gym.Env):
         dense, success = self._reward_and_success()
         if self.reward_type == "sparse":
             reward = float(success)
+        elif self.reward_type == "dense_cost":
+            reward = dense - self.dense_reward_max
         else:
-            reward = dense - self.dense_reward_max if self.reward_type == "dense_cost" else dense
+            reward = dense
         terminated = bool(success) and self.terminate_on_success
         truncated = self.elapsed_steps >= self.max_episode_steps
         if self._viewer is not None:

@@ -27,6 +27,15 @@ LOG_2PI = math.log(2.0 * math.pi)
 LOG_2 = math.log(2.0)
 
 
+def _member_params(layer: nn.Module, members: torch.Tensor | None,
+                   param_grads: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stacked layer's ``(weight, bias)`` for ``members`` (all when ``None``); detached without ``param_grads``."""
+    weight, bias = (layer.weight, layer.bias) if param_grads else (layer.weight.detach(), layer.bias.detach())
+    if members is not None:
+        weight, bias = weight.index_select(0, members), bias.index_select(0, members)
+    return weight, bias
+
+
 class EnsembleLinear(nn.Module):
     """``N`` independent affine maps applied in one batched matmul.
 
@@ -50,9 +59,7 @@ class EnsembleLinear(nn.Module):
         ``members`` (a long tensor of member indices) selects a subset ``N'`` of members;
         ``param_grads=False`` treats the weights as constants (gradients reach ``x`` only).
         """
-        weight, bias = (self.weight, self.bias) if param_grads else (self.weight.detach(), self.bias.detach())
-        if members is not None:
-            weight, bias = weight.index_select(0, members), bias.index_select(0, members)
+        weight, bias = _member_params(self, members, param_grads)
         if x.dim() == 2:
             x = x.unsqueeze(0).expand(weight.shape[0], -1, -1)
         return torch.baddbmm(bias, x, weight)
@@ -72,9 +79,7 @@ class EnsembleLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor, members: torch.Tensor | None = None, relu: bool = False,
                 param_grads: bool = True) -> torch.Tensor:
         """``x`` is ``(N', B, F)``; ``relu=True`` applies the following ReLU in place; see :class:`EnsembleLinear`."""
-        weight, bias = (self.weight, self.bias) if param_grads else (self.weight.detach(), self.bias.detach())
-        if members is not None:
-            weight, bias = weight.index_select(0, members), bias.index_select(0, members)
+        weight, bias = _member_params(self, members, param_grads)
         # aten's LayerNorm kernel without an affine weight takes a path about twice as slow on CPU (torch 2.13);
         # a weight of ones gives the same values.
         out = torch.addcmul(bias, F.layer_norm(x, (self.features,), self._ones, None, self.eps), weight)
