@@ -187,20 +187,14 @@ def test_actor_keeps_acting_while_learner_stalls_and_resends_after_kill_9(tmp_pa
     assert chain_breaks(buffer) == int(cut_episode)
 
 
-def test_train_distributed_runs_two_actors_and_publishes_weights(tmp_path):
+def test_train_distributed_runs_two_actors_and_publishes_weights(tmp_path, curve_keys):
     """Over CurveZMQ, as across machines: transitions and weights travel only between key-holders."""
-    from hilrl.envs import auth
     from hilrl.runtime.train import train
 
-    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
-    _, learner_secret = auth.generate_keypair(keys, "learner")
-    actor_public, actor_secret = auth.generate_keypair(keys, "actor")
-    allowed.mkdir()
-    (allowed / "actor.key").write_bytes(actor_public.read_bytes())
     raw = yaml.safe_load(write_config(
         tmp_path / "exp.yaml", actors=2, bind="tcp://127.0.0.1:*", publish_every=20,
-        learner_secret_key=str(learner_secret), allow_keys=str(allowed), actor_secret_key=str(actor_secret),
-        learner_public_key=str(keys / "learner.key")).read_text())
+        learner_secret_key=str(curve_keys.server_secret), allow_keys=str(curve_keys.allowed),
+        actor_secret_key=str(curve_keys.client_secret), learner_public_key=str(curve_keys.server_public)).read_text())
     raw["train"]["steps"] = 600  # paced by the learner's updates: long enough for the second actor to start
     result = train(validate_config(raw), tmp_path / "run", show_progress=False)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -543,32 +537,26 @@ def test_a_remote_arm_learner_builds_from_the_actors_hello_and_resumes_without_o
         again.close()
 
 
-def test_learner_with_curve_keys_serves_allowed_actors_only(tmp_path):
+def test_learner_with_curve_keys_serves_allowed_actors_only(tmp_path, curve_keys):
     """Off loopback a learner needs keys; with them, an actor whose key is allowed gets its welcome, a stranger nothing."""
     from hilrl.envs import auth
     from hilrl.errors import HilrlError
     from hilrl.runtime.learner import Learner
 
-    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
-    _, learner_secret = auth.generate_keypair(keys, "learner")
-    actor_public, actor_secret = auth.generate_keypair(keys, "actor")
-    _, stranger_secret = auth.generate_keypair(keys, "stranger")
-    allowed.mkdir()
-    (allowed / "actor.key").write_bytes(actor_public.read_bytes())
     raw = yaml.safe_load(write_config(tmp_path / "exp.yaml").read_text())
     raw["demos"]["episodes"] = 0
 
     with pytest.raises(HilrlError, match="off loopback: set runtime.learner_secret_key"):
         Learner(validate_config(raw), tmp_path / "open", bind="tcp://0.0.0.0:*", show_progress=False)
 
-    raw["runtime"].update(learner_secret_key=str(learner_secret), allow_keys=str(allowed))
+    raw["runtime"].update(learner_secret_key=str(curve_keys.server_secret), allow_keys=str(curve_keys.allowed))
     learner = Learner(validate_config(raw), tmp_path / "run", bind="tcp://127.0.0.1:*", show_progress=False)
     dealers = {}
     try:
-        for name, secret in (("actor", actor_secret), ("stranger", stranger_secret)):
+        for name, secret in (("actor", curve_keys.client_secret), ("stranger", curve_keys.stranger_secret)):
             dealer = zmq.Context.instance().socket(zmq.DEALER)
             dealer.linger = 0
-            auth.apply_client_keys(dealer, secret, keys / "learner.key")
+            auth.apply_client_keys(dealer, secret, curve_keys.server_public)
             dealer.connect(learner.address)
             dealer.send_multipart(encode(transport.hello(name, 0)))
             dealers[name] = dealer

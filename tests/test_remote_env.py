@@ -164,33 +164,26 @@ def test_record_through_the_server_then_replay_locally(tmp_path):
     assert "0 of 3 demos diverged" in rep.stdout
 
 
-def test_a_config_with_keys_reaches_a_server_that_requires_curve(tmp_path):
+def test_a_config_with_keys_reaches_a_server_that_requires_curve(tmp_path, curve_keys):
     """`env: {remote, client_key, server_key}` is how a user reaches a robot server off loopback."""
     from hilrl.config import ConfigError, validate_config
-    from hilrl.envs import auth
     from hilrl.envs.make import make_env
 
-    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
-    _, server_secret = auth.generate_keypair(keys, "server")
-    actor_public, actor_secret = auth.generate_keypair(keys, "actor")
-    _, stranger_secret = auth.generate_keypair(keys, "stranger")
-    allowed.mkdir()
-    (allowed / "actor.key").write_bytes(actor_public.read_bytes())
-    args = ["--config", _sim_config(tmp_path, "hilrl/Reach-v0"), "--require-auth", "--server-key", str(server_secret),
-            "--allow-keys", str(allowed)]
+    args = ["--config", _sim_config(tmp_path, "hilrl/Reach-v0"), "--require-auth",
+            "--server-key", str(curve_keys.server_secret), "--allow-keys", str(curve_keys.allowed)]
     with running_server(*args) as server:
         def env_config(secret):
             return validate_config({"env": {"id": "hilrl/Reach-v0", "remote": server.command_address,
-                                            "client_key": str(secret), "server_key": str(keys / "server.key")},
+                                            "client_key": str(secret), "server_key": str(curve_keys.server_public)},
                                     "algo": {"name": "bc"}}).env
 
-        env = make_env(env_config(actor_secret))
+        env = make_env(env_config(curve_keys.client_secret))
         try:
             obs, _ = env.reset(seed=0)
             assert env.step(np.zeros(4, np.float32))[0]["ee_pos"].shape == (3,)
         finally:
             env.close()
         with pytest.raises(RobotConnectionError, match="refused our CurveZMQ key"):
-            make_env(env_config(stranger_secret)).reset(seed=0)
+            make_env(env_config(curve_keys.stranger_secret)).reset(seed=0)
     with pytest.raises(ConfigError, match="set env.remote too"):
         validate_config({"env": {"id": "hilrl/Reach-v0", "client_key": "a", "server_key": "b"}, "algo": {"name": "bc"}})

@@ -14,7 +14,6 @@ import zmq
 
 from hardware.server import CONFIG_DIR
 from hardware.testing import REPO_ROOT, running_server
-from hilrl.envs import auth
 from hilrl.envs.protocol import decode, encode, request
 from hilrl.envs.remote import RobotClient, RobotCommandError, RobotConnectionError, StateSubscriber
 
@@ -168,15 +167,11 @@ def test_off_loopback_without_keys_refuses_to_start(tmp_path):
     assert result.returncode == 2 and "nope.yaml not found" in result.stderr
 
 
-def test_curve_refuses_unknown_keys_and_accepts_allowed_ones(tmp_path):
-    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
-    _, server_secret = auth.generate_keypair(keys, "server")
-    good_public, good_secret = auth.generate_keypair(keys, "good")
-    _, bad_secret = auth.generate_keypair(keys, "stranger")
-    allowed.mkdir()
-    (allowed / "good.key").write_bytes(good_public.read_bytes())
-    server_public = str(keys / "server.key")
-    args = ["--config", _config(tmp_path, "kinematic"), "--require-auth", "--server-key", str(server_secret), "--allow-keys", str(allowed)]
+def test_curve_refuses_unknown_keys_and_accepts_allowed_ones(tmp_path, curve_keys):
+    good_secret, bad_secret = curve_keys.client_secret, curve_keys.stranger_secret
+    server_public = str(curve_keys.server_public)
+    args = ["--config", _config(tmp_path, "kinematic"), "--require-auth", "--server-key", str(curve_keys.server_secret),
+            "--allow-keys", str(curve_keys.allowed)]
     with running_server(*args) as server:
         assert "CurveZMQ on: 1 allowed client key(s)" in server.stderr_text()
         good = RobotClient(server.command_address, timeout_s=10, client_key=str(good_secret), server_key=server_public)
