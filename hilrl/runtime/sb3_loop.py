@@ -37,7 +37,7 @@ from hilrl.feedback.experts import make_expert
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import make_algorithm, save_checkpoint
 from hilrl.policies.sb3 import SB3Agent
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
+from hilrl.runtime.evaluate import VALIDATION_SEED, EvalResult, evaluate_policy, write_metrics
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import make_progress
 
@@ -98,7 +98,7 @@ class _RunFolderCallback(BaseCallback):
                                   f"{self.model._n_updates} updates")
         if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
             result = evaluate_policy(self.config.env, lambda o: self.agent.act(o, deterministic=True),
-                                     tc.eval_episodes, show_progress=False)
+                                     tc.eval_episodes, seed=VALIDATION_SEED, show_progress=False)
             self.logger.record("eval/success_rate", result.success_rate)
             self.logger.record("eval/mean_return", result.mean_return)
             self.logger.dump(step)
