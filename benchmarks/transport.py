@@ -20,8 +20,7 @@
    ``writev``, send on DEALER, handle acks) in one process, the real ``hilrl.runtime.learner.Learner``
    serve loop (ROUTER receive, decode, vectorised schema/shape/finite checks, append the batch to
    the log in one ``writev``, rebuild next_obs, store in the replay buffer, ack) in another; no env
-   steps and no SGD are
-   timed; the actor replays one real episode's observations, chained as a live actor chains them.
+   steps and no SGD are timed; the actor replays one real episode's observations, chained as a live actor chains them.
    Baseline: raw PUSH/PULL of one frame per step as big as one step's message with one observation
    (128x128x3 image + state) and the small fields, prepared once: the unit the issue names. (Ours
    sends a step's ``next_obs`` only at episode ends and batch ends, wire v3.) Transitions/s stored at
@@ -157,12 +156,13 @@ def actor_learner_message_bytes() -> int:
     """Bytes of one step as the raw baseline moves it: one observation (image + state) and the small fields."""
     from hilrl.config import validate_config
     from hilrl.envs.make import make_env
+    from hilrl.runtime.transport import WIRE_VERSION
 
     env = make_env(validate_config(actor_learner_config()).env)
     obs, _ = env.reset(seed=0)
     env.close()
     action = np.zeros(env.action_space.shape, np.float32)
-    frames = encode({"v": 3, "kind": "transitions", "actor": "bench", "seq": 1, "t": dict(
+    frames = encode({"v": WIRE_VERSION, "kind": "transitions", "actor": "bench", "seq": 1, "t": dict(
         obs=obs, action=action, reward=0.0, terminated=False, truncated=False, intervened=False,
         intervention_start=False, policy_action=action, is_success=False, episode_start=False)})
     return sum(memoryview(f).nbytes for f in frames)
