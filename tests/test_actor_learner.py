@@ -19,6 +19,7 @@ import pytest
 import yaml
 import zmq
 
+from hilrl.data.buffers import ReplayBuffer, shared_next_rows, slice_shared
 from hilrl.config import validate_config
 from hilrl.envs.protocol import encode
 from hilrl.runtime import transport
@@ -264,6 +265,34 @@ def test_record_log_stops_at_a_torn_last_record(tmp_path):
     assert (reader.segment == 1) and len(list((tmp_path / "log").glob("seg_*.log"))) == 2
 
 
+def test_record_log_recycles_dropped_segments_without_reading_their_old_records(tmp_path):
+    def record(seq, size=600):
+        return encode(transport.transition_message("arm", seq, {"x": np.arange(size, dtype=np.float32)}))
+
+    log = transport.RecordLog(tmp_path / "log", segment_bytes=10_000, keep_free=1)
+    segments = [log.append(record(seq)) for seq in range(1, 7)]  # ~2.5 kB each: 3 per segment
+    assert segments == [0, 0, 0, 1, 1, 1]
+    log.rotate()
+    log.drop_before(2)  # segment 0 is kept for reuse, segment 1 deleted
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["free_000000.log", "seg_000002.log"]
+    log.rotate()  # segment 3 takes over free_000000.log, with its three old records still in the file
+    assert not list((tmp_path / "log").glob("free_*")) and log.append(record(7, size=10)) == 3
+    log.sync()  # what a kill -9 leaves: the new short record, then the old bytes
+    assert [transport.read_message(f)["seq"] for _, f in transport.read_records(tmp_path / "log")] == [7]
+    log.close()
+    assert [transport.read_message(f)["seq"] for _, f in transport.read_records(tmp_path / "log")] == [7]
+    # A writer killed with free files left: the next one reuses them under a new index.
+    log = transport.RecordLog(tmp_path / "log", keep_free=2)
+    log.drop_before(log.segment)
+    log._file.close()
+    assert sorted(p.name for p in (tmp_path / "log").glob("free_*")) == ["free_000002.log", "free_000003.log"]
+    log = transport.RecordLog(tmp_path / "log")
+    assert log.segment == 5 and len(list((tmp_path / "log").glob("free_*"))) == 1
+    log.append(record(8))
+    log.close()
+    assert [transport.read_message(f)["seq"] for _, f in transport.read_records(tmp_path / "log")] == [8]
+
+
 def test_record_log_checks_what_a_crash_can_leave(tmp_path):
     """A killed process leaves a short tail (caught by length); a power cut may leave zeros or stale
     bytes, which the head CRC catches in any log and the body CRC catches in an fsync log."""
@@ -323,7 +352,7 @@ def test_check_transitions_names_the_bad_field():
         transport.check_transitions(good, obs_space, act_space)
 
 
-def test_next_obs_travels_only_where_it_is_not_the_next_steps_obs():
+def test_next_obs_travels_only_where_it_is_not_the_next_steps_obs_and_is_stored_so():
     import gymnasium as gym
 
     obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-10, 10, (2,), np.float32),
@@ -344,9 +373,29 @@ def test_next_obs_travels_only_where_it_is_not_the_next_steps_obs():
     assert t["next_obs"]["image"].shape == (2, 4, 4, 3)
     decoded = transport.read_message(encode(message))  # as the learner gets it: read-only views of the frames
     assert transport.check_transitions(decoded, obs_space, act_space) == 7
-    rebuilt = transport.full_next_obs(decoded["t"])
+    t = decoded["t"]
+    expected = {key: np.stack([observations[b][key] for _, b in chain]) for key in ("state", "image")}
+
+    def stored_next_obs(capacity, parts):
+        """next_obs of every slot of a ring fed slices of the batch in the shared form, as the learner feeds it."""
+        ring = ReplayBuffer(obs_space, act_space, capacity)
+        for rows in parts:
+            next_obs, own = slice_shared(t["obs"], t["next_obs"], t["own_next"], rows)
+            ring.extend({k: v[rows] for k, v in t["obs"].items()}, t["action"][rows], t["reward"][rows], next_obs,
+                        t["terminated"][rows], t["truncated"][rows], own_next=own)
+        batch = ring.gather(np.arange(len(ring)))
+        return batch["rewards"].astype(int), batch["next_obs"]
+
+    for capacity, parts in ((10, [slice(0, 7)]), (10, [slice(0, 2), slice(2, 5), slice(5, 7)]),
+                            (4, [slice(0, 3), slice(3, 6), slice(6, 7)]),  # wraps the ring twice
+                            (3, [slice(0, 7)])):  # more steps than slots in one call
+        rewards, next_obs = stored_next_obs(capacity, parts)
+        order = np.argsort(rewards)  # rewards are the step indices
+        for key in ("state", "image"):
+            np.testing.assert_array_equal(next_obs[key][order], expected[key][np.sort(rewards)])
+    rows = shared_next_rows(t["obs"], t["next_obs"], t["own_next"], np.array([6, 0, 3, 4]))
     for key in ("state", "image"):
-        np.testing.assert_array_equal(rebuilt[key], np.stack([observations[b][key] for _, b in chain]))
+        np.testing.assert_array_equal(rows[key], expected[key][[6, 0, 3, 4]])
 
 
 def test_actor_and_learner_processes_learn_reach(tmp_path):
@@ -446,10 +495,10 @@ def test_a_burst_of_transitions_travels_as_a_few_batches_in_order(tmp_path):
         assert [r["seq"] for r in records] == list(np.cumsum([1] + [len(r["t"]["reward"]) for r in records])[:-1])
         assert learner.counters["env_steps"] == burst and learner.counters["dropped"] == 0
         np.testing.assert_array_equal(learner.online.rewards[:burst], np.arange(burst, dtype=np.float32))
-        assert chain_breaks({"terminated": learner.online.terminated[:burst],
-                             "truncated": learner.online.truncated[:burst],
-                             **{f"obs/{k}": v[:burst] for k, v in learner.online.obs.items()},
-                             **{f"next_obs/{k}": v[:burst] for k, v in learner.online.next_obs.items()}}) == 0
+        stored = learner.online.gather(np.arange(burst))
+        assert chain_breaks({"terminated": stored["terminated"], "truncated": stored["truncated"],
+                             **{f"obs/{k}": v for k, v in stored["obs"].items()},
+                             **{f"next_obs/{k}": v for k, v in stored["next_obs"].items()}}) == 0
     finally:
         actor.close()
         learner.close()
@@ -467,10 +516,15 @@ def test_transition_storage_extend_stores_what_add_stores(rlif):
     rng = np.random.default_rng(0)
     n = 300
     steps = {"obs": {"state": rng.normal(size=(n, 2)).astype(np.float32)}, "action": rng.normal(size=(n, 2)).astype(np.float32),
-             "reward": rng.normal(size=n), "next_obs": {"state": rng.normal(size=(n, 2)).astype(np.float32)},
-             "terminated": rng.random(n) < 0.05, "truncated": rng.random(n) < 0.05, "intervened": rng.random(n) < 0.3,
-             "policy_action": rng.normal(size=(n, 2)).astype(np.float32)}
+             "reward": rng.normal(size=n), "terminated": rng.random(n) < 0.05, "truncated": rng.random(n) < 0.05,
+             "intervened": rng.random(n) < 0.3, "policy_action": rng.normal(size=(n, 2)).astype(np.float32)}
     starts, episode_starts = rng.random(n) < 0.2, rng.random(n) < 0.05
+    # next_obs is the next step's obs except at episode ends and some other steps (the wire's own_next)
+    own_next = steps["terminated"] | steps["truncated"] | (rng.random(n) < 0.1)
+    own_next[-1] = True
+    own_rows = rng.normal(size=(int(own_next.sum()), 2)).astype(np.float32)
+    full_next = np.concatenate([steps["obs"]["state"][1:], own_rows[-1:]])
+    full_next[own_next] = own_rows
     buffers = []
     for mode in ("add", "extend"):
         extras = {"intervened": ((), bool), "policy_action": ((2,), np.float32)}
@@ -478,14 +532,18 @@ def test_transition_storage_extend_stores_what_add_stores(rlif):
         storage = TransitionStorage(online, demo, rlif)
         if mode == "add":
             for i in range(n):
-                storage.add({k: ({kk: vv[i] for kk, vv in v.items()} if isinstance(v, dict) else v[i].item() if v.ndim == 1
-                                 else v[i]) for k, v in steps.items()}, bool(starts[i]), bool(episode_starts[i]))
+                storage.add({"next_obs": {"state": full_next[i]},
+                             **{k: ({kk: vv[i] for kk, vv in v.items()} if isinstance(v, dict) else v[i].item()
+                                    if v.ndim == 1 else v[i]) for k, v in steps.items()}},
+                            bool(starts[i]), bool(episode_starts[i]))
         else:
             cuts = [0, 1, 2, 50, 51, 180, n]  # batches of many sizes, one of a single step
             for a, b in zip(cuts[:-1], cuts[1:]):
                 rows = slice(a, b)
-                storage.extend({k: ({kk: vv[rows] for kk, vv in v.items()} if isinstance(v, dict) else v[rows])
-                                for k, v in steps.items()}, starts[rows], episode_starts[rows])
+                batch = {k: ({kk: vv[rows] for kk, vv in v.items()} if isinstance(v, dict) else v[rows])
+                         for k, v in steps.items()}
+                batch["next_obs"], batch["own_next"] = slice_shared(steps["obs"], {"state": own_rows}, own_next, rows)
+                storage.extend(batch, starts[rows], episode_starts[rows])
         storage.flush()
         buffers.append((online._arrays(), demo._arrays()))
     for stored_by_add, stored_by_extend in zip(*buffers):

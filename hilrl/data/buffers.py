@@ -10,6 +10,13 @@ Images stay ``uint8``. ``terminated`` and ``truncated`` are kept apart: only
 ``terminated`` stops bootstrapping (ALGORITHMS.md, "Interventions", the gym-hil pitfall).
 Extras (``intervened``, ``policy_action``...) are stored per transition; their
 arrays are allocated the first time a key is seen (or declared up front with ``extras``).
+
+Shared ``next_obs`` (SERL's memory-efficient buffer): consecutive steps of one stream can be
+given with a bool ``own_next`` per step and ``next_obs`` rows only where it is true; every other
+step's ``next_obs`` is the following step's ``obs``. The ring then stores each image once: such a
+slot reads its ``next_obs`` from the next slot, which the ring overwrites only after the slot itself,
+and the last step of every call must have its own (so the newest slot never points past the ring's
+head). The untouched ``next_obs`` rows are never written, so their memory is never paged in.
 """
 
 from __future__ import annotations
@@ -55,6 +62,8 @@ class ReplayBuffer:
         self.rewards = np.zeros(self.capacity, np.float32)
         self.terminated = np.zeros(self.capacity, bool)
         self.truncated = np.zeros(self.capacity, bool)
+        self.next_in_obs = np.zeros(self.capacity, bool)  # slot's next_obs is obs of the next slot (shared form)
+        self._any_shared = False
         self.extras: dict[str, np.ndarray] = {}
         for name, (shape, dtype) in (extras or {}).items():
             self._allocate_extra(name, tuple(shape), np.dtype(dtype))
@@ -69,7 +78,7 @@ class ReplayBuffer:
         return self.size == self.capacity
 
     def _allocate_extra(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        if name in ("obs", "next_obs", *_CORE):
+        if name in ("obs", "next_obs", "own_next", *_CORE):
             raise HilrlError(f"extra {name!r} clashes with a core batch key; rename it")
         self.extras[name] = np.zeros((self.capacity, *shape), dtype)
 
@@ -84,8 +93,12 @@ class ReplayBuffer:
 
     def extend(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
                next_obs: Mapping[str, np.ndarray], terminated: np.ndarray, truncated: np.ndarray,
-               **extras: np.ndarray) -> None:
-        """Add ``n`` transitions given as arrays with a leading axis of length ``n``."""
+               own_next: np.ndarray | None = None, **extras: np.ndarray) -> None:
+        """Add ``n`` transitions given as arrays with a leading axis of length ``n``.
+
+        ``own_next``: the shared ``next_obs`` form (module docstring): consecutive steps, ``next_obs``
+        holding one row per true entry, which must include the last step.
+        """
         actions = np.asarray(actions, np.float32)
         n = len(actions)
         if n == 0:
@@ -93,7 +106,12 @@ class ReplayBuffer:
         if actions.shape != (n, *self.action_space.shape):
             raise HilrlError(f"actions have shape {actions.shape}, expected {(n, *self.action_space.shape)}")
         self._check_obs(obs, n, "obs")
-        self._check_obs(next_obs, n, "next_obs")
+        if own_next is not None:
+            own_next = np.asarray(own_next)
+            if own_next.dtype != np.bool_ or own_next.shape != (n,) or not own_next[-1]:
+                raise HilrlError(f"own_next must be a bool array of shape ({n},) that is true for the last step "
+                                 "(its next_obs is in no later step of this call)")
+        self._check_obs(next_obs, n if own_next is None else int(own_next.sum()), "next_obs")
         columns = {"rewards": rewards, "terminated": terminated, "truncated": truncated}
         for name, values in columns.items():
             if np.shape(values) != (n,):
@@ -116,7 +134,11 @@ class ReplayBuffer:
         if n > self.capacity:  # only the newest `capacity` survive
             cut = n - self.capacity
             obs = {k: v[cut:] for k, v in obs.items()}
-            next_obs = {k: v[cut:] for k, v in next_obs.items()}
+            if own_next is None:
+                next_obs = {k: v[cut:] for k, v in next_obs.items()}
+            else:
+                next_obs = {k: v[int(own_next[:cut].sum()):] for k, v in next_obs.items()}
+                own_next = own_next[cut:]
             actions = actions[cut:]
             columns = {k: np.asarray(v)[cut:] for k, v in columns.items()}
             extras = {k: np.asarray(v)[cut:] for k, v in extras.items()}
@@ -129,13 +151,20 @@ class ReplayBuffer:
         for ring, rows in parts:
             for key in self.obs_shapes:
                 self.obs[key][ring] = obs[key][rows]
-                self.next_obs[key][ring] = next_obs[key][rows]
+                if own_next is None:
+                    self.next_obs[key][ring] = next_obs[key][rows]
+            self.next_in_obs[ring] = False if own_next is None else ~own_next[rows]
             self.actions[ring] = actions[rows]
             self.rewards[ring] = np.asarray(columns["rewards"])[rows]
             self.terminated[ring] = np.asarray(columns["terminated"])[rows]
             self.truncated[ring] = np.asarray(columns["truncated"])[rows]
             for name, values in extras.items():
                 self.extras[name][ring] = np.asarray(values)[rows]
+        if own_next is not None:
+            slots = (self.pos + np.flatnonzero(own_next)) % self.capacity
+            for key in self.obs_shapes:
+                self.next_obs[key][slots] = next_obs[key]
+            self._any_shared = True
         self.pos = int((self.pos + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 
@@ -154,12 +183,24 @@ class ReplayBuffer:
             "obs": {k: v[idx] for k, v in self.obs.items()},
             "actions": self.actions[idx],
             "rewards": self.rewards[idx],
-            "next_obs": {k: v[idx] for k, v in self.next_obs.items()},
+            "next_obs": self._next_obs_at(idx),
             "terminated": self.terminated[idx],
             "truncated": self.truncated[idx],
         }
         batch.update({k: v[idx] for k, v in self.extras.items()})
         return batch
+
+    def _next_obs_at(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        if not self._any_shared:
+            return {k: v[idx] for k, v in self.next_obs.items()}
+        in_obs = self.next_in_obs[idx]
+        source = np.where(in_obs, (idx + 1) % self.capacity, idx)
+        own = np.flatnonzero(~in_obs)
+        rows = {}
+        for key, obs in self.obs.items():
+            rows[key] = obs[source]  # one gather; the rows with their own next_obs are replaced below
+            rows[key][own] = self.next_obs[key][idx[own]]
+        return rows
 
     def sample(self, n: int, rng: np.random.Generator) -> Batch:
         """``n`` transitions drawn uniformly with replacement."""
@@ -173,7 +214,7 @@ class ReplayBuffer:
         """Every stored column, flattened to ``name -> array``, oldest transition first."""
         order = (np.arange(self.size) + (self.pos if self.full else 0)) % self.capacity
         arrays = {f"obs/{k}": v[order] for k, v in self.obs.items()}
-        arrays.update({f"next_obs/{k}": v[order] for k, v in self.next_obs.items()})
+        arrays.update({f"next_obs/{k}": v for k, v in self._next_obs_at(order).items()})
         arrays.update({name: getattr(self, name)[order] for name in _CORE})
         arrays.update({f"extras/{k}": v[order] for k, v in self.extras.items()})
         return arrays
@@ -228,6 +269,34 @@ class ReplayBuffer:
         self.pos = self.size = 0
         self.extend(obs, arrays["actions"], arrays["rewards"], next_obs, arrays["terminated"],
                     arrays["truncated"], **extras)
+
+
+def shared_next_rows(obs: Mapping[str, np.ndarray], next_obs: Mapping[str, np.ndarray], own_next: np.ndarray,
+                     index: np.ndarray) -> dict[str, np.ndarray]:
+    """Full ``next_obs`` rows ``index`` of steps given in the shared form (module docstring)."""
+    index = np.asarray(index, np.int64)
+    own = own_next[index]
+    own_row = (np.cumsum(own_next) - 1)[index[own]]  # where each own step's row sits in next_obs
+    rows = {}
+    for key, values in obs.items():
+        rows[key] = values[np.minimum(index + 1, len(values) - 1)]
+        rows[key][own] = next_obs[key][own_row]
+    return rows
+
+
+def slice_shared(obs: Mapping[str, np.ndarray], next_obs: Mapping[str, np.ndarray], own_next: np.ndarray,
+                 rows: slice) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``(next_obs, own_next)`` of steps ``rows`` (a slice with start and stop) in the shared form.
+
+    The slice's last step gets its own row when its ``next_obs`` was the step after the slice.
+    """
+    first = int(own_next[:rows.start].sum())
+    own = own_next[rows].copy()
+    cut = {k: v[first:first + int(own.sum())] for k, v in next_obs.items()}
+    if not own[-1]:
+        own[-1] = True
+        cut = {k: np.concatenate([v, obs[k][rows.stop:rows.stop + 1]]) for k, v in cut.items()}
+    return cut, own
 
 
 def demo_rows(online_size: int, demo_size: int, batch_size: int, demo_fraction: float) -> int:

@@ -45,7 +45,8 @@ from hilrl.runtime import transport
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import console
 
-SPOOL_SEGMENT_RECORDS = 200  # spool file size in transitions; a file goes once all of it is acked
+SPOOL_SEGMENT_BYTES = 16 * 1024 * 1024  # a spool file goes (to be recycled) once all of it is acked
+SPOOL_FREE_SEGMENTS = 8  # recycled spool files: enough for a window of max_unacked image steps
 BATCH_MAX_TRANSITIONS = 64
 BATCH_MAX_BYTES = 8 * 1024 * 1024  # well under transport.MAX_MESSAGE_BYTES, whatever the cameras
 MAX_IN_FLIGHT_BATCHES = 2  # two: the learner has the next batch queued while it stores one
@@ -100,7 +101,8 @@ class Actor:
         if weights_file.is_file():
             with np.load(weights_file) as f:
                 transport.load_policy_weights(self.agent, {k: f[k] for k in f.files})
-        self.spool = transport.RecordLog(self.out / "spool", fsync=config.runtime.fsync)
+        self.spool = transport.RecordLog(self.out / "spool", fsync=config.runtime.fsync,
+                                         segment_bytes=SPOOL_SEGMENT_BYTES, keep_free=SPOOL_FREE_SEGMENTS)
         # spooled batches with a step not yet acked: first seq -> (last seq, wire frames)
         self.batches: OrderedDict[int, tuple[int, list[Any]]] = OrderedDict()
         self.taken: list[dict[str, Any]] = []  # steps not yet in a batch (at most BATCH_MAX_DELAY_S old)
@@ -175,12 +177,10 @@ class Actor:
         """Encode the steps taken so far as one batch, append it to the spool, queue it to send."""
         first, steps = self.next_seq - len(self.taken), self.taken
         frames = encode(transport.transitions_message(self.actor_id, first, transport.stack_steps(steps)))
-        self.spool.append(frames)  # one writev: on disk for any later crash of this process
+        segment = self.spool.append(frames)  # one writev: on disk for any later crash of this process
         self.spool.sync()  # fsync only with runtime.fsync
         last = first + len(steps) - 1
-        self.segment_last_seq[self.spool.segment] = last
-        if self.spool.records_in_segment >= SPOOL_SEGMENT_RECORDS:
-            self.spool.rotate()
+        self.segment_last_seq[segment] = last
         step_bytes = sum(memoryview(f).nbytes for f in frames) // len(steps)  # cameras vary: size by bytes
         self.batch_max = max(1, min(BATCH_MAX_TRANSITIONS, BATCH_MAX_BYTES // step_bytes))
         self.batches[first] = (last, frames)

@@ -39,7 +39,7 @@ import torch
 import zmq
 
 from hilrl.config import ExperimentConfig, dump_config
-from hilrl.data.buffers import ReplayBuffer
+from hilrl.data.buffers import ReplayBuffer, slice_shared
 from hilrl.envs import auth
 from hilrl.envs.make import make_env
 from hilrl.envs.protocol import ProtocolError, decode, encode
@@ -55,6 +55,8 @@ DRAIN_TRANSITIONS = 256  # transitions stored between two log flushes / ack roun
 PACED_DRAIN = 16  # ... when pacing: small, so acks keep flowing well within the actors' ack_timeout_s
 ROUTER_QUEUE_MESSAGES = 512
 SPACES_FILE = "spaces.msgpack"
+LOG_SEGMENT_BYTES = 64 * 1024 * 1024
+LOG_FREE_SEGMENTS = 16  # the log between two checkpoints is recycled, up to 1 GiB of it (RecordLog)
 PACED_SERVE_PERIOD_S = 0.5  # a paced learner serves at least this often, even behind on its updates
 
 
@@ -89,7 +91,8 @@ class Learner:
         self.demo_episodes = demo_episodes or []
         self.obs_space: Any = None
         self.act_space: Any = None
-        self.log = transport.RecordLog(self.out / "log", fsync=rc.fsync)
+        self.log = transport.RecordLog(self.out / "log", fsync=rc.fsync, segment_bytes=LOG_SEGMENT_BYTES,
+                                       keep_free=LOG_FREE_SEGMENTS)
         self.last_checkpoint_steps = 0
         spaces_file = self.out / SPACES_FILE
         if config.env.remote is None:
@@ -226,10 +229,10 @@ class Learner:
         if frames is not None:
             self.log.append(frames)
         rows = slice(skip, skip + take)
-        t = {**t, "next_obs": transport.full_next_obs(t)}
-        del t["own_next"]
-        steps = {key: ({k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows])
-                 for key, value in t.items()}
+        steps = {key: ({k: v[rows] for k, v in value.items()} if key == "obs" else value[rows])
+                 for key, value in t.items() if key not in ("next_obs", "own_next")}
+        # one image per step to the ring: next_obs stays in the shared form the wire brought (buffers.py)
+        steps["next_obs"], steps["own_next"] = slice_shared(t["obs"], t["next_obs"], t["own_next"], rows)
         self._storage_for(actor).extend(steps, steps["intervention_start"], steps["episode_start"])
         self.acked[actor] = acked + take
         c = self.counters

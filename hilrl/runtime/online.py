@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from hilrl.config import ExperimentConfig
-from hilrl.data.buffers import ReplayBuffer
+from hilrl.data.buffers import ReplayBuffer, shared_next_rows, slice_shared
 from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
 from hilrl.feedback.experts import make_expert
@@ -97,22 +97,23 @@ class TransitionStorage:
         """Store ``n`` consecutive steps of this stream at once: exactly what ``n`` calls of :meth:`add` store.
 
         ``steps`` holds the keys of :meth:`add`'s ``transition``, each stacked along a first axis of
-        length ``n`` (``obs`` and ``next_obs`` are maps of such arrays); ``intervention_start`` and
+        length ``n`` (``obs`` is a map of such arrays), with ``next_obs`` in the buffers' shared form
+        (``steps["own_next"]``, :mod:`hilrl.data.buffers`); ``intervention_start`` and
         ``episode_start`` are bool arrays of length ``n``.
         """
         n = len(steps["reward"])
         if n == 0:
             return
+        obs, next_obs, own_next = steps["obs"], steps["next_obs"], steps["own_next"]
         ends = np.asarray(steps["terminated"], bool) | np.asarray(steps["truncated"], bool)
-        columns = dict(obs=steps["obs"], actions=steps["action"], next_obs=steps["next_obs"],
-                       terminated=steps["terminated"], truncated=steps["truncated"], intervened=steps["intervened"],
-                       policy_action=steps["policy_action"])
+        columns = dict(obs=obs, actions=steps["action"], terminated=steps["terminated"], truncated=steps["truncated"],
+                       intervened=steps["intervened"], policy_action=steps["policy_action"])
         if not self.rlif:
-            self.online.extend(rewards=steps["reward"], **columns)
+            self.online.extend(rewards=steps["reward"], next_obs=next_obs, own_next=own_next, **columns)
             mask = np.asarray(steps["intervened"], bool)
             if mask.any():
-                self.demo.extend({k: v[mask] for k, v in steps["obs"].items()}, steps["action"][mask],
-                                 steps["reward"][mask], {k: v[mask] for k, v in steps["next_obs"].items()},
+                self.demo.extend({k: v[mask] for k, v in obs.items()}, steps["action"][mask], steps["reward"][mask],
+                                 shared_next_rows(obs, next_obs, own_next, np.flatnonzero(mask)),
                                  steps["terminated"][mask], steps["truncated"][mask])
             return
         if self.pending is not None:  # the step before this batch waits for its label: step 0 decides it
@@ -124,10 +125,13 @@ class TransitionStorage:
         rewards[:-1][intervention_start[1:] & ~episode_start[1:] & ~ends[:-1]] = -1.0
         keep = n if ends[-1] else n - 1  # a last step that does not end its episode waits for the next batch
         if keep:
-            self.online.extend(rewards=rewards[:keep], **_rows(columns, slice(0, keep)))
+            kept_next, kept_own = slice_shared(obs, next_obs, own_next, slice(0, keep))
+            self.online.extend(rewards=rewards[:keep], next_obs=kept_next, own_next=kept_own,
+                               **_rows(columns, slice(0, keep)))
         if keep < n:
             last = _rows(columns, n - 1, copy=True)
-            self.pending = dict(obs=last["obs"], action=last["actions"], reward=0.0, next_obs=last["next_obs"],
+            self.pending = dict(obs=last["obs"], action=last["actions"], reward=0.0,
+                                next_obs={k: np.array(v[-1]) for k, v in next_obs.items()},  # the last step's own
                                 terminated=bool(last["terminated"]), truncated=bool(last["truncated"]),
                                 intervened=bool(last["intervened"]), policy_action=last["policy_action"])
 
