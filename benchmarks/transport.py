@@ -170,30 +170,32 @@ def actor_learner_message_bytes() -> int:
     return sum(memoryview(f).nbytes for f in frames)
 
 
-def actor_learner_rate(mode: str, count: int, nbytes: int) -> float | tuple[float, float]:
-    """Transitions/s arriving at the learner side. Raw: one rate. Ours (stored and logged): the rate of the
-    first ``count`` steps, whose spool and log files are new, and of ``count`` steps after a learner checkpoint
-    (once the actor's spool and the learner's log write into recycled files, as in a long run)."""
-    if mode == "raw":
-        sock = zmq.Context.instance().socket(zmq.PULL)
-        sock.rcvhwm = 1000
-        port = sock.bind_to_random_port("tcp://127.0.0.1")
-        sender = subprocess.Popen([sys.executable, __file__, "--push-raw", f"tcp://127.0.0.1:{port}", str(count),
-                                   str(nbytes)])
-        try:
+def raw_push_pull_rate(count: int, nbytes: int) -> float:
+    """Messages/s of ``nbytes`` each arriving at a PULL socket from a PUSH process (the actor -> learner baseline)."""
+    sock = zmq.Context.instance().socket(zmq.PULL)
+    sock.rcvhwm = 1000
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    sender = subprocess.Popen([sys.executable, __file__, "--push-raw", f"tcp://127.0.0.1:{port}", str(count),
+                               str(nbytes)])
+    try:
+        sock.recv(copy=False)
+        start = time.perf_counter()
+        for _ in range(count - 1):
             sock.recv(copy=False)
-            start = time.perf_counter()
-            for _ in range(count - 1):
-                sock.recv(copy=False)
-            elapsed = time.perf_counter() - start
-            sender.wait(60)
-        finally:
-            if sender.poll() is None:
-                sender.kill()
-                sender.wait()
-            sock.close(linger=0)
-        return (count - 1) / elapsed
+        elapsed = time.perf_counter() - start
+        sender.wait(60)
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait()
+        sock.close(linger=0)
+    return (count - 1) / elapsed
 
+
+def actor_learner_rates(count: int) -> tuple[float, float]:
+    """Transitions/s stored and logged by the real learner from the real actor link: the first ``count`` steps,
+    whose spool and log files are new, then ``count`` steps after a learner checkpoint (once the actor's spool
+    and the learner's log write into recycled files, as in a long run)."""
     import torch
 
     from hilrl.config import validate_config
@@ -360,7 +362,8 @@ def main() -> None:
         actor_rates: dict[str, list] = {"ours": [], "raw": []}
         for _ in range(args.repeats):
             for mode in ("ours", "raw"):
-                actor_rates[mode].append(actor_learner_rate(mode, args.actor_messages, nbytes))
+                actor_rates[mode].append(actor_learner_rates(args.actor_messages) if mode == "ours"
+                                         else raw_push_pull_rate(args.actor_messages, nbytes))
         raw_rate = float(np.median(actor_rates["raw"]))
         for column, label in ((0, "first pass: new spool + log files"), (1, "steady: recycled files")):
             ours_rate = float(np.median([r[column] for r in actor_rates["ours"]]))

@@ -343,7 +343,7 @@ class RecordLog:
             self._file = open(path, "wb", buffering=0)
         self._file.write(_SEGMENT_HEAD.pack(SEGMENT_MAGIC, self.segment))
         self._seed = _crc_seed(self.segment)
-        self.records_in_segment, self.bytes_in_segment = 0, _SEGMENT_HEAD.size
+        self.bytes_in_segment = _SEGMENT_HEAD.size
 
     def _path(self, index: int, kind: str = "seg") -> Path:
         return self.directory / f"{kind}_{index:06d}.log"
@@ -359,7 +359,8 @@ class RecordLog:
         views = _views(frames)
         index = struct.pack(f"<I{len(views)}Q", len(views), *(v.nbytes for v in views))
         length = len(index) + sum(v.nbytes for v in views)
-        if (self.segment_bytes is not None and self.records_in_segment
+        holds_records = self.bytes_in_segment > _SEGMENT_HEAD.size
+        if (self.segment_bytes is not None and holds_records
                 and self.bytes_in_segment + _RECORD_HEAD.size + length > self.segment_bytes):
             self.rotate()
         head_crc = zlib.crc32(views[0], zlib.crc32(index, self._seed))
@@ -370,7 +371,6 @@ class RecordLog:
                 body_crc = zlib.crc32(view, body_crc)
         _write_all(self._file.fileno(), [memoryview(_RECORD_HEAD.pack(length, head_crc, body_crc, flags)),
                                          memoryview(index), *views])
-        self.records_in_segment += 1
         self.bytes_in_segment += _RECORD_HEAD.size + length
         return self.segment
 
@@ -388,10 +388,12 @@ class RecordLog:
 
     def drop_before(self, index: int) -> None:
         """Drop segments older than ``index`` (their contents live on in a checkpoint or were acked)."""
+        free = len(self._free())
         for old in self.segments():
             if old < index and old != self.segment:
-                if len(self._free()) < self.keep_free:
+                if free < self.keep_free:
                     os.replace(self._path(old), self._path(old, "free"))
+                    free += 1
                 else:
                     self._path(old).unlink(missing_ok=True)
 
