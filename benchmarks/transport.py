@@ -6,8 +6,11 @@
    reply carrying the state, client decode. Baseline: a plain REQ/REP pair in
    the same kind of process pair, where the client sends the very request
    bytes and the server answers with the very reply bytes our server produced
-   (captured once), with no encoding or checks. Blocks of the two alternate so
-   that drift on a shared machine hits both alike; p50/p99 over all samples.
+   (captured once), with no encoding or checks. Floor (informational): a Python
+   process with the robot server's socket loop (ROUTER, poll, recv_multipart,
+   send_multipart) answering the same captured reply to a DEALER, i.e. what any
+   Python server costs before it decodes or checks anything. Blocks of the three
+   alternate so that drift on a shared machine hits all alike; p50/p99 over all samples.
 2. Transition throughput. Our side: one transition per message (a 128x128x3
    uint8 image, a float32 state vector of ``--state-dim``, action, reward and
    the two done flags) through ``protocol.encode`` and ``send_multipart(copy=False)``
@@ -19,14 +22,16 @@
    Reach with a 128x128x3 ``front`` camera + state, encode each batch, append it to the spool in one
    ``writev``, send on DEALER, handle acks) in one process, the real ``hilrl.runtime.learner.Learner``
    serve loop (ROUTER receive, decode, vectorised schema/shape/finite checks, append the batch to
-   the log in one ``writev``, rebuild next_obs, store in the replay buffer, ack) in another; no env
+   the log in one ``writev``, store in the replay buffer, ack) in another; no env
    steps and no SGD are timed; the actor replays one real episode's observations, chained as a live actor chains them.
    Baseline: raw PUSH/PULL of one frame per step as big as one step's message with one observation
    (128x128x3 image + state) and the small fields, prepared once: the unit the issue names. (Ours
    sends a step's ``next_obs`` only at episode ends and batch ends, wire v3.) Transitions/s stored at
-   the learner, median of ``--repeats`` alternating runs, in two phases: the first ``--actor-messages``
-   steps (spool and log grow new files), then as many after a learner checkpoint (both write into
-   recycled files, as through most of a long run).
+   the learner, median of ``--repeats`` alternating runs, in three phases of ``--actor-messages`` steps:
+   the first steps (spool and log grow new files); after a learner checkpoint (both files recycled)
+   while the replay ring still fills memory it never used, as in any run shorter than
+   ``train.buffer_capacity`` (the learner's ``PageAhead`` thread faults that memory in just ahead of
+   the ring's head, ``hilrl/data/paging.py``); and after the ring wrapped, as in a run past its capacity.
 
 Run: ``python benchmarks/transport.py [--round-trips 5000] [--messages 20000] [--actor-messages 2000]
 [--repeats 3] [--sections robot,actor]``.
@@ -75,6 +80,25 @@ def serve_raw_rep(address_file: str, reply_file: str) -> None:
         sock.send(reply_bytes)
 
 
+def serve_python_echo(address_file: str, reply_file: str) -> None:
+    """ROUTER socket in the robot server's loop shape (poll, recv_multipart, send_multipart) answering the
+    pre-recorded reply: what a Python server costs before it decodes or checks anything (the floor row)."""
+    reply_bytes = Path(reply_file).read_bytes()
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    Path(address_file + ".tmp").write_text(f"tcp://127.0.0.1:{port}")
+    os.rename(address_file + ".tmp", address_file)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    while True:
+        if not poller.poll(100):
+            continue
+        identity, empty, request_bytes = sock.recv_multipart()
+        sock.send_multipart([identity, empty, b"" if request_bytes == b"quit" else reply_bytes], copy=False)
+        if request_bytes == b"quit":
+            return
+
+
 def push_messages(address: str, mode: str, count: int, state_dim: int) -> None:
     """PUSH ``count`` transitions, encoded with our protocol (``mode=ours``) or as prepared raw bytes."""
     sock = zmq.Context.instance().socket(zmq.PUSH)
@@ -109,7 +133,7 @@ def push_raw(address: str, count: int, nbytes: int) -> None:
 def actor_learner_config() -> dict:
     return {"env": {"id": "hilrl/Reach-v0", "cameras": ["front"], "image_size": IMAGE_SHAPE[0]},
             "demos": {"episodes": 0}, "algo": {"name": "sac"},
-            "train": {"learning_starts": 10**9, "buffer_capacity": 1000, "video": False},
+            "train": {"learning_starts": 10**9, "video": False},
             "runtime": {"mode": "distributed", "max_unacked": 1000}}
 
 
@@ -192,10 +216,12 @@ def raw_push_pull_rate(count: int, nbytes: int) -> float:
     return (count - 1) / elapsed
 
 
-def actor_learner_rates(count: int) -> tuple[float, float]:
-    """Transitions/s stored and logged by the real learner from the real actor link: the first ``count`` steps,
-    whose spool and log files are new, then ``count`` steps after a learner checkpoint (once the actor's spool
-    and the learner's log write into recycled files, as in a long run)."""
+def actor_learner_rates(count: int) -> tuple[float, float, float]:
+    """Transitions/s stored and logged by the real learner from the real actor link, in three phases of ``count``
+    steps each: (1) the first steps, whose spool and log files are new; (2) after a learner checkpoint, once the
+    actor's spool and the learner's log write into recycled files, while the ring still fills memory it never
+    used (a run that has not yet stored ``buffer_capacity`` steps); (3) after the ring wrapped, so it writes into
+    memory it has used before (a run past its capacity)."""
     import torch
 
     from hilrl.config import validate_config
@@ -205,7 +231,8 @@ def actor_learner_rates(count: int) -> tuple[float, float]:
     torch.set_num_threads(1)
     raw = actor_learner_config()
     window = MAX_IN_FLIGHT_BATCHES * BATCH_MAX_TRANSITIONS  # what the actor has sent ahead while the learner checkpoints
-    raw["train"]["steps"] = 2 * count + window
+    capacity = 2 * count + window  # phases 1 and 2 fill fresh ring memory; phase 3 overwrites phase 1's slots
+    raw["train"].update(buffer_capacity=capacity, steps=capacity + count)
     with tempfile.TemporaryDirectory() as tmp:
         learner = Learner(validate_config(raw), Path(tmp, "learner"), bind="tcp://127.0.0.1:*", demo_episodes=[],
                           show_progress=False)
@@ -224,7 +251,8 @@ def actor_learner_rates(count: int) -> tuple[float, float]:
             first_pass = rate_until(count)
             learner.checkpoint()  # drops the log into the recycling pool, as every checkpoint of a run does
             rate_until(count + window)  # untimed: what queued up meanwhile
-            steady = rate_until(2 * count + window)
+            recycled = rate_until(capacity)
+            wrapped = rate_until(capacity + count)
             deadline = time.perf_counter() + 30
             while sender.poll() is None and time.perf_counter() < deadline:
                 learner._serve(50)  # tell the actor it is done
@@ -233,7 +261,7 @@ def actor_learner_rates(count: int) -> tuple[float, float]:
                 sender.kill()
             sender.wait()
             learner.close()
-    return first_pass, steady
+    return first_pass, recycled, wrapped
 
 
 def transition_bytes(image: np.ndarray, state: np.ndarray) -> int:
@@ -246,7 +274,7 @@ def transition_bytes(image: np.ndarray, state: np.ndarray) -> int:
 
 
 def round_trips(blocks: int, per_block: int) -> dict[str, np.ndarray]:
-    samples: dict[str, list[float]] = {"ours": [], "raw": []}
+    samples: dict[str, list[float]] = {"ours": [], "raw": [], "echo": []}
     with tempfile.TemporaryDirectory() as tmp:
         # The shipped kinematic config, with a watchdog long enough for the pauses while the baseline runs.
         config = (REPO_ROOT / "hardware" / "configs" / "kinematic.yaml").read_text().replace("watchdog_timeout_s: 0.2", "watchdog_timeout_s: 10")
@@ -256,45 +284,70 @@ def round_trips(blocks: int, per_block: int) -> dict[str, np.ndarray]:
     return {k: np.array(v) * 1e6 for k, v in samples.items()}
 
 
+def _start_echo(kind: str, tmp: str) -> tuple[subprocess.Popen, str]:
+    address_file = str(Path(tmp, f"addr_{kind}"))
+    process = subprocess.Popen([sys.executable, __file__, f"--serve-{kind}", address_file, str(Path(tmp, "reply"))])
+    while not Path(address_file).exists():
+        time.sleep(0.01)
+    return process, Path(address_file).read_text()
+
+
 def _measure_round_trips(address: str, tmp: str, blocks: int, per_block: int, samples: dict[str, list[float]]) -> None:
     client = RobotClient(address, timeout_s=10)
     client.call("reset")
     deltas = ([0.001, 0.0, 0.0], [-0.001, 0.0, 0.0])
-    # Capture the exact bytes of one step request and its reply for the baseline.
+    # Capture the exact bytes of one step request and its reply for the baseline and the floor.
     request_frames = [b"", *encode({"v": 1, "op": "step", "id": 1, "delta": np.array(deltas[0]), "gripper": 1.0})]
     client.socket.send_multipart(request_frames)
     reply_frames = client.socket.recv_multipart()
     assert len(reply_frames) == 2, "a kinematic step reply fits in one frame"
     Path(tmp, "reply").write_bytes(reply_frames[1])
-    raw_server = subprocess.Popen([sys.executable, __file__, "--serve-raw-rep", str(Path(tmp, "addr")), str(Path(tmp, "reply"))])
+    processes = []
     try:
-        while not Path(tmp, "addr").exists():
-            time.sleep(0.01)
+        raw_server, raw_address = _start_echo("raw-rep", tmp)
+        processes.append(raw_server)
+        echo_server, echo_address = _start_echo("python-echo", tmp)
+        processes.append(echo_server)
         raw = zmq.Context.instance().socket(zmq.REQ)
-        raw.connect(Path(tmp, "addr").read_text())
+        raw.connect(raw_address)
+        echo = zmq.Context.instance().socket(zmq.DEALER)
+        echo.connect(echo_address)
         request_bytes = request_frames[1]
-        for i in range(200):  # warm both paths
-            client.call("step", delta=deltas[i % 2], gripper=1.0)
+
+        def raw_call() -> None:
             raw.send(request_bytes)
             raw.recv()
+
+        def echo_call() -> None:
+            echo.send_multipart(request_frames)
+            echo.recv_multipart()
+
+        def ours_call(i: int) -> None:
+            client.call("step", delta=deltas[i % 2], gripper=1.0)
+
+        calls = {"ours": ours_call, "raw": lambda i: raw_call(), "echo": lambda i: echo_call()}
+        for i in range(200):  # warm every path
+            for call in calls.values():
+                call(i)
         for _ in range(blocks):
-            for i in range(per_block):
-                start = time.perf_counter()
-                client.call("step", delta=deltas[i % 2], gripper=1.0)
-                samples["ours"].append(time.perf_counter() - start)
-            for _ in range(per_block):
-                start = time.perf_counter()
-                raw.send(request_bytes)
-                raw.recv()
-                samples["raw"].append(time.perf_counter() - start)
+            for name, call in calls.items():
+                for i in range(per_block):
+                    start = time.perf_counter()
+                    call(i)
+                    samples[name].append(time.perf_counter() - start)
         raw.send(b"quit")
         raw.recv()
-        raw.close()
-        raw_server.wait(10)
+        echo.send_multipart([b"", b"quit"])
+        echo.recv_multipart()
+        for sock in (raw, echo):
+            sock.close()
+        for process in processes:
+            process.wait(10)
     finally:
-        if raw_server.poll() is None:
-            raw_server.kill()
-            raw_server.wait()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
         client.close()
 
 
@@ -353,9 +406,13 @@ def main() -> None:
             ours, raw = np.percentile(latency["ours"], q), np.percentile(latency["raw"], q)
             goal = "<= 1.5" if q == 99 else ""
             rows.append((label, f"{ours:.0f}", f"{raw:.0f}", f"{ours / raw:.2f}", goal))
+        for q in (50, 99):
+            echo, raw = np.percentile(latency["echo"], q), np.percentile(latency["raw"], q)
+            rows.append((f"  floor: Python ROUTER echo, no decode/checks, p{q} (us)", f"{echo:.0f}", f"{raw:.0f}",
+                         f"{echo / raw:.2f}", ""))
         rows.append((f"transitions/s ({size} B each)", f"{ours_rate:,.0f}", f"{raw_rate:,.0f}",
                      f"{ours_rate / raw_rate:.2f}", ">= 0.7"))
-        notes.append(f"{latency['ours'].size} round trips per side in {blocks} alternating blocks; "
+        notes.append(f"{latency['ours'].size} round trips per side in {blocks} alternating blocks (ours, raw, floor); "
                      f"throughput median of {args.repeats} runs x {args.messages} messages per side")
     if "actor" in sections:
         nbytes = actor_learner_message_bytes()
@@ -365,13 +422,15 @@ def main() -> None:
                 actor_rates[mode].append(actor_learner_rates(args.actor_messages) if mode == "ours"
                                          else raw_push_pull_rate(args.actor_messages, nbytes))
         raw_rate = float(np.median(actor_rates["raw"]))
-        for column, label in ((0, "first pass: new spool + log files"), (1, "steady: recycled files")):
+        phases = ("first pass: new spool + log files", "recycled files, ring filling", "recycled files, ring wrapped")
+        for column, label in enumerate(phases):
             ours_rate = float(np.median([r[column] for r in actor_rates["ours"]]))
             rows.append((f"actor->learner transitions/s, {label} (raw: {nbytes} B each)", f"{ours_rate:,.0f}",
                          f"{raw_rate:,.0f}", f"{ours_rate / raw_rate:.2f}", ">= 0.7"))
         notes.append(f"actor -> learner median of {args.repeats} runs x {args.actor_messages} transitions per side "
                      "and phase (ours: spooled, sent, checked, logged, stored in the replay buffer, acked; "
-                     "steady = after a learner checkpoint recycled the log)")
+                     "'recycled files' = after a learner checkpoint recycled the log; 'ring filling' = the replay "
+                     "ring writes memory it never touched, as in a run shorter than train.buffer_capacity)")
 
     print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, "
@@ -387,6 +446,8 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-raw-rep":
         serve_raw_rep(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--serve-python-echo":
+        serve_python_echo(sys.argv[2], sys.argv[3])
     elif len(sys.argv) > 1 and sys.argv[1] == "--push-raw":
         push_raw(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--bench-actor":

@@ -456,8 +456,8 @@ def test_hilrl_train_distributed_learns_reach(tmp_path):
     assert metrics["success_rate"] >= 0.7, "the actors' policy must learn to reach (100% measured once with this config)"
 
 
-def _in_process_pair(tmp_path, **env):
-    """A Learner and an Actor in this process (Reach, state only), linked over loopback."""
+def _in_process_pair(tmp_path, actor_env=None, capacity=None, **env):
+    """A Learner and an Actor in this process (Reach, state only unless ``actor_env`` says), linked over loopback."""
     import torch
 
     from hilrl.runtime.actor import Actor
@@ -467,8 +467,10 @@ def _in_process_pair(tmp_path, **env):
     raw = yaml.safe_load(write_config(tmp_path / "exp.yaml", max_unacked=1000).read_text())
     raw["demos"]["episodes"] = 0
     raw["env"].update(env)
+    if capacity:
+        raw["train"]["buffer_capacity"] = capacity
     learner = Learner(validate_config(raw), tmp_path / "run", bind="tcp://127.0.0.1:*", show_progress=False)
-    actor_raw = {**raw, "env": {"id": "hilrl/Reach-v0"}}
+    actor_raw = {**raw, "env": actor_env or {"id": "hilrl/Reach-v0"}}
     actor = Actor(validate_config(actor_raw), tmp_path / "arm", learner.address, actor_id="arm")
     return learner, actor
 
@@ -502,6 +504,51 @@ def test_a_burst_of_transitions_travels_as_a_few_batches_in_order(tmp_path):
     finally:
         actor.close()
         learner.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise/mincore are Linux calls")
+def test_learner_pages_its_image_ring_in_ahead_of_what_actors_send(tmp_path):
+    from hilrl.data.paging import resident_fraction
+
+    camera = {"id": "hilrl/Reach-v0", "cameras": ["front"], "image_size": 64}  # 12 KiB per image
+    # 30000 slots: the learner's 256 MiB window (21845 images) plus room to see where it ends
+    learner, actor = _in_process_pair(tmp_path, actor_env=camera, capacity=30000, cameras=["front"], image_size=64)
+    try:
+        pager, front = learner.pager, learner.online.obs["front"]
+        if not pager.active:
+            pytest.skip(pager.refused or "this kernel does not populate pages on request")
+        assert pager.wait(10)
+        window = pager.window_rows
+        assert window + 300 + 400 < 30000
+        assert resident_fraction(front, slice(0, window)) == 1.0  # paged in before any actor spoke
+        assert resident_fraction(front, slice(window + 400, 30000)) < 0.1  # and no further
+
+        obs, _ = actor.env.reset(seed=0)
+        action = np.zeros(actor.act_space.shape, np.float32)
+        steps = 300
+        for i in range(steps):
+            next_obs = actor.env.step(action)[0]
+            actor._take(dict(obs=obs, action=action, reward=0.0, next_obs=next_obs, terminated=False,
+                             truncated=False, intervened=False, intervention_start=False, policy_action=action,
+                             is_success=False, episode_start=i == 0))
+            obs = next_obs
+            actor._service_link()
+            learner._serve(0)
+        deadline = time.monotonic() + 30
+        while learner.acked.get("arm", 0) < steps:
+            assert time.monotonic() < deadline, f"acked {learner.acked}"
+            actor._service_link()
+            learner._serve(20)
+        assert pager.wait(10)
+        assert resident_fraction(front, slice(steps, steps + window)) == 1.0  # the window moved with the head
+        stored = learner.online.gather(np.arange(steps))
+        assert chain_breaks({"terminated": stored["terminated"], "truncated": stored["truncated"],
+                             **{f"obs/{k}": v for k, v in stored["obs"].items()},
+                             **{f"next_obs/{k}": v for k, v in stored["next_obs"].items()}}) == 0
+    finally:
+        actor.close()
+        learner.close()
+    assert not pager.active
 
 
 @pytest.mark.parametrize("rlif", [False, True])

@@ -1,5 +1,7 @@
 """Replay buffers: storage, ring order, extras, persistence and the mixed online/demo sampler."""
 
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -141,3 +143,41 @@ def test_mixed_sample_keeps_the_demo_fraction_in_every_slice():
     assert only_demo["rewards"].sum() == 16
     with pytest.raises(HilrlError, match="demo_fraction"):
         mixed_sample(online, demo, 16, rng, demo_fraction=1.5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise/mincore are Linux calls")
+def test_page_ahead_faults_in_image_rows_just_past_the_head_and_leaves_the_data_alone():
+    from hilrl.data.paging import PageAhead, resident_fraction as resident
+
+    space = gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (3,), np.float32),
+                             "front": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8)})  # 12 KiB rows
+    ring = ReplayBuffer(space, ACT_SPACE, 4096)  # 48 MiB of images, none of it touched yet
+    front = ring.obs["front"]
+    pager = PageAhead(ring.obs.values(), window_bytes=8 << 20)
+    try:
+        if not pager.active:
+            pytest.skip(pager.refused or "this kernel does not populate pages on request")
+        assert [a.shape for a in pager.arrays] == [front.shape]  # state rows are too small to page
+        window = pager.window_rows
+        assert resident(front, slice(0, 4096)) < 0.1
+        pager.advance(0)
+        assert pager.wait(10)
+        assert resident(front, slice(0, window)) == 1.0
+        assert resident(front, slice(window + 400, 4096)) < 0.1  # 400 rows: room for one huge page
+
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (1500, 64, 64, 3), dtype=np.uint8)
+        for start in range(0, 1500, 100):  # the ring fills while the thread pages ahead of it
+            n = 100
+            ring.extend({"state": np.zeros((n, 3), np.float32), "front": images[start:start + n]},
+                        np.zeros((n, 2), np.float32), np.zeros(n, np.float32),
+                        {"state": np.zeros((n, 3), np.float32), "front": images[start:start + n]},
+                        np.zeros(n, bool), np.zeros(n, bool))
+            pager.advance(len(ring))
+        assert pager.wait(10)
+        np.testing.assert_array_equal(front[:1500], images)
+        assert resident(front, slice(1500, 1500 + window)) == 1.0
+        assert resident(front, slice(1500 + window + 400, 4096)) < 0.1
+    finally:
+        pager.close()
+    assert not pager.active

@@ -9,7 +9,8 @@ which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per `
    a batch after a gap is dropped);
 3. append its wire frames to the log ``RUN/log/`` (one record per batch) and store the new steps in the
    replay buffers with the HIL-SERL / RLIF rules (:class:`hilrl.runtime.online.TransitionStorage`, one
-   per actor), vectorised;
+   per actor), vectorised; a thread faults the online ring's image memory in just ahead of its head
+   (:class:`hilrl.data.paging.PageAhead`), so storing never waits on the kernel's first-touch zeroing;
 4. after a round of messages (and an fsync of the log with ``runtime.fsync``), ack each actor's highest
    contiguous seq.
 
@@ -40,6 +41,7 @@ import zmq
 
 from hilrl.config import ExperimentConfig, dump_config
 from hilrl.data.buffers import ReplayBuffer, slice_shared
+from hilrl.data.paging import PageAhead
 from hilrl.envs import auth
 from hilrl.envs.make import make_env
 from hilrl.envs.protocol import ProtocolError, decode, encode
@@ -91,6 +93,7 @@ class Learner:
         self.demo_episodes = demo_episodes or []
         self.obs_space: Any = None
         self.act_space: Any = None
+        self.pager: PageAhead | None = None
         self.log = transport.RecordLog(self.out / "log", fsync=rc.fsync, segment_bytes=LOG_SEGMENT_BYTES,
                                        keep_free=LOG_FREE_SEGMENTS)
         self.last_checkpoint_steps = 0
@@ -159,6 +162,9 @@ class Learner:
         self.online = ReplayBuffer(obs_space, act_space, tc.buffer_capacity, extras=extras)
         self.demo = ReplayBuffer(obs_space, act_space, tc.buffer_capacity)
         self._resume(self.demo_episodes)
+        # the online ring's image memory is faulted in by a thread just ahead of where transitions land
+        self.pager = PageAhead(self.online.obs.values())
+        self.pager.advance(len(self.online))
         self.last_checkpoint_steps = self.counters["env_steps"]
         self.weights = transport.policy_weights(self.agent)
 
@@ -282,6 +288,8 @@ class Learner:
             previous_gap = replies.get(identity, (actor, False))[1]
             replies[identity] = (actor, previous_gap or gap)
         self.log.sync()  # acked means written: every append is in the OS already; fsync it with runtime.fsync
+        if self.pager is not None:
+            self.pager.advance(len(self.online))
         for identity, (actor, gap) in replies.items():
             self.router.send_multipart([identity, *encode(transport.ack(self.acked.get(actor, 0), self.done, gap))])
 
@@ -408,6 +416,8 @@ class Learner:
         return result
 
     def close(self) -> None:
+        if self.pager is not None:
+            self.pager.close()
         self.log.close()
         self.router.close(linger=0)
         self.pub.close(linger=0)
