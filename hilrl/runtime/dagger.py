@@ -15,7 +15,7 @@ from hilrl.errors import HilrlError
 from hilrl.feedback.experts import make_expert
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import make_algorithm, save_checkpoint
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
+from hilrl.runtime.evaluate import EvalResult, final_evaluation, write_metrics
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import make_progress
 
@@ -88,9 +88,8 @@ def train_dagger(config: ExperimentConfig, out: str | os.PathLike, demo_episodes
     env.close()
     experiment = config.model_dump(mode="json")
     save_checkpoint(out / "checkpoints" / f"step_{tc.steps}.pt", agent, experiment, counters=counters)
-    result = evaluate_policy(config.env, lambda o: agent.act(o), tc.eval_episodes,
-                             video=out / "final_policy.mp4" if tc.video else None, show_progress=show_progress)
-    result.checkpoint = str(out / "checkpoints" / f"step_{tc.steps}.pt")
+    result = final_evaluation(config, lambda o: agent.act(o), out, out / "checkpoints" / f"step_{tc.steps}.pt",
+                              show_progress)
     writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
     writer.close()
     write_metrics(out, result, counters, algo=algo_cfg.name, env=config.env.id,

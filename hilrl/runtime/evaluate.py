@@ -69,6 +69,17 @@ def evaluate_policy(
     )
 
 
+def final_evaluation(config: ExperimentConfig, act: ActFn, out: str | os.PathLike, checkpoint: str | os.PathLike,
+                     show_progress: bool = True) -> EvalResult:
+    """The end of every training loop: ``train.eval_episodes`` test episodes of ``act`` (with ``train.video``, the
+    first ones go to ``OUT/final_policy.mp4``), labelled with the ``checkpoint`` the policy came from."""
+    tc = config.train
+    result = evaluate_policy(config.env, act, tc.eval_episodes, video=Path(out) / "final_policy.mp4" if tc.video else None,
+                             show_progress=show_progress)
+    result.checkpoint = str(checkpoint)
+    return result
+
+
 def write_metrics(out: str | os.PathLike, result: EvalResult | None, counters: dict[str, Any] | None = None,
                   **facts: Any) -> dict[str, Any]:
     """Write ``OUT/metrics.json`` (temp file + rename): the final evaluation, the run's facts and its counters.

@@ -49,7 +49,7 @@ from hilrl.envs.remote import _stream_address
 from hilrl.errors import HilrlError
 from hilrl.policies.registry import load_checkpoint, make_algorithm, save_checkpoint
 from hilrl.runtime import transport
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
+from hilrl.runtime.evaluate import EvalResult, final_evaluation, write_metrics
 from hilrl.runtime.online import TransitionStorage, fill_demo_buffer
 from hilrl.runtime.progress import console, make_progress
 
@@ -404,10 +404,8 @@ class Learner:
         train_seconds = time.perf_counter() - started
         result = None
         if self.config.env.remote is None:  # evaluating on a real arm is the user's call, not the learner's
-            result = evaluate_policy(self.config.env, lambda o: self.agent.act(o, deterministic=True),
-                                     tc.eval_episodes, video=self.out / "final_policy.mp4" if tc.video else None,
-                                     show_progress=self.show_progress)
-            result.checkpoint = str(self.ckpt_dir / f"step_{c['env_steps']}.pt")
+            result = final_evaluation(self.config, lambda o: self.agent.act(o, deterministic=True), self.out,
+                                      self.ckpt_dir / f"step_{c['env_steps']}.pt", self.show_progress)
             writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
         writer.close()
         write_metrics(self.out, result, c, algo="sac", env=self.config.env.id, runtime="distributed",

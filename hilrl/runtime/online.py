@@ -38,6 +38,7 @@ from hilrl.runtime.evaluate import (
     VALIDATION_SEED,
     EvalResult,
     evaluate_policy,
+    final_evaluation,
     latest_checkpoint,
     policy_checkpoint,
     write_metrics,
@@ -272,9 +273,8 @@ def train_rl(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: li
 
     if best is not None:  # the run's policy is the best evaluated one, judged here on unseen seeds
         agent.load_state_dict(load_checkpoint(best_path)["state"])
-    result = evaluate_policy(config.env, lambda o: agent.act(o, deterministic=True), tc.eval_episodes,
-                             video=out / "final_policy.mp4" if tc.video else None, show_progress=show_progress)
-    result.checkpoint = str(policy_checkpoint(out))
+    result = final_evaluation(config, lambda o: agent.act(o, deterministic=True), out, policy_checkpoint(out),
+                              show_progress)
     prefix = "eval/best_policy_" if best is not None else "eval/"
     writer.add_scalar(f"{prefix}success_rate", result.success_rate, tc.steps)
     writer.add_scalar(f"{prefix}mean_return", result.mean_return, tc.steps)

@@ -37,7 +37,7 @@ from hilrl.feedback.experts import make_expert
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import make_algorithm, save_checkpoint
 from hilrl.policies.sb3 import SB3Agent
-from hilrl.runtime.evaluate import VALIDATION_SEED, EvalResult, evaluate_policy, write_metrics
+from hilrl.runtime.evaluate import VALIDATION_SEED, EvalResult, evaluate_policy, final_evaluation, write_metrics
 from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import make_progress
 
@@ -146,9 +146,8 @@ def train_sb3(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: l
     vec_env.close()
     train_seconds = time.perf_counter() - started
 
-    result = evaluate_policy(config.env, lambda o: agent.act(o, deterministic=True), tc.eval_episodes,
-                             video=out / "final_policy.mp4" if tc.video else None, show_progress=show_progress)
-    result.checkpoint = str(out / "checkpoints" / f"step_{callback.last_checkpoint}.pt")
+    result = final_evaluation(config, lambda o: agent.act(o, deterministic=True), out,
+                              out / "checkpoints" / f"step_{callback.last_checkpoint}.pt", show_progress)
     agent.model.logger.record("eval/success_rate", result.success_rate)
     agent.model.logger.record("eval/mean_return", result.mean_return)
     agent.model.logger.dump(callback.last_checkpoint)

@@ -23,7 +23,7 @@ from hilrl.data.hdf5 import read_episodes
 from hilrl.envs.make import make_env
 from hilrl.errors import HilrlError
 from hilrl.policies.registry import make_algorithm, save_checkpoint
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy, write_metrics
+from hilrl.runtime.evaluate import EvalResult, final_evaluation, write_metrics
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.record import record_demos
 
@@ -109,11 +109,8 @@ def _train_offline(config: ExperimentConfig, out: Path, episodes: list, show_pro
                 save_checkpoint(out / "checkpoints" / f"step_{step}.pt", algo, experiment)
     train_seconds = time.perf_counter() - started
 
-    result = evaluate_policy(
-        config.env, lambda obs: algo.act(obs, deterministic=True), config.train.eval_episodes,
-        video=out / "final_policy.mp4" if config.train.video else None, show_progress=show_progress,
-    )
-    result.checkpoint = str(out / "checkpoints" / f"step_{config.train.steps}.pt")
+    result = final_evaluation(config, lambda obs: algo.act(obs, deterministic=True), out,
+                              out / "checkpoints" / f"step_{config.train.steps}.pt", show_progress)
     writer.add_scalar("eval/success_rate", result.success_rate, config.train.steps)
     writer.add_scalar("eval/mean_return", result.mean_return, config.train.steps)
     writer.close()
