@@ -225,13 +225,17 @@ def actor_learner_rates(count: int) -> tuple[float, float, float]:
     import torch
 
     from hilrl.config import validate_config
+    from hilrl.data.paging import WINDOW_BYTES
     from hilrl.runtime.actor import BATCH_MAX_TRANSITIONS, MAX_IN_FLIGHT_BATCHES
     from hilrl.runtime.learner import Learner
 
     torch.set_num_threads(1)
     raw = actor_learner_config()
     window = MAX_IN_FLIGHT_BATCHES * BATCH_MAX_TRANSITIONS  # what the actor has sent ahead while the learner checkpoints
-    capacity = 2 * count + window  # phases 1 and 2 fill fresh ring memory; phase 3 overwrites phase 1's slots
+    # Phase 2 starts past the rows the learner's PageAhead populates before any actor speaks, so its thread has to
+    # keep ahead of the head while timed, as through a long run; phase 3 overwrites phase 1's slots.
+    phase2_start = max(count + window, WINDOW_BYTES // int(np.prod(IMAGE_SHAPE)) + 1)
+    capacity = phase2_start + count
     raw["train"].update(buffer_capacity=capacity, steps=capacity + count)
     with tempfile.TemporaryDirectory() as tmp:
         learner = Learner(validate_config(raw), Path(tmp, "learner"), bind="tcp://127.0.0.1:*", demo_episodes=[],
@@ -250,7 +254,7 @@ def actor_learner_rates(count: int) -> tuple[float, float, float]:
                 learner._serve(100)
             first_pass = rate_until(count)
             learner.checkpoint()  # drops the log into the recycling pool, as every checkpoint of a run does
-            rate_until(count + window)  # untimed: what queued up meanwhile
+            rate_until(phase2_start)  # untimed: what queued up meanwhile, and the rows paged in at start
             recycled = rate_until(capacity)
             wrapped = rate_until(capacity + count)
             deadline = time.perf_counter() + 30
