@@ -10,7 +10,7 @@ which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per `
 3. append its wire frames to the log ``RUN/log/`` (one record per batch) and store the new steps in the
    replay buffers with the HIL-SERL / RLIF rules (:class:`hilrl.runtime.online.TransitionStorage`, one
    per actor), vectorised; a thread faults the online ring's image memory in just ahead of its head
-   (:class:`hilrl.data.paging.PageAhead`), so storing never waits on the kernel's first-touch zeroing;
+   (:class:`hilrl.data.paging.PageAhead`), so the serve loop does not pay the kernel's first-touch zeroing;
 4. after a round of messages (and an fsync of the log with ``runtime.fsync``), ack each actor's highest
    contiguous seq.
 
