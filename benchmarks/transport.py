@@ -99,28 +99,23 @@ def serve_python_echo(address_file: str, reply_file: str) -> None:
             return
 
 
-def push_messages(address: str, mode: str, count: int, state_dim: int) -> None:
-    """PUSH ``count`` transitions, encoded with our protocol (``mode=ours``) or as prepared raw bytes."""
+def push_messages(address: str, count: int, state_dim: int) -> None:
+    """PUSH ``count`` transitions encoded with our protocol."""
     sock = zmq.Context.instance().socket(zmq.PUSH)
     sock.sndhwm = 1000
     sock.connect(address)
     image = np.random.default_rng(0).integers(0, 256, size=IMAGE_SHAPE, dtype=np.uint8)
     state = np.random.default_rng(1).normal(size=state_dim).astype(np.float32)
     action = np.zeros(4, np.float32)
-    if mode == "raw":
-        payload = bytes(transition_bytes(image, state))  # as many bytes as our encoding puts on the wire
-        for _ in range(count):
-            sock.send(payload, copy=False)
-    else:
-        for step in range(count):
-            message = {"step": step, "obs": {"front": image, "state": state}, "action": action,
-                       "reward": 0.0, "terminated": False, "truncated": False}
-            sock.send_multipart(encode(message), copy=False)
+    for step in range(count):
+        message = {"step": step, "obs": {"front": image, "state": state}, "action": action,
+                   "reward": 0.0, "terminated": False, "truncated": False}
+        sock.send_multipart(encode(message), copy=False)
     sock.close(linger=-1)  # deliver everything before exiting
 
 
 def push_raw(address: str, count: int, nbytes: int) -> None:
-    """PUSH ``count`` prepared frames of ``nbytes`` each (the actor -> learner baseline)."""
+    """PUSH ``count`` prepared frames of ``nbytes`` each (the raw baseline of sections 2 and 3)."""
     sock = zmq.Context.instance().socket(zmq.PUSH)
     sock.sndhwm = 1000
     sock.connect(address)
@@ -195,7 +190,7 @@ def actor_learner_message_bytes() -> int:
 
 
 def raw_push_pull_rate(count: int, nbytes: int) -> float:
-    """Messages/s of ``nbytes`` each arriving at a PULL socket from a PUSH process (the actor -> learner baseline)."""
+    """Messages/s of ``nbytes`` each arriving at a PULL socket from a PUSH process (the raw baseline)."""
     sock = zmq.Context.instance().socket(zmq.PULL)
     sock.rcvhwm = 1000
     port = sock.bind_to_random_port("tcp://127.0.0.1")
@@ -355,22 +350,19 @@ def _measure_round_trips(address: str, tmp: str, blocks: int, per_block: int, sa
         client.close()
 
 
-def throughput(mode: str, count: int, state_dim: int) -> float:
+def protocol_push_pull_rate(count: int, state_dim: int) -> float:
+    """Transitions/s arriving at a PULL socket and ``protocol.decode``d, from a process that encodes and PUSHes them."""
     sock = zmq.Context.instance().socket(zmq.PULL)
     sock.rcvhwm = 1000
     port = sock.bind_to_random_port("tcp://127.0.0.1")
-    sender = subprocess.Popen([sys.executable, __file__, "--push", f"tcp://127.0.0.1:{port}", mode, str(count), str(state_dim)])
+    sender = subprocess.Popen([sys.executable, __file__, "--push", f"tcp://127.0.0.1:{port}", str(count), str(state_dim)])
     try:
         checksum = 0
         first = sock.recv_multipart(copy=False)
         start = time.perf_counter()
         for _ in range(count - 1):
-            frames = sock.recv_multipart(copy=False)
-            if mode == "ours":
-                message = decode(frames)
-                checksum += int(message["obs"]["front"][0, 0, 0]) + message["obs"]["state"].shape[0]
-            else:
-                checksum += frames[0].buffer[0]
+            message = decode(sock.recv_multipart(copy=False))
+            checksum += int(message["obs"]["front"][0, 0, 0]) + message["obs"]["state"].shape[0]
         elapsed = time.perf_counter() - start
         sender.wait(30)
     finally:
@@ -400,12 +392,12 @@ def main() -> None:
     notes = []
     if "robot" in sections:
         latency = round_trips(blocks, max(1, args.round_trips // blocks))
+        size = transition_bytes(np.zeros(IMAGE_SHAPE, np.uint8), np.zeros(args.state_dim, np.float32))
         rates: dict[str, list[float]] = {"ours": [], "raw": []}
         for _ in range(args.repeats):
-            for mode in ("ours", "raw"):
-                rates[mode].append(throughput(mode, args.messages, args.state_dim))
+            rates["ours"].append(protocol_push_pull_rate(args.messages, args.state_dim))
+            rates["raw"].append(raw_push_pull_rate(args.messages, size))  # as many bytes as our encoding sends
         ours_rate, raw_rate = float(np.median(rates["ours"])), float(np.median(rates["raw"]))
-        size = transition_bytes(np.zeros(IMAGE_SHAPE, np.uint8), np.zeros(args.state_dim, np.float32))
         for label, q in (("step round trip p50 (us)", 50), ("step round trip p99 (us)", 99)):
             ours, raw = np.percentile(latency["ours"], q), np.percentile(latency["raw"], q)
             goal = "<= 1.5" if q == 99 else ""
@@ -457,6 +449,6 @@ if __name__ == "__main__":
     elif len(sys.argv) > 1 and sys.argv[1] == "--bench-actor":
         run_bench_actor(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     elif len(sys.argv) > 1 and sys.argv[1] == "--push":
-        push_messages(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]))
+        push_messages(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
         main()

@@ -98,6 +98,14 @@ def chain_breaks(buffer: dict[str, np.ndarray]) -> int:
     return int((~same & ~ends[:-1]).sum())
 
 
+def ring_chain_breaks(ring: ReplayBuffer, n: int) -> int:
+    """:func:`chain_breaks` of a replay ring's first ``n`` slots, next_obs as the ring hands it out."""
+    stored = ring.gather(np.arange(n))
+    return chain_breaks({"terminated": stored["terminated"], "truncated": stored["truncated"],
+                         **{f"obs/{k}": v for k, v in stored["obs"].items()},
+                         **{f"next_obs/{k}": v for k, v in stored["next_obs"].items()}})
+
+
 def finish(*procs: subprocess.Popen, timeout: float = 150.0) -> None:
     for proc in procs:
         try:
@@ -497,10 +505,7 @@ def test_a_burst_of_transitions_travels_as_a_few_batches_in_order(tmp_path):
         assert [r["seq"] for r in records] == list(np.cumsum([1] + [len(r["t"]["reward"]) for r in records])[:-1])
         assert learner.counters["env_steps"] == burst and learner.counters["dropped"] == 0
         np.testing.assert_array_equal(learner.online.rewards[:burst], np.arange(burst, dtype=np.float32))
-        stored = learner.online.gather(np.arange(burst))
-        assert chain_breaks({"terminated": stored["terminated"], "truncated": stored["truncated"],
-                             **{f"obs/{k}": v for k, v in stored["obs"].items()},
-                             **{f"next_obs/{k}": v for k, v in stored["next_obs"].items()}}) == 0
+        assert ring_chain_breaks(learner.online, burst) == 0
     finally:
         actor.close()
         learner.close()
@@ -541,10 +546,7 @@ def test_learner_pages_its_image_ring_in_ahead_of_what_actors_send(tmp_path):
             learner._serve(20)
         assert pager.wait(10)
         assert resident_fraction(front, slice(steps, steps + window)) == 1.0  # the window moved with the head
-        stored = learner.online.gather(np.arange(steps))
-        assert chain_breaks({"terminated": stored["terminated"], "truncated": stored["truncated"],
-                             **{f"obs/{k}": v for k, v in stored["obs"].items()},
-                             **{f"next_obs/{k}": v for k, v in stored["next_obs"].items()}}) == 0
+        assert ring_chain_breaks(learner.online, steps) == 0
     finally:
         actor.close()
         learner.close()
