@@ -30,7 +30,7 @@ METHODS = ("rlif", "hil_serl", "hg_dagger", "dagger", "bc", "sac_dense")
 
 
 def method_config(method: str, task: str, noise: float, steps: int, seed: int, q_ref: str) -> dict:
-    env = {"id": f"hilrl/{task}-v0"}
+    env = {"id": f"hilrl/{task}-v0", "relative_positions": True}
     demos = {"episodes": 10, "noise": noise}
     train = {"steps": steps, "seed": seed, "learning_starts": 500, "eval_episodes": 50,
              "checkpoint_every": steps, "video": False}

@@ -22,7 +22,7 @@ import yaml
 from hilrl.config import validate_config
 from hilrl.runtime.train import train
 
-OBS_KEYS = ["ee_pos", "gripper", "object"]
+OBS_KEYS = ["ee_pos", "gripper", "object", "tcp_to_object", "object_to_goal"]  # the last two: env.relative_positions
 ROOT = Path(__file__).resolve().parents[1]
 RLPD_CONFIGS = {"PickCube": ROOT / "sim_configs" / "pick_cube_rlpd.yaml"}
 
@@ -34,7 +34,8 @@ def reference_config(task: str, steps: int, seed: int = 0) -> dict:
         return config
     return {
         # the task's dense reward as a cost, episodes ending on success: the Q_ref of "how soon will this succeed"
-        "env": {"id": f"hilrl/{task}-v0", "reward_type": "dense_cost", "terminate_on_success": True},
+        "env": {"id": f"hilrl/{task}-v0", "reward_type": "dense_cost", "terminate_on_success": True,
+                "relative_positions": True},
         "demos": {"episodes": 10},
         "algo": {"name": "sac", "num_critics": 10, "utd": 2, "gamma": 0.97, "init_temperature": 0.05,
                  "obs_keys": OBS_KEYS},

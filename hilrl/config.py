@@ -51,6 +51,8 @@ class EnvConfig(_Strict):
     max_episode_steps: int | None = Field(None, ge=1)
     terminate_on_success: bool = True
     reward_type: Literal["dense", "sparse", "dense_cost"] = "dense"
+    relative_positions: bool = Field(False, description="add obs keys tcp_to_object and object_to_goal "
+                                     "(hilrl.envs.wrappers.RelativePositions)")
     remote: str | None = Field(None, description="robot server address, e.g. tcp://127.0.0.1:5555")
     client_key: str | None = Field(None, description="remote arm over CurveZMQ: our .key_secret file "
                                    "(`hilrl keys generate`; its .key goes to the server's --allow-keys folder)")
@@ -75,7 +77,8 @@ class EnvConfig(_Strict):
 
     def make_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``gymnasium.make(self.id, ...)``."""
-        kwargs = self.model_dump(exclude={"id", "remote", "max_episode_steps", "client_key", "server_key"})
+        kwargs = self.model_dump(exclude={"id", "remote", "max_episode_steps", "client_key", "server_key",
+                                          "relative_positions"})
         kwargs["cameras"] = tuple(self.cameras)
         if self.max_episode_steps is not None:
             kwargs["max_episode_steps"] = self.max_episode_steps

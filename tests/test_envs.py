@@ -263,3 +263,27 @@ def test_env_ids_are_registered():
     assert hilrl.envs.ENV_IDS == {t: f"hilrl/{t}-v0" for t in ("Reach", "Push", "PickCube", "PegInsert")}
     for env_id in ENV_IDS.values():
         assert env_id in gym.registry
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_relative_positions_adds_tcp_to_object_and_object_to_goal(task):
+    from gymnasium.utils.env_checker import check_env as gym_check
+
+    from hilrl.config import EnvConfig
+    from hilrl.envs.make import make_env
+
+    env = make_env(EnvConfig(id=ENV_IDS[task], relative_positions=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gym_check(env, skip_render_check=True)
+    for obs in _rollout(env, seed=3, n=5):
+        assert env.observation_space.contains(obs)
+        np.testing.assert_allclose(obs["tcp_to_object"], obs["object"][:3] - obs["ee_pos"], atol=1e-6)
+        if OBJECT_DIMS[task] == 10:
+            np.testing.assert_allclose(obs["object_to_goal"], obs["object"][7:10] - obs["object"][:3], atol=1e-6)
+        else:
+            assert "object_to_goal" not in obs
+    env.close()
+    plain = make_env(EnvConfig(id=ENV_IDS[task]))
+    assert "tcp_to_object" not in plain.observation_space.spaces
+    plain.close()

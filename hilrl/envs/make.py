@@ -26,4 +26,8 @@ def make_env(config: Any, **overrides: Any) -> gym.Env:
         env = gym.make(config.id, **kwargs)
     if max_steps is not None:
         env.unwrapped.max_episode_steps = int(max_steps)
+    if config.relative_positions:
+        from hilrl.envs.wrappers import RelativePositions
+
+        env = RelativePositions(env)
     return env
