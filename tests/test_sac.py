@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hilrl.data.buffers import ReplayBuffer
+from hilrl.data.buffers import ReplayBuffer, mixed_sample
 from hilrl.errors import HilrlError
 from hilrl.policies.encoders import random_shift
 from hilrl.policies.networks import CriticEnsemble
@@ -361,8 +361,35 @@ def test_kl_regularisation_pulls_the_policy_to_the_prior():
     mean_action = sac.act(some_states, deterministic=True).mean(0)
     np.testing.assert_allclose(mean_action, [0.6, -0.3], atol=0.12)
     assert torch.equal(sac.temperature, temperature)  # alpha is not tuned when the KL term replaces it
-    with pytest.raises(HilrlError, match="bc_policy"):
-        SAC(STATE_SPACE, ACT_SPACE, config)
+
+
+def test_kl_prior_of_its_own_is_fitted_on_the_demo_buffer_and_checkpointed():
+    rng = np.random.default_rng(0)
+    config = SACConfig(hidden=(32, 32), batch_size=32, kl_coef=1.0, bc_prior_updates=300)
+    online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 500), ReplayBuffer(STATE_SPACE, ACT_SPACE, 500)
+    fill(online, 200, rng, reward=0.0)
+    sac = SAC(STATE_SPACE, ACT_SPACE, config)
+    with pytest.raises(HilrlError, match="demo buffer, which is empty"):
+        sac.train_step(online, demo)
+    # The demonstrator's action follows the state: a = (ee_pos[0], -gripper) * 0.8
+    obs = {k: rng.uniform(-1, 1, (300, *s.shape)).astype(np.float32) for k, s in STATE_SPACE.items()}
+    expert = np.stack([obs["ee_pos"][:, 0], -obs["gripper"][:, 0]], axis=1) * 0.8
+    demo.extend(obs, expert, np.zeros(300, np.float32), obs, np.zeros(300, bool), np.zeros(300, bool))
+    sac.train_step(online, demo)
+    assert sac.bc_prior is not None and sac.bc_prior.is_fitted
+
+    tensors = {k: torch.as_tensor(v[:100]) for k, v in obs.items()}
+    at_demo = sac.bc_prior.log_prob(tensors, torch.as_tensor(expert[:100]))
+    elsewhere = sac.bc_prior.log_prob(tensors, torch.as_tensor(-expert[:100]))
+    assert torch.isfinite(at_demo).all() and (at_demo - elsewhere).mean() > 3.0
+
+    restored = SAC(STATE_SPACE, ACT_SPACE, config)
+    with pytest.raises(HilrlError, match="not fitted"):
+        restored.update(batch_to_torch(mixed_sample(online, demo, 32, rng, 0.5, 1), torch.device("cpu")))
+    restored.load_state_dict(sac.state_dict())
+    torch.testing.assert_close(restored.bc_prior.log_prob(tensors, torch.as_tensor(expert[:100])), at_demo)
+    restored.train_step(online, demo)  # no refit: the prior came with the checkpoint
+    torch.testing.assert_close(restored.bc_prior.log_prob(tensors, torch.as_tensor(expert[:100])), at_demo)
 
 
 def test_observation_normaliser_is_fitted_once_from_both_buffers_and_saved(tmp_path):

@@ -39,6 +39,7 @@ from torch import nn
 
 from hilrl.data.buffers import Batch, ReplayBuffer, demo_rows, mixed_sample
 from hilrl.errors import HilrlError
+from hilrl.policies.bc_prior import GaussianBCPrior
 from hilrl.policies.encoders import ObservationEncoder
 from hilrl.policies.networks import CriticEnsemble, TanhGaussianActor
 
@@ -80,8 +81,13 @@ class SACConfig:
             sampling; HIL-SERL 128 + 128). All online when the demo buffer is empty.
         max_grad_norm: clip gradient norms of every network (``None``: no clipping; LeRobot uses 40).
         log_std_min, log_std_max: bounds of the actor's log-std, -20 and 2 (RLPD's TanhNormal).
-        kl_coef: lambda of Demonstration-Regularized RL; with ``kl_coef > 0`` and a ``bc_policy``
-            the term ``alpha * log pi`` becomes ``kl_coef * (log pi - log pi_BC)`` and alpha is not tuned.
+        kl_coef: lambda of Demonstration-Regularized RL; with ``kl_coef > 0`` the term ``alpha * log pi``
+            becomes ``kl_coef * (log pi - log pi_BC)`` and alpha is not tuned. ``pi_BC`` is the ``bc_policy``
+            passed to :class:`SAC`, or else a :class:`~hilrl.policies.bc_prior.GaussianBCPrior` fitted on the
+            demo buffer at the first :meth:`SAC.train_step` and saved in checkpoints.
+        bc_prior_updates: maximum-likelihood steps of that fit (batch ``batch_size``, Adam 1e-3).
+        bc_prior_min_std: floor of that prior's pre-tanh std, 0.2 (ours; the paper's prior is not squashed).
+            A demonstrator that is deterministic would otherwise give a prior too sharp to regularise towards.
         image_latent_dim: features per image key, 50 (DrQ).
         image_channels, image_strides: conv stack of the image encoder, 4 x 32 channels, strides
             (2, 1, 1, 1) (DrQ). HIL-SERL uses a pretrained ResNet-10 instead (not bundled).
@@ -127,6 +133,8 @@ class SACConfig:
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     kl_coef: float = 0.0
+    bc_prior_updates: int = 2000
+    bc_prior_min_std: float = 0.2
     image_latent_dim: int = 50
     image_channels: tuple[int, ...] = (32, 32, 32, 32)
     image_strides: tuple[int, ...] = (2, 1, 1, 1)
@@ -157,6 +165,8 @@ class SACConfig:
             (self.init_temperature > 0.0, f"init_temperature must be > 0, got {self.init_temperature}"),
             (0.0 <= self.demo_fraction <= 1.0, f"demo_fraction must be within [0, 1], got {self.demo_fraction}"),
             (self.kl_coef >= 0.0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (self.bc_prior_updates >= 1, f"bc_prior_updates must be >= 1, got {self.bc_prior_updates}"),
+            (self.bc_prior_min_std > 0, f"bc_prior_min_std must be > 0, got {self.bc_prior_min_std}"),
             (self.max_grad_norm is None or self.max_grad_norm > 0,
              f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}"),
             (min(self.actor_lr, self.critic_lr, self.temperature_lr) > 0, "learning rates must be > 0"),
@@ -244,9 +254,6 @@ class SAC:
         if not (np.allclose(action_space.low, -1.0) and np.allclose(action_space.high, 1.0)):
             raise HilrlError(f"SAC acts in [-1, 1] but the action space is [{action_space.low}, {action_space.high}]; "
                              "wrap the env with gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)")
-        if config.kl_coef > 0 and bc_policy is None:
-            raise HilrlError("SACConfig.kl_coef > 0 needs a bc_policy with log_prob(obs, actions); pass one or "
-                             "set kl_coef=0")
         if cuda_graph and self.device.type != "cuda":
             raise HilrlError(f"cuda_graph=True needs a CUDA device, got {self.device}")
         if cuda_graph and config.compile_critic:
@@ -259,8 +266,14 @@ class SAC:
         self.action_dim = int(action_space.shape[0])
         self.target_entropy = (-self.action_dim / 2.0 if config.target_entropy is None
                                else float(config.target_entropy))
-        self.bc_policy = bc_policy
         self.use_kl = config.kl_coef > 0
+        # Our own prior when none is given: fitted on the demo buffer by the first train_step.
+        self.bc_prior: GaussianBCPrior | None = None
+        if self.use_kl and bc_policy is None:
+            self.bc_prior = GaussianBCPrior(observation_space, self.action_dim, config.obs_keys, config.hidden,
+                                            config.bc_prior_min_std, seed=seed).to(self.device)
+            bc_policy = self.bc_prior
+        self.bc_policy = bc_policy
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -303,6 +316,7 @@ class SAC:
         self.critic_updates = 0
         self.actor_updates = 0
 
+        self._bc_prior_ready = False  # a Python flag: reading the prior's tensor flag would sync a GPU per update
         self.cuda_graph = cuda_graph
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_warmups = 0
@@ -462,6 +476,9 @@ class SAC:
         is drawn from the learner's generator when not given. Returns 0-d tensors (no device sync).
         """
         total = batch["actions"].shape[0]
+        if self.bc_prior is not None and not self._bc_prior_ready:
+            raise HilrlError("SACConfig.kl_coef > 0: the BC prior is not fitted yet; call fit_bc_prior(demo_buffer) "
+                             "first (train_step does it on its first call)")
         if total % self.config.utd:
             raise HilrlError(f"a batch of {total} transitions does not split into utd={self.config.utd} slices; "
                              f"pass utd * batch_size rows")
@@ -485,6 +502,8 @@ class SAC:
         cfg = self.config
         if cfg.normalize_obs and not self.encoder.is_normalizer_fitted:
             self.fit_normalizer([online] if demo is None else [online, demo])
+        if self.bc_prior is not None and not self._bc_prior_ready:
+            self.fit_bc_prior(demo)
         batch = mixed_sample(online, demo, cfg.batch_size, self.np_rng, cfg.demo_fraction, cfg.utd)
         if cfg.bc_coef > 0:
             batch["demo_mask"] = _demo_mask(len(online), 0 if demo is None else len(demo), cfg)
@@ -506,6 +525,22 @@ class SAC:
         for name in ("state_offset", "state_scale", "state_clip", "normalizer_fitted"):
             getattr(target, name).copy_(getattr(self.encoder, name))
         self._graph, self._static = None, None
+
+    def fit_bc_prior(self, demo: ReplayBuffer | None) -> float:
+        """Fit the KL prior (``kl_coef > 0``, no ``bc_policy`` given) on every transition in ``demo``.
+
+        Called by the first :meth:`train_step`; returns the prior's final negative log-likelihood.
+        """
+        if self.bc_prior is None:
+            raise HilrlError("fit_bc_prior: this learner has no prior of its own (kl_coef is 0 or a bc_policy "
+                             "was passed)")
+        n = 0 if demo is None else len(demo)
+        obs = {k: demo.obs[k][:n] for k in self.bc_prior.keys} if demo is not None else {}
+        actions = demo.actions[:n] if demo is not None else np.zeros((0, self.action_dim), np.float32)
+        nll = self.bc_prior.fit(obs, actions, self.config.bc_prior_updates, self.config.batch_size)
+        self._bc_prior_ready = True
+        self._graph, self._static = None, None
+        return nll
 
     # ---- CUDA graph ------------------------------------------------------------------------
 
@@ -551,6 +586,7 @@ class SAC:
                          "actor_updates": self.actor_updates},
             "torch_generator": self.generator.get_state(),
             "numpy_rng": self.np_rng.bit_generator.state,
+            **({"bc_prior": self.bc_prior.state_dict()} if self.bc_prior is not None else {}),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -581,6 +617,9 @@ class SAC:
         self.actor_updates = int(counters["actor_updates"])
         self.generator.set_state(state["torch_generator"].cpu())
         self.np_rng.bit_generator.state = state["numpy_rng"]
+        if self.bc_prior is not None and "bc_prior" in state:
+            self.bc_prior.load_state_dict(state["bc_prior"])
+            self._bc_prior_ready = self.bc_prior.is_fitted
         self._graph, self._static = None, None  # optimiser state tensors were replaced: recapture
 
     def save(self, path: str | os.PathLike) -> Path:
