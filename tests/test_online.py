@@ -129,3 +129,33 @@ def test_keep_best_outside_the_online_sac_loop_is_refused(tmp_path):
                                      train={"keep_best": True, "eval_every": 100}))
     with pytest.raises(HilrlError, match="keep_best works in the online SAC loop"):
         train(cfg, tmp_path / "run", show_progress=False)
+
+
+def test_kl_to_bc_runs_from_a_config_and_its_prior_travels_with_the_checkpoint(tmp_path):
+    import torch
+
+    from hilrl.runtime.evaluate import load_policy
+
+    config = validate_config(experiment(algo={"kl_coef": 0.5, "bc_prior_updates": 200}))
+    result = train(config, tmp_path / "run", show_progress=False)
+    assert 0.0 <= result.success_rate <= 1.0
+    _, sac, _ = load_policy(tmp_path / "run")
+    assert sac.bc_prior is not None and sac.bc_prior.is_fitted
+    demo = stored(tmp_path / "run", "demo")
+    obs = {k: torch.as_tensor(demo[f"obs/{k}"]) for k in sac.bc_prior.keys}
+    log_prob = sac.bc_prior.log_prob(obs, torch.as_tensor(demo["actions"]))
+    assert torch.isfinite(log_prob).all()
+    # the prior prefers the demonstrated actions to the opposite ones
+    assert (log_prob - sac.bc_prior.log_prob(obs, -torch.as_tensor(demo["actions"]))).mean() > 1.0
+
+
+def test_a_run_folder_is_not_resumed_under_another_config(tmp_path):
+    from hilrl.errors import HilrlError
+
+    run = tmp_path / "run"
+    train(validate_config(experiment(train={"steps": 150, "checkpoint_every": 150})), run, show_progress=False)
+    recorded = (run / "config.yaml").read_text()
+    other = experiment(train={"steps": 300, "checkpoint_every": 150}, env={"relative_positions": True})
+    with pytest.raises(HilrlError, match=r"env.relative_positions: False -> True.*new --out"):
+        train(validate_config(other), run, show_progress=False)
+    assert (run / "config.yaml").read_text() == recorded  # the record of what ran is kept

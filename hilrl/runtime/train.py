@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from hilrl.config import ExperimentConfig, dump_config
+from hilrl.config import ExperimentConfig, dump_config, load_config
 from hilrl.data.hdf5 import read_episodes
 from hilrl.envs.make import make_env
 from hilrl.errors import HilrlError
@@ -39,6 +40,35 @@ def _demo_episodes(config: ExperimentConfig, out: Path, show_progress: bool) -> 
         show_progress=show_progress,
     )
     return read_episodes(path)
+
+
+def _changed_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two dumped configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [key for name in sorted(set(old) | set(new))
+                for key in _changed_settings(old.get(name), new.get(name), f"{prefix}{name}.")]
+    return [] if old == new else [f"{prefix[:-1]}: {old!r} -> {new!r}"]
+
+
+def check_same_run(config: ExperimentConfig, out: Path) -> None:
+    """Refuse a folder that holds another experiment's run; only ``train.steps`` may change (``--steps MORE``).
+
+    Why: a folder with checkpoints (or a learner's log) is resumed, and its ``config.yaml`` is
+    the record of what was run; a different config would mix two experiments in one run and
+    overwrite that record.
+    """
+    saved = out / "config.yaml"
+    started = any((out / "checkpoints").glob("step_*.pt")) or (out / "log").is_dir()
+    if not saved.is_file() or not started:
+        return
+    old = load_config(saved).model_dump(mode="json")
+    new = config.model_dump(mode="json")
+    old["train"]["steps"] = new["train"]["steps"]
+    changed = _changed_settings(old, new)
+    if changed:
+        raise HilrlError(f"{out} holds a run of another config ({'; '.join(changed)}); it would be resumed under "
+                         f"the new settings and its config.yaml overwritten. Pass a new --out folder, or put those "
+                         f"settings back to continue that run.")
 
 
 def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool = True) -> EvalResult:
@@ -62,6 +92,7 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
 
         check_sb3_experiment(config, out)  # before any demo is recorded
     out = Path(out)
+    check_same_run(config, out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(config.train.threads)
     dump_config(config, out / "config.yaml")
