@@ -679,3 +679,18 @@ def test_learner_with_curve_keys_serves_allowed_actors_only(tmp_path, curve_keys
         for dealer in dealers.values():
             dealer.close(linger=0)
         learner.close()
+
+
+def test_hilrl_learner_refuses_a_run_folder_of_another_config(tmp_path):
+    from hilrl.config import dump_config, load_config
+
+    run = tmp_path / "run"
+    (run / "log").mkdir(parents=True)  # a learner ran here: its log is resumed by the next start
+    dump_config(load_config(write_config(tmp_path / "first.yaml")), run / "config.yaml")
+    recorded = (run / "config.yaml").read_text()
+    other = write_config(tmp_path / "other.yaml", max_unacked=80)
+    done = subprocess.run([sys.executable, "-m", "hilrl.cli", "learner", str(other), "--out", str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "runtime.max_unacked: 40 -> 80" in done.stdout + done.stderr
+    assert (run / "config.yaml").read_text() == recorded

@@ -427,9 +427,10 @@ class Learner:
 def run_learner(config: ExperimentConfig, out: str | os.PathLike, bind: str | None = None,
                 show_progress: bool = True) -> EvalResult | None:
     """`hilrl learner`: the run folder gets config, demos, log, checkpoints, scalars and metrics.json."""
-    from hilrl.runtime.train import _demo_episodes
+    from hilrl.runtime.train import _demo_episodes, check_same_run
 
     out = Path(out)
+    check_same_run(config, out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(config, out / "config.yaml")
     episodes = _demo_episodes(config, out, show_progress) if config.demos.path or config.demos.episodes else []
