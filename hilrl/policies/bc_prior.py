@@ -23,11 +23,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from hilrl.errors import HilrlError
 from hilrl.policies.encoders import ObservationEncoder
-from hilrl.policies.networks import LOG_2, LOG_2PI, TanhGaussianActor
+from hilrl.policies.networks import TanhGaussianActor, squashed_log_prob
 
 ACTION_BOUND = 0.999  # atanh(0.999) = 3.8
 
@@ -64,9 +63,7 @@ class GaussianBCPrior(nn.Module):
         """``log pi_BC(actions | obs)``, shape ``(B,)``; differentiable in ``actions``."""
         mean, log_std = self.policy(self.encoder(obs))
         pre_tanh = torch.atanh(actions.clamp(-ACTION_BOUND, ACTION_BOUND))
-        noise = (pre_tanh - mean) * torch.exp(-log_std)
-        return (-0.5 * noise.pow(2) - log_std - 0.5 * LOG_2PI
-                - 2.0 * (LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+        return squashed_log_prob((pre_tanh - mean) * torch.exp(-log_std), log_std, pre_tanh)
 
     def fit(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, updates: int = 2000,
             batch_size: int = 256, lr: float = 1e-3) -> float:

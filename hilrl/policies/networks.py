@@ -130,6 +130,15 @@ def mlp(input_dim: int, hidden: Sequence[int], output_dim: int) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
+def squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre_tanh: torch.Tensor) -> torch.Tensor:
+    """``log pi(tanh(u))`` ``(B,)`` for ``u = mean + exp(log_std) * noise``: a Gaussian squashed by ``tanh``.
+
+    ``log N(u) - sum log(1 - tanh(u)^2)``, the latter written stably as ``2(log 2 - u - softplus(-2u))``.
+    """
+    return (-0.5 * noise.pow(2) - log_std - 0.5 * LOG_2PI
+            - 2.0 * (LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
+
+
 class TanhGaussianActor(nn.Module):
     """Gaussian policy squashed by ``tanh`` into ``[-1, 1]^A``.
 
@@ -154,10 +163,7 @@ class TanhGaussianActor(nn.Module):
         """Reparameterised action ``tanh(mean + std * noise)`` and its log-probability ``(B,)``."""
         mean, log_std = self(features)
         pre_tanh = mean + log_std.exp() * noise
-        # log N(u) - sum log(1 - tanh(u)^2), the latter written stably as 2(log 2 - u - softplus(-2u)).
-        log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * LOG_2PI
-                    - 2.0 * (LOG_2 - pre_tanh - F.softplus(-2.0 * pre_tanh))).sum(-1)
-        return torch.tanh(pre_tanh), log_prob
+        return torch.tanh(pre_tanh), squashed_log_prob(noise, log_std, pre_tanh)
 
     def deterministic(self, features: torch.Tensor) -> torch.Tensor:
         """The squashed mean action."""
