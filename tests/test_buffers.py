@@ -1,5 +1,6 @@
 """Replay buffers: storage, ring order, extras, persistence and the mixed online/demo sampler."""
 
+import mmap
 import sys
 
 import gymnasium as gym
@@ -159,7 +160,10 @@ def test_page_ahead_faults_in_image_rows_just_past_the_head_and_leaves_the_data_
             pytest.skip(pager.refused or "this kernel does not populate pages on request")
         assert [a.shape for a in pager.arrays] == [front.shape]  # state rows are too small to page
         window = pager.window_rows
-        assert resident(front, slice(0, 4096)) < 0.1
+        control = np.frombuffer(mmap.mmap(-1, 8 << 20), np.uint8).reshape(-1, 4096)  # never touched
+        if resident(control, slice(0, len(control))) > 0:
+            pytest.skip("mincore here reports memory never touched as in RAM")
+        assert resident(front, slice(0, 4096)) == 0.0
         pager.advance(0)
         assert pager.wait(10)
         assert resident(front, slice(0, window)) == 1.0

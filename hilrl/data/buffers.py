@@ -29,6 +29,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from hilrl.data.paging import untouched_zeros
 from hilrl.errors import HilrlError
 
 Batch = dict[str, Any]
@@ -56,8 +57,9 @@ class ReplayBuffer:
             raise HilrlError(f"replay capacity must be a positive integer, got {capacity}")
         self.observation_space, self.action_space, self.capacity = observation_space, action_space, int(capacity)
         self.obs_shapes = {k: (tuple(s.shape), np.dtype(s.dtype)) for k, s in observation_space.spaces.items()}
-        self.obs = {k: np.zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in self.obs_shapes.items()}
-        self.next_obs = {k: np.zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in self.obs_shapes.items()}
+        self.obs = {k: untouched_zeros((self.capacity, *shape), dtype) for k, (shape, dtype) in self.obs_shapes.items()}
+        self.next_obs = {k: untouched_zeros((self.capacity, *shape), dtype)
+                         for k, (shape, dtype) in self.obs_shapes.items()}
         self.actions = np.zeros((self.capacity, *action_space.shape), np.float32)
         self.rewards = np.zeros(self.capacity, np.float32)
         self.terminated = np.zeros(self.capacity, bool)

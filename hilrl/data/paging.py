@@ -1,7 +1,7 @@
 """Page a replay ring's image memory in ahead of its write head, on a background thread.
 
-``np.zeros`` only reserves address space: the kernel maps and zeroes each page the first time
-the ring writes to it. For an image ring that first touch costs more than the copy of the image
+A ring's image arrays (:func:`untouched_zeros`) only reserve address space: the kernel maps and
+zeroes each page the first time the ring writes to it. For an image ring that first touch costs more than the copy of the image
 itself (measured here: a 128x128x3 image into fresh ring memory 13-54 us, into memory used
 before 7 us), and in the learner it sits on the path of every transition until the ring has
 wrapped once, which for most runs (``train.buffer_capacity`` 200k) is never.
@@ -26,6 +26,7 @@ import numpy as np
 MADV_POPULATE_WRITE = 23  # linux/mman.h (asm-generic); Python's mmap module does not name it before 3.13
 WINDOW_BYTES = 256 * 1024 * 1024
 CHUNK_BYTES = 8 * 1024 * 1024  # one madvise call: short enough that close() never waits long
+MAPPED_BYTES = 4 * 1024 * 1024  # from this size arrays get a mapping of their own (numpy's own huge-page size)
 
 
 def _madvise():
@@ -115,6 +116,23 @@ class PageAhead:
             self.refused = f"madvise(MADV_POPULATE_WRITE) failed: errno {ctypes.get_errno()}"
             return False
         return True
+
+
+def untouched_zeros(shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
+    """A zero array of at least ``MAPPED_BYTES`` in an anonymous mapping of its own: no page is in RAM yet.
+
+    ``np.zeros`` gets such memory only when the allocator maps it afresh; memory it recycles is already
+    resident, and then neither :class:`PageAhead` nor the shared ``next_obs`` form (never-written rows
+    cost nothing) does what it says. Smaller arrays come from ``np.zeros``.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes < MAPPED_BYTES:
+        return np.zeros(shape, dtype)
+    memory = mmap.mmap(-1, nbytes)
+    if hasattr(mmap, "MADV_HUGEPAGE"):  # as numpy asks for its large arrays: fewer faults, smaller page tables
+        memory.madvise(mmap.MADV_HUGEPAGE)
+    return np.frombuffer(memory, dtype).reshape(shape)
 
 
 def resident_fraction(array: np.ndarray, rows: slice) -> float:
