@@ -149,6 +149,25 @@ def test_kl_to_bc_runs_from_a_config_and_its_prior_travels_with_the_checkpoint(t
     assert (log_prob - sac.bc_prior.log_prob(obs, -torch.as_tensor(demo["actions"]))).mean() > 1.0
 
 
+def test_bc_proposals_run_from_a_config_and_the_loaded_policy_acts_with_them(tmp_path):
+    import torch
+
+    from hilrl.runtime.evaluate import load_policy
+
+    config = validate_config(experiment(demos={"episodes": 10}, algo={"bc_proposal": True, "bc_prior_updates": 1500}))
+    train(config, tmp_path / "run", show_progress=False)
+    _, sac, _ = load_policy(tmp_path / "run")
+    assert sac.bc_prior is not None and sac.bc_prior.is_fitted and sac.bc_policy is None
+    demo = stored(tmp_path / "run", "demo")
+    obs = {k: torch.as_tensor(demo[f"obs/{k}"]) for k in sac.bc_prior.keys}
+    proposal = sac.bc_prior.mean_action(obs)
+    assert (proposal - torch.as_tensor(demo["actions"])).abs().mean() < 0.1  # the prior imitates the demos
+    acted = torch.as_tensor(sac.act({k: demo[f"obs/{k}"] for k in sac.keys}, deterministic=True))
+    from_proposal = torch.isclose(acted, proposal).all(-1)
+    from_actor = torch.isclose(acted, sac.actor.deterministic(sac.encoder(obs))).all(-1)
+    assert (from_proposal | from_actor).all() and from_proposal.any()
+
+
 def test_a_run_folder_is_not_resumed_under_another_config(tmp_path):
     from hilrl.errors import HilrlError
 

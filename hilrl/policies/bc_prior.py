@@ -3,7 +3,8 @@
 SAC with ``kl_coef > 0`` replaces ``alpha * log pi`` by ``kl_coef * (log pi - log pi_BC)``
 (ALGORITHMS.md; the issue's "KL-regularisation towards a BC policy"). The prior here is
 fitted by maximum likelihood on the demo buffer at the learner's first update, and
-travels in the learner's checkpoints.
+travels in the learner's checkpoints. SAC with ``bc_proposal`` uses the same prior's mean action
+as IBRL's imitation proposal.
 
 Demo actions often sit on the action box's edge (saturated translations, the gripper's
 +-1), where ``atanh`` is infinite. They are pulled in to ``+-ACTION_BOUND`` before the
@@ -65,13 +66,18 @@ class GaussianBCPrior(nn.Module):
         pre_tanh = torch.atanh(actions.clamp(-ACTION_BOUND, ACTION_BOUND))
         return squashed_log_prob((pre_tanh - mean) * torch.exp(-log_std), log_std, pre_tanh)
 
+    def mean_action(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The prior's most likely action ``tanh(mu(s))``, shape ``(B, A)``: IBRL's proposal (``bc_proposal``)."""
+        return self.policy.deterministic(self.encoder(obs))
+
     def fit(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, updates: int = 2000,
             batch_size: int = 256, lr: float = 1e-3) -> float:
         """Maximum likelihood on ``(obs, actions)`` pairs; returns the final mean negative log-likelihood."""
         n = len(actions)
         if n == 0:
-            raise HilrlError("the BC prior (SACConfig.kl_coef > 0) is fitted on the demo buffer, which is empty; "
-                             "record or load demos (demos.episodes > 0 or demos.path) or set kl_coef to 0")
+            raise HilrlError("the BC prior (SACConfig.kl_coef > 0 or bc_proposal) is fitted on the demo buffer, which "
+                             "is empty; record or load demos (demos.episodes > 0 or demos.path), or set kl_coef to 0 "
+                             "and bc_proposal to false")
         missing = [k for k in self.keys if k not in obs]
         if missing:
             raise HilrlError(f"BC prior: the samples lack observation keys {missing}")

@@ -85,6 +85,13 @@ class SACConfig:
             becomes ``kl_coef * (log pi - log pi_BC)`` and alpha is not tuned. ``pi_BC`` is the ``bc_policy``
             passed to :class:`SAC`, or else a :class:`~hilrl.policies.bc_prior.GaussianBCPrior` fitted on the
             demo buffer at the first :meth:`SAC.train_step` and saved in checkpoints.
+        bc_proposal: IBRL (Imitation Bootstrapped RL, Hu et al. 2023; not in ALGORITHMS.md): the BC prior's
+            mean action ``tanh(mu_BC(s))`` competes with the actor's action wherever an action is chosen by
+            value. When acting, the one with the higher critic value (mean over the ensemble) is taken; in the
+            critic target, ``V(s') = max(min_i Q'_i(s', a'_RL) - reg, min_i Q'_i(s', a'_BC))``. The prior is the
+            same :class:`~hilrl.policies.bc_prior.GaussianBCPrior` the KL term uses, fitted on the demo buffer
+            at the first :meth:`SAC.train_step`. False (RLPD, HIL-SERL). For few demos: the policy starts at
+            the imitation policy's level instead of the untrained actor's.
         bc_prior_updates: maximum-likelihood steps of that fit (batch ``batch_size``, Adam 1e-3).
         bc_prior_min_std: floor of that prior's pre-tanh std, 0.2 (ours; the paper's prior is not squashed).
             A demonstrator that is deterministic would otherwise give a prior too sharp to regularise towards.
@@ -133,6 +140,7 @@ class SACConfig:
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     kl_coef: float = 0.0
+    bc_proposal: bool = False
     bc_prior_updates: int = 2000
     bc_prior_min_std: float = 0.2
     image_latent_dim: int = 50
@@ -267,11 +275,13 @@ class SAC:
         self.target_entropy = (-self.action_dim / 2.0 if config.target_entropy is None
                                else float(config.target_entropy))
         self.use_kl = config.kl_coef > 0
-        # Our own prior when none is given: fitted on the demo buffer by the first train_step.
+        # Our own prior (fitted on the demo buffer by the first train_step) for IBRL's proposals, and for
+        # the KL term when no bc_policy is given.
         self.bc_prior: GaussianBCPrior | None = None
-        if self.use_kl and bc_policy is None:
+        if config.bc_proposal or (self.use_kl and bc_policy is None):
             self.bc_prior = GaussianBCPrior(observation_space, self.action_dim, config.obs_keys, config.hidden,
                                             config.bc_prior_min_std, seed=seed).to(self.device)
+        if self.use_kl and bc_policy is None:
             bc_policy = self.bc_prior
         self.bc_policy = bc_policy
 
@@ -346,6 +356,12 @@ class SAC:
         else:
             noise = torch.randn(features.shape[0], self.action_dim, generator=self.generator, device=self.device)
             actions = self.actor.sample(features, noise)[0]
+        if self.config.bc_proposal and self._bc_prior_ready:
+            assert self.bc_prior is not None
+            proposal = self.bc_prior.mean_action(tensors)
+            critic = self.critic["q"]  # eager: a compiled critic would recompile for each acting batch size
+            q_actor, q_proposal = critic(features, actions).mean(dim=0), critic(features, proposal).mean(dim=0)
+            actions = torch.where((q_proposal > q_actor).unsqueeze(-1), proposal, actions)
         actions = actions.cpu().numpy()
         return actions[0] if single else actions
 
@@ -398,12 +414,17 @@ class SAC:
                       shifts: TensorTree | None = None) -> torch.Tensor:
         """``r + gamma * mask * (min_{i in members} Q'_i(s', a') - next_reg)``.
 
-        ``next_reg`` is subtracted only with ``backup_entropy``; ``mask`` is ``1 - terminated``.
+        ``next_reg`` is subtracted only with ``backup_entropy``; ``mask`` is ``1 - terminated``. With
+        ``bc_proposal`` the BC prior's action at ``s'`` is bootstrapped from where it is worth more (IBRL).
         """
         features = self.target["encoder"](next_obs, shifts)
         next_q = self._target_q(features, next_actions, members).min(dim=0).values
         if self.config.backup_entropy:
             next_q = next_q - next_reg
+        if self.config.bc_proposal:
+            assert self.bc_prior is not None
+            proposal = self.bc_prior.mean_action(next_obs)
+            next_q = torch.maximum(next_q, self._target_q(features, proposal, members).min(dim=0).values)
         return rewards + self.config.gamma * mask * next_q
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:
@@ -477,8 +498,8 @@ class SAC:
         """
         total = batch["actions"].shape[0]
         if self.bc_prior is not None and not self._bc_prior_ready:
-            raise HilrlError("SACConfig.kl_coef > 0: the BC prior is not fitted yet; call fit_bc_prior(demo_buffer) "
-                             "first (train_step does it on its first call)")
+            raise HilrlError("SACConfig.kl_coef > 0 or bc_proposal: the BC prior is not fitted yet; call "
+                             "fit_bc_prior(demo_buffer) first (train_step does it on its first call)")
         if total % self.config.utd:
             raise HilrlError(f"a batch of {total} transitions does not split into utd={self.config.utd} slices; "
                              f"pass utd * batch_size rows")
@@ -527,13 +548,13 @@ class SAC:
         self._graph, self._static = None, None
 
     def fit_bc_prior(self, demo: ReplayBuffer | None) -> float:
-        """Fit the KL prior (``kl_coef > 0``, no ``bc_policy`` given) on every transition in ``demo``.
+        """Fit the learner's own BC prior (``bc_proposal``, or ``kl_coef > 0`` with no ``bc_policy``) on ``demo``.
 
         Called by the first :meth:`train_step`; returns the prior's final negative log-likelihood.
         """
         if self.bc_prior is None:
-            raise HilrlError("fit_bc_prior: this learner has no prior of its own (kl_coef is 0 or a bc_policy "
-                             "was passed)")
+            raise HilrlError("fit_bc_prior: this learner has no prior of its own (bc_proposal is false and kl_coef "
+                             "is 0 or a bc_policy was passed)")
         n = 0 if demo is None else len(demo)
         obs = {k: demo.obs[k][:n] for k in self.bc_prior.keys} if demo is not None else {}
         actions = demo.actions[:n] if demo is not None else np.zeros((0, self.action_dim), np.float32)
