@@ -1,10 +1,11 @@
 """Page a replay ring's image memory in ahead of its write head, on a background thread.
 
 A ring's image arrays (:func:`untouched_zeros`) only reserve address space: the kernel maps and
-zeroes each page the first time the ring writes to it. For an image ring that first touch costs more than the copy of the image
-itself (measured here: a 128x128x3 image into fresh ring memory 13-54 us, into memory used
-before 7 us), and in the learner it sits on the path of every transition until the ring has
-wrapped once, which for most runs (``train.buffer_capacity`` 200k) is never.
+zeroes each page the first time the ring writes to it. For an image ring that first touch costs
+more than the copy of the image itself (measured here: a 128x128x3 image into fresh ring memory
+13-54 us, into memory used before 7 us), and in the learner it sits on the path of every
+transition until the ring has wrapped once, which for most runs (``train.buffer_capacity`` 200k)
+is never.
 :class:`PageAhead` moves that work to a thread that asks the kernel to populate the rows just
 past the head (``madvise(MADV_POPULATE_WRITE)``, Linux 5.14 and later). The call releases the
 GIL and changes no byte of the ring, so it never races the writer; only ``window_bytes`` are
