@@ -1,6 +1,6 @@
 """RLIF vs HIL-SERL-style vs HG-DAgger vs DAgger vs BC vs SAC (dense), with experts of two qualities.
 
-Reproduces the comparison of the RLIF paper (ALGORITHMS.md, "RLIF": its margin over
+Reproduces the comparison of the RLIF paper (Luo et al. 2023, arXiv:2311.12996, pd-perry/RLIF: its margin over
 DAgger grows as the expert worsens) on our tasks, state observations. For every
 task x expert quality x method x seed it runs `hilrl train` (the library entry)
 and prints final eval success as mean +- std over seeds, env steps, intervention

@@ -1,10 +1,9 @@
-"""Train the reference critic Q_ref for RLIF's value-based interventionist (ALGORITHMS.md, "RLIF").
+"""Train the reference critic Q_ref for RLIF's value-based interventionist (Luo et al., RLIF; pd-perry/RLIF).
 
-RLIF's Q_ref is a critic ensemble from an RLPD run on the task's own reward. This
-script trains our SAC on the task's dense reward from expert demos and keeps the
-run folder as the artifact; `intervention.q_ref` points at it. A task with a ready
-RLPD experiment in ``sim_configs/`` (PickCube: ``pick_cube_rlpd.yaml``) uses it;
-the others use the generic config below. Rebuild with:
+The recipe is :func:`hilrl.runtime.reference.reference_experiment`: SAC from expert demos
+on the task's dense reward (a task with a ready RLPD experiment in ``sim_configs/``, PickCube:
+``pick_cube_rlpd.yaml``, runs that one); the run folder is the artifact ``intervention.q_ref``
+points at. ``hilrl train`` builds a missing one itself on first use; rebuild by hand with:
 
     python benchmarks/train_reference_critic.py --task Push --steps 8000 --out artifacts/qref_push
     python benchmarks/train_reference_critic.py --task PickCube --steps 20000 --out artifacts/qref_pickcube
@@ -17,38 +16,15 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
+from hilrl.runtime.reference import OBS_KEYS, ensure_reference_critic, reference_experiment
 
-from hilrl.config import validate_config
-from hilrl.runtime.train import train
-
-OBS_KEYS = ["ee_pos", "gripper", "object", "tcp_to_object", "object_to_goal"]  # the last two: env.relative_positions
-ROOT = Path(__file__).resolve().parents[1]
-RLPD_CONFIGS = {"PickCube": ROOT / "sim_configs" / "pick_cube_rlpd.yaml"}
-
-
-def reference_config(task: str, steps: int, seed: int = 0) -> dict:
-    if task in RLPD_CONFIGS:
-        config = yaml.safe_load(RLPD_CONFIGS[task].read_text())
-        config["train"].update(steps=steps, seed=seed, checkpoint_every=steps, video=False)
-        return config
-    return {
-        # the task's dense reward as a cost, episodes ending on success: the Q_ref of "how soon will this succeed"
-        "env": {"id": f"hilrl/{task}-v0", "reward_type": "dense_cost", "terminate_on_success": True,
-                "relative_positions": True},
-        "demos": {"episodes": 10},
-        "algo": {"name": "sac", "num_critics": 10, "utd": 2, "gamma": 0.97, "init_temperature": 0.05,
-                 "obs_keys": OBS_KEYS},
-        "train": {"steps": steps, "seed": seed, "learning_starts": 500, "eval_episodes": 20,
-                  "checkpoint_every": steps, "video": False},
-    }
+__all__ = ["OBS_KEYS", "ensure_reference", "reference_config"]  # what rlif_vs_dagger.py and older scripts import
+reference_config = reference_experiment
 
 
 def ensure_reference(task: str, steps: int, out: Path, seed: int = 0) -> Path:
     """Train the reference unless ``out`` already holds a finished run; returns ``out``."""
-    if not (out / "metrics.json").exists():
-        train(validate_config(reference_config(task, steps, seed)), out, show_progress=True)
-    return out
+    return ensure_reference_critic(out, task, steps, seed)
 
 
 def main() -> None:

@@ -74,6 +74,20 @@ class ArmDriver(ABC):
     def hold(self) -> None:
         """Stop moving and keep the current pose (used by the watchdog, e-stop and shutdown)."""
 
+    def prepare_task(self, task: dict[str, Any]) -> Any:
+        """Check what a client's ``hello`` asks to be served (``task``: a validated map with any of
+        ``protocol.HELLO_TASK_FIELDS``) against the robot config. Return something to hand to
+        :meth:`switch_task` when serving it needs a new task, ``None`` when the driver already serves
+        it; raise ``hardware.limits.CommandRejected`` (saying what the config allows) to refuse it.
+        A driver that runs no task (a real arm) ignores the request: the default returns ``None``."""
+        return None
+
+    def switch_task(self, prepared: Any) -> None:
+        """Build and start serving what :meth:`prepare_task` returned; the arm is at its start pose
+        afterwards and the next ``move`` needs a ``reset``. Raise ``CommandRejected`` if it cannot be
+        built; the task served before must then still be served."""
+        raise NotImplementedError(f"{type(self).__name__} prepared a task it cannot switch to")
+
     def estop(self) -> None:
         """Emergency stop. Drivers with a hardware stop override this; the default holds."""
         self.hold()

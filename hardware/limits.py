@@ -71,11 +71,26 @@ class SafetyLimits(_Strict):
 
 
 class SimDriverConfig(_Strict):
-    """The MuJoCo reference driver: which task runs behind the server, and its keywords."""
+    """The MuJoCo reference driver: which task runs behind the server, which a client may ask for, and its keywords.
 
-    task: str = Field("hilrl/Reach-v0", description="gymnasium id of a hilrl arm task")
-    env_kwargs: dict[str, Any] = Field(default_factory=dict, description="keywords for gymnasium.make (not max_episode_steps)")
+    The server starts with ``task`` built with ``env_kwargs``; a client's ``hello`` may ask for
+    another task of ``tasks`` and other settings (``hardware/PROTOCOL.md``, "Choosing the task").
+    """
+
+    task: str = Field("hilrl/Reach-v0", description="gymnasium id of the hilrl arm task served at start")
+    tasks: list[str] | None = Field(
+        None, description="tasks a client's hello may ask for; null = every hilrl task; [ID] pins one"
+    )
+    env_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="task keywords (gymnasium.make) where a client's hello names none"
+    )
     realtime: bool = Field(True, description="pace steps to the control rate like a real arm; false = as fast as possible")
+
+    @model_validator(mode="after")
+    def _task_allowed(self) -> "SimDriverConfig":
+        if self.tasks is not None and self.task not in self.tasks:
+            raise ValueError(f"sim.task {self.task!r} is not in sim.tasks {self.tasks}; add it or pick one of them")
+        return self
 
 
 class RealArmConfig(_Strict):

@@ -8,6 +8,11 @@ Everything a client sends is decoded, schema-checked and limit-checked here
 before the driver sees it; anything wrong gets an error reply and the arm
 holds. One thread does it all, in this order each turn of the loop: signals
 (stop, e-stop), the watchdog, the state stream, then waiting commands.
+
+A task-running driver (the sim) serves the task a client's ``hello`` asks for;
+the server decides when it may switch (never during another client's live
+episode) and refuses ``reset``/``step`` from a client whose hello was answered
+for a task that has since been replaced (PROTOCOL.md, "Choosing the task").
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from hilrl.envs.protocol import (
     encode,
     reply,
     validate_request,
+    validate_reward_term_names,
+    validate_reward_terms,
 )
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -48,6 +55,9 @@ MAX_FRAMES = 8
 # Frames bigger than this make libzmq drop the peer before we ever read them (memory guard);
 # anything between max_message_bytes and this gets a readable error reply instead.
 HARD_FRAME_FACTOR = 16
+# Another client's episode blocks a task switch until it ends or that client has been silent this long.
+EPISODE_IDLE_S = 2.0
+MAX_SESSIONS = 256  # clients remembered with the task build their hello was answered for
 
 
 def make_driver(config: RobotConfig) -> ArmDriver:
@@ -91,7 +101,20 @@ class RobotServer:
         self.stop_requested = False
         self.estop_requested: str | None = None
         self.counts = {"requests": 0, "rejected": 0, "watchdog": 0}
-        self._description = driver.describe()
+        self._description = self._describe()
+        # Task switches (hello): the build number each client's hello was answered for, and the open episode.
+        self.build = 0
+        self.sessions: dict[bytes, int] = {}
+        self.episode_client: bytes | None = None  # whose reset opened the episode; None once it ended
+        self.episode_seen = 0.0  # when that client last sent anything
+
+    def _describe(self) -> dict[str, Any]:
+        description = self.driver.describe()
+        try:
+            validate_reward_term_names(description.get("reward_terms", []))
+        except ProtocolError as exc:
+            raise ConfigError(f"driver {self.driver.name!r} describes bad reward terms: {exc}") from None
+        return description
 
     # ---------------------------------------------------------------- loop
 
@@ -147,7 +170,9 @@ class RobotServer:
             maybe_id = message.get("id")
             request_id = maybe_id if type(maybe_id) is int else None
             request = validate_request(message)
-            body = self._execute(request)
+            if identity == self.episode_client:
+                self.episode_seen = time.monotonic()
+            body = self._execute(request, identity)
         except (ProtocolError, CommandRejected, NotReady) as exc:
             self.counts["rejected"] += 1
             self._hold_after_rejection()
@@ -161,9 +186,15 @@ class RobotServer:
             body = self._reply(request_id, error=self.reason)
         return envelope + encode(body)
 
-    def _execute(self, request: Request) -> dict[str, Any]:
+    def _execute(self, request: Request, identity: bytes) -> dict[str, Any]:
         op = request.op
         if op == "hello":
+            if request.task:
+                self._serve_task(request.task, identity)
+            self.sessions.pop(identity, None)
+            self.sessions[identity] = self.build
+            if len(self.sessions) > MAX_SESSIONS:
+                del self.sessions[next(iter(self.sessions))]  # the oldest hello
             return self._reply(request.id, info=self._info())
         if op == "get_state":
             self.state = self.driver.read(images=request.images)
@@ -189,10 +220,13 @@ class RobotServer:
         if op == "resume":
             self._set_mode(MODE_READY, None)
             return self._reply(request.id)
+        self._require_current_session(op, identity)
         if op == "reset":
             self.state = self.driver.reset(request.seed)
+            self._check_task_state()
             self.commanded_pos = None
             self._set_mode(MODE_READY, None)
+            self.episode_client, self.episode_seen = identity, time.monotonic()
             return self._reply(request.id, images=True)
         if op == "step":
             return self._step(request)
@@ -204,13 +238,59 @@ class RobotServer:
         command = ArmCommand(target_pos=target, delta_pos=delta, delta_rot=rotation, gripper=request.gripper)
         self.commanded_pos = target
         self.state = self.driver.move(command)
+        self._check_task_state()
         if self.state.task is not None and (self.state.task.get("terminated") or self.state.task.get("truncated")):
             # The episode is over: the client is expected to pause (save, reset), so disarm the watchdog.
             self._set_mode(MODE_READY, None)
+            self.episode_client = None
         else:
             self._set_mode(MODE_MOVING, None)
             self.watchdog_deadline = time.monotonic() + self.config.watchdog_timeout_s
         return self._reply(request.id, images=True, clipped=clipped)
+
+    def _check_task_state(self) -> None:
+        """A driver's reward terms are validated like every message: a bad one is a driver fault."""
+        task = self.state.task
+        if task is not None and "reward_terms" in task:
+            try:
+                task["reward_terms"] = validate_reward_terms(task["reward_terms"])
+            except ProtocolError as exc:
+                raise DriverFault(f"the task state's {exc}") from None
+
+    # ---------------------------------------------------------------- choosing the task
+
+    def _serve_task(self, task: dict[str, Any], identity: bytes) -> None:
+        """Switch the driver to the task a hello asks for, when it needs a switch and one is allowed now."""
+        prepared = self.driver.prepare_task(task)  # refuses what the robot config does not allow
+        if prepared is None:
+            return
+        current = self._description.get("task_id")
+        if self.mode in (MODE_ESTOP, MODE_FAULT):
+            raise CommandRejected(f"cannot switch from {current} to {task.get('id', current)}: {self.reason}; "
+                                  "send 'clear_error' once the arm is safe")
+        idle = time.monotonic() - self.episode_seen
+        if self.episode_client not in (None, identity) and idle < EPISODE_IDLE_S:
+            raise CommandRejected(
+                f"cannot switch from {current} to {task.get('id', current)} now: another client is in an episode of "
+                f"{current}; ask again once it ends (or once that client has been silent for {EPISODE_IDLE_S:g}s)"
+            )
+        self.driver.switch_task(prepared)
+        self.build += 1
+        self._description = self._describe()
+        self.state = self.driver.read(images=False)
+        self.commanded_pos = None
+        self.episode_client = None
+        self._set_mode(MODE_READY, None)
+        print(f"[robot-server] now serving {self._description.get('task_id')} ({_settings_text(self._description)}) "
+              "for a client's hello", file=sys.stderr)
+
+    def _require_current_session(self, op: str, identity: bytes) -> None:
+        build = self.sessions.get(identity)
+        if build is not None and build != self.build:
+            raise CommandRejected(
+                f"{op!r} refused: the arm now serves {self._description.get('task_id')}, switched for another client "
+                "after our hello; send 'hello' again (asking for the task you want) once that client is done"
+            )
 
     # ---------------------------------------------------------------- modes
 
@@ -308,6 +388,11 @@ class RobotServer:
             pass  # a slow subscriber drops state messages; it never slows the control loop
 
 
+def _settings_text(description: dict[str, Any]) -> str:
+    names = ("cameras", "image_size", "use_rotation", "max_episode_steps", "terminate_on_success", "reward_type")
+    return ", ".join(f"{name}={description[name]!r}" for name in names if name in description)
+
+
 # -------------------------------------------------------------------- command line
 
 
@@ -336,6 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--driver", choices=["sim", "kinematic", "franka", "ur"], help="arm driver (default: the config's)")
     parser.add_argument("--config", type=Path, help="robot config YAML (default: hardware/configs/<driver>.yaml, else sim.yaml)")
     parser.add_argument("--bind", default=DEFAULT_BIND, help=f"command socket address (default {DEFAULT_BIND}; port 0 or * = any free port)")
+    parser.add_argument("--task", help="sim driver: serve only this task id, e.g. hilrl/PickCube-v0 (sets sim.task and "
+                        "sim.tasks: [ID]); by default a client's hello picks any task of sim.tasks")
     parser.add_argument("--pub-bind", help="state stream address (default: the command port + 1)")
     parser.add_argument("--server-key", type=Path, help="server .key_secret file; enables CurveZMQ")
     parser.add_argument("--allow-keys", type=Path, help="folder of client .key files allowed to connect")
@@ -348,6 +435,10 @@ def _load(args: argparse.Namespace) -> RobotConfig:
     config = load_config(path)
     if args.driver and args.driver != config.driver:
         config = config.model_copy(update={"driver": args.driver})
+    if args.task:
+        if config.driver != "sim":
+            raise ConfigError(f"--task {args.task} is for the sim driver; the {config.driver} driver runs no task")
+        config = config.model_copy(update={"sim": config.sim.model_copy(update={"task": args.task, "tasks": [args.task]})})
     return config
 
 

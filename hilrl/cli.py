@@ -207,12 +207,12 @@ def serve_robot(
     config: Optional[Path] = typer.Option(None, help="robot config YAML (default hardware/configs/<driver>.yaml)"),
     bind: str = typer.Option("tcp://127.0.0.1:5555", help="command channel address"),
 ) -> None:
-    """Run the robot server (hardware/). Further options (--pub-bind, --server-key, --allow-keys,
+    """Run the robot server (hardware/). Further options (--task, --pub-bind, --server-key, --allow-keys,
     --require-auth) pass through. Stops cleanly on Ctrl-C / SIGTERM with the arm holding."""
     import signal
     import subprocess
 
-    # hardware/ is the robot side: it runs in its own process, never imported by hilrl (DESIGN.md)
+    # hardware/ is the robot side: it runs in its own process, never imported by hilrl (docs/ARCHITECTURE.md)
     argv = [sys.executable, "-m", "hardware.server", "--driver", driver, "--bind", bind, *ctx.args]
     if config is not None:
         argv += ["--config", str(config)]

@@ -1,9 +1,13 @@
 """Pydantic models of the YAML experiment files in ``sim_configs/``.
 
-One model per concern, shared by every task (no per-task copies): an
-experiment is ``env`` + ``demos`` + ``algo`` + ``train``. ``algo.name`` picks the
-algorithm from a registry, robomimic-style. Every validation problem becomes a
-:class:`ConfigError` naming the file, the field and what is allowed.
+One model per concern, shared by every task (no per-task copies): an experiment is
+``env`` + ``demos`` + ``algo`` + ``intervention`` + ``reward`` + ``train`` + ``runtime``.
+``algo.name`` picks the algorithm from the registry (:mod:`hilrl.policies.registry`,
+robomimic-style), and the keys allowed under ``algo:`` are that algorithm's config dataclass
+fields. Rules across sections (which algorithms take interventions, run distributed, keep
+their best checkpoint, train on a reward source) are read from the algorithm's registration.
+Every validation problem becomes a :class:`ConfigError` naming the file, the field and what is
+allowed. Importing this module imports neither torch nor any algorithm.
 """
 
 from __future__ import annotations
@@ -11,17 +15,13 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from hilrl.errors import HilrlError
-from hilrl.policies.bc import BCConfig
-from hilrl.policies.dagger import DAggerConfig
-from hilrl.policies.sac import SACConfig
-from hilrl.policies.sb3 import SB3Config
+from hilrl.policies.registry import algorithm_names, algorithm_spec, tagged_config
 
 
 class ConfigError(HilrlError):
@@ -93,69 +93,88 @@ class DemosConfig(_Strict):
     noise: float = Field(0.0, ge=0.0, le=1.0, description="scripted expert's noise knob")
 
 
-# Each algorithm owns its settings as a dataclass next to its code (SB3-style constructor
-# keywords); here they become strict pydantic dataclasses with a ``name`` tag.
-_STRICT_DATACLASS = pydantic_dataclass(config=ConfigDict(extra="forbid"))
-
-
-@_STRICT_DATACLASS
-class BCAlgoConfig(BCConfig):
-    """``algo:`` for behaviour cloning (:class:`hilrl.policies.bc.BCConfig`)."""
-
-    name: Literal["bc"] = "bc"
-
-
-@_STRICT_DATACLASS
-class SACAlgoConfig(SACConfig):
-    """``algo:`` for the RLPD-style SAC learner (:class:`hilrl.policies.sac.SACConfig`)."""
-
-    name: Literal["sac"] = "sac"
-
-
-@_STRICT_DATACLASS
-class DAggerAlgoConfig(DAggerConfig):
-    """``algo:`` for DAgger (every visited state labelled by the expert)."""
-
-    name: Literal["dagger"] = "dagger"
-    label: Literal["all"] = "all"
-
-
-@_STRICT_DATACLASS
-class HGDAggerAlgoConfig(DAggerConfig):
-    """``algo:`` for HG-DAgger (only intervention segments are aggregated)."""
-
-    name: Literal["hg_dagger"] = "hg_dagger"
-    label: Literal["interventions"] = "interventions"
-
-
-@_STRICT_DATACLASS
-class SB3AlgoConfig(SB3Config):
-    """``algo:`` for Stable-Baselines3 SAC/TD3 and sb3-contrib TQC/CrossQ (:class:`hilrl.policies.sb3.SB3Config`)."""
-
-    name: Literal["sb3.sac", "sb3.td3", "sb3.tqc", "sb3.crossq"] = "sb3.sac"
-
-
-AlgoConfig = Annotated[Union[BCAlgoConfig, SACAlgoConfig, DAggerAlgoConfig, HGDAggerAlgoConfig, SB3AlgoConfig],
-                       Field(discriminator="name")]
-
-
 class InterventionConfig(_Strict):
-    """Who intervenes (a simulated interventionist driving the scripted expert) and how the learner uses it.
+    """Who may take over from the policy during training (door 1), and how intervention steps are stored.
 
-    ``learn_from``: ``hil_serl`` keeps the env reward, stores the executed action and
-    also copies intervention steps to the demo buffer; ``rlif`` discards the env reward
-    and gives -1 to the transition just before each intervention (ALGORITHMS.md).
+    ``source``: a simulated person driving the scripted expert behind a gate (``value``: RLIF's
+    reference-critic gate; ``distance``: HG-DAgger's action-distance gate; ``random``), or a real
+    person on a teleop ``device`` (HIL-SERL: the device takes over when it moves beyond ``dead_zone``,
+    a held intervene button, or a gripper change; it needs ``pip install 'hilrl[teleop]'``).
+
+    ``learn_from``: ``hil_serl`` also copies intervention steps to the demo buffer (HIL-SERL,
+    rail-berkeley/hil-serl); ``rlif`` does not, and the run's reward defaults to RLIF's (Luo et al.
+    2023, pd-perry/RLIF: the env reward is discarded and the transition just before each
+    intervention gets -1; see the ``reward:`` section).
     """
 
-    source: Literal["none", "value", "distance", "random"] = "none"
+    source: Literal["none", "value", "distance", "random", "device"] = "none"
     learn_from: Literal["hil_serl", "rlif"] = "hil_serl"
+    device: Literal["keyboard", "gamepad", "spacemouse"] | None = Field(
+        None, description="source: device: the person's teleop device (README, Teleoperation)")
+    dead_zone: float = Field(0.05, ge=0.0, description="source: device: motion (action units) below which the policy "
+                             "keeps control (HIL-SERL's near-zero threshold; 0.05 ignores a resting hand)")
     expert_noise: float = Field(0.0, ge=0.0, le=1.0, description="quality of the intervening expert")
     duration: int | None = Field(None, ge=1, description="expert steps per intervention; None = 4 (value) or 1")
     beta: float = Field(0.97, gt=0.0, description="value gate: Q(s,a_pi) < beta * Q(s,a_ref) (RLIF, Pen)")
-    q_ref: str | None = Field(None, description="SAC checkpoint whose critic is Q_ref (value source)")
+    q_ref: str | None = Field(None, description="run folder whose SAC critic is Q_ref (value source); built there "
+                              "on first use when missing (hilrl.runtime.reference)")
+    q_ref_steps: int = Field(8000, ge=1, description="env steps of the SAC run that builds a missing q_ref")
     threshold: float = Field(1.0, gt=0.0, description="distance gate: ||a_exp - a_pi||_1 >= threshold (HG-DAgger)")
     probability: float = Field(0.1, ge=0.0, le=1.0, description="random source: chance per step")
     p_intervene: float = Field(0.95, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _device_with_source(self) -> InterventionConfig:
+        if self.source == "device" and self.device is None:
+            raise ValueError("intervention.source 'device' needs intervention.device: keyboard, gamepad or spacemouse")
+        if self.device is not None and self.source != "device":
+            raise ValueError(f"intervention.device {self.device!r} is used with intervention.source: device (got "
+                             f"source {self.source!r}); set source: device or remove device")
+        if self.source == "value" and not self.q_ref:
+            raise ValueError("intervention.source 'value' needs intervention.q_ref: a run folder of a SAC run on the "
+                             "task's dense reward (built there on first use)")
+        return self
+
+
+class RewardConfig(_Strict):
+    """What the learner trains on (door 2): one reward source, or a weighted sum of them.
+
+    ``source``: ``env`` (the task's own reward), ``rlif`` (RLIF's relabelling from the stored
+    intervention flags), ``term`` (one of the task's named reward terms, ``info["reward_terms"]``,
+    chosen by ``term``), ``sum`` (``weight``-ed sum of ``parts``), or ``module:factory``: a callable
+    returning a :class:`hilrl.feedback.rewards.RewardSource`, called with ``kwargs``. ``reward: rlif``
+    is short for ``reward: {source: rlif}``. Without a ``reward:`` section the source is ``rlif``
+    when interventions are learned from as RLIF (``intervention.learn_from: rlif``), else ``env``.
+    """
+
+    source: str = "env"
+    weight: float = Field(1.0, description="this source's weight inside a sum")
+    term: str | None = Field(None, description="source: term: the name of the task's reward term")
+    parts: list[RewardConfig] = Field(default_factory=list, description="source: sum: the sources added")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="source: module:factory: its keyword arguments")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"source": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _complete(self) -> RewardConfig:
+        known = ("env", "rlif", "term", "sum")
+        if self.source not in known and ":" not in self.source:
+            raise ValueError(f"reward source {self.source!r} is neither one of {', '.join(known)} nor an import path "
+                             "'module:factory'")
+        if (self.source == "term") != (self.term is not None):
+            raise ValueError("reward source 'term' needs term: NAME (a key of the task's info['reward_terms']), and "
+                             "term: is used only with source: term")
+        if (self.source == "sum") != bool(self.parts):
+            raise ValueError("reward source 'sum' needs parts: [{source: ..., weight: ...}, ...], and parts: is used "
+                             "only with source: sum")
+        return self
+
+    def uses(self, name: str) -> bool:
+        """Whether source ``name`` appears in this reward (in a sum too)."""
+        return self.source == name or any(part.uses(name) for part in self.parts)
 
 
 class TrainConfig(_Strict):
@@ -213,10 +232,82 @@ class RuntimeConfig(_Strict):
 class ExperimentConfig(_Strict):
     env: EnvConfig
     demos: DemosConfig = Field(default_factory=DemosConfig)
-    algo: AlgoConfig = Field(default_factory=BCAlgoConfig)
+    algo: Any = Field(default_factory=lambda: tagged_config("bc")())
     intervention: InterventionConfig = Field(default_factory=InterventionConfig)
+    reward: RewardConfig | None = Field(None, description="door 2; None: rlif when intervention.learn_from is rlif, "
+                                        "else env")
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @field_validator("algo", mode="before")
+    @classmethod
+    def _algorithm_config(cls, value: Any) -> Any:
+        """A mapping becomes the registered config of its ``name`` (:func:`validate_config` explains mistakes)."""
+        if not isinstance(value, dict):
+            return value
+        try:
+            return parse_algo(value)
+        except ValidationError as exc:
+            raise ValueError("; ".join(_explain(e, ("algo",)) for e in exc.errors())) from None
+
+    @property
+    def reward_config(self) -> RewardConfig:
+        """The reward the learner trains on, with the default of the ``reward:`` section filled in."""
+        if self.reward is not None:
+            return self.reward
+        rlif = self.intervention.source != "none" and self.intervention.learn_from == "rlif"
+        return RewardConfig(source="rlif" if rlif else "env")
+
+    @model_validator(mode="after")
+    def _fits_the_algorithm(self) -> ExperimentConfig:
+        """Rules across sections, read from the algorithm's registration (:class:`AlgorithmSpec`)."""
+        name, spec = self.algo.name, algorithm_spec(self.algo.name)
+        tc, ic = self.train, self.intervention
+        distributed = self.runtime.mode == "distributed"
+        if distributed and not spec.distributed:
+            distributable = [n for n in algorithm_names() if algorithm_spec(n).distributed]
+            raise ValueError(f"runtime.mode: distributed trains algo.name {', '.join(distributable)}, not {name!r}; "
+                             "use runtime: local for it")
+        if tc.keep_best and not (spec.keep_best and not distributed and tc.eval_every):
+            raise ValueError("train.keep_best works in the online SAC loop (algo.name: sac, runtime: local) with "
+                             "train.eval_every > 0; remove it or change those settings")
+        if spec.interventions == "required" and ic.source == "none":
+            raise ValueError(f"intervention.source: algo {name!r} learns from interventions; set it (e.g. distance)")
+        if spec.interventions == "ignored" and ic.source != "none":
+            raise ValueError(f"intervention.source {ic.source!r}: algo {name!r} trains offline on the demos and never "
+                             "acts during training; remove the intervention section")
+        reward = self.reward_config
+        if reward.source != "env" and not spec.reward_sources:
+            what = ("intervention.learn_from 'rlif'" if self.reward is None
+                    else f"reward source {reward.source!r}")
+            raise ValueError(f"{what} is not supported with algo {name!r} (it trains on the env reward, it cannot "
+                             "relabel rewards); use learn_from: hil_serl, or algo: sac for RLIF and reward sources")
+        if reward.uses("rlif") and ic.source == "none":
+            raise ValueError("reward: rlif learns from interventions (-1 before each), but intervention.source is "
+                             "none; set intervention.source or another reward source")
+        if spec.loop == "sb3" and tc.random_steps:
+            raise ValueError(f"train.random_steps is not used by {name!r}: SB3 acts uniformly at random for the first "
+                             "train.learning_starts steps; set random_steps: 0 and tune learning_starts")
+        if spec.loop in ("offline", "dagger") and not (self.demos.path or self.demos.episodes):
+            raise ValueError(f"demos: algo {name!r} starts from behaviour cloning; set demos.episodes > 0 or "
+                             "demos.path")
+        return self
+
+
+def parse_algo(raw: Any) -> Any:
+    """The ``algo:`` section as the registered config of its ``name`` (a strict pydantic dataclass).
+
+    Raises ``ValidationError`` (locations relative to ``algo``) or ``HilrlError``/``ValueError`` from the
+    config's own range checks.
+    """
+    if not isinstance(raw, dict):
+        raise ValueError(f"algo must be a mapping with a name (one of {', '.join(algorithm_names())}), "
+                         f"got {type(raw).__name__}")
+    name = raw.get("name", "bc")
+    if name not in algorithm_names():
+        raise ValueError(f"field 'algo.name': unknown algorithm {name!r}; allowed: "
+                         f"{', '.join(repr(n) for n in algorithm_names())}")
+    return TypeAdapter(tagged_config(name)).validate_python({**raw, "name": name})
 
 
 def _fields(cls: Any) -> dict[str, Any]:
@@ -229,7 +320,7 @@ def _flatten_types(annotation: Any) -> list[Any]:
     return [annotation, *(t for arg in get_args(annotation) for t in _flatten_types(arg))]
 
 
-def _owner_at(loc: tuple[Any, ...], tag: str | None) -> Any:
+def _owner_at(loc: tuple[Any, ...]) -> Any:
     """The model (or dataclass) owning the field at ``loc``, to list its allowed keys."""
     current: Any = ExperimentConfig
     for part in loc:
@@ -237,29 +328,26 @@ def _owner_at(loc: tuple[Any, ...], tag: str | None) -> Any:
         if field is None:
             continue
         with_fields = [m for m in _flatten_types(field.annotation) if _fields(m)]
-        # in a tagged union pick the member the tag names
-        names = {m: get_args(getattr(_fields(m).get("name"), "annotation", None)) for m in with_fields}
-        tagged = [m for m in with_fields if tag and tag in names[m]]
-        current = (tagged or with_fields or [None])[0]
+        current = (with_fields or [None])[0]
     return current
 
 
-_TAGS = ("bc", "sac", "dagger", "hg_dagger", "sb3.sac", "sb3.td3", "sb3.tqc", "sb3.crossq")
-
-
-def _explain(error: dict[str, Any]) -> str:
-    tag = next((p for p in error["loc"] if p in _TAGS), None)
-    loc = tuple(p for p in error["loc"] if p not in _TAGS)
+def _explain(error: dict[str, Any], prefix: tuple[str, ...] = (), owner: Any = None) -> str:
+    """One readable sentence for a pydantic error; ``prefix`` and ``owner`` place errors of a section
+    validated on its own (the ``algo:`` section, validated by its algorithm's config class)."""
+    loc = (*prefix, *error["loc"])
     where = ".".join(str(p) for p in loc) or "(top level)"
+    message = error["msg"].removeprefix("Value error, ")
     if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        owner = _owner_at(loc[:-1], tag)
-        allowed = sorted(_fields(owner)) if owner else []
+        parent = owner if owner is not None and len(error["loc"]) == 1 else _owner_at(loc[:-1])
+        allowed = sorted(_fields(parent)) if parent else []
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
         return f"unknown key {where!r}{suggestion}; allowed here: {', '.join(allowed)}"
-    message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "missing":
         return f"missing required key {where!r}"
+    if not loc:  # a rule across sections: the message names its fields
+        return message
     got = error.get("input")
     shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
     return f"field {where!r}: {message}{shown}"
@@ -277,7 +365,8 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys env, demos, algo, train; got {type(raw).__name__}")
+        raise ConfigError(f"{path}: expected a mapping with keys env, demos, algo, intervention, reward, train, "
+                          f"runtime; got {type(raw).__name__}")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -288,10 +377,18 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    """Validate an experiment given as a mapping; every problem is named in one :class:`ConfigError` line."""
+    raw = dict(raw)
+    algo = raw.get("algo", {"name": "bc"})
     try:
+        raw["algo"] = parse_algo(algo) if isinstance(algo, dict) else algo
         return ExperimentConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [_explain(e) for e in exc.errors()]
+        if raw["algo"] is algo and isinstance(algo, dict):  # the algo section itself failed
+            owner = tagged_config(algo.get("name", "bc"))
+            problems = [_explain(e, ("algo",), owner) for e in exc.errors()]
+        else:
+            problems = [_explain(e) for e in exc.errors()]
         raise ConfigError(f"{source}: " + "; ".join(problems)) from None
     except (HilrlError, ValueError) as exc:  # an algorithm config's own range checks
         raise ConfigError(f"{source}: {exc}") from None

@@ -557,8 +557,9 @@ def test_learner_pages_its_image_ring_in_ahead_of_what_actors_send(tmp_path):
 def test_transition_storage_extend_stores_what_add_stores(rlif):
     import gymnasium as gym
 
-    from hilrl.data.buffers import ReplayBuffer
-    from hilrl.runtime.online import TransitionStorage
+    from hilrl.data.buffers import Replay, ReplayBuffer
+    from hilrl.feedback.rewards import RLIFReward
+    from hilrl.runtime.steps import TransitionStorage
 
     obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-1, 1, (2,), np.float32)})
     act_space = gym.spaces.Box(-1, 1, (2,), np.float32)
@@ -567,7 +568,7 @@ def test_transition_storage_extend_stores_what_add_stores(rlif):
     steps = {"obs": {"state": rng.normal(size=(n, 2)).astype(np.float32)}, "action": rng.normal(size=(n, 2)).astype(np.float32),
              "reward": rng.normal(size=n), "terminated": rng.random(n) < 0.05, "truncated": rng.random(n) < 0.05,
              "intervened": rng.random(n) < 0.3, "policy_action": rng.normal(size=(n, 2)).astype(np.float32)}
-    starts, episode_starts = rng.random(n) < 0.2, rng.random(n) < 0.05
+    _, episode_starts = rng.random(n) < 0.2, rng.random(n) < 0.05  # (the first draw keeps the random stream)
     # next_obs is the next step's obs except at episode ends and some other steps (the wire's own_next)
     own_next = steps["terminated"] | steps["truncated"] | (rng.random(n) < 0.1)
     own_next[-1] = True
@@ -578,13 +579,15 @@ def test_transition_storage_extend_stores_what_add_stores(rlif):
     for mode in ("add", "extend"):
         extras = {"intervened": ((), bool), "policy_action": ((2,), np.float32)}
         online, demo = ReplayBuffer(obs_space, act_space, 1000, extras=extras), ReplayBuffer(obs_space, act_space, 1000)
-        storage = TransitionStorage(online, demo, rlif)
+        replay = Replay(online, demo)
+        replay.set_reward_source(RLIFReward() if rlif else None)  # RLIF's reward comes from the stored flags
+        storage = TransitionStorage(replay, copy_interventions=not rlif)
         if mode == "add":
             for i in range(n):
                 storage.add({"next_obs": {"state": full_next[i]},
                              **{k: ({kk: vv[i] for kk, vv in v.items()} if isinstance(v, dict) else v[i].item()
                                     if v.ndim == 1 else v[i]) for k, v in steps.items()}},
-                            bool(starts[i]), bool(episode_starts[i]))
+                            bool(episode_starts[i]))
         else:
             cuts = [0, 1, 2, 50, 51, 180, n]  # batches of many sizes, one of a single step
             for a, b in zip(cuts[:-1], cuts[1:]):
@@ -592,8 +595,7 @@ def test_transition_storage_extend_stores_what_add_stores(rlif):
                 batch = {k: ({kk: vv[rows] for kk, vv in v.items()} if isinstance(v, dict) else v[rows])
                          for k, v in steps.items()}
                 batch["next_obs"], batch["own_next"] = slice_shared(steps["obs"], {"state": own_rows}, own_next, rows)
-                storage.extend(batch, starts[rows], episode_starts[rows])
-        storage.flush()
+                storage.extend(batch, episode_starts[rows])
         buffers.append((online._arrays(), demo._arrays()))
     for stored_by_add, stored_by_extend in zip(*buffers):
         assert stored_by_add.keys() == stored_by_extend.keys()

@@ -129,8 +129,7 @@ def test_set_state_rejects_bad_states():
 
 
 def test_truncated_at_time_limit_without_terminated():
-    # Built from the class: gym.make consumes max_episode_steps itself (it adds a TimeLimit wrapper).
-    env = TASKS["Reach"](max_episode_steps=3)
+    env = TASKS["Reach"](max_episode_steps=3)  # the task's own limit, without any gymnasium wrapper
     env.reset(seed=0)
     flags = [env.step(np.zeros(4, np.float32))[2:4] for _ in range(3)]
     assert flags == [(False, False), (False, False), (False, True)]
@@ -257,6 +256,100 @@ def test_import_and_render_without_display():
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "MUJOCO_GL", "PYOPENGL_PLATFORM")}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("limit", [3, 50, 80])  # below, at and above Reach's default of 50
+def test_gym_make_max_episode_steps_reaches_the_task(limit):
+    env = gym.make(ENV_IDS["Reach"], max_episode_steps=limit, terminate_on_success=False)
+    assert env.unwrapped.max_episode_steps == limit
+    env.reset(seed=0)
+    truncated = [env.step(np.zeros(4, np.float32))[3] for _ in range(limit)]
+    assert truncated == [False] * (limit - 1) + [True]
+    assert env.unwrapped.elapsed_steps == limit, "the task itself truncated there, not only gymnasium's TimeLimit"
+    again = gym.make(env.spec)  # recreating from the spec keeps the limit
+    assert again.unwrapped.max_episode_steps == limit
+    for made in (env, again):
+        made.close()
+    plain = gym.make(ENV_IDS["Reach"])
+    assert plain.unwrapped.max_episode_steps == TASKS["Reach"].default_max_episode_steps == 50
+    assert not any(isinstance(w, gym.wrappers.TimeLimit) for w in _wrappers(plain)), "no TimeLimit unless asked for"
+    plain.close()
+
+
+def _wrappers(env):
+    while isinstance(env, gym.Wrapper):
+        yield env
+        env = env.env
+
+
+def test_make_env_passes_max_episode_steps_to_the_task():
+    from hilrl.config import EnvConfig
+    from hilrl.envs.make import make_env
+
+    env = make_env(EnvConfig(id=ENV_IDS["PickCube"], max_episode_steps=130))
+    assert env.unwrapped.max_episode_steps == 130 and env.spec.max_episode_steps == 130
+    env.close()
+
+
+def test_import_hilrl_registers_the_ids_without_loading_mujoco_or_torch():
+    code = (
+        "import sys, hilrl\n"
+        "assert 'mujoco' not in sys.modules and 'torch' not in sys.modules, 'import hilrl must stay cheap'\n"
+        "import gymnasium as gym\n"
+        "ids = ['hilrl/Reach-v0', 'hilrl/Push-v0', 'hilrl/PickCube-v0', 'hilrl/PegInsert-v0']\n"
+        "assert all(i in gym.registry for i in ids)\n"
+        "env = gym.make('hilrl/Reach-v0')\n"
+        "import os\n"
+        "assert os.environ['MUJOCO_GL'] == 'egl' and 'mujoco' in sys.modules\n"
+        "import hilrl.envs\n"  # registers again: idempotent
+        "assert all(i in gym.registry for i in ids)\n"
+        "print('ok', env.unwrapped.task_name)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ok Reach" in result.stdout, result.stderr
+
+
+def _documented_dense(task: str, t: dict) -> float:
+    """Each task's docstring formula for its dense reward, from its named terms."""
+    if task == "Reach":
+        return -t["distance"]
+    if task == "Push":
+        return -(t["reach_distance"] + 2.0 * t["goal_distance"])
+    if task == "PickCube":
+        return 4.0 if t["success"] else t["reach"] + t["grasped"] + t["grasped"] * t["place"]
+    return t["reach"] + t["grasped"] + t["grasped"] * (t["align"] + t["align"] * t["insert"])
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_reward_terms_make_up_the_dense_reward(task):
+    cls = TASKS[task]
+    assert cls.reward_terms and len(set(cls.reward_terms)) == len(cls.reward_terms)
+    assert all(name in cls.__doc__ for name in cls.reward_terms), "each term is documented"
+    episodes = {}
+    for reward_type in ("dense", "sparse", "dense_cost"):
+        env = gym.make(ENV_IDS[task], reward_type=reward_type)
+        expert = make_expert(env)
+        obs, info = env.reset(seed=4)
+        steps = [(None, info)]
+        for _ in range(100):
+            obs, reward, terminated, truncated, info = env.step(expert(obs))
+            steps.append((reward, info))
+            if terminated or truncated:
+                break
+        assert info["is_success"], "the expert episode reaches every stage of the reward"
+        episodes[reward_type] = steps
+        env.close()
+    for (dense, info), (sparse, _), (cost, _) in zip(episodes["dense"], episodes["sparse"], episodes["dense_cost"]):
+        terms = info["reward_terms"]
+        assert tuple(terms) == cls.reward_terms and all(type(v) is float for v in terms.values())
+        if dense is not None:
+            assert dense == pytest.approx(_documented_dense(task, terms), rel=1e-12, abs=1e-12)
+            assert cost == pytest.approx(dense - cls.dense_reward_max, abs=1e-12)
+            assert sparse == float(info["is_success"])
+    # The terms are the dense reward's factors whatever reward_type is, and each step's dict is its own.
+    assert [i["reward_terms"] for _, i in episodes["dense"]] == [i["reward_terms"] for _, i in episodes["sparse"]]
+    assert len({id(i["reward_terms"]) for _, i in episodes["dense"]}) == len(episodes["dense"])
 
 
 def test_env_ids_are_registered():

@@ -25,6 +25,8 @@ from hilrl.envs.protocol import (
     space_from_wire,
     space_to_wire,
     validate_request,
+    validate_reward_term_names,
+    validate_reward_terms,
 )
 
 LIMITS = SafetyLimits(
@@ -154,7 +156,7 @@ def test_valid_requests_are_typed():
         ({"v": True, "op": "hello"}, "protocol version True"),
         (request("fly"), "unknown op 'fly'"),
         (request("hello", -1), "'id' must be a non-negative"),
-        (request("hello", extra=1), r"does not take field\(s\) \['extra'\]"),
+        (request("hello", extra=1), r"does not take field\(s\) \['extra'\]; allowed: task"),
         (request("reset", seed=-1), "'seed' must be null or an int"),
         (request("reset", seed=1.5), "'seed' must be null or an int"),
         (request("step", gripper=0.0), "exactly one of 'delta'"),
@@ -177,6 +179,70 @@ def test_valid_requests_are_typed():
 def test_invalid_requests_name_the_problem(message, match):
     with pytest.raises(ProtocolError, match=match):
         validate_request(_wire(message))
+
+
+def test_hello_may_ask_for_a_task_and_its_settings():
+    asked = {"id": "hilrl/PickCube-v0", "cameras": ["front"], "image_size": 64, "control_hz": 10,
+             "use_rotation": False, "max_episode_steps": 120, "terminate_on_success": True, "reward_type": "dense"}
+    hello = validate_request(_wire(request("hello", task=asked)))
+    assert hello.task == {**asked, "control_hz": 10.0} and type(hello.task["control_hz"]) is float
+    assert validate_request(_wire(request("hello"))).task is None
+
+
+@pytest.mark.parametrize(
+    ("task", "match"),
+    [
+        ("hilrl/Reach-v0", "'task' must be a map"),
+        ({"id": "hilrl/Reach-v0", "action_scale": 1.0}, r"does not take \['action_scale'\]"),
+        ({"id": 3}, "'task.id' must be a string"),
+        ({"id": "x" * 65}, "'task.id' must be a string of 1 to 64"),
+        ({"cameras": "front"}, "'task.cameras' must be a list"),
+        ({"cameras": ["front", 1]}, "'task.cameras' must be a string"),
+        ({"cameras": ["front"] * 5}, "at most 4 camera names"),
+        ({"image_size": 0}, r"'task.image_size' must be an int in \[1, 1024\]"),
+        ({"image_size": 64.0}, "'task.image_size' must be an int"),
+        ({"max_episode_steps": True}, "'task.max_episode_steps' must be an int"),
+        ({"control_hz": float("nan")}, "'task.control_hz' must be finite"),
+        ({"control_hz": -10.0}, "'task.control_hz' must be positive"),
+        ({"use_rotation": 1}, "'task.use_rotation' must be true or false"),
+        ({"reward_type": None}, "'task.reward_type' must be a string"),
+    ],
+)
+def test_bad_task_requests_name_the_problem(task, match):
+    with pytest.raises(ProtocolError, match=match):
+        validate_request(_wire(request("hello", task=task)))
+
+
+def test_reward_terms_are_bounded_maps_of_finite_numbers():
+    assert validate_reward_terms(_wire({"t": {"reach": 0.5, "grasped": 1}})["t"]) == {"reach": 0.5, "grasped": 1.0}
+    assert validate_reward_term_names(["reach", "grasped"]) == ("reach", "grasped")
+    for terms, match in [
+        ([0.5], "must be a map"),
+        ({f"t{i}": 0.0 for i in range(17)}, "at most 16"),
+        ({"": 0.0}, "names must be strings of 1 to 64"),
+        ({"reach": float("nan")}, "'reach' must be a finite number"),
+        ({"reach": float("inf")}, "'reach' must be a finite number"),
+        ({"reach": True}, "'reach' must be a finite number"),
+        ({"reach": "0.5"}, "'reach' must be a finite number"),
+    ]:
+        with pytest.raises(ProtocolError, match=match):
+            validate_reward_terms(terms)
+    for names, match in [("reach", "must be a list"), (["a", "a"], "distinct"), ([1], "must be a string"),
+                         ([f"t{i}" for i in range(17)], "at most 16")]:
+        with pytest.raises(ProtocolError, match=match):
+            validate_reward_term_names(names)
+
+
+def test_sim_config_lists_the_tasks_a_client_may_ask_for(tmp_path):
+    from hardware.server import CONFIG_DIR
+
+    shipped = load_config(CONFIG_DIR / "sim.yaml").sim
+    assert shipped.task == "hilrl/Reach-v0" and shipped.tasks is None  # any hilrl task, Reach until asked
+    path = tmp_path / "robot.yaml"
+    path.write_text("limits: {workspace_low: [0, 0, 0], workspace_high: [1, 1, 1], max_translation_per_step: 0.05}\n"
+                    "sim: {task: hilrl/Push-v0, tasks: [hilrl/Reach-v0]}\n")
+    with pytest.raises(ConfigError, match=r"sim.task 'hilrl/Push-v0' is not in sim.tasks \['hilrl/Reach-v0'\]"):
+        load_config(path)
 
 
 # ---------------------------------------------------------------- limits

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ def _play_both(remote: gym.Env, local: gym.Env, seed: int, actions: np.ndarray):
     remote_obs, remote_info = remote.reset(seed=seed)
     local_obs, local_info = local.reset(seed=seed)
     assert remote_info["is_success"] == local_info["is_success"]
+    assert remote_info["reward_terms"] == pytest.approx(local_info["reward_terms"], abs=1e-6)
     gaps = [max(float(np.max(np.abs(remote_obs[k].astype(float) - local_obs[k]))) for k in local_obs)]
     for action in actions:
         r_obs, r_rew, r_term, r_trunc, r_info = remote.step(action)
@@ -37,6 +40,8 @@ def _play_both(remote: gym.Env, local: gym.Env, seed: int, actions: np.ndarray):
         gaps.append(max(float(np.max(np.abs(r_obs[k].astype(float) - l_obs[k]))) for k in l_obs))
         assert r_rew == pytest.approx(l_rew, abs=1e-6)
         assert (r_term, r_trunc, r_info["is_success"]) == (l_term, l_trunc, l_info["is_success"])
+        assert list(r_info["reward_terms"]) == list(l_info["reward_terms"]) == list(remote.reward_terms)
+        assert r_info["reward_terms"] == pytest.approx(l_info["reward_terms"], abs=1e-6)
         if l_term or l_trunc:
             break
     return gaps
@@ -82,34 +87,56 @@ def test_camera_images_and_rotation_travel_intact(tmp_path):
             local.close()
 
 
-def test_client_side_time_limit_truncates_and_passes_the_env_checker(tmp_path):
+def test_time_limit_truncates_and_passes_the_env_checker(tmp_path):
     from gymnasium.utils.env_checker import check_env
 
     with running_server("--config", _sim_config(tmp_path, "hilrl/Reach-v0")) as server:
         env = RemoteArmEnv(server.command_address, max_episode_steps=3, timeout_s=20)
         try:
+            assert env.server_info["max_episode_steps"] == 3, "the hello asked the server's task for the limit"
             check_env(env, skip_render_check=True)
             env.reset(seed=0)
             outcomes = [env.step(np.zeros(4, np.float32))[2:4] for _ in range(3)]
             assert outcomes == [(False, False), (False, False), (False, True)]
-            assert env.client.call("get_state")["status"]["mode"] == "ready", "truncation announced with 'hold'"
+            assert env.client.call("get_state")["status"]["mode"] == "ready", "the task's truncation disarms the watchdog"
         finally:
             env.close()
 
 
-def test_mismatches_and_bad_actions_are_named(tmp_path):
+def test_the_hello_switches_the_sim_to_the_task_and_settings_asked_for(tmp_path):
+    """A server started on Reach serves Push with a camera and a 7-step limit to the client that asks for them."""
+    kwargs = {"cameras": ("front",), "image_size": 32, "max_episode_steps": 7, "terminate_on_success": False}
     with running_server("--config", _sim_config(tmp_path, "hilrl/Reach-v0")) as server:
-        address = server.command_address
-        with pytest.raises(HilrlError, match="runs 'hilrl/Reach-v0'; set sim.task"):
-            RemoteArmEnv(address, "hilrl/Push-v0")
-        with pytest.raises(HilrlError, match=r"cameras=\['front'\] but the robot server's task uses \[\]"):
-            RemoteArmEnv(address, cameras=("front",))
-        with pytest.raises(HilrlError, match="control_hz=20.0"):
-            RemoteArmEnv(address, control_hz=20.0)
-        with pytest.raises(HilrlError, match="exceeds the server task's limit of 50"):
-            RemoteArmEnv(address, max_episode_steps=500)
-        env = RemoteArmEnv(address, timeout_s=20)
+        remote = RemoteArmEnv(server.command_address, "hilrl/Push-v0", timeout_s=20, **kwargs)
+        local = gym.make("hilrl/Push-v0", **kwargs)
         try:
+            assert remote.task_name == "Push" and remote.observation_space == local.observation_space
+            assert remote.reward_terms == ("reach_distance", "goal_distance") == local.unwrapped.reward_terms
+            assert remote.max_episode_steps == remote.server_info["max_episode_steps"] == 7
+            actions = np.random.default_rng(2).uniform(-1, 1, size=(20, 4)).astype(np.float32)
+            gaps = _play_both(remote, local, seed=5, actions=actions)
+            assert len(gaps) == 8 and max(gaps) < 1e-5, "truncated at step 7 on both sides"
+            assert "now serving hilrl/Push-v0" in server.stderr_text()
+        finally:
+            remote.close()
+            local.close()
+
+
+def test_refusals_and_bad_actions_are_named(tmp_path):
+    config = yaml.safe_load(Path(_sim_config(tmp_path, "hilrl/Reach-v0")).read_text())
+    config["sim"]["tasks"] = ["hilrl/Reach-v0"]  # pinned: a client may not switch it to another task
+    (tmp_path / "sim.yaml").write_text(yaml.safe_dump(config))
+    with running_server("--config", str(tmp_path / "sim.yaml")) as server:
+        address = server.command_address
+        with pytest.raises(HilrlError, match="'hilrl/Push-v0' is not served here: this robot config allows hilrl/Reach-v0"):
+            RemoteArmEnv(address, "hilrl/Push-v0")
+        with pytest.raises(HilrlError, match=r"control_hz=20.0 but this robot runs at 10.0 Hz"):
+            RemoteArmEnv(address, control_hz=20.0)
+        with pytest.raises(HilrlError, match="unknown camera 'top'"):
+            RemoteArmEnv(address, cameras=("top",))
+        env = RemoteArmEnv(address, "hilrl/Reach-v0", max_episode_steps=500, timeout_s=20)
+        try:
+            assert env.max_episode_steps == env.server_info["max_episode_steps"] == 500
             env.reset(seed=0)
             with pytest.raises(HilrlError, match=r"expected \(4,\)"):
                 env.step(np.zeros(7))

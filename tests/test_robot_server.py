@@ -410,3 +410,120 @@ def test_ur_adapter_servos_to_targets_and_estops(monkeypatch):
         for s in sockets:
             s.close(0)
     assert calls[-1] == ("stopScript",)
+
+
+# ---------------------------------------------------------------- choosing the task (sim driver, in process)
+
+
+def _sim_server(**sim):
+    """An in-process server on the sim driver; ``send(client, op, **fields)`` answers as the ROUTER would."""
+    from hardware.drivers.sim import SimArmDriver
+    from hardware.limits import load_config
+    from hardware.server import RobotServer
+
+    config = load_config(CONFIG_DIR / "sim.yaml")
+    config = config.model_copy(update={"sim": config.sim.model_copy(update={"realtime": False, **sim})})
+    context = zmq.Context.instance()
+    sockets = context.socket(zmq.ROUTER), context.socket(zmq.PUB)
+    server = RobotServer(SimArmDriver(config.sim, config.control_hz), config, *sockets)
+
+    def send(client: bytes, op: str, **fields):
+        return decode(server.handle([client, b"", *encode(request(op, 1, **fields))])[2:])
+
+    return server, send, sockets
+
+
+def _close(server, sockets):
+    server.driver.close()
+    for s in sockets:
+        s.close(0)
+
+
+def test_a_hello_switches_the_task_only_outside_another_clients_episode():
+    from hardware.server import EPISODE_IDLE_S
+
+    server, send, sockets = _sim_server()
+    step = {"delta": [0.0, 0.0, 0.01], "gripper": 1.0}
+    try:
+        assert send(b"A", "hello")["info"]["task_id"] == "hilrl/Reach-v0"
+        assert send(b"A", "reset", seed=0)["ok"] and send(b"A", "step", **step)["ok"]
+        # B asks for PickCube while A is in its episode: refused, and A's episode goes on.
+        refused = send(b"B", "hello", task={"id": "hilrl/PickCube-v0"})
+        assert not refused["ok"] and "another client is in an episode of hilrl/Reach-v0" in refused["error"]
+        assert send(b"A", "step", **step)["ok"]
+        # Asking for what already runs needs no switch, so it is never refused.
+        assert send(b"B", "hello", task={"id": "hilrl/Reach-v0", "cameras": []})["ok"]
+        # A goes silent mid-episode (crashed?): after EPISODE_IDLE_S another client may take the arm.
+        server.episode_seen -= EPISODE_IDLE_S
+        info = send(b"B", "hello", task={"id": "hilrl/PickCube-v0", "max_episode_steps": 2})["info"]
+        assert (info["task_id"], info["max_episode_steps"]) == ("hilrl/PickCube-v0", 2)
+        assert info["reward_terms"] == ["reach", "grasped", "place", "success"]
+        # A never stepped in a task it did not ask for: it must say hello again.
+        for op, fields in (("step", step), ("reset", {})):
+            answer = send(b"A", op, **fields)
+            assert not answer["ok"] and "now serves hilrl/PickCube-v0, switched for another client" in answer["error"]
+        assert send(b"B", "reset", seed=1)["state"]["task"]["reward_terms"]["success"] == 0.0
+        state = send(b"B", "step", **step)["state"]
+        assert set(state["task"]["reward_terms"]) == {"reach", "grasped", "place", "success"}
+        # B's episode ends at its 2-step limit; A's hello may switch back at once.
+        assert send(b"B", "step", **step)["state"]["task"]["truncated"] is True
+        assert send(b"A", "hello", task={"id": "hilrl/Push-v0"})["info"]["task_id"] == "hilrl/Push-v0"
+        assert send(b"A", "reset", seed=0)["ok"]
+        assert "now serves hilrl/Push-v0" in send(b"B", "step", **step)["error"]
+    finally:
+        _close(server, sockets)
+
+
+def test_task_requests_the_robot_config_does_not_allow_are_refused():
+    server, send, sockets = _sim_server(tasks=["hilrl/Reach-v0", "hilrl/Push-v0"])
+    try:
+        for task, error in (
+            ({"id": "hilrl/PegInsert-v0"}, "'hilrl/PegInsert-v0' is not served here: this robot config allows "
+                                          "hilrl/Reach-v0, hilrl/Push-v0 (sim.tasks)"),
+            ({"control_hz": 20.0}, "control_hz=20.0 but this robot runs at 10.0 Hz"),
+            ({"id": "hilrl/Push-v0", "cameras": ["top"]}, "unknown camera 'top'"),
+            ({"reward_type": "shaped"}, "reward_type='shaped'"),
+            ({"id": "hilrl/Reach-v0", "speed": 2.0}, r"'task' does not take ['speed']"),
+        ):
+            answer = send(b"A", "hello", task=task)
+            assert not answer["ok"] and error in answer["error"], answer["error"]
+        assert send(b"A", "hello")["info"]["task_id"] == "hilrl/Reach-v0", "a refused request changes nothing"
+        assert send(b"A", "estop")["status"]["mode"] == "estop"
+        answer = send(b"A", "hello", task={"id": "hilrl/Push-v0"})
+        assert not answer["ok"] and "send 'clear_error'" in answer["error"], "a latched stop blocks a switch"
+        send(b"A", "clear_error")
+        assert send(b"A", "hello", task={"id": "hilrl/Push-v0"})["info"]["task_id"] == "hilrl/Push-v0"
+    finally:
+        _close(server, sockets)
+
+
+def test_task_option_pins_the_sim_task():
+    from hardware.limits import ConfigError
+    from hardware.server import _load, build_parser
+
+    config = _load(build_parser().parse_args(["--driver", "sim", "--task", "hilrl/PickCube-v0"]))
+    assert config.sim.task == "hilrl/PickCube-v0" and config.sim.tasks == ["hilrl/PickCube-v0"]
+    with pytest.raises(ConfigError, match="--task hilrl/PickCube-v0 is for the sim driver"):
+        _load(build_parser().parse_args(["--driver", "kinematic", "--task", "hilrl/PickCube-v0"]))
+
+
+def test_bad_reward_terms_from_a_driver_latch_a_fault():
+    from hardware.drivers.kinematic import KinematicArmDriver
+    from hardware.limits import load_config
+
+    class BadTerms(KinematicArmDriver):
+        def move(self, command):
+            state = super().move(command)
+            state.task = {"reward": 0.0, "terminated": False, "truncated": False, "reward_terms": {"reach": float("nan")}}
+            return state
+
+    config = load_config(CONFIG_DIR / "kinematic.yaml")
+    server, send, sockets = _in_process_server(config, BadTerms(config.limits))
+    try:
+        assert send("reset")["ok"]
+        answer = send("step", delta=[0.01, 0.0, 0.0], gripper=1.0)
+        assert answer["status"]["mode"] == "fault"
+        assert "reward term 'reach' must be a finite number" in answer["error"]
+    finally:
+        for s in sockets:
+            s.close(0)

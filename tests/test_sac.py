@@ -105,7 +105,7 @@ def test_compiled_critic_update_matches_eager():
     rng = np.random.default_rng(1)
     for _ in range(3):
         batch, noise = batch_to_torch(buf.sample(32, rng), "cpu"), eager.draw_noise(16)
-        m1, m2 = eager.update(batch, noise), compiled.update(batch, noise)
+        m1, m2 = eager.train_on_batch(batch, noise), compiled.train_on_batch(batch, noise)
         for key in m1:
             torch.testing.assert_close(m1[key], m2[key], rtol=1e-4, atol=1e-5)
     for a, b in zip(eager.critic.parameters(), compiled.critic.parameters()):
@@ -385,7 +385,7 @@ def test_kl_prior_of_its_own_is_fitted_on_the_demo_buffer_and_checkpointed():
 
     restored = SAC(STATE_SPACE, ACT_SPACE, config)
     with pytest.raises(HilrlError, match="not fitted"):
-        restored.update(batch_to_torch(mixed_sample(online, demo, 32, rng, 0.5, 1), torch.device("cpu")))
+        restored.train_on_batch(batch_to_torch(mixed_sample(online, demo, 32, rng, 0.5, 1), torch.device("cpu")))
     restored.load_state_dict(sac.state_dict())
     torch.testing.assert_close(restored.bc_prior.log_prob(tensors, torch.as_tensor(expert[:100])), at_demo)
     restored.train_step(online, demo)  # no refit: the prior came with the checkpoint
@@ -523,15 +523,36 @@ def test_cuda_graph_update_matches_eager(with_images):
         return batch_to_torch(buf.sample(48, rng), "cuda")
 
     for _ in range(5):  # three eager warm-ups, capture, one replay
-        graph.update(draw())
+        graph.train_on_batch(draw())
     assert graph._graph is not None
     eager = SAC(space, ACT_SPACE, config, device="cuda", seed=7)
     eager.load_state_dict(graph.state_dict())
     for _ in range(3):
         batch, noise = draw(), eager.draw_noise(16)
-        m1 = eager.update(batch, noise)
-        m2 = graph.update(batch, noise)
+        m1 = eager.train_on_batch(batch, noise)
+        m2 = graph.train_on_batch(batch, noise)
         for key in m1:
             torch.testing.assert_close(m1[key], m2[key], rtol=1e-5, atol=1e-6)
     for a, b in zip(eager.critic.parameters(), graph.critic.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_policy_weights_carry_everything_acting_needs_including_the_bc_proposals():
+    """An actor process acts from ``policy_weights`` only: with IBRL's proposals that includes the BC prior and
+    the critic that picks between its action and the actor's."""
+    rng = np.random.default_rng(0)
+    online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 300), ReplayBuffer(STATE_SPACE, ACT_SPACE, 300)
+    fill(online, 200, rng)
+    fill(demo, 200, rng, source=1)
+    config = SACConfig(bc_proposal=True, bc_prior_updates=50, normalize_obs=True, **SMALL)
+    learner = SAC(STATE_SPACE, ACT_SPACE, config, seed=0)
+    for _ in range(3):
+        learner.train_step(online, demo)  # fits the normaliser and the prior, then trains
+    actor = SAC(STATE_SPACE, ACT_SPACE, config, seed=7)  # another process: its own random initialisation
+    states = {k: rng.uniform(-1, 1, (64, *s.shape)).astype(np.float32) for k, s in STATE_SPACE.items()}
+    assert not np.allclose(actor.act(states, deterministic=True), learner.act(states, deterministic=True))
+    actor.load_policy_weights(learner.policy_weights())
+    np.testing.assert_array_equal(actor.act(states, deterministic=True), learner.act(states, deterministic=True))
+    assert actor._bc_prior_ready and any(k.startswith("bc_prior.") for k in learner.policy_weights())
+    with pytest.raises(HilrlError, match="same config"):
+        SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL)).load_policy_weights(learner.policy_weights())

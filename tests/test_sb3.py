@@ -211,7 +211,7 @@ def test_bad_sb3_settings_are_refused_with_a_clear_error(tmp_path, monkeypatch):
         experiment(algo={"policy_delay": 2})
     with pytest.raises(ConfigError, match="did you mean 'policy_delay'.*allowed here: action_noise"):
         experiment(algo={"name": "sb3.td3", "polcy_delay": 2})
-    with pytest.raises(HilrlError, match="'rlif' is not supported"):
+    with pytest.raises(HilrlError, match="'rlif' is not supported"):  # refused by the config now
         train(experiment(intervention={"source": "random", "learn_from": "rlif"}), tmp_path, show_progress=False)
     assert not (tmp_path / "demos.hdf5").exists(), "refused before recording demos"
     probe = gym.make("hilrl/Reach-v0")

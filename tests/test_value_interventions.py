@@ -32,7 +32,8 @@ def test_value_interventions_from_a_reference_checkpoint(tmp_path):
     rlif = {**base, "intervention": {"source": "value", "learn_from": "rlif", "q_ref": str(tmp_path / "reference"),
                                      "expert_noise": 0.1}}
     train(validate_config(rlif), tmp_path / "rlif", show_progress=False)
-    with np.load(tmp_path / "rlif" / "checkpoints" / "replay_online.npz") as f:
+    (path,) = (tmp_path / "rlif" / "checkpoints").glob("replay_online_*.npz")
+    with np.load(path) as f:
         intervened = f["extras::intervened"].astype(bool)
         rewards = f["rewards"]
         done = f["terminated"] | f["truncated"]
@@ -47,16 +48,18 @@ def test_value_interventions_from_a_reference_checkpoint(tmp_path):
     assert (rewards == -1).sum() > 0
 
 
-def test_a_missing_reference_critic_says_how_to_build_it(tmp_path):
-    import pytest
-
-    from hilrl.errors import HilrlError
-
+def test_a_missing_reference_critic_is_built_on_first_use(tmp_path, capsys):
+    """A ready RLIF experiment runs as it is: the reference critic its gate reads is trained where q_ref points."""
+    q_ref = tmp_path / "qref_push"
     cfg = validate_config({
-        "env": {"id": "hilrl/Push-v0"}, "demos": {"episodes": 0},
+        "env": {"id": "hilrl/Push-v0", "max_episode_steps": 20, "relative_positions": True}, "demos": {"episodes": 0},
         "algo": {"name": "sac", "hidden": [32, 32], "batch_size": 32},
-        "intervention": {"source": "value", "q_ref": str(tmp_path / "qref_push"), "learn_from": "rlif"},
-        "train": {"steps": 10, "video": False},
+        "intervention": {"source": "value", "q_ref": str(q_ref), "learn_from": "rlif", "q_ref_steps": 300},
+        "train": {"steps": 30, "learning_starts": 10, "eval_episodes": 1, "video": False},
     })
-    with pytest.raises(HilrlError, match="train_reference_critic.py"):
-        train(cfg, tmp_path / "run", show_progress=False)
+    train(cfg, tmp_path / "run", show_progress=False)
+    assert "building it now, on first use" in capsys.readouterr().err
+    assert (q_ref / "metrics.json").is_file() and (q_ref / "checkpoints" / "step_300.pt").is_file()
+    built = (q_ref / "metrics.json").stat().st_mtime_ns
+    train(cfg, tmp_path / "again", show_progress=False)
+    assert (q_ref / "metrics.json").stat().st_mtime_ns == built, "a built reference is reused, not retrained"

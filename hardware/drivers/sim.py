@@ -5,6 +5,10 @@ between commands the simulated arm is frozen: holding is exact, and the same
 seeded episode played through the server reproduces the local task. With
 ``realtime`` the driver also waits out the rest of each control period, as a
 real arm would.
+
+It serves the task a client asks for in its ``hello`` (``prepare_task`` /
+``switch_task``), among the tasks the robot config allows (``sim.tasks``), at the
+config's ``control_hz``; the server decides when a switch may happen.
 """
 
 from __future__ import annotations
@@ -15,39 +19,86 @@ from typing import Any
 import numpy as np
 
 from hardware.driver import ArmCommand, ArmDriver, ArmState, NotReady
-from hardware.limits import ConfigError, SimDriverConfig
+from hardware.limits import CommandRejected, ConfigError, SimDriverConfig
 from hilrl.envs.protocol import space_to_wire
 
 
 class SimArmDriver(ArmDriver):
-    """Runs ``config.task`` (e.g. ``hilrl/Reach-v0``) at ``control_hz``."""
+    """Runs ``config.task`` (e.g. ``hilrl/Reach-v0``) at ``control_hz``, or another task of ``config.tasks`` a client asks for."""
 
     name = "sim"
 
     def __init__(self, config: SimDriverConfig, control_hz: float) -> None:
         import gymnasium as gym
 
-        import hilrl.envs  # noqa: F401  (registers the tasks)
+        import hilrl.envs  # noqa: F401  (registers the tasks; sets MUJOCO_GL before MuJoCo loads)
 
+        self.config = config
+        self.control_hz = float(control_hz)
+        hilrl_ids = sorted(k for k in gym.registry if k.startswith("hilrl/"))
+        self.tasks = tuple(config.tasks) if config.tasks is not None else tuple(dict.fromkeys([*hilrl_ids, config.task]))
+        unknown = [task for task in self.tasks if task not in gym.registry]
+        if unknown:
+            raise ConfigError(f"sim.task/sim.tasks name unregistered ids {unknown}; the hilrl tasks are {', '.join(hilrl_ids)}")
         kwargs = dict(config.env_kwargs)
-        if kwargs.setdefault("control_hz", control_hz) != control_hz:
+        if kwargs.setdefault("control_hz", self.control_hz) != self.control_hz:
             raise ConfigError(
                 f"sim.env_kwargs.control_hz={kwargs['control_hz']} differs from control_hz={control_hz}; remove it from env_kwargs"
             )
-        # gym.make would turn max_episode_steps into a TimeLimit wrapper; the task counts steps itself.
-        max_episode_steps = kwargs.pop("max_episode_steps", None)
         try:
-            # The bare task: the server already validates actions, and truncation lives inside the task.
-            self.env = gym.make(config.task, **kwargs).unwrapped
-        except (gym.error.Error, TypeError, ValueError) as exc:
-            raise ConfigError(f"sim.task={config.task!r} cannot be made: {exc}") from None
-        if max_episode_steps is not None:
-            self.env.max_episode_steps = int(max_episode_steps)
+            self.env = self._make(config.task, kwargs)
+        except CommandRejected as exc:
+            raise ConfigError(f"sim.task={config.task!r}: {exc}") from None
+        self._task_id = config.task
+        self._kwargs = kwargs
         self.period = 1.0 / control_hz
         self.realtime = config.realtime
-        self._task_id = config.task
         self._state: ArmState | None = None
         self._last_move = 0.0
+
+    @staticmethod
+    def _make(task_id: str, kwargs: dict[str, Any]):
+        import gymnasium as gym
+
+        try:
+            # The bare task: the server already validates actions, and truncation lives inside the task
+            # (gymnasium.make hands max_episode_steps to it through the ids' TaskTimeLimit wrapper).
+            return gym.make(task_id, **kwargs).unwrapped
+        except (gym.error.Error, TypeError, ValueError) as exc:
+            raise CommandRejected(f"{task_id} cannot be made with {kwargs}: {exc}") from None
+
+    # ---------------------------------------------------------------- choosing the task
+
+    def prepare_task(self, task: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+        task_id = task.get("id", self._task_id)
+        if task_id not in self.tasks:
+            raise CommandRejected(
+                f"task {task_id!r} is not served here: this robot config allows {', '.join(self.tasks)} "
+                "(sim.tasks); ask for one of them or start the server with another robot config"
+            )
+        control_hz = task.get("control_hz", self.control_hz)
+        if control_hz != self.control_hz:
+            raise CommandRejected(
+                f"control_hz={control_hz} but this robot runs at {self.control_hz} Hz (control_hz in the robot config); "
+                f"ask for {self.control_hz}"
+            )
+        settings = {key: value for key, value in task.items() if key != "id"}
+        if task_id == self._task_id and all(self._setting(key) == value for key, value in settings.items()):
+            return None
+        # Settings the hello leaves out keep their values for the same task, else come from the config.
+        base = self._kwargs if task_id == self._task_id else {**self.config.env_kwargs, "control_hz": self.control_hz}
+        return task_id, {**base, **settings}
+
+    def _setting(self, key: str) -> Any:
+        value = getattr(self.env, key)
+        return list(value) if key == "cameras" else value
+
+    def switch_task(self, prepared: tuple[str, dict[str, Any]]) -> None:
+        task_id, kwargs = prepared
+        env = self._make(task_id, kwargs)  # the old task keeps running if this fails
+        self.env.close()
+        self.env, self._task_id, self._kwargs = env, task_id, kwargs
+        self._state = None
 
     def describe(self) -> dict[str, Any]:
         env = self.env
@@ -66,6 +117,8 @@ class SimArmDriver(ArmDriver):
             "max_episode_steps": env.max_episode_steps,
             "terminate_on_success": env.terminate_on_success,
             "reward_type": env.reward_type,
+            "reward_terms": list(env.reward_terms),
+            "tasks": list(self.tasks),
         }
 
     def _snapshot(self, obs: dict[str, np.ndarray], task: dict[str, Any]) -> ArmState:
@@ -83,7 +136,7 @@ class SimArmDriver(ArmDriver):
     def reset(self, seed: int | None) -> ArmState:
         obs, info = self.env.reset(seed=seed)
         task = {"reward": 0.0, "terminated": False, "truncated": False, "is_success": bool(info["is_success"]),
-                "sim_state": self.env.get_state()}
+                "reward_terms": info["reward_terms"], "sim_state": self.env.get_state()}
         self._state = self._snapshot(obs, task)
         self._last_move = time.monotonic()
         return self._state
@@ -108,6 +161,7 @@ class SimArmDriver(ArmDriver):
             "terminated": bool(terminated),
             "truncated": bool(truncated),
             "is_success": bool(info["is_success"]),
+            "reward_terms": info["reward_terms"],
             # the full MuJoCo state lets recordings made through the server be replayed state-exactly
             "sim_state": env.get_state(),
         }

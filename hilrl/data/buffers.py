@@ -1,15 +1,27 @@
-"""Preallocated replay buffers (numpy ring buffers) and the mixed online/demo sampler.
+"""Preallocated replay buffers (numpy ring buffers), the mixed online/demo sampler, and reward sources on them.
 
 A batch is a dict::
 
     {"obs": {key: (n, ...)}, "actions": (n, A) float32, "rewards": (n,) float32,
      "next_obs": {key: (n, ...)}, "terminated": (n,) bool, "truncated": (n,) bool,
-     <extra>: (n, ...)}
+     <extra>: (n, ...), ["reward_terms": {name: (n,)}], ["env_rewards": (n,)]}
 
 Images stay ``uint8``. ``terminated`` and ``truncated`` are kept apart: only
-``terminated`` stops bootstrapping (ALGORITHMS.md, "Interventions", the gym-hil pitfall).
+``terminated`` stops bootstrapping (the pitfall seen in gym-hil, which merges them).
 Extras (``intervened``, ``policy_action``...) are stored per transition; their
 arrays are allocated the first time a key is seen (or declared up front with ``extras``).
+:data:`STEP_EXTRAS` are what the training loops store with every step: whether a person (or a
+simulated one) was in control, whether the episode's next step was, the episode id and the
+step's index in its episode. ``reward_terms`` are the task's named reward terms
+(``info["reward_terms"]``), each a float32 column.
+
+Rewards (door 2 of the architecture, ``docs/ARCHITECTURE.md``): a buffer stores what happened, and
+the env's reward is kept as it came (:attr:`ReplayBuffer.rewards`, never overwritten). With a
+:attr:`ReplayBuffer.reward_source` set, a batch's ``rewards`` are that source's instead (and the
+env's travel as ``env_rewards``): each row's value is cached with the source's ``version``; a row
+is computed when it is sampled after it was written (or changed: a late intervention mark), and
+when the version moves every stored row is recomputed in bulk, a chunk of rows per call, before
+the next batch (PEBBLE's relabelling of the whole buffer after each reward-model update).
 
 Shared ``next_obs`` (SERL's memory-efficient buffer): consecutive steps of one stream can be
 given with a bool ``own_next`` per step and ``next_obs`` rows only where it is true; every other
@@ -23,8 +35,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -34,6 +47,47 @@ from hilrl.errors import HilrlError
 
 Batch = dict[str, Any]
 _CORE = ("actions", "rewards", "terminated", "truncated")
+# what the training loops store with every step (see the module docstring)
+STEP_EXTRAS: dict[str, tuple[tuple[int, ...], Any]] = {
+    "intervened": ((), np.bool_), "next_intervened": ((), np.bool_), "episode": ((), np.int64), "step": ((), np.int32),
+}
+RECOMPUTE_CHUNK = 8192  # rows per reward-source call in a bulk recompute
+
+
+@dataclass
+class RewardBatch:
+    """What a reward source sees of ``n`` stored transitions (arrays with a leading axis ``n``).
+
+    ``env_rewards`` is the env's reward as stored; ``reward_terms`` the task's named terms (empty when
+    the task has none); ``intervened`` whether a person (or a simulated one) acted at the step and
+    ``next_intervened`` whether they did at the episode's next step (filled in when that step is
+    stored; false at an episode's last step); ``episode`` and ``step`` say where a row sits, so
+    segment-level sources (preferences over segments) can find its neighbours. Flags a buffer does
+    not store read as false, ids as -1.
+    """
+
+    obs: dict[str, np.ndarray]
+    actions: np.ndarray
+    next_obs: dict[str, np.ndarray]
+    terminated: np.ndarray
+    truncated: np.ndarray
+    env_rewards: np.ndarray
+    reward_terms: dict[str, np.ndarray]
+    intervened: np.ndarray
+    next_intervened: np.ndarray
+    episode: np.ndarray
+    step: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.env_rewards)
+
+
+class RewardFn(Protocol):
+    """What a buffer needs of a reward source (:class:`hilrl.feedback.rewards.RewardSource`)."""
+
+    version: int
+
+    def __call__(self, batch: RewardBatch) -> np.ndarray: ...
 
 
 class ReplayBuffer:
@@ -69,8 +123,14 @@ class ReplayBuffer:
         self.extras: dict[str, np.ndarray] = {}
         for name, (shape, dtype) in (extras or {}).items():
             self._allocate_extra(name, tuple(shape), np.dtype(dtype))
+        self.reward_terms: dict[str, np.ndarray] = {}
         self.pos = 0
         self.size = 0
+        self.next_episode = 0  # the id new_episodes hands out next
+        self._reward_source: RewardFn | None = None
+        self._reward_cache = np.zeros(0, np.float32)
+        self._reward_stamp = np.zeros(0, np.int64)  # the source version each cached row was computed with; -1: none
+        self._seen_version: int | None = None
 
     def __len__(self) -> int:
         return self.size
@@ -78,6 +138,45 @@ class ReplayBuffer:
     @property
     def full(self) -> bool:
         return self.size == self.capacity
+
+    @property
+    def reward_source(self) -> RewardFn | None:
+        """The source of the ``rewards`` in sampled batches; ``None``: the env's stored reward."""
+        return self._reward_source
+
+    @reward_source.setter
+    def reward_source(self, source: RewardFn | None) -> None:
+        if source is not None and not (callable(source) and isinstance(getattr(source, "version", None),
+                                                                          (int, np.integer))):
+            raise HilrlError(f"a reward source is callable on a RewardBatch and has an int 'version', got {source!r}")
+        self._reward_source = source
+        if source is not None and len(self._reward_cache) != self.capacity:
+            self._reward_cache = np.zeros(self.capacity, np.float32)
+            self._reward_stamp = np.full(self.capacity, -1, np.int64)
+        self._reward_stamp[:] = -1
+        self._seen_version = None
+
+    def new_episodes(self, count: int) -> int:
+        """Reserve ``count`` episode ids; returns the first (ids are consecutive and never reused)."""
+        first = self.next_episode
+        self.next_episode += int(count)
+        return first
+
+    def mark_next_intervened(self, slot: int, episode: int, step: int) -> bool:
+        """The step after the one in ``slot`` was intervened: set its ``next_intervened``.
+
+        The slot must still hold step ``step`` of episode ``episode`` (the ring may have overwritten it);
+        returns whether it did. Its cached reward is recomputed when next sampled.
+        """
+        ids, steps = self.extras.get("episode"), self.extras.get("step")
+        if ids is None or steps is None or "next_intervened" not in self.extras or slot >= self.size:
+            return False
+        if int(ids[slot]) != episode or int(steps[slot]) != step:
+            return False
+        self.extras["next_intervened"][slot] = True
+        if len(self._reward_stamp):
+            self._reward_stamp[slot] = -1
+        return True
 
     def _allocate_extra(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
         if name in ("obs", "next_obs", "own_next", *_CORE):
@@ -95,11 +194,14 @@ class ReplayBuffer:
 
     def extend(self, obs: Mapping[str, np.ndarray], actions: np.ndarray, rewards: np.ndarray,
                next_obs: Mapping[str, np.ndarray], terminated: np.ndarray, truncated: np.ndarray,
-               own_next: np.ndarray | None = None, **extras: np.ndarray) -> None:
+               own_next: np.ndarray | None = None, reward_terms: Mapping[str, np.ndarray] | None = None,
+               **extras: np.ndarray) -> None:
         """Add ``n`` transitions given as arrays with a leading axis of length ``n``.
 
-        ``own_next``: the shared ``next_obs`` form (module docstring): consecutive steps, ``next_obs``
-        holding one row per true entry, which must include the last step.
+        ``rewards`` is the env's reward. ``own_next``: the shared ``next_obs`` form (module docstring):
+        consecutive steps, ``next_obs`` holding one row per true entry, which must include the last
+        step. ``reward_terms``: the task's named reward terms, one ``(n,)`` array each; once a buffer
+        stores terms every call must pass the same names.
         """
         actions = np.asarray(actions, np.float32)
         n = len(actions)
@@ -133,6 +235,15 @@ class ReplayBuffer:
         absent = sorted(set(self.extras) - set(extras))
         if absent:
             raise HilrlError(f"transitions lack extras {absent} that this buffer stores; pass them to add()/extend()")
+        terms = {name: np.asarray(values, np.float32) for name, values in (reward_terms or {}).items()}
+        if set(terms) != set(self.reward_terms):
+            if self.size or self.reward_terms:
+                raise HilrlError(f"reward terms {sorted(terms)} differ from the {sorted(self.reward_terms)} this buffer "
+                                 "stores; every step of a task carries the same info['reward_terms'] names")
+            self.reward_terms = {name: np.zeros(self.capacity, np.float32) for name in terms}
+        for name, values in terms.items():
+            if values.shape != (n,):
+                raise HilrlError(f"reward term {name!r} has shape {values.shape}, expected ({n},)")
         if n > self.capacity:  # only the newest `capacity` survive
             cut = n - self.capacity
             obs = {k: v[cut:] for k, v in obs.items()}
@@ -144,6 +255,7 @@ class ReplayBuffer:
             actions = actions[cut:]
             columns = {k: np.asarray(v)[cut:] for k, v in columns.items()}
             extras = {k: np.asarray(v)[cut:] for k, v in extras.items()}
+            terms = {k: v[cut:] for k, v in terms.items()}
             n = self.capacity
         # slice copies only (an index array gathers row by row): one up to the ring's end, one from its start
         head = min(n, self.capacity - self.pos)
@@ -162,6 +274,10 @@ class ReplayBuffer:
             self.truncated[ring] = np.asarray(columns["truncated"])[rows]
             for name, values in extras.items():
                 self.extras[name][ring] = np.asarray(values)[rows]
+            for name, values in terms.items():
+                self.reward_terms[name][ring] = values[rows]
+            if len(self._reward_stamp):
+                self._reward_stamp[ring] = -1
         if own_next is not None:
             slots = (self.pos + np.flatnonzero(own_next)) % self.capacity
             for key in self.obs_shapes:
@@ -171,11 +287,13 @@ class ReplayBuffer:
         self.size = min(self.size + n, self.capacity)
 
     def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray, reward: float,
-            next_obs: Mapping[str, np.ndarray], terminated: bool, truncated: bool, **extras: Any) -> None:
+            next_obs: Mapping[str, np.ndarray], terminated: bool, truncated: bool,
+            reward_terms: Mapping[str, float] | None = None, **extras: Any) -> None:
         """Add one transition."""
         self.extend({k: np.asarray(v)[None] for k, v in obs.items()}, np.asarray(action, np.float32)[None],
                     np.array([reward], np.float32), {k: np.asarray(v)[None] for k, v in next_obs.items()},
                     np.array([terminated], bool), np.array([truncated], bool),
+                    reward_terms={k: np.array([v], np.float32) for k, v in (reward_terms or {}).items()},
                     **{k: np.asarray(v)[None] for k, v in extras.items()})
 
     def gather(self, idx: np.ndarray) -> Batch:
@@ -190,7 +308,59 @@ class ReplayBuffer:
             "truncated": self.truncated[idx],
         }
         batch.update({k: v[idx] for k, v in self.extras.items()})
+        if self.reward_terms:
+            batch["reward_terms"] = {k: v[idx] for k, v in self.reward_terms.items()}
+        if self._reward_source is not None:
+            batch["env_rewards"] = batch["rewards"]
+            batch["rewards"] = self.rewards_at(idx)
         return batch
+
+    def reward_batch(self, idx: np.ndarray) -> RewardBatch:
+        """The stored rows ``idx`` as a reward source sees them."""
+        idx = np.asarray(idx).ravel()
+        n = len(idx)
+
+        def extra(name: str, fill: Any, dtype: Any) -> np.ndarray:
+            column = self.extras.get(name)
+            return column[idx] if column is not None else np.full(n, fill, dtype)
+
+        return RewardBatch(
+            obs={k: v[idx] for k, v in self.obs.items()}, actions=self.actions[idx], next_obs=self._next_obs_at(idx),
+            terminated=self.terminated[idx], truncated=self.truncated[idx], env_rewards=self.rewards[idx],
+            reward_terms={k: v[idx] for k, v in self.reward_terms.items()},
+            intervened=extra("intervened", False, bool), next_intervened=extra("next_intervened", False, bool),
+            episode=extra("episode", -1, np.int64), step=extra("step", -1, np.int32))
+
+    def rewards_at(self, idx: np.ndarray) -> np.ndarray:
+        """The reward source's rewards of rows ``idx`` (the stored env reward without a source).
+
+        A new source version first recomputes every stored row in bulk (:data:`RECOMPUTE_CHUNK` rows per
+        call); rows written since their value was cached are computed now, in one call.
+        """
+        idx = np.asarray(idx).ravel()
+        source = self._reward_source
+        if source is None:
+            return self.rewards[idx]
+        version = int(source.version)
+        if version != self._seen_version:
+            for start in range(0, self.size, RECOMPUTE_CHUNK):
+                self._compute(np.arange(start, min(start + RECOMPUTE_CHUNK, self.size)), source, version)
+            self._seen_version = version
+        stale = idx[self._reward_stamp[idx] != version]
+        if len(stale):
+            self._compute(np.unique(stale), source, version)
+        return self._reward_cache[idx]
+
+    def _compute(self, rows: np.ndarray, source: RewardFn, version: int) -> None:
+        values = np.asarray(source(self.reward_batch(rows)), np.float32).reshape(-1)
+        if values.shape != (len(rows),):
+            raise HilrlError(f"reward source {source!r} returned {values.shape[0]} rewards for {len(rows)} rows; it "
+                             "must return one float per row of the RewardBatch")
+        if not np.isfinite(values).all():
+            raise HilrlError(f"reward source {source!r} returned NaN or inf rewards; fix the source (nothing stored "
+                             "was changed)")
+        self._reward_cache[rows] = values
+        self._reward_stamp[rows] = version
 
     def _next_obs_at(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         if not self._any_shared:
@@ -213,12 +383,20 @@ class ReplayBuffer:
     # ---- persistence -------------------------------------------------------------------------
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        """Every stored column, flattened to ``name -> array``, oldest transition first."""
+        """Every stored column, flattened to ``name -> array``, oldest transition first.
+
+        ``rewards`` are the reward source's (the env's without one) and ``env_rewards`` the env's.
+        """
         order = (np.arange(self.size) + (self.pos if self.full else 0)) % self.capacity
         arrays = {f"obs/{k}": v[order] for k, v in self.obs.items()}
         arrays.update({f"next_obs/{k}": v for k, v in self._next_obs_at(order).items()})
         arrays.update({name: getattr(self, name)[order] for name in _CORE})
         arrays.update({f"extras/{k}": v[order] for k, v in self.extras.items()})
+        arrays.update({f"reward_terms/{k}": v[order] for k, v in self.reward_terms.items()})
+        arrays["next_episode"] = np.array(self.next_episode, np.int64)
+        if self._reward_source is not None:  # what the learner trains on, beside what the env gave
+            arrays["env_rewards"] = arrays["rewards"]
+            arrays["rewards"] = self.rewards_at(order) if len(order) else arrays["rewards"]
         return arrays
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -264,13 +442,66 @@ class ReplayBuffer:
         obs = {k[4:]: v for k, v in arrays.items() if k.startswith("obs/")}
         next_obs = {k[9:]: v for k, v in arrays.items() if k.startswith("next_obs/")}
         extras = {k[7:]: v for k, v in arrays.items() if k.startswith("extras/")}
+        terms = {k[13:]: v for k, v in arrays.items() if k.startswith("reward_terms/")}
         if set(obs) != set(self.obs_shapes):
             raise HilrlError(f"{path}: stores observation keys {sorted(obs)} but this buffer's space has "
                              f"{sorted(self.obs_shapes)}; build the buffer with the same observation space")
-        self.extras = {}
+        self.extras, self.reward_terms = {}, {}
         self.pos = self.size = 0
-        self.extend(obs, arrays["actions"], arrays["rewards"], next_obs, arrays["terminated"],
-                    arrays["truncated"], **extras)
+        # the env's reward is what a buffer stores; `rewards` in a file is what a reward source gave, if any
+        env_rewards = arrays.get("env_rewards", arrays["rewards"])
+        self.extend(obs, arrays["actions"], env_rewards, next_obs, arrays["terminated"],
+                    arrays["truncated"], reward_terms=terms, **extras)
+        episodes = extras.get("episode")
+        stored_next = int(arrays["next_episode"]) if "next_episode" in arrays else 0
+        self.next_episode = max(stored_next, int(episodes.max()) + 1 if episodes is not None and len(episodes) else 0)
+        self.reward_source = self._reward_source  # every cached reward is stale now
+
+
+@dataclass
+class Replay:
+    """A run's two buffers: ``online`` (every step the policy or a person took) and ``demo`` (demonstrations,
+    and with HIL-SERL's storage the intervention steps too), with one reward source over both.
+
+    Both store :data:`STEP_EXTRAS` (``online`` also ``policy_action``, what the policy proposed when a
+    person acted instead). Recorded demos get negative episode ids (``-1, -2, ...``), online episodes
+    ids from 0, and intervention steps copied to the demo buffer keep their online ids, so a row's
+    ``(episode, step)`` names one step of the run wherever it is stored.
+    """
+
+    online: ReplayBuffer
+    demo: ReplayBuffer
+
+    @classmethod
+    def create(cls, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box, capacity: int) -> Replay:
+        online = ReplayBuffer(observation_space, action_space, capacity,
+                              extras={**STEP_EXTRAS, "policy_action": (action_space.shape, np.float32)})
+        return cls(online, ReplayBuffer(observation_space, action_space, capacity, extras=STEP_EXTRAS))
+
+    def set_reward_source(self, source: RewardFn | None) -> None:
+        self.online.reward_source = source
+        self.demo.reward_source = source
+
+    def add_demos(self, episodes: Any) -> None:
+        """Append recorded :class:`~hilrl.data.episode.Episode` s to the demo buffer, each with its own id."""
+        for episode in episodes:
+            n = len(episode)
+            episode_id = -1 - self.demo.new_episodes(1)
+            self.demo.extend(episode.obs, episode.actions, episode.rewards, episode.next_obs, episode.terminated,
+                             episode.truncated, reward_terms=episode.reward_terms or None,
+                             intervened=np.zeros(n, bool), next_intervened=np.zeros(n, bool),
+                             episode=np.full(n, episode_id, np.int64), step=np.arange(n, dtype=np.int32))
+
+    def save(self, folder: str | os.PathLike, tag: int) -> dict[str, str]:
+        """Write both buffers as ``replay_{online,demo}_{tag}.npz`` in ``folder``; returns the file names."""
+        names = {"online": f"replay_online_{tag}.npz", "demo": f"replay_demo_{tag}.npz"}
+        self.online.save(Path(folder) / names["online"])
+        self.demo.save(Path(folder) / names["demo"])
+        return names
+
+    def load(self, folder: str | os.PathLike, names: Mapping[str, str]) -> None:
+        self.online.load(Path(folder) / names["online"])
+        self.demo.load(Path(folder) / names["demo"])
 
 
 def shared_next_rows(obs: Mapping[str, np.ndarray], next_obs: Mapping[str, np.ndarray], own_next: np.ndarray,

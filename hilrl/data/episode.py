@@ -17,8 +17,9 @@ class Episode:
     state at ``obs[t]`` (``None`` for sources without one, such as a real arm).
     ``terminated`` and ``truncated`` are kept apart because bootstrapping
     depends on the difference; robomimic's ``dones`` is their union.
-    ``extras`` holds further per-step arrays (``intervened``, ``policy_actions``...)
-    and ``attrs`` per-episode facts (``seed``, ``success``...).
+    ``extras`` holds further per-step arrays (``intervened``, ``policy_actions``...),
+    ``reward_terms`` the task's named reward terms per step (``info["reward_terms"]``; empty for
+    sources without them) and ``attrs`` per-episode facts (``seed``, ``success``...).
     """
 
     obs: dict[str, np.ndarray]
@@ -30,6 +31,7 @@ class Episode:
     states: np.ndarray | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
+    reward_terms: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -61,6 +63,7 @@ class EpisodeBuilder:
         self._terminated: list[bool] = []
         self._truncated: list[bool] = []
         self._extras: dict[str, list[Any]] = {}
+        self._terms: dict[str, list[float]] = {}
         self.attrs: dict[str, Any] = dict(attrs)
 
     def __len__(self) -> int:
@@ -74,9 +77,11 @@ class EpisodeBuilder:
         terminated: bool,
         truncated: bool,
         next_state: np.ndarray | None = None,
+        reward_terms: dict[str, float] | None = None,
         **extras: Any,
     ) -> None:
-        """Append one step. ``next_state`` is the simulator state at ``next_obs``."""
+        """Append one step. ``next_state`` is the simulator state at ``next_obs``; ``reward_terms`` the
+        step's ``info["reward_terms"]``."""
         self._actions.append(np.asarray(action, dtype=np.float32))
         self._rewards.append(float(reward))
         self._terminated.append(bool(terminated))
@@ -86,6 +91,8 @@ class EpisodeBuilder:
             self._states.append(next_state)
         for key, value in extras.items():
             self._extras.setdefault(key, []).append(value)
+        for key, value in (reward_terms or {}).items():
+            self._terms.setdefault(key, []).append(float(value))
 
     def build(self) -> Episode:
         if not self._actions:
@@ -93,7 +100,7 @@ class EpisodeBuilder:
         keys = self._obs[0].keys()
         stacked = {k: np.stack([o[k] for o in self._obs]) for k in keys}
         n = len(self._actions)
-        for key, values in self._extras.items():
+        for key, values in (*self._extras.items(), *self._terms.items()):
             if len(values) != n:
                 raise ValueError(f"extra {key!r} was given on {len(values)} of {n} steps; give it on every step")
         return Episode(
@@ -106,4 +113,5 @@ class EpisodeBuilder:
             states=np.stack(self._states[:n]) if len(self._states) > n else None,
             extras={k: np.asarray(v) for k, v in self._extras.items()},
             attrs=dict(self.attrs),
+            reward_terms={k: np.asarray(v, np.float32) for k, v in self._terms.items()},
         )

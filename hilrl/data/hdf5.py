@@ -31,7 +31,7 @@ from hilrl.data.episode import Episode
 from hilrl.errors import HilrlError
 
 GYM_ENV_TYPE = 2  # robomimic's EnvType.GYM_TYPE
-_CORE_DATASETS = {"actions", "rewards", "dones", "states", "obs", "next_obs", "terminated", "truncated"}
+_CORE_DATASETS = {"actions", "rewards", "dones", "states", "obs", "next_obs", "terminated", "truncated", "reward_terms"}
 _DEMO_NAME = re.compile(r"^demo_(\d+)$")
 
 
@@ -122,6 +122,10 @@ class DemoWriter:
             if key in _CORE_DATASETS:
                 raise DatasetError(f"extra {key!r} would overwrite a core dataset; rename it")
             group.create_dataset(key, data=value)
+        if episode.reward_terms:  # the task's named reward terms, one dataset each under reward_terms/
+            terms = group.create_group("reward_terms")
+            for key, value in episode.reward_terms.items():
+                terms.create_dataset(key, data=value)
         self._data.attrs["total"] = int(self._data.attrs["total"]) + n
         self._next_index += 1
         self._write_masks()
@@ -237,6 +241,8 @@ class DemoFile:
                 states=group["states"][()] if "states" in group else None,
                 extras=extras,
                 attrs={"name": name, **{k: _attr(v) for k, v in group.attrs.items()}},
+                reward_terms=({k: np.asarray(v[()], np.float32) for k, v in group["reward_terms"].items()}
+                              if "reward_terms" in group else {}),
             )
         except (OSError, KeyError, ValueError) as exc:
             raise DatasetError(f"{self.path}: data/{name} could not be read ({exc}); re-record it") from None

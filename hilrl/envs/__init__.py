@@ -1,12 +1,14 @@
-"""MuJoCo arm tasks for hilrl. Importing this module registers the gymnasium ids:
+"""MuJoCo arm tasks for hilrl: ``hilrl/Reach-v0``, ``hilrl/Push-v0``, ``hilrl/PickCube-v0``, ``hilrl/PegInsert-v0``.
 
-``hilrl/Reach-v0``, ``hilrl/Push-v0``, ``hilrl/PickCube-v0``, ``hilrl/PegInsert-v0``.
+The ids are registered by ``import hilrl`` (string entry points, so that import loads no
+MuJoCo); importing this module registers them too, if they are not already.
 
-The time limit is handled inside each env (``max_episode_steps`` constructor kwarg), so the
-ids are registered without gymnasium's ``TimeLimit``. Note that ``gym.make(id, max_episode_steps=N)``
-does not reach the env (gymnasium consumes that argument and adds a ``TimeLimit`` wrapper);
-to raise the limit above a task's default pass it to the class or set
-``env.unwrapped.max_episode_steps``.
+The time limit lives inside each task (``max_episode_steps`` constructor kwarg, default per task),
+so it survives ``set_state`` and works through the robot server. ``gym.make(id, max_episode_steps=N)``
+works for any ``N``, above or below the default: gymnasium wraps its ``TimeLimit(N)`` and the
+``TaskTimeLimit`` wrapper every id is registered with sets the task's own limit to ``N``
+(``env.unwrapped.max_episode_steps == N``; the episode truncates at step ``N``). Without it the
+task truncates at its default and no ``TimeLimit`` is added.
 """
 
 import os
@@ -14,8 +16,7 @@ import os
 # Offscreen rendering without a display; must be set before mujoco creates a GL context.
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-import gymnasium as gym  # noqa: E402
-
+from hilrl import ENV_ENTRY_POINTS, register_envs  # noqa: E402
 from hilrl.envs.arm_env import ArmEnv, ArmEnvError  # noqa: E402
 from hilrl.envs.tasks import PegInsertEnv, PickCubeEnv, PushEnv, ReachEnv  # noqa: E402
 
@@ -26,9 +27,8 @@ TASKS: dict[str, type[ArmEnv]] = {
     "PegInsert": PegInsertEnv,
 }
 ENV_IDS: dict[str, str] = {name: f"hilrl/{name}-v0" for name in TASKS}
+assert {ENV_IDS[n]: f"{c.__module__}:{c.__name__}" for n, c in TASKS.items()} == ENV_ENTRY_POINTS
 
-for _name, _cls in TASKS.items():
-    if ENV_IDS[_name] not in gym.registry:
-        gym.register(id=ENV_IDS[_name], entry_point=f"{_cls.__module__}:{_cls.__name__}")
+register_envs()
 
 __all__ = ["ENV_IDS", "TASKS", "ArmEnv", "ArmEnvError", "PegInsertEnv", "PickCubeEnv", "PushEnv", "ReachEnv"]

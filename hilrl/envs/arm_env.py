@@ -16,6 +16,13 @@ Observation (``Dict``, float32 unless noted):
     ``(image_size, image_size, 3)`` uint8 image (``front``, ``wrist``).
 Time: the step count lives in MuJoCo's ``data.time`` so ``set_state`` restores it too;
     ``truncated`` is raised at ``max_episode_steps`` inside the env (it also works remotely).
+Info: ``is_success`` (bool) and ``reward_terms``, a fresh dict ``name -> float`` (every step and
+    at reset, whatever ``reward_type`` is) holding the physically meaningful factors the task's
+    dense reward is made of, in the order of the class attribute ``reward_terms``; each task's
+    docstring gives their units and how the dense reward combines them. Reward learning ranks or
+    reweights such factors (HERON: Bukharin et al., "Deep Reinforcement Learning from Hierarchical
+    Preference Design", arXiv:2309.02632) and reports them back when it rewrites a reward
+    (Eureka's reward reflection: Ma et al., arXiv:2310.12931).
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ class ArmEnv(gym.Env):
     xml_file: ClassVar[str] = ""
     default_max_episode_steps: ClassVar[int] = 100
     dense_reward_max: ClassVar[float] = 0.0  # the dense reward's maximum; "dense_cost" subtracts it
+    reward_terms: ClassVar[tuple[str, ...]] = ()  # names of info["reward_terms"], in order
     object_dim: ClassVar[int] = 0
     # Workspace box for the tool centre point (m, world frame): z_low keeps the fingertips off the table.
     workspace_low: ClassVar[tuple[float, float, float]] = (0.25, -0.3, 0.015)
@@ -201,8 +209,9 @@ class ArmEnv(gym.Env):
         """Write the task's ``obs["object"]`` vector into ``out`` (float64, length ``object_dim``)."""
         raise NotImplementedError
 
-    def _reward_and_success(self) -> tuple[float, bool]:
-        """Dense reward and success flag for the current state (pure function of the state)."""
+    def _reward_and_success(self) -> tuple[float, bool, dict[str, float]]:
+        """Dense reward, success flag and a new dict of the named terms (``reward_terms``) the dense
+        reward is made of, for the current state (a pure function of the state)."""
         raise NotImplementedError
 
     def _task_cache_ids(self) -> None:
@@ -215,8 +224,8 @@ class ArmEnv(gym.Env):
         self._sample_task()
         mujoco.mj_forward(self.model, self.data)
         self._update_kinematics()
-        _, success = self._reward_and_success()
-        return self.get_obs(), {"is_success": bool(success)}
+        _, success, terms = self._reward_and_success()
+        return self.get_obs(), {"is_success": bool(success), "reward_terms": terms}
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
@@ -242,7 +251,7 @@ class ArmEnv(gym.Env):
         mujoco.mj_step(self.model, self.data, nstep=self.substeps)
         self._update_kinematics()
 
-        dense, success = self._reward_and_success()
+        dense, success, terms = self._reward_and_success()
         if self.reward_type == "sparse":
             reward = float(success)
         elif self.reward_type == "dense_cost":
@@ -253,7 +262,8 @@ class ArmEnv(gym.Env):
         truncated = self.elapsed_steps >= self.max_episode_steps
         if self._viewer is not None:
             self._viewer.sync()
-        return self.get_obs(), float(reward), terminated, truncated, {"is_success": bool(success)}
+        info = {"is_success": bool(success), "reward_terms": terms}
+        return self.get_obs(), float(reward), terminated, truncated, info
 
     def render(self):
         if self.render_mode == "human":

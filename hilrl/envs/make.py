@@ -10,13 +10,13 @@ import gymnasium as gym
 def make_env(config: Any, **overrides: Any) -> gym.Env:
     """``config`` is an :class:`hilrl.config.EnvConfig`; ``overrides`` win over its keywords.
 
-    ``max_episode_steps`` is set on the task itself: passed to ``gymnasium.make``
-    it would become an outer ``TimeLimit`` instead of the task's own limit.
+    ``max_episode_steps`` goes to ``gymnasium.make``, which hands it to the task through the
+    ``TaskTimeLimit`` wrapper the ids are registered with (see :mod:`hilrl.envs`), or to
+    :class:`~hilrl.envs.remote.RemoteArmEnv`, which asks the robot server for it in its ``hello``.
     """
     import hilrl.envs  # noqa: F401  (registers the tasks)
 
     kwargs = {**config.make_kwargs(), **overrides}
-    max_steps = kwargs.pop("max_episode_steps", None)
     if config.remote:
         from hilrl.envs.remote import RemoteArmEnv
 
@@ -24,8 +24,6 @@ def make_env(config: Any, **overrides: Any) -> gym.Env:
                            server_key=config.server_key, **kwargs)
     else:
         env = gym.make(config.id, **kwargs)
-    if max_steps is not None:
-        env.unwrapped.max_episode_steps = int(max_steps)
     if config.relative_positions:
         from hilrl.envs.wrappers import RelativePositions
 

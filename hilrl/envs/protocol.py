@@ -46,6 +46,16 @@ MODE_STOPPED = "stopped"  # watchdog fired; send `resume` or `reset`
 MODE_ESTOP = "estop"  # latched; only `clear_error` leaves it
 MODE_FAULT = "fault"  # the driver failed; only `clear_error` leaves it
 
+# What a `hello` may ask a task-running driver (the sim) to serve: a task id and its settings.
+HELLO_TASK_FIELDS = (
+    "id", "cameras", "image_size", "control_hz", "use_rotation", "max_episode_steps", "terminate_on_success", "reward_type"
+)
+MAX_NAME_CHARS = 64  # task ids, camera names, reward types, reward term names
+MAX_CAMERAS = 4
+MAX_IMAGE_SIZE = 1024
+MAX_EPISODE_STEPS = 10**7
+MAX_REWARD_TERMS = 16
+
 Frame = bytes | bytearray | memoryview | zmq.Frame | np.ndarray
 
 
@@ -202,11 +212,12 @@ class Request:
     gripper: float | None = None
     images: bool = True
     limits: dict[str, Any] | None = None
+    task: dict[str, Any] | None = None  # hello: the task and settings asked for (HELLO_TASK_FIELDS)
 
 
 # Fields a request may carry beyond "v", "op" and "id".
 _FIELDS: dict[str, frozenset[str]] = {
-    "hello": frozenset(),
+    "hello": frozenset({"task"}),
     "reset": frozenset({"seed"}),
     "step": frozenset({"delta", "target", "gripper"}),
     "get_state": frozenset({"images"}),
@@ -257,6 +268,80 @@ def _finite_vector(name: str, value: Any, lengths: tuple[int, ...]) -> np.ndarra
     return np.array(numbers, dtype=np.float64)
 
 
+def _name(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS:
+        raise ProtocolError(f"field {field!r} must be a string of 1 to {MAX_NAME_CHARS} characters, got {value!r}")
+    return value
+
+
+def _bounded_int(field: str, value: Any, low: int, high: int) -> int:
+    if not _is_int(value) or not low <= value <= high:
+        raise ProtocolError(f"field {field!r} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _flag(field: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise ProtocolError(f"field {field!r} must be true or false, got {value!r}")
+    return value
+
+
+def _task_request(value: Any) -> dict[str, Any]:
+    """Check hello's ``task`` map (form only; which tasks and settings are allowed is the server's call)."""
+    if not isinstance(value, dict):
+        raise ProtocolError(f"field 'task' must be a map with any of {', '.join(HELLO_TASK_FIELDS)}, got {type(value).__name__}")
+    extra = sorted(set(value) - set(HELLO_TASK_FIELDS))
+    if extra:
+        raise ProtocolError(f"field 'task' does not take {extra}; allowed: {', '.join(HELLO_TASK_FIELDS)}")
+    task: dict[str, Any] = {}
+    for key, item in value.items():
+        field = f"task.{key}"
+        if key in ("id", "reward_type"):
+            task[key] = _name(field, item)
+        elif key == "cameras":
+            if not isinstance(item, list) or len(item) > MAX_CAMERAS:
+                raise ProtocolError(f"field {field!r} must be a list of at most {MAX_CAMERAS} camera names, got {item!r}")
+            task[key] = [_name(field, name) for name in item]
+        elif key == "image_size":
+            task[key] = _bounded_int(field, item, 1, MAX_IMAGE_SIZE)
+        elif key == "max_episode_steps":
+            task[key] = _bounded_int(field, item, 1, MAX_EPISODE_STEPS)
+        elif key == "control_hz":
+            task[key] = _finite_float(field, item)
+            if not task[key] > 0:
+                raise ProtocolError(f"field {field!r} must be positive, got {item!r}")
+        else:  # use_rotation, terminate_on_success
+            task[key] = _flag(field, item)
+    return task
+
+
+def validate_reward_term_names(names: Any) -> tuple[str, ...]:
+    """Check the ``reward_terms`` names of a hello's info: at most MAX_REWARD_TERMS distinct strings."""
+    if not isinstance(names, (list, tuple)) or len(names) > MAX_REWARD_TERMS:
+        raise ProtocolError(f"'reward_terms' must be a list of at most {MAX_REWARD_TERMS} names, got {names!r}")
+    checked = tuple(_name("reward_terms", name) for name in names)
+    if len(set(checked)) != len(checked):
+        raise ProtocolError(f"'reward_terms' names must be distinct, got {list(checked)}")
+    return checked
+
+
+def validate_reward_terms(terms: Any) -> dict[str, float]:
+    """Check a task state's ``reward_terms``: a map of at most MAX_REWARD_TERMS names to finite numbers.
+
+    Returns a new dict of plain floats (ints become floats); raises :class:`ProtocolError`.
+    """
+    if not isinstance(terms, dict) or len(terms) > MAX_REWARD_TERMS:
+        raise ProtocolError(f"'reward_terms' must be a map of at most {MAX_REWARD_TERMS} names to numbers, got {terms!r}")
+    checked: dict[str, float] = {}
+    for name, value in terms.items():
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+            raise ProtocolError(f"'reward_terms' names must be strings of 1 to {MAX_NAME_CHARS} characters, got {name!r}")
+        if not (type(value) is float or _is_int(value)) or not math.isfinite(value):
+            raise ProtocolError(f"reward term {name!r} must be a finite number, got {value!r}")
+        checked[name] = float(value)
+    return checked
+
+
 def validate_request(message: Mapping[str, Any]) -> Request:
     """Check a decoded request against the schema; return it typed or raise :class:`ProtocolError`.
 
@@ -277,6 +362,8 @@ def validate_request(message: Mapping[str, Any]) -> Request:
         allowed = ", ".join(sorted(_FIELDS[op])) or "none"
         raise ProtocolError(f"op {op!r} does not take field(s) {sorted(extra)}; allowed: {allowed}")
 
+    if op == "hello":
+        return Request(op, request_id, task=_task_request(message["task"]) if "task" in message else None)
     if op == "reset":
         seed = message.get("seed")
         if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**32):

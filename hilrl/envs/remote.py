@@ -7,8 +7,12 @@ the task's own spaces. An action in ``[-1, 1]`` is scaled here into an
 end-effector delta in metres (and radians), exactly as the local task scales
 it, and the server clips and checks it again: the client is never trusted.
 
-Reward and termination come from the server when it runs a task (the sim
-driver); a real arm reports none, so wrap the env in a reward source.
+Its ``hello`` asks the server for the task and the settings given here
+(``task_id``, ``cameras``, ``max_episode_steps``, ...): the sim driver builds that
+task if its robot config allows it (``sim.tasks``), a real arm ignores the
+request. Reward, termination and ``info["reward_terms"]`` come from the server
+when it runs a task (the sim driver); a real arm reports none, so wrap the env
+in a reward source.
 """
 
 from __future__ import annotations
@@ -23,7 +27,15 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from hilrl.envs import auth
-from hilrl.envs.protocol import ProtocolError, decode, encode, request, space_from_wire
+from hilrl.envs.protocol import (
+    ProtocolError,
+    decode,
+    encode,
+    request,
+    space_from_wire,
+    validate_reward_term_names,
+    validate_reward_terms,
+)
 from hilrl.errors import HilrlError
 
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
@@ -174,17 +186,23 @@ def _stream_address(command_address: str, reported: str) -> str:
     return reported
 
 
+def _maybe(cast, value):
+    return None if value is None else cast(value)
+
 
 class RemoteArmEnv(gym.Env):
     """A hilrl arm task played through a robot server.
 
     Args:
         address: the server's command address.
-        task_id: expected gymnasium id of the server's task (``None``: accept any, e.g. a real arm).
-        cameras, image_size, control_hz, use_rotation, terminate_on_success, reward_type: the task
-            keywords the caller expects; each given one must match the server's, else a clear error
-            says which to change in the robot config. ``None`` accepts the server's.
-        max_episode_steps: client-side time limit (at most the server task's own limit).
+        task_id: gymnasium id of the task to play; the hello asks the server to serve it (the sim
+            driver switches to it if its robot config allows, else refuses with the reason).
+            ``None`` accepts whatever the server runs (e.g. a real arm).
+        cameras, image_size, control_hz, use_rotation, terminate_on_success, reward_type: task
+            keywords the hello asks for, as ``task_id``; the server's answer must match each given one.
+            ``None`` accepts the server's.
+        max_episode_steps: time limit, asked of the server's task and also counted here (a real arm
+            has no task limit); ``None`` takes the server task's.
         render_mode: ``"rgb_array"`` returns the latest ``front`` (else ``wrist``) camera image.
         timeout_s: seconds to wait for each reply before raising :class:`RobotConnectionError`.
         client_key, server_key: CurveZMQ key files (our ``.key_secret``, the server's ``.key``).
@@ -214,17 +232,23 @@ class RemoteArmEnv(gym.Env):
             raise HilrlError(f"render_mode={render_mode!r}: a remote arm supports 'rgb_array' or None")
         self.render_mode = render_mode
         self.client = RobotClient(address, timeout_s, client_key, server_key)
+        expected = {
+            "control_hz": _maybe(float, control_hz),
+            "use_rotation": _maybe(bool, use_rotation),
+            "cameras": _maybe(list, cameras),
+            "image_size": _maybe(int, image_size),
+            "terminate_on_success": _maybe(bool, terminate_on_success),
+            "reward_type": reward_type,
+        }
+        wanted = {"id": task_id, **expected, "max_episode_steps": _maybe(int, max_episode_steps)}
+        task = {key: value for key, value in wanted.items() if value is not None}
         try:
-            info = self.client.call("hello")["info"]
-            expected = {
-                "control_hz": control_hz,
-                "use_rotation": use_rotation,
-                "cameras": cameras,
-                "image_size": image_size,
-                "terminate_on_success": terminate_on_success,
-                "reward_type": reward_type,
-            }
+            info = self.client.call("hello", **({"task": task} if task else {}))["info"]
             self._check_matches(info, task_id, expected)
+            self.reward_terms = validate_reward_term_names(info.get("reward_terms", []))
+        except ProtocolError as exc:
+            self.client.close()
+            raise RobotConnectionError(f"robot server at {address} sent a bad hello reply: {exc}") from None
         except BaseException:
             self.client.close()
             raise
@@ -243,8 +267,8 @@ class RemoteArmEnv(gym.Env):
         if max_episode_steps is not None and server_limit is not None and max_episode_steps > server_limit:
             self.client.close()
             raise HilrlError(
-                f"max_episode_steps={max_episode_steps} exceeds the server task's limit of {server_limit}; "
-                "raise sim.env_kwargs.max_episode_steps in the robot config or ask for fewer steps"
+                f"max_episode_steps={max_episode_steps} exceeds the server task's limit of {server_limit} (the server "
+                "did not take it from our hello); raise sim.env_kwargs.max_episode_steps in the robot config or ask for fewer steps"
             )
         if self.action_scale is None:
             self.client.close()
@@ -258,14 +282,15 @@ class RemoteArmEnv(gym.Env):
     def _check_matches(info: dict[str, Any], task_id: str | None, given: dict[str, Any]) -> None:
         if info.get("task_id") is None:
             return  # a real arm runs no task: nothing to compare
+        # The hello asked for these; a server that runs a task either serves them or refuses the hello,
+        # so a difference here means a server that ignores the request (one older than it).
         if task_id is not None and task_id != info["task_id"]:
-            raise HilrlError(f"task_id={task_id!r} but the robot server runs {info['task_id']!r}; set sim.task in the robot config")
+            raise HilrlError(f"task_id={task_id!r} but the robot server runs {info['task_id']!r} and did not switch "
+                             "when asked; set sim.task in its robot config (or update the server)")
         for name, want in given.items():
             if want is None or (name == "image_size" and not info.get("cameras")):
                 continue
             have = info.get(name)
-            if name == "cameras":
-                want = list(want)
             if want != have:
                 raise HilrlError(
                     f"{name}={want!r} but the robot server's task uses {have!r}; set sim.env_kwargs.{name} "
@@ -281,8 +306,10 @@ class RemoteArmEnv(gym.Env):
         message = self.client.call("reset", seed=seed)
         self._elapsed = 0
         obs = self._obs(message)
-        task = message["state"].get("task") or {}
-        return obs, {"is_success": bool(task.get("is_success", False)), "robot": message["status"]}
+        task = message["state"].get("task")
+        info = {"is_success": bool((task or {}).get("is_success", False)), "robot": message["status"]}
+        self._add_reward_terms(info, task)
+        return obs, info
 
     def step(self, action):
         action = np.asarray(action, dtype=np.float64)
@@ -297,7 +324,8 @@ class RemoteArmEnv(gym.Env):
         message = self.client.call("step", delta=delta, gripper=float(action[-1]))
         self._elapsed += 1
         obs = self._obs(message)
-        task = message["state"].get("task") or {}
+        task_state = message["state"].get("task")
+        task = task_state or {}
         terminated = bool(task.get("terminated", False))
         truncated = bool(task.get("truncated", False)) or (
             self.max_episode_steps is not None and self._elapsed >= self.max_episode_steps
@@ -305,6 +333,7 @@ class RemoteArmEnv(gym.Env):
         if truncated and not terminated and not task.get("truncated", False):
             self.client.call("hold")  # our own time limit: tell the server the motion is over (disarms its watchdog)
         info = {"is_success": bool(task.get("is_success", False)), "robot": message["status"], "clipped": message.get("clipped", False)}
+        self._add_reward_terms(info, task_state)
         return obs, float(task.get("reward", 0.0)), terminated, truncated, info
 
     def render(self):
@@ -333,6 +362,15 @@ class RemoteArmEnv(gym.Env):
 
     def clear_error(self) -> dict[str, Any]:
         return self.client.call("clear_error")["status"]
+
+    def _add_reward_terms(self, info: dict[str, Any], task: dict[str, Any] | None) -> None:
+        """``info["reward_terms"]`` as the local task gives it, when the server runs a task that reports them."""
+        if task is None or "reward_terms" not in task:
+            return
+        try:
+            info["reward_terms"] = validate_reward_terms(task["reward_terms"])
+        except ProtocolError as exc:
+            raise RobotConnectionError(f"robot server at {self.client.address} sent bad reward terms: {exc}") from None
 
     def _obs(self, message: dict[str, Any]) -> dict[str, np.ndarray]:
         sim_state = (message["state"].get("task") or {}).get("sim_state")

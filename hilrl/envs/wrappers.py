@@ -1,4 +1,4 @@
-"""Observation wrappers for the arm tasks (local or remote): small, each adding one thing."""
+"""Wrappers for the arm tasks (local or remote): small, each adding one thing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,33 @@ import numpy as np
 from gymnasium import spaces
 
 from hilrl.errors import HilrlError
+
+class TaskTimeLimit(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """Hand the limit of gymnasium's ``TimeLimit`` below it to the task, so the task truncates there itself.
+
+    ``gym.make(id, max_episode_steps=N)`` consumes ``N`` and wraps a ``TimeLimit``; the task never
+    sees it and keeps truncating at its own default. Every hilrl id is registered with this wrapper
+    in ``additional_wrappers``, which ``gymnasium.make`` applies after the ``TimeLimit``
+    (gymnasium/envs/registration.py, ``make``): at construction it sets
+    ``env.unwrapped.max_episode_steps`` to ``N`` (the smallest, if several ``TimeLimit`` are
+    stacked). The task's own limit is what also works through ``set_state`` and the robot server.
+    It overrides no ``step``: nothing runs per step beyond the base ``Wrapper`` delegation.
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        gym.utils.RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        limits = []
+        inner = env
+        while isinstance(inner, gym.Wrapper):
+            if isinstance(inner, gym.wrappers.TimeLimit):
+                limits.append(int(inner._max_episode_steps))
+            inner = inner.env
+        if limits:
+            if not hasattr(inner, "max_episode_steps"):
+                raise HilrlError(f"TaskTimeLimit wraps a hilrl arm task (with max_episode_steps), got {type(inner).__name__}")
+            inner.max_episode_steps = min(limits)
+
 
 # obs["object"] of Push, PickCube and PegInsert: object position [0:3], quaternion [3:7], goal [7:10].
 GOAL_SLICE = slice(7, 10)

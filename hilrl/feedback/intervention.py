@@ -1,11 +1,12 @@
-"""Interventions: door 1 of DESIGN.md. A source may override the policy's action; every step is marked.
+"""Interventions: door 1 of the architecture (``docs/ARCHITECTURE.md``). A source may override the policy's
+action; every step is marked.
 
 :class:`InterventionWrapper` asks an :class:`InterventionSource` at each step
 whether it takes over. ``info`` then carries ``intervened``, ``policy_action``
 (what the learner proposed) and ``executed_action`` (what the arm did). The
 learner must store the executed action (SB3 issue #1813 is the pitfall).
 
-Simulated interventionists (ALGORITHMS.md, "RLIF"):
+Simulated interventionists (RLIF, Luo et al. 2023, pd-perry/RLIF @ d177b9b):
 
 * :class:`ValueInterventionist` (RLIF): while the expert is not in control,
   intervene with probability 0.95 when ``Q_ref(s, a_pi) < beta * Q_ref(s, a_ref)``,
@@ -122,7 +123,11 @@ class InterventionWrapper(gym.Wrapper):
     """Lets an intervention source override actions and marks every step in ``info``.
 
     ``info`` keys: ``intervened`` (bool), ``intervention_start`` (bool, first
-    step of a segment), ``policy_action``, ``executed_action``.
+    step of a segment), ``policy_action``, ``executed_action``. A source with a ``verdict``
+    (a person's success/failure button, :class:`~hilrl.feedback.teleop.DeviceInterventionist`)
+    ends the episode as ``hilrl record`` does: success with ``terminated`` (and ``is_success``),
+    failure with ``truncated`` (a person stopping is no MDP terminal, so it bootstraps); the
+    reward stays the env's. ``info["verdict"]`` then says which.
     """
 
     def __init__(self, env: gym.Env, source: InterventionSource):
@@ -140,6 +145,12 @@ class InterventionWrapper(gym.Wrapper):
         self._was_intervening = False
         return obs, info
 
+    def close(self) -> None:
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()  # a device the source opened
+        super().close()
+
     def step(self, action: np.ndarray):
         if self._obs is None:
             raise RuntimeError("call reset() before step()")
@@ -153,22 +164,12 @@ class InterventionWrapper(gym.Wrapper):
         self.intervened_steps += int(intervened)
         info = {**info, "intervened": intervened, "intervention_start": start,
                 "policy_action": policy_action, "executed_action": executed}
+        verdict = getattr(self.source, "verdict", None)
+        if verdict is not None:
+            terminated, truncated = terminated or verdict == "success", truncated or verdict == "failure"
+            info["verdict"] = verdict
+            info["is_success"] = verdict == "success"
         self._was_intervening = intervened
         self._obs = obs
         return obs, reward, terminated, truncated, info
 
-
-def rlif_rewards(intervened: np.ndarray) -> np.ndarray:
-    """RLIF's reward for one episode, from its per-step intervention flags.
-
-    The environment's reward is discarded. The transition immediately before an
-    intervention begins (step ``t-1`` when step ``t`` starts a segment) gets -1;
-    every other transition gets 0. That transition is always the agent's own,
-    because a segment begins only after a step the agent controlled. A segment
-    starting at ``t = 0`` has no transition before it and labels nothing.
-    """
-    intervened = np.asarray(intervened, dtype=bool)
-    rewards = np.zeros(len(intervened), dtype=np.float32)
-    starts = np.flatnonzero(intervened[1:] & ~intervened[:-1]) + 1
-    rewards[starts - 1] = -1.0
-    return rewards

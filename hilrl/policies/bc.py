@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -12,33 +11,8 @@ import torch
 from torch import nn
 
 from hilrl.data.episode import Episode
+from hilrl.policies.configs import BCConfig
 from hilrl.policies.encoders import split_observation_keys
-
-
-@dataclass
-class BCConfig:
-    """Settings of :class:`BC` (robomimic's BC defaults, except a 1e-3 learning rate).
-
-    Attributes:
-        hidden: hidden widths of the MLP.
-        lr, weight_decay: AdamW settings.
-        batch_size: demo transitions per gradient step.
-        obs_keys: state keys fed to the policy; ``None`` = every non-image key.
-    """
-
-    hidden: tuple[int, ...] = (256, 256)
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    obs_keys: tuple[str, ...] | None = None
-
-    def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        if self.obs_keys is not None:
-            self.obs_keys = tuple(self.obs_keys)
-        if self.lr <= 0 or self.batch_size < 1 or self.weight_decay < 0 or not self.hidden or min(self.hidden) < 1:
-            raise ValueError(f"BCConfig: lr > 0, batch_size >= 1, weight_decay >= 0 and positive hidden widths "
-                             f"are required, got {self}")
 
 
 def flatten_state(obs: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
@@ -97,6 +71,20 @@ class BC:
         self._targets = torch.as_tensor(np.clip(targets, -1.0, 1.0))
         return len(inputs)
 
+    def update(self, replay: Any) -> dict[str, float]:
+        """The algorithm protocol's update: one gradient step on the demo buffer of ``replay``.
+
+        The first call (and any call after the demo buffer grew) takes every demo transition as the
+        dataset and fits the input normaliser on it (:meth:`set_samples`).
+        """
+        demo = replay.demo
+        if self._inputs is None or len(self._inputs) != len(demo):
+            if len(demo) == 0:
+                raise ValueError("BC needs at least one demo transition; set demos.episodes > 0 or demos.path")
+            n = len(demo)
+            self.set_samples(flatten_state({k: v[:n] for k, v in demo.obs.items()}, self.keys), demo.actions[:n])
+        return self.train_step()
+
     def train_step(self) -> dict[str, float]:
         """One gradient step on a uniformly sampled minibatch."""
         if self._inputs is None or self._targets is None:
@@ -114,6 +102,17 @@ class BC:
         """Action for one observation (or a batch: leading axis kept)."""
         x = (torch.as_tensor(flatten_state(obs, self.keys)) - self.obs_mean) / self.obs_std
         return self.net(x).numpy()
+
+    def policy_weights(self) -> dict[str, np.ndarray]:
+        """The network and its input normaliser as numpy arrays (what :meth:`act` needs)."""
+        weights = {f"net.{k}": v.detach().cpu().numpy().copy() for k, v in self.net.state_dict().items()}
+        weights.update(obs_mean=self.obs_mean.numpy().copy(), obs_std=self.obs_std.numpy().copy())
+        return weights
+
+    def load_policy_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.net.load_state_dict({k[4:]: torch.from_numpy(np.array(v)) for k, v in weights.items()
+                                  if k.startswith("net.")})
+        self.register_normalizer(np.asarray(weights["obs_mean"]), np.asarray(weights["obs_std"]))
 
     def state_dict(self) -> dict[str, Any]:
         return {

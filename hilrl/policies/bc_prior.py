@@ -1,7 +1,7 @@
 """The behaviour prior pi_BC of Demonstration-Regularized RL: a tanh-Gaussian fitted to demo actions.
 
 SAC with ``kl_coef > 0`` replaces ``alpha * log pi`` by ``kl_coef * (log pi - log pi_BC)``
-(ALGORITHMS.md; the issue's "KL-regularisation towards a BC policy"). The prior here is
+(Tiapkin et al. 2023, "Demonstration-Regularized RL", arXiv:2310.17303). The prior here is
 fitted by maximum likelihood on the demo buffer at the learner's first update, and
 travels in the learner's checkpoints. SAC with ``bc_proposal`` uses the same prior's mean action
 as IBRL's imitation proposal.

@@ -13,35 +13,13 @@ aggregated so far (demos included).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from hilrl.policies.bc import BC, BCConfig, flatten_state
-
-
-@dataclass
-class DAggerConfig(BCConfig):
-    """:class:`BCConfig` plus the aggregation schedule.
-
-    Attributes:
-        round_steps: env steps collected between two retrainings.
-        updates_per_round: gradient steps after each round (and on the demos before the first).
-        label: ``all`` (DAgger: every visited state) or ``interventions`` (HG-DAgger).
-    """
-
-    round_steps: int = 500
-    updates_per_round: int = 500
-    label: str = "all"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.label not in ("all", "interventions"):
-            raise ValueError(f"DAggerConfig.label must be 'all' (DAgger) or 'interventions' (HG-DAgger), "
-                             f"got {self.label!r}")
-        if self.round_steps < 1 or self.updates_per_round < 1:
-            raise ValueError("DAggerConfig: round_steps and updates_per_round must be >= 1")
+from hilrl.policies.bc import BC, flatten_state
+from hilrl.policies.configs import DAggerConfig
 
 
 class DAgger(BC):
@@ -64,6 +42,16 @@ class DAgger(BC):
         if len(expert_actions):
             self._agg_inputs.append(flatten_state(obs, self.keys))
             self._agg_targets.append(np.asarray(expert_actions, np.float32))
+
+    def update(self, replay: Any) -> dict[str, float]:
+        """The algorithm protocol's update, once per round: the first call aggregates the demo buffer of
+        ``replay`` (the demos); every call retrains on everything aggregated (:meth:`refit`)."""
+        if not self._agg_inputs:
+            n = len(replay.demo)
+            if n == 0:
+                raise ValueError("DAgger starts from behaviour cloning: set demos.episodes > 0 or demos.path")
+            self.aggregate({k: v[:n] for k, v in replay.demo.obs.items()}, replay.demo.actions[:n])
+        return self.refit()
 
     def refit(self) -> dict[str, float]:
         """Retrain on everything aggregated so far; returns the last step's metrics."""

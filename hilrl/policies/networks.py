@@ -2,7 +2,7 @@
 
 The critic ensemble keeps every member's weights stacked in ``(N, in, out)``
 tensors, so all ``N`` members run as one ``torch.baddbmm`` per layer instead of
-a Python loop over ``N`` modules (RLPD, ALGORITHMS.md "RLPD / HIL-SERL learner").
+a Python loop over ``N`` modules (RLPD's ``nn.vmap`` ensemble, ikostrikov/rlpd).
 A subset of members (the two target members of the RLPD backup) runs by
 indexing those stacked tensors, so the unchosen members cost nothing.
 

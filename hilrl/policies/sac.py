@@ -1,6 +1,6 @@
 """Soft actor-critic in the RLPD form used by HIL-SERL and RLIF.
 
-One update (``SAC.update``) on a batch of ``utd * batch_size`` transitions:
+One update (``SAC.train_on_batch``) on a batch of ``utd * batch_size`` transitions:
 
 1. ``utd`` critic steps, one per consecutive minibatch slice. The target is
    ``r + gamma * (1 - terminated) * (min over 2 random target members of Q'(s', a') - reg(s', a'))``
@@ -15,7 +15,8 @@ One update (``SAC.update``) on a batch of ``utd * batch_size`` transitions:
 
 Image observations go through an encoder owned by the critic (critic gradients
 train it); the actor reads its features detached, as in DrQ/SERL.
-See ALGORITHMS.md, "RLPD / HIL-SERL learner", for the reference semantics.
+Reference semantics: RLPD (Ball et al. 2023, "Efficient Online Reinforcement Learning with Offline Data",
+ikostrikov/rlpd) and HIL-SERL (Luo et al. 2024, arXiv:2410.21845, rail-berkeley/hil-serl @ 5d02aed).
 
 The hot path keeps metrics as tensors (no ``.item()`` per update): convert with
 ``{k: float(v) for k, v in metrics.items()}`` only when logging.
@@ -28,7 +29,6 @@ import dataclasses
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,9 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from hilrl.data.buffers import Batch, ReplayBuffer, demo_rows, mixed_sample
+from hilrl.data.buffers import Batch, Replay, ReplayBuffer, demo_rows, mixed_sample
 from hilrl.errors import HilrlError
 from hilrl.policies.bc_prior import GaussianBCPrior
+from hilrl.policies.configs import SACConfig
 from hilrl.policies.encoders import ObservationEncoder
 from hilrl.policies.networks import CriticEnsemble, TanhGaussianActor
 
@@ -50,158 +51,6 @@ class ActionLogProb(Protocol):
     """A behaviour prior for KL regularisation: ``log pi_BC(actions | obs)`` with shape ``(B,)``."""
 
     def log_prob(self, obs: Mapping[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass
-class SACConfig:
-    """Every setting of the SAC/RLPD learner, with the source of each default.
-
-    Defaults follow HIL-SERL's state-based learner where it and RLPD agree, and
-    RLPD/RLIF otherwise (sources: ALGORITHMS.md). ``SACConfig.rlif()`` and
-    ``SACConfig.hil_serl()`` give the two published configurations.
-
-    Attributes:
-        obs_keys: observation keys to use (``None``: all). State keys are concatenated in sorted order.
-        num_critics: ensemble size. 2 (HIL-SERL); RLIF/RLPD use 10.
-        num_min_critics: target members the min is taken over. 2 (RLPD, RLIF).
-        hidden: hidden widths of actor and critics. (256, 256) (HIL-SERL); RLIF uses (256, 256, 256).
-        critic_layer_norm: LayerNorm in every critic hidden layer (RLPD, HIL-SERL). The actor has none (RLPD).
-        actor_lr, critic_lr, temperature_lr: Adam learning rates, 3e-4 everywhere (RLPD, RLIF, HIL-SERL).
-        gamma: discount, 0.99 (RLPD, RLIF, LeRobot); HIL-SERL uses 0.97.
-        tau: Polyak rate of the target critic, 0.005 (RLPD, RLIF).
-        batch_size: minibatch size per critic step, 256 (all three).
-        utd: critic steps per actor step, each on its own slice of one ``batch_size * utd`` batch.
-            1 (LeRobot; RLIF Walker2d); RLIF Pen 5, Hopper 15. HIL-SERL's ``critic_actor_ratio`` (2) maps here.
-        init_temperature: initial alpha, 1.0 (RLPD, RLIF). LeRobot's docs suggest 1e-2 for real robots.
-        target_entropy: entropy target; ``None`` means ``-|A| / 2`` (RLPD, RLIF).
-        learn_temperature: tune alpha towards ``target_entropy`` (SAC, RLPD).
-        backup_entropy: subtract the entropy (or KL) term in the critic target. True (SAC);
-            RLIF turns it off.
-        demo_fraction: share of each minibatch drawn from the demo buffer, 0.5 (RLPD's symmetric
-            sampling; HIL-SERL 128 + 128). All online when the demo buffer is empty.
-        max_grad_norm: clip gradient norms of every network (``None``: no clipping; LeRobot uses 40).
-        log_std_min, log_std_max: bounds of the actor's log-std, -20 and 2 (RLPD's TanhNormal).
-        kl_coef: lambda of Demonstration-Regularized RL; with ``kl_coef > 0`` the term ``alpha * log pi``
-            becomes ``kl_coef * (log pi - log pi_BC)`` and alpha is not tuned. ``pi_BC`` is the ``bc_policy``
-            passed to :class:`SAC`, or else a :class:`~hilrl.policies.bc_prior.GaussianBCPrior` fitted on the
-            demo buffer at the first :meth:`SAC.train_step` and saved in checkpoints.
-        bc_proposal: IBRL (Imitation Bootstrapped RL, Hu et al. 2023; not in ALGORITHMS.md): the BC prior's
-            mean action ``tanh(mu_BC(s))`` competes with the actor's action wherever an action is chosen by
-            value. When acting, the one with the higher critic value (mean over the ensemble) is taken; in the
-            critic target, ``V(s') = max(min_i Q'_i(s', a'_RL) - reg, min_i Q'_i(s', a'_BC))``. The prior is the
-            same :class:`~hilrl.policies.bc_prior.GaussianBCPrior` the KL term uses, fitted on the demo buffer
-            at the first :meth:`SAC.train_step`. False (RLPD, HIL-SERL). For few demos: the policy starts at
-            the imitation policy's level instead of the untrained actor's.
-        bc_prior_updates: maximum-likelihood steps of that fit (batch ``batch_size``, Adam 1e-3).
-        bc_prior_min_std: floor of that prior's pre-tanh std, 0.2 (ours; the paper's prior is not squashed).
-            A demonstrator that is deterministic would otherwise give a prior too sharp to regularise towards.
-        image_latent_dim: features per image key, 50 (DrQ).
-        image_channels, image_strides: conv stack of the image encoder, 4 x 32 channels, strides
-            (2, 1, 1, 1) (DrQ). HIL-SERL uses a pretrained ResNet-10 instead (not bundled).
-        image_pad: pixels of replicate padding for the random-shift augmentation, 4 (DrQ).
-        augment: apply random shift to images in updates (DrQ, SERL, HIL-SERL).
-        freeze_encoder: keep the image encoder fixed (HIL-SERL freezes its pretrained encoder).
-        normalize_obs: standardise state features by a per-dimension mean and std fitted once, at the
-            first :meth:`SAC.train_step`, on every transition then in the demo and online buffers, and
-            frozen afterwards (saved with the networks). Off by default as in RLPD (raw states); turning it
-            on took Reach from 10% to 90% eval success at 2000 env steps (see :mod:`hilrl.policies.encoders`).
-        obs_norm_min_std: floor of that std, so near-constant dimensions are not blown up.
-        obs_norm_clip: standardised state features are clipped to ``[-obs_norm_clip, obs_norm_clip]``.
-        bc_coef: weight of a behaviour-cloning term in the actor loss on the demo rows of each batch,
-            ``bc_coef * mean|Q| * ||tanh(mu(s)) - a_demo||^2``. 0 (RLPD, HIL-SERL: none). The ``mean|Q|``
-            factor is TD3+BC's normalisation (Fujimoto & Gu 2021: alpha 2.5 there is ``bc_coef = 0.4``), so the
-            setting does not depend on the reward scale. It helps where few demos must guide a long,
-            precise task (PickCube) faster than the critic alone can.
-        compile_critic: run the online and target critic ensembles through ``torch.compile`` (inductor),
-            which fuses the LayerNorm/affine/ReLU passes eager PyTorch makes over every ``(N, B, hidden)``
-            activation. Speed only (same maths; floating-point results differ in the last bits). The first
-            updates compile (seconds to a minute); on CPU it needs a C++ compiler. Off by default; see
-            ``benchmarks/learner_throughput.py`` for what it buys on your machine. Not with ``cuda_graph``.
-    """
-
-    obs_keys: tuple[str, ...] | None = None
-    num_critics: int = 2
-    num_min_critics: int = 2
-    hidden: tuple[int, ...] = (256, 256)
-    critic_layer_norm: bool = True
-    actor_lr: float = 3e-4
-    critic_lr: float = 3e-4
-    temperature_lr: float = 3e-4
-    gamma: float = 0.99
-    tau: float = 0.005
-    batch_size: int = 256
-    utd: int = 1
-    init_temperature: float = 1.0
-    target_entropy: float | None = None
-    learn_temperature: bool = True
-    backup_entropy: bool = True
-    demo_fraction: float = 0.5
-    max_grad_norm: float | None = None
-    log_std_min: float = -20.0
-    log_std_max: float = 2.0
-    kl_coef: float = 0.0
-    bc_proposal: bool = False
-    bc_prior_updates: int = 2000
-    bc_prior_min_std: float = 0.2
-    image_latent_dim: int = 50
-    image_channels: tuple[int, ...] = (32, 32, 32, 32)
-    image_strides: tuple[int, ...] = (2, 1, 1, 1)
-    image_pad: int = 4
-    augment: bool = True
-    freeze_encoder: bool = False
-    normalize_obs: bool = False
-    obs_norm_min_std: float = 0.05
-    obs_norm_clip: float = 10.0
-    bc_coef: float = 0.0
-    compile_critic: bool = False
-
-    def __post_init__(self) -> None:
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.image_channels = tuple(int(c) for c in self.image_channels)
-        self.image_strides = tuple(int(s) for s in self.image_strides)
-        if self.obs_keys is not None:
-            self.obs_keys = tuple(self.obs_keys)
-        checks = [
-            (self.num_critics >= 1, f"num_critics must be >= 1, got {self.num_critics}"),
-            (1 <= self.num_min_critics <= self.num_critics,
-             f"num_min_critics must be between 1 and num_critics ({self.num_critics}), got {self.num_min_critics}"),
-            (len(self.hidden) >= 1 and min(self.hidden) >= 1, f"hidden must list positive widths, got {self.hidden}"),
-            (0.0 <= self.gamma <= 1.0, f"gamma must be within [0, 1], got {self.gamma}"),
-            (0.0 < self.tau <= 1.0, f"tau must be within (0, 1], got {self.tau}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.utd >= 1, f"utd must be >= 1, got {self.utd}"),
-            (self.init_temperature > 0.0, f"init_temperature must be > 0, got {self.init_temperature}"),
-            (0.0 <= self.demo_fraction <= 1.0, f"demo_fraction must be within [0, 1], got {self.demo_fraction}"),
-            (self.kl_coef >= 0.0, f"kl_coef must be >= 0, got {self.kl_coef}"),
-            (self.bc_prior_updates >= 1, f"bc_prior_updates must be >= 1, got {self.bc_prior_updates}"),
-            (self.bc_prior_min_std > 0, f"bc_prior_min_std must be > 0, got {self.bc_prior_min_std}"),
-            (self.max_grad_norm is None or self.max_grad_norm > 0,
-             f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}"),
-            (min(self.actor_lr, self.critic_lr, self.temperature_lr) > 0, "learning rates must be > 0"),
-            (self.obs_norm_min_std > 0, f"obs_norm_min_std must be > 0, got {self.obs_norm_min_std}"),
-            (self.obs_norm_clip > 0, f"obs_norm_clip must be > 0, got {self.obs_norm_clip}"),
-            (self.bc_coef >= 0.0, f"bc_coef must be >= 0, got {self.bc_coef}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise HilrlError(f"SACConfig: {message}")
-
-    @property
-    def critic_actor_ratio(self) -> int:
-        """HIL-SERL/SERL's name for :attr:`utd` (critic steps per actor step)."""
-        return self.utd
-
-    @classmethod
-    def rlif(cls, **overrides: Any) -> SACConfig:
-        """RLIF's RLPD configuration (pd-perry/RLIF, ``configs/rlpd_config.py``)."""
-        values = dict(num_critics=10, hidden=(256, 256, 256), gamma=0.99, backup_entropy=False, utd=5)
-        return cls(**{**values, **overrides})
-
-    @classmethod
-    def hil_serl(cls, **overrides: Any) -> SACConfig:
-        """HIL-SERL's learner (rail-berkeley/hil-serl): 2 critics, gamma 0.97, critic-to-actor ratio 2."""
-        values = dict(num_critics=2, hidden=(256, 256), gamma=0.97, utd=2, freeze_encoder=True)
-        return cls(**{**values, **overrides})
 
 
 def batch_to_torch(batch: Batch, device: torch.device | str) -> TensorTree:
@@ -243,20 +92,21 @@ class SAC:
         observation_space: ``gymnasium.spaces.Dict`` of float state vectors and/or uint8 ``(H, W, 3)`` images.
         action_space: ``Box`` with bounds ``[-1, 1]`` (rescale the env's actions with a wrapper first).
         config: the learner's settings.
-        device: torch device for networks and updates.
+        device: torch device for networks and updates; ``None`` takes ``config.device`` (:func:`resolve_device`).
         seed: seeds the network initialisation, the learner's torch generator and its numpy sampler.
         bc_policy: behaviour prior for KL regularisation (used when ``config.kl_coef > 0``).
         cuda_graph: capture the whole update as a CUDA graph after three eager warm-up updates
-            (CUDA only; removes Python and launch overhead).
+            (CUDA only; removes Python and launch overhead); ``None`` takes ``config.cuda_graph``.
     """
 
     algo_name = "sac"
 
     def __init__(self, observation_space: gym.spaces.Dict, action_space: gym.spaces.Box,
-                 config: SACConfig | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                 bc_policy: ActionLogProb | None = None, cuda_graph: bool = False):
+                 config: SACConfig | None = None, device: torch.device | str | None = None, seed: int = 0,
+                 bc_policy: ActionLogProb | None = None, cuda_graph: bool | None = None):
         self.config = config = config if config is not None else SACConfig()
-        self.device = torch.device(device)
+        self.device = resolve_device(config.device if device is None else device)
+        cuda_graph = config.cuda_graph if cuda_graph is None else cuda_graph
         if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
             raise HilrlError(f"SAC needs a 1-D Box action space, got {action_space}")
         if not (np.allclose(action_space.low, -1.0) and np.allclose(action_space.high, 1.0)):
@@ -489,7 +339,12 @@ class SAC:
             "temperature_loss": temperature_loss.detach(), "bc_loss": bc_loss.detach(),
         }
 
-    def update(self, batch: TensorTree, noise: TensorTree | None = None) -> dict[str, torch.Tensor]:
+    def update(self, replay: Replay) -> dict[str, torch.Tensor]:
+        """The algorithm protocol's update (:mod:`hilrl.policies.registry`): :meth:`train_step` on the replay's
+        online and demo buffers, whose sampled ``rewards`` come from the run's reward source."""
+        return self.train_step(replay.online, replay.demo)
+
+    def train_on_batch(self, batch: TensorTree, noise: TensorTree | None = None) -> dict[str, torch.Tensor]:
         """One RLPD update: ``utd`` critic steps, one actor and one temperature step.
 
         ``batch`` is a tensor batch (:func:`batch_to_torch`) of ``utd * B`` transitions whose
@@ -516,9 +371,12 @@ class SAC:
 
     def train_step(self, online: ReplayBuffer, demo: ReplayBuffer | None = None,
                    relabel: Callable[[Batch], np.ndarray] | None = None) -> dict[str, torch.Tensor]:
-        """Sample ``utd`` symmetric minibatches (``demo_fraction`` from ``demo``), optionally relabel rewards, update.
+        """Sample ``utd`` symmetric minibatches (``demo_fraction`` from ``demo``), then :meth:`train_on_batch`.
 
-        ``relabel(batch) -> rewards`` is a reward source (DESIGN.md door 2): it sees the numpy batch.
+        The batch's ``rewards`` are what the buffers' reward source gives (the env reward without one).
+        ``relabel(batch) -> rewards``, for experiments on this learner alone, replaces them after sampling
+        and sees the whole numpy batch (``demo_mask`` included); training loops set a reward source on
+        the buffers instead (:class:`hilrl.data.buffers.Replay`).
         """
         cfg = self.config
         if cfg.normalize_obs and not self.encoder.is_normalizer_fitted:
@@ -530,7 +388,7 @@ class SAC:
             batch["demo_mask"] = _demo_mask(len(online), 0 if demo is None else len(demo), cfg)
         if relabel is not None:
             batch["rewards"] = np.asarray(relabel(batch), np.float32).reshape(-1)
-        return self.update(batch_to_torch(batch, self.device))
+        return self.train_on_batch(batch_to_torch(batch, self.device))
 
     def fit_normalizer(self, buffers: list[ReplayBuffer]) -> None:
         """Fit the encoder's state standardisation on every transition in ``buffers`` (see ``normalize_obs``).
@@ -589,6 +447,41 @@ class SAC:
         _copy_tree(static_noise, noise)
         self._graph.replay()
         return {k: v.clone() for k, v in static_metrics.items()}
+
+    # ---- acting elsewhere --------------------------------------------------------------------
+
+    def _acting_modules(self) -> dict[str, nn.Module]:
+        """What :meth:`act` reads: the observation encoder and the actor; with ``bc_proposal`` also the BC
+        prior and the critic ensemble that picks between the two actions (IBRL)."""
+        modules: dict[str, nn.Module] = {"encoder": self.encoder, "actor": self.actor}
+        if self.config.bc_proposal:
+            assert self.bc_prior is not None
+            modules.update(bc_prior=self.bc_prior, q=self.critic["q"])
+        return modules
+
+    def policy_weights(self) -> dict[str, np.ndarray]:
+        """Everything :meth:`act` needs, as flat numpy arrays named ``module.parameter`` (sent to actors)."""
+        return {f"{part}.{key}": value.detach().cpu().contiguous().numpy().copy()
+                for part, module in self._acting_modules().items() for key, value in module.state_dict().items()}
+
+    def load_policy_weights(self, weights: Mapping[str, np.ndarray]) -> None:
+        """Copy :meth:`policy_weights` of a learner built with the same config into this one."""
+        modules = self._acting_modules()
+        parts: dict[str, dict[str, torch.Tensor]] = {name: {} for name in modules}
+        for name, value in weights.items():
+            part, _, key = name.partition(".")
+            if part not in parts:
+                raise HilrlError(f"policy weights entry {name!r}: expected names starting with "
+                                 f"{', '.join(p + '.' for p in parts)}; run actor and learner with the same config")
+            parts[part][key] = torch.from_numpy(np.array(value))
+        try:
+            for part, module in modules.items():
+                module.load_state_dict(parts[part])
+        except RuntimeError as exc:
+            raise HilrlError(f"the learner's weights do not fit this actor's network ({exc}); run actor and learner "
+                             "with the same config") from None
+        if self.bc_prior is not None and self.config.bc_proposal:
+            self._bc_prior_ready = self.bc_prior.is_fitted
 
     # ---- checkpoints -----------------------------------------------------------------------
 
@@ -665,6 +558,17 @@ class SAC:
         learner = cls(observation_space, action_space, config, device=device, **kwargs)
         learner.load_state_dict(state)
         return learner
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """``auto`` -> CUDA when torch sees a GPU, else CPU; ``cuda`` on a machine without one is refused."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise HilrlError(f"algo.device is {str(device)!r} but torch sees no CUDA device here; use device: auto "
+                         "(CPU when there is no GPU) or cpu")
+    return device
 
 
 def _has_cxx_compiler() -> bool:

@@ -13,13 +13,13 @@ networks, defaults and keywords, plus three things hilrl needs:
 * **Demos**: :class:`DemoMixedReplayBuffer` is a ``DictReplayBuffer`` holding a
   second buffer of demonstrations (:class:`DemoMixedFlatReplayBuffer` the same
   over ``ReplayBuffer``, for CrossQ); each batch draws ``demo_fraction`` of its
-  samples from it (0.5: RLPD's symmetric sampling, HIL-SERL's 128 + 128;
-  ALGORITHMS.md, "RLPD / HIL-SERL learner").
+  samples from it (0.5: RLPD's symmetric sampling, ikostrikov/rlpd; HIL-SERL's 128 + 128,
+  rail-berkeley/hil-serl).
 * **Interventions**: SB3's ``OffPolicyAlgorithm._store_transition`` stores the
   action the policy proposed (SB3 issue #1813). :class:`ExecutedActionMixin`
   stores ``info["executed_action"]`` instead, rescaled to SB3's [-1, 1] buffer
   convention; with HIL-SERL learning the buffer also copies intervened steps to
-  the demo part (ALGORITHMS.md, "Interventions").
+  the demo part (HIL-SERL, rail-berkeley/hil-serl).
 
 Truncation: SB3's ``DummyVecEnv`` reports ``done = terminated or truncated`` and
 puts ``TimeLimit.truncated = truncated and not terminated`` into ``info``; the
@@ -34,10 +34,7 @@ sb3-contrib is imported only when one of its algorithms is configured.
 
 from __future__ import annotations
 
-import importlib
-import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
 import gymnasium as gym
@@ -49,100 +46,7 @@ from stable_baselines3.common.save_util import recursive_getattr
 from stable_baselines3.common.vec_env import VecNormalize
 
 from hilrl.errors import HilrlError
-
-# config name -> (module, class, pip package)
-SB3_ALGORITHMS: dict[str, tuple[str, str, str]] = {
-    "sb3.sac": ("stable_baselines3", "SAC", "stable-baselines3"),
-    "sb3.td3": ("stable_baselines3", "TD3", "stable-baselines3"),
-    "sb3.tqc": ("sb3_contrib", "TQC", "sb3-contrib"),
-    "sb3.crossq": ("sb3_contrib", "CrossQ", "sb3-contrib"),
-}
-
-# Fields of SB3Config that are hilrl's own, not SB3 constructor keywords.
-_OWN_FIELDS = ("name", "obs_keys", "demo_fraction", "action_noise", "net_arch")
-
-
-def sb3_class(name: str) -> type:
-    """The SB3 (or sb3-contrib) class an ``algo.name`` such as ``sb3.tqc`` stands for."""
-    if name not in SB3_ALGORITHMS:
-        raise HilrlError(f"unknown SB3 algorithm {name!r}; allowed: {', '.join(SB3_ALGORITHMS)}")
-    module, cls, package = SB3_ALGORITHMS[name]
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ImportError:
-        raise HilrlError(f"algo {name!r} needs the {package} package: pip install {package}") from None
-
-
-@dataclass
-class SB3Config:
-    """Settings of an SB3 off-policy algorithm; SB3 keywords keep SB3's names and meanings.
-
-    Attributes:
-        name: ``sb3.sac``, ``sb3.td3``, ``sb3.tqc`` or ``sb3.crossq`` (the last two need sb3-contrib).
-        obs_keys: state keys the policy sees (``None``: every 1-D key of the task).
-        demo_fraction: share of each batch drawn from the demo buffer, 0.5 (RLPD symmetric sampling,
-            HIL-SERL 128 + 128); all online when there are no demos.
-        action_noise: std of Gaussian exploration noise added to the policy's action
-            (``NormalActionNoise``). ``None``: SB3's default (no noise; TD3 users usually set 0.1).
-        net_arch: hidden widths for actor and critic (``policy_kwargs.net_arch``); ``None``: SB3's
-            default ((256, 256) for SAC/TQC, (400, 300) for TD3).
-        learning_rate, batch_size, tau, gamma, train_freq, gradient_steps, ent_coef, target_entropy,
-        target_update_interval, use_sde, policy_delay, target_policy_noise, target_noise_clip,
-        top_quantiles_to_drop_per_net, policy_kwargs, device: passed to the SB3 class unchanged;
-            ``None`` leaves SB3's default. Train-loop settings (``buffer_size``, ``learning_starts``,
-            ``seed``) come from the ``train:`` section.
-    """
-
-    name: str = "sb3.sac"
-    obs_keys: tuple[str, ...] | None = None
-    demo_fraction: float = 0.5
-    action_noise: float | None = None
-    net_arch: tuple[int, ...] | None = None
-    learning_rate: float | None = None
-    batch_size: int | None = None
-    tau: float | None = None
-    gamma: float | None = None
-    train_freq: int | None = None
-    gradient_steps: int | None = None
-    ent_coef: float | str | None = None
-    target_entropy: float | str | None = None
-    target_update_interval: int | None = None
-    use_sde: bool | None = None
-    policy_delay: int | None = None
-    target_policy_noise: float | None = None
-    target_noise_clip: float | None = None
-    top_quantiles_to_drop_per_net: int | None = None
-    policy_kwargs: dict[str, Any] | None = None
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.obs_keys is not None:
-            self.obs_keys = tuple(self.obs_keys)
-        if self.net_arch is not None:
-            self.net_arch = tuple(int(h) for h in self.net_arch)
-        if not 0.0 <= self.demo_fraction <= 1.0:
-            raise HilrlError(f"algo.demo_fraction must be within [0, 1], got {self.demo_fraction}")
-        if self.action_noise is not None and self.action_noise < 0:
-            raise HilrlError(f"algo.action_noise is a standard deviation and must be >= 0, got {self.action_noise}")
-        if self.net_arch is not None and (not self.net_arch or min(self.net_arch) < 1):
-            raise HilrlError(f"algo.net_arch must list positive widths, got {self.net_arch}")
-        if self.net_arch is not None and "net_arch" in (self.policy_kwargs or {}):
-            raise HilrlError("algo.net_arch and algo.policy_kwargs.net_arch both given; keep one")
-        accepted = set(inspect.signature(sb3_class(self.name).__init__).parameters)
-        for key, value in self.sb3_kwargs().items():
-            if key not in accepted:
-                cls = SB3_ALGORITHMS[self.name][1]
-                raise HilrlError(f"algo.{key} is not a keyword of {cls} ({self.name}); remove it or pick an "
-                                 f"algorithm that takes it")
-
-    def sb3_kwargs(self) -> dict[str, Any]:
-        """The SB3 constructor keywords this config sets (``None`` ones left to SB3)."""
-        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OWN_FIELDS}
-        kwargs = {k: v for k, v in kwargs.items() if v is not None}
-        if self.net_arch is not None:
-            kwargs["policy_kwargs"] = {**(self.policy_kwargs or {}), "net_arch": list(self.net_arch)}
-        return kwargs
-
+from hilrl.policies.configs import SB3_ALGORITHMS, SB3Config, sb3_class
 
 PolicyObs = dict[str, np.ndarray] | np.ndarray
 
@@ -389,6 +293,13 @@ class SB3Agent:
         """The action for ONE observation (the task's full dict; extra keys are ignored)."""
         action, _ = self.model.predict(self.policy_obs(obs), deterministic=deterministic)
         return np.asarray(action, dtype=np.float32)
+
+    def policy_weights(self) -> dict[str, np.ndarray]:
+        """The SB3 policy's tensors (actor and critics, as SB3 keeps them in one module) as numpy arrays."""
+        return {k: v.detach().cpu().numpy().copy() for k, v in self.model.policy.state_dict().items()}
+
+    def load_policy_weights(self, weights: dict[str, np.ndarray]) -> None:
+        self.model.policy.load_state_dict({k: th.from_numpy(np.array(v)) for k, v in weights.items()})
 
     def state_dict(self) -> dict[str, Any]:
         """Network and optimiser weights (SB3's ``get_parameters``) and SB3's extra tensors (``log_ent_coef``...)."""

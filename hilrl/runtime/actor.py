@@ -35,15 +35,13 @@ import zmq
 
 from hilrl.config import ExperimentConfig
 from hilrl.envs import auth
-from hilrl.envs.make import make_env
 from hilrl.envs.protocol import ProtocolError, encode
 from hilrl.errors import HilrlError
-from hilrl.feedback.experts import make_expert
-from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.policies.registry import make_algorithm
 from hilrl.runtime import transport
-from hilrl.runtime.interventions import make_interventionist
 from hilrl.runtime.progress import console
+from hilrl.runtime.seeds import Seeds
+from hilrl.runtime.steps import StepSource, fresh_counters, make_training_env
 
 SPOOL_SEGMENT_BYTES = 16 * 1024 * 1024  # a spool file goes (to be recycled) once all of it is acked
 SPOOL_FREE_SEGMENTS = 8  # recycled spool files: enough for a window of max_unacked image steps
@@ -64,30 +62,28 @@ class Actor:
         out: this actor's folder (spool, last weights, counters).
         learner: the learner's transition address, e.g. ``tcp://10.0.0.2:5560``.
         actor_id: unique name among the learner's actors; the learner keys seqs by it.
-        index: seeds the env and the interventionist apart from other actors.
+        index: seeds the env and the interventionist apart from other actors (stream ``index + 1`` of
+            :mod:`hilrl.runtime.seeds`).
         steps: stop after this many env steps in this session (``None``: until the learner is done).
+        device: an open teleop device for ``intervention.source: device`` (else the configured one is opened):
+            a person beside the arm takes over as in ``hilrl train``.
     """
 
     def __init__(self, config: ExperimentConfig, out: str | os.PathLike, learner: str, actor_id: str = "actor0",
-                 index: int = 0, steps: int | None = None) -> None:
-        if config.algo.name != "sac":
-            raise HilrlError(f"runtime: distributed trains algo.name: sac, not {config.algo.name!r}")
+                 index: int = 0, steps: int | None = None, device: Any = None) -> None:
+        from hilrl.runtime.learner import check_distributable
+
+        check_distributable(config)
         if not actor_id or not actor_id.isprintable():
             raise HilrlError(f"--id {actor_id!r}: give each actor a non-empty printable name")
         torch.set_num_threads(config.train.threads)
         self.config, self.actor_id, self.index, self.steps_limit = config, actor_id, index, steps
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        tc, ic = config.train, config.intervention
-
-        self.env = make_env(config.env)
+        self.seeds = Seeds(config.train.seed, stream=index + 1)
+        self.env = make_training_env(config, self.seeds, device=device)
         self.act_space = self.env.action_space
-        if ic.source != "none":
-            seed = tc.seed + 1 + 7919 * index
-            source = make_interventionist(ic, make_expert(self.env, noise=ic.expert_noise, seed=seed), seed=seed + 1)
-            self.env = InterventionWrapper(self.env, source)
-        self.agent = make_algorithm(config.algo, self.env.observation_space, self.act_space, seed=tc.seed + index)
-        self.rng = np.random.default_rng(tc.seed + 1_000 * (index + 1))
+        self.agent = make_algorithm(config.algo, self.env.observation_space, self.act_space, seed=self.seeds.acting)
 
         self.state = {"actor": actor_id, "acked": 0, "steps": 0, "episodes": 0, "successes": 0, "weights_version": -1}
         state_file = self.out / "actor_state.json"
@@ -97,10 +93,15 @@ class Actor:
                 raise HilrlError(f"{self.out} belongs to actor {saved.get('actor')!r}, not {actor_id!r}; use its "
                                  "--id or another --out")
             self.state.update(saved)
+        self.counters = fresh_counters()
+        self.counters.update(env_steps=self.state["steps"], episodes=self.state["episodes"],
+                             successes=self.state["successes"])
+        self.steps = StepSource(self.env, self.agent.act, self.seeds, self.counters,
+                                random_steps=config.train.random_steps)
         weights_file = self.out / "weights.npz"
         if weights_file.is_file():
             with np.load(weights_file) as f:
-                transport.load_policy_weights(self.agent, {k: f[k] for k in f.files})
+                self.agent.load_policy_weights({k: f[k] for k in f.files})
         self.spool = transport.RecordLog(self.out / "spool", fsync=config.runtime.fsync,
                                          segment_bytes=SPOOL_SEGMENT_BYTES, keep_free=SPOOL_FREE_SEGMENTS)
         # spooled batches with a step not yet acked: first seq -> (last seq, wire frames)
@@ -265,7 +266,7 @@ class Actor:
     def _load_weights(self, version: int, weights: dict[str, np.ndarray]) -> None:
         if version == self.state["weights_version"]:
             return
-        transport.load_policy_weights(self.agent, weights)
+        self.agent.load_policy_weights(weights)
         self.state["weights_version"] = version
         self._weights = weights
         if time.monotonic() - self.last_weights_save > WEIGHTS_SAVE_PERIOD_S:
@@ -308,14 +309,18 @@ class Actor:
         if len(self.taken) >= self.batch_max:
             self._close_batch()
 
+    def act(self) -> None:
+        """One env step of the step source (the policy acts, or the person takes over), held for the learner."""
+        self._take(self.steps.step())
+        c = self.counters
+        self.state.update(steps=c["env_steps"], episodes=c["episodes"], successes=c["successes"])
+
     def run(self) -> dict[str, Any]:
         """Act until the learner says it is done, ``steps`` were taken, or SIGTERM/SIGINT; returns the counters."""
-        tc, s = self.config.train, self.state
+        s = self.state
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: setattr(self, "stop_requested", True))
-        episode_seed = tc.seed * 1_000_003 + 100_003 * (self.index + 1) + s["episodes"]
-        obs, _ = self.env.reset(seed=episode_seed % 2**32)
-        episode_start, taken = True, 0
+        taken = 0
         try:
             while not (self.learner_done or self.stop_requested):
                 self._service_link()
@@ -327,29 +332,8 @@ class Actor:
                 if self.unacked_steps() >= self.config.runtime.max_unacked:
                     time.sleep(0.01)  # the learner is far behind or away: do not run the robot unrecorded
                     continue
-                if s["steps"] < tc.random_steps:
-                    action = self.rng.uniform(-1.0, 1.0, self.act_space.shape).astype(np.float32)
-                else:
-                    action = self.agent.act(obs)
-                next_obs, reward, terminated, truncated, info = self.env.step(action)
-                intervened = bool(info.get("intervened", False))
-                self._take(dict(
-                    obs=obs, action=np.asarray(info.get("executed_action", action), np.float32),
-                    reward=float(reward), next_obs=next_obs, terminated=bool(terminated), truncated=bool(truncated),
-                    intervened=intervened, intervention_start=bool(info.get("intervention_start", False)),
-                    policy_action=np.asarray(action, np.float32), is_success=bool(info.get("is_success", False)),
-                    episode_start=episode_start))
-                s["steps"] += 1
+                self.act()
                 taken += 1
-                episode_start = False
-                if terminated or truncated:
-                    s["episodes"] += 1
-                    s["successes"] += int(bool(info.get("is_success", False)))
-                    episode_seed = tc.seed * 1_000_003 + 100_003 * (self.index + 1) + s["episodes"]
-                    obs, _ = self.env.reset(seed=episode_seed % 2**32)
-                    episode_start = True
-                else:
-                    obs = next_obs
         finally:
             if self.taken:
                 self._close_batch()  # stopped: keep the last steps for the next session

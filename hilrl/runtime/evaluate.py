@@ -14,9 +14,11 @@ from hilrl.config import ExperimentConfig
 from hilrl.data.video import VideoWriter
 from hilrl.envs.make import make_env
 from hilrl.errors import HilrlError
-from hilrl.policies.registry import load_checkpoint, make_algorithm
+from hilrl.policies.registry import make_algorithm
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.rollout import ActFn, RolloutStats, run_episode
+from hilrl.runtime.run import BEST_CHECKPOINT, load_checkpoint, step_checkpoints
+from hilrl.runtime.seeds import TEST_SEED, VALIDATION_SEED
 
 
 @dataclass
@@ -36,7 +38,7 @@ def evaluate_policy(
     env_config: Any,
     act: ActFn,
     episodes: int,
-    seed: int = 10_000,
+    seed: int = TEST_SEED,
     video: str | os.PathLike | None = None,
     video_episodes: int = 3,
     show_progress: bool = True,
@@ -98,10 +100,10 @@ def write_metrics(out: str | os.PathLike, result: EvalResult | None, counters: d
     return summary
 
 
-BEST_CHECKPOINT = "best.pt"
-# Evaluations during training (and train.keep_best's choice among them) run on these seeds, so the
-# final evaluation's seeds (10 000 on) stay unseen by the choice.
-VALIDATION_SEED = 20_000
+# Evaluations during training (and train.keep_best's choice among them) run on VALIDATION_SEED on, so
+# the final evaluation's seeds (TEST_SEED on) stay unseen by the choice (hilrl.runtime.seeds).
+__all__ = ["BEST_CHECKPOINT", "TEST_SEED", "VALIDATION_SEED", "EvalResult", "evaluate_policy", "evaluate_run",
+           "final_evaluation", "latest_checkpoint", "load_policy", "policy_checkpoint", "write_metrics"]
 
 
 def policy_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
@@ -119,7 +121,7 @@ def latest_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
         return path
     if not path.exists():
         raise HilrlError(f"{path}: no such run folder or checkpoint")
-    candidates = sorted((path / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    candidates = step_checkpoints(path)
     if not candidates:
         raise HilrlError(f"{path}: no checkpoints in {path / 'checkpoints'}; was the run trained with `hilrl train`?")
     return candidates[-1]
@@ -143,7 +145,7 @@ def load_policy(run_or_checkpoint: str | os.PathLike) -> tuple[ExperimentConfig,
 def evaluate_run(
     run_or_checkpoint: str | os.PathLike,
     episodes: int = 50,
-    seed: int = 10_000,
+    seed: int = TEST_SEED,
     video: str | os.PathLike | None = None,
     video_episodes: int = 5,
     show_progress: bool = True,

@@ -8,8 +8,8 @@ which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per `
 2. keep the steps after the actor's acked seq if the batch reaches back to it (duplicates are skipped,
    a batch after a gap is dropped);
 3. append its wire frames to the log ``RUN/log/`` (one record per batch) and store the new steps in the
-   replay buffers with the HIL-SERL / RLIF rules (:class:`hilrl.runtime.online.TransitionStorage`, one
-   per actor), vectorised; a thread faults the online ring's image memory in just ahead of its head
+   replay buffers with the loops' storage rule (:class:`hilrl.runtime.steps.TransitionStorage`, one per
+   actor), vectorised; a thread faults the online ring's image memory in just ahead of its head
    (:class:`hilrl.data.paging.PageAhead`), so the serve loop does not pay the kernel's first-touch zeroing;
 4. after a round of messages (and an fsync of the log with ``runtime.fsync``), ack each actor's highest
    contiguous seq.
@@ -18,11 +18,13 @@ The task's spaces come from ``make_env`` (a sim env, built and closed), or, with
 (the arm is at the actors), from the first actor's ``hello``; they are saved as ``RUN/spaces.msgpack``
 so a restarted learner resumes without an actor. An actor whose spaces differ is refused.
 
-So an acked transition is on disk. A checkpoint (``RUN/checkpoints/step_N.pt`` with its
-``replay_*_N.npz``) holds the learner, buffers, per-actor acked seqs and RLIF pending steps, and
-names the first log segment written after it; a restarted learner loads the newest checkpoint and
-replays the log from there, so a ``kill -9`` loses nothing it acked. Stopping rule: ``train.steps``
-stored transitions, then updates up to the ``runtime.max_update_ratio`` budget, then evaluation.
+So an acked transition is on disk. A checkpoint (the run folder's one layout, :mod:`hilrl.runtime.run`:
+``RUN/checkpoints/step_N.pt`` with its ``replay_*_N.npz``) holds the learner, buffers, per-actor acked
+seqs and episode marks, and names the first log segment written after it; a restarted learner loads
+the newest checkpoint and replays the log from there, so a ``kill -9`` loses nothing it acked. The
+buffers' rewards come from the run's reward source, as in the local loop. Stopping rule:
+``train.steps`` stored transitions, then updates up to the ``runtime.max_update_ratio`` budget, then
+evaluation.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +42,22 @@ import numpy as np
 import torch
 import zmq
 
-from hilrl.config import ExperimentConfig, dump_config
-from hilrl.data.buffers import ReplayBuffer, slice_shared
+from hilrl.config import ExperimentConfig
+from hilrl.data.buffers import Replay, ReplayBuffer
 from hilrl.data.paging import PageAhead
 from hilrl.envs import auth
 from hilrl.envs.make import make_env
 from hilrl.envs.protocol import ProtocolError, decode, encode
 from hilrl.envs.remote import _stream_address
 from hilrl.errors import HilrlError
-from hilrl.policies.registry import load_checkpoint, make_algorithm, save_checkpoint
+from hilrl.feedback.rewards import make_reward_source
+from hilrl.policies.registry import make_algorithm
 from hilrl.runtime import transport
-from hilrl.runtime.evaluate import EvalResult, final_evaluation, write_metrics
-from hilrl.runtime.online import TransitionStorage, fill_demo_buffer
+from hilrl.runtime.evaluate import EvalResult
 from hilrl.runtime.progress import console, make_progress
+from hilrl.runtime.run import RunFolder
+from hilrl.runtime.seeds import Seeds
+from hilrl.runtime.steps import TransitionStorage, fresh_counters, rows
 
 DRAIN_TRANSITIONS = 256  # transitions stored between two log flushes / ack rounds (the last batch may pass it)
 PACED_DRAIN = 16  # ... when pacing: small, so acks keep flowing well within the actors' ack_timeout_s
@@ -66,29 +72,27 @@ class Learner:
     """One learner serving any number of actors. Build it (binds the sockets), then :meth:`run`.
 
     Args:
-        config: the experiment (``algo.name: sac``).
-        out: run folder; a folder with a checkpoint or a log is resumed.
+        config: the experiment (an algorithm registered with ``distributed=True``: ``algo.name: sac``).
+        out: run folder, or a :class:`~hilrl.runtime.run.RunFolder` already checked and recorded
+            (:func:`run_learner`); a folder with a checkpoint or a log is resumed.
         bind: transition channel address (default ``config.runtime.bind``); ``tcp://HOST:*`` picks a port.
         demo_episodes: demos for the demo buffer of a fresh run.
     """
 
-    def __init__(self, config: ExperimentConfig, out: str | os.PathLike, bind: str | None = None,
+    def __init__(self, config: ExperimentConfig, out: str | os.PathLike | RunFolder, bind: str | None = None,
                  demo_episodes: list | None = None, show_progress: bool = True) -> None:
-        if config.algo.name != "sac":
-            raise HilrlError(f"runtime: distributed trains algo.name: sac, not {config.algo.name!r}; "
-                             "use runtime: local for the others")
+        check_distributable(config)
         torch.set_num_threads(config.train.threads)
         self.config, self.show_progress = config, show_progress
-        self.out = Path(out)
-        self.ckpt_dir = self.out / "checkpoints"
+        self.folder = out if isinstance(out, RunFolder) else RunFolder(config, out, record=False)
+        self.out, self.ckpt_dir = self.folder.out, self.folder.ckpt_dir
         ic, rc = config.intervention, config.runtime
-        self.rlif = ic.source != "none" and ic.learn_from == "rlif"
-        self.experiment = config.model_dump(mode="json")
+        self.copy_interventions = ic.source != "none" and ic.learn_from == "hil_serl"
 
         self.storage: dict[str, TransitionStorage] = {}
         self.acked: dict[str, int] = {}
-        self.counters = dict(env_steps=0, episodes=0, successes=0, interventions=0, intervened_steps=0, updates=0,
-                             dropped=0, rejected=0)
+        self.counters = fresh_counters("dropped", "rejected")
+        self.recent_intervened: deque[bool] = deque(maxlen=500)
         self.weights_version = 0
         self.demo_episodes = demo_episodes or []
         self.obs_space: Any = None
@@ -157,62 +161,55 @@ class Learner:
             tmp = spaces_file.with_name(SPACES_FILE + ".tmp")
             tmp.write_bytes(header)
             os.replace(tmp, spaces_file)
-        self.agent = make_algorithm(self.config.algo, obs_space, act_space, seed=tc.seed)
-        extras = {"intervened": ((), bool), "policy_action": (act_space.shape, np.float32)}
-        self.online = ReplayBuffer(obs_space, act_space, tc.buffer_capacity, extras=extras)
-        self.demo = ReplayBuffer(obs_space, act_space, tc.buffer_capacity)
+        self.agent = make_algorithm(self.config.algo, obs_space, act_space, seed=Seeds(tc.seed).network)
+        self.replay = Replay.create(obs_space, act_space, tc.buffer_capacity)
+        self.replay.set_reward_source(make_reward_source(self.config.reward_config))
         self._resume(self.demo_episodes)
         # the online ring's image memory is faulted in by a thread just ahead of where transitions land
         self.pager = PageAhead(self.online.obs.values())
         self.pager.advance(len(self.online))
         self.last_checkpoint_steps = self.counters["env_steps"]
-        self.weights = transport.policy_weights(self.agent)
+        self.weights = self.agent.policy_weights()
 
     @property
     def built(self) -> bool:
         return self.obs_space is not None
 
+    @property
+    def online(self) -> ReplayBuffer:
+        return self.replay.online
+
+    @property
+    def demo(self) -> ReplayBuffer:
+        return self.replay.demo
+
     # ---------------------------------------------------------------- resume
 
     def _resume(self, demo_episodes: list) -> None:
-        state_path = self._latest_complete_checkpoint()
+        state = self.folder.resume(self.agent, self.replay)
         first_segment = 0
-        if state_path is None:
-            fill_demo_buffer(self.demo, demo_episodes, zero_rewards=self.rlif)
+        if state is None:
+            self.replay.add_demos(demo_episodes)
         else:
-            state = load_checkpoint(state_path)
-            self.agent.load_state_dict(state["state"])
             self.counters.update(state["counters"])
             self.acked = dict(state["acked"])
-            for actor, pending in state["pending"].items():
-                self._storage_for(actor).pending = pending
+            for actor, stream in state.get("streams", {}).items():  # (older checkpoints: none)
+                self._storage_for(actor).load_state(stream)
             self.weights_version = int(state["weights_version"])
-            self.online.load(self.ckpt_dir / state["replay"]["online"])
-            self.demo.load(self.ckpt_dir / state["replay"]["demo"])
             first_segment = int(state["log_segment"])
         replayed = 0
         for _, frames in self.log.read(first_segment):
             message = transport.read_message(frames)  # we wrote it after checking it
             replayed += self._accept(message, frames=None)
-        if state_path is not None or replayed:
-            where = state_path.name if state_path is not None else "an empty start"
+        if state is not None or replayed:
+            where = state["path"].name if state is not None else "an empty start"
             console.print(f"resuming {self.out} from {where} + {replayed} logged transitions: "
                           f"{self.counters['env_steps']} stored, {self.counters['updates']} updates, "
                           f"acked {self.acked}", soft_wrap=True)
 
-    def _latest_complete_checkpoint(self) -> Path | None:
-        """The newest ``step_N.pt`` written by a learner whose replay files are all there."""
-        candidates = sorted(self.ckpt_dir.glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for path in reversed(candidates):
-            state = load_checkpoint(path)
-            replay = state.get("replay")
-            if replay and all((self.ckpt_dir / name).is_file() for name in replay.values()):
-                return path
-        return None
-
     def _storage_for(self, actor: str) -> TransitionStorage:
         if actor not in self.storage:
-            self.storage[actor] = TransitionStorage(self.online, self.demo, self.rlif)
+            self.storage[actor] = TransitionStorage(self.replay, self.copy_interventions)
         return self.storage[actor]
 
     # ---------------------------------------------------------------- storing
@@ -234,12 +231,10 @@ class Learner:
         take = min(n - skip, self.config.train.steps - self.counters["env_steps"])
         if frames is not None:
             self.log.append(frames)
-        rows = slice(skip, skip + take)
-        steps = {key: ({k: v[rows] for k, v in value.items()} if key == "obs" else value[rows])
-                 for key, value in t.items() if key not in ("next_obs", "own_next")}
         # one image per step to the ring: next_obs stays in the shared form the wire brought (buffers.py)
-        steps["next_obs"], steps["own_next"] = slice_shared(t["obs"], t["next_obs"], t["own_next"], rows)
-        self._storage_for(actor).extend(steps, steps["intervention_start"], steps["episode_start"])
+        steps = rows(t, slice(skip, skip + take))
+        self._storage_for(actor).extend(steps, steps["episode_start"])
+        self.recent_intervened.extend(steps["intervened"].tolist())
         self.acked[actor] = acked + take
         c = self.counters
         ends = steps["terminated"] | steps["truncated"]
@@ -248,9 +243,6 @@ class Learner:
         c["intervened_steps"] += int(steps["intervened"].sum())
         c["episodes"] += int(ends.sum())
         c["successes"] += int((ends & steps["is_success"]).sum())
-        if self.done:
-            for storage in self.storage.values():
-                storage.flush()  # the run ends here: no next step can label them
         return take
 
     def _serve(self, timeout_ms: int, limit: int = DRAIN_TRANSITIONS) -> None:
@@ -275,7 +267,8 @@ class Learner:
                 if not self.built:
                     raise ProtocolError("send hello with your observation and action spaces before transitions "
                                         "(this learner has no env of its own: env.remote is set)")
-                n = transport.check_transitions(message, self.obs_space, self.act_space)
+                stored_terms = self.online.reward_terms if len(self.online) else None
+                n = transport.check_transitions(message, self.obs_space, self.act_space, stored_terms)
             except ProtocolError as exc:
                 self.counters["rejected"] += 1
                 self.router.send_multipart([identity, *encode(transport.error(str(exc)))])
@@ -316,7 +309,7 @@ class Learner:
             console.print(f"[yellow]actor {actor} was acked up to {their_acked}, this learner has "
                           f"{self.acked.get(actor, 0)}; continuing from {their_acked}[/yellow]")
             self.acked[actor] = their_acked
-            self._storage_for(actor).flush()
+            self._storage_for(actor).episode = None  # the steps between are gone: the next step opens an episode
         self.router.send_multipart([identity, *encode(transport.welcome(
             self.acked.get(actor, 0), self.done, self.weights_address, self.weights_version, self.weights))],
             copy=False)
@@ -325,24 +318,18 @@ class Learner:
 
     def publish(self) -> None:
         self.weights_version += 1
-        self.weights = transport.policy_weights(self.agent)
+        self.weights = self.agent.policy_weights()
         self.pub.send_multipart(encode(transport.weights_message(self.weights_version, self.weights)), copy=False)
 
     def checkpoint(self) -> Path:
-        """Learner + buffers + acked seqs; names the first log segment it does not contain."""
+        """Learner + buffers + acked seqs + each actor's episode marks; names the first log segment it does not
+        contain (the run folder's checkpoint layout, :mod:`hilrl.runtime.run`)."""
         segment = self.log.rotate()
         tag = self.counters["env_steps"]
-        replay = {"online": f"replay_online_{tag}.npz", "demo": f"replay_demo_{tag}.npz"}
-        self.online.save(self.ckpt_dir / replay["online"])
-        self.demo.save(self.ckpt_dir / replay["demo"])
-        path = save_checkpoint(self.ckpt_dir / f"step_{tag}.pt", self.agent, self.experiment,
-                               counters=dict(self.counters), acked=dict(self.acked),
-                               pending={a: s.pending for a, s in self.storage.items()}, log_segment=segment,
-                               replay=replay, weights_version=self.weights_version)
+        path = self.folder.checkpoint(tag, self.agent, self.counters, self.replay, acked=dict(self.acked),
+                                   streams={a: s.state() for a, s in self.storage.items()}, log_segment=segment,
+                                   weights_version=self.weights_version)
         self.log.drop_before(segment)
-        for old in self.ckpt_dir.glob("replay_*.npz"):
-            if old.name not in replay.values():
-                old.unlink(missing_ok=True)  # older step_*.pt keep their networks; only the newest resumes
         self.last_checkpoint_steps = tag
         return path
 
@@ -359,10 +346,7 @@ class Learner:
 
     def run(self) -> EvalResult | None:
         """Serve actors and train until ``train.steps`` transitions are stored and updated on; then evaluate."""
-        from torch.utils.tensorboard import SummaryWriter
-
         tc, rc, c = self.config.train, self.config.runtime, self.counters
-        writer = SummaryWriter(str(self.out / "tb"))
         metrics: dict[str, Any] = {}
         started, start_updates, next_log = time.perf_counter(), c["updates"], c["env_steps"] + tc.log_every
         last_serve = time.monotonic()
@@ -383,7 +367,7 @@ class Learner:
                     self._serve(0 if can_update else 20, PACED_DRAIN if paced else DRAIN_TRANSITIONS)
                     last_serve = time.monotonic()
                 if can_update:
-                    metrics = self.agent.train_step(self.online, self.demo)
+                    metrics = self.agent.update(self.replay)
                     c["updates"] += 1
                     if c["updates"] % rc.publish_every == 0:
                         self.publish()
@@ -392,26 +376,23 @@ class Learner:
                 if c["env_steps"] >= next_log or (self.done and not can_update):
                     next_log = c["env_steps"] + tc.log_every
                     rate = (c["updates"] - start_updates) / max(time.perf_counter() - started, 1e-9)
-                    for key, value in metrics.items():
-                        writer.add_scalar(f"train/{key}", float(value), c["env_steps"])
-                    bar.update(task, completed=c["env_steps"], stats=f"{c['updates']} updates ({rate:.0f}/s)  "
-                                                                     f"actors {dict(self.acked)}")
+                    intervened = float(np.mean(self.recent_intervened)) if self.recent_intervened else 0.0
+                    self.folder.scalars(c["env_steps"], metrics, "train/")
+                    self.folder.scalars(c["env_steps"], {"intervention_rate": intervened}, "rollout/")
+                    bar.update(task, completed=c["env_steps"], stats=f"intervened {intervened:.0%}  {c['updates']} "
+                                                                     f"updates ({rate:.0f}/s)  actors {dict(self.acked)}")
                 if self.done and c["updates"] >= self.update_budget():
                     break
             self.publish()
             self.checkpoint()
             self._serve(0)  # tell waiting actors the run is done
         train_seconds = time.perf_counter() - started
-        result = None
-        if self.config.env.remote is None:  # evaluating on a real arm is the user's call, not the learner's
-            result = final_evaluation(self.config, lambda o: self.agent.act(o, deterministic=True), self.out,
-                                      self.ckpt_dir / f"step_{c['env_steps']}.pt", self.show_progress)
-            writer.add_scalar("eval/success_rate", result.success_rate, tc.steps)
-        writer.close()
-        write_metrics(self.out, result, c, algo="sac", env=self.config.env.id, runtime="distributed",
-                      acked=dict(self.acked), weights_version=self.weights_version,
-                      train_seconds_this_session=round(train_seconds, 2))
-        return result
+        # evaluating on a real arm is the user's call, not the learner's
+        return self.folder.finish(self.agent, self.ckpt_dir / f"step_{c['env_steps']}.pt", c, tc.steps,
+                               self.show_progress, evaluate=self.config.env.remote is None, runtime="distributed",
+                               acked=dict(self.acked), weights_version=self.weights_version,
+                               reward=repr(self.online.reward_source),
+                               train_seconds_this_session=round(train_seconds, 2))
 
     def close(self) -> None:
         if self.pager is not None:
@@ -427,26 +408,43 @@ class Learner:
 def run_learner(config: ExperimentConfig, out: str | os.PathLike, bind: str | None = None,
                 show_progress: bool = True) -> EvalResult | None:
     """`hilrl learner`: the run folder gets config, demos, log, checkpoints, scalars and metrics.json."""
-    from hilrl.runtime.train import _demo_episodes, check_same_run
-
-    out = Path(out)
-    check_same_run(config, out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(config, out / "config.yaml")
-    episodes = _demo_episodes(config, out, show_progress) if config.demos.path or config.demos.episodes else []
-    learner = Learner(config, out, bind=bind, demo_episodes=episodes, show_progress=show_progress)
+    check_distributable(config)
+    run = RunFolder(config, out)
+    _prepare_reference(config, show_progress)
+    episodes = run.demo_episodes(show_progress)
+    learner = Learner(config, run, bind=bind, demo_episodes=episodes, show_progress=show_progress)
     try:
         return learner.run()
     finally:
         learner.close()
 
 
-def train_distributed(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: list,
+def check_distributable(config: ExperimentConfig) -> None:
+    """Refuse an algorithm that cannot run as a learner fed by actors (the config does it for runtime: distributed)."""
+    from hilrl.policies.registry import algorithm_names, algorithm_spec
+
+    if not algorithm_spec(config.algo.name).distributed:
+        names = ", ".join(n for n in algorithm_names() if algorithm_spec(n).distributed)
+        raise HilrlError(f"algo.name {config.algo.name!r} does not run as a learner fed by actors; the ones that do: "
+                         f"{names}")
+
+
+def _prepare_reference(config: ExperimentConfig, show_progress: bool) -> None:
+    """Build a missing ``intervention.q_ref`` here, once, before any actor needs it (each would build it)."""
+    ic = config.intervention
+    if ic.source == "value":
+        from hilrl.runtime.reference import ensure_reference_critic
+
+        ensure_reference_critic(ic.q_ref, config.env.id, ic.q_ref_steps, seed=0, show_progress=show_progress)
+
+
+def train_distributed(config: ExperimentConfig, run: RunFolder, demo_episodes: list,
                       show_progress: bool = True) -> EvalResult:
     """`hilrl train` with ``runtime: distributed``: this process is the learner; ``runtime.actors`` actor
     processes (``hilrl actor``) run beside it with folders ``OUT/actors/actorI``."""
-    out = Path(out)
-    learner = Learner(config, out, demo_episodes=demo_episodes, show_progress=show_progress)
+    out = run.out
+    _prepare_reference(config, show_progress)
+    learner = Learner(config, run, demo_episodes=demo_episodes, show_progress=show_progress)
     actors: list[subprocess.Popen] = []
     try:
         for index in range(config.runtime.actors):

@@ -75,6 +75,8 @@ def record_demos(
                     while episode is None:  # re-record: the same seed again
                         episode = teleop_episode(env, teleop, seed=seed + i, pace_hz=pace_hz)
                 episode.attrs["device"] = device_name
+                if teleop is None:
+                    episode.attrs["noise"] = float(noise)
                 stats.add(episode)
                 if episode.success or not only_successes:
                     writer.add(episode)

@@ -36,7 +36,8 @@ def run_episode(
     while True:
         action = np.asarray(act(obs), dtype=np.float32)
         next_obs, reward, terminated, truncated, info = env.step(action)
-        builder.add(action, reward, next_obs, terminated, truncated, get_state() if get_state else None)
+        builder.add(action, reward, next_obs, terminated, truncated, get_state() if get_state else None,
+                    reward_terms=info.get("reward_terms"))
         if on_frame is not None:
             on_frame(env.render())
         obs = next_obs

@@ -1,18 +1,19 @@
-"""`hilrl train` for SB3 algorithms (``algo: {name: sb3.sac}`` ...): SB3's own ``learn()`` in hilrl's run folder.
+"""`hilrl train` for SB3 algorithms (``algo: {name: sb3.sac}`` ...): the loop core's SB3 strategy.
 
-The env is built as for our own loop (task, then the intervention wrapper, then
-the agent's mapping to the policy's keys, then SB3's ``Monitor`` and ``DummyVecEnv``), and
-SB3 drives it. A callback keeps the run folder of :mod:`hilrl.runtime.train`:
-TensorBoard scalars in ``tb/`` (SB3's ``train/*`` plus our ``rollout/*``),
-``checkpoints/step_N.pt`` through :func:`~hilrl.policies.registry.save_checkpoint`,
-then the final evaluation, video and ``metrics.json`` — so `hilrl eval RUN_DIR`
-works unchanged.
+SB3's own ``learn()`` drives the env, which is built as for every loop of ours
+(:func:`hilrl.runtime.steps.make_training_env`: the task, the intervention wrapper with the
+simulated or real person, with the same seeds), then the agent's mapping to the policy's keys,
+SB3's ``Monitor`` and ``DummyVecEnv``. A callback keeps the run folder
+(:class:`~hilrl.runtime.run.RunFolder`): TensorBoard scalars in ``tb/`` (SB3's ``train/*`` plus
+our ``rollout/*``), ``checkpoints/step_N.pt`` in the one checkpoint layout, then the final
+evaluation, video and ``metrics.json`` — so `hilrl eval RUN_DIR` works unchanged.
 
 Interventions follow ``intervention.learn_from: hil_serl``: the executed action
 is stored (:class:`~hilrl.policies.sb3.ExecutedActionMixin`) and intervened
-steps are copied to the demo buffer. RLIF relabelling is not offered for SB3.
-SB3 acts uniformly at random for its first ``train.learning_starts`` steps,
-which is what ``train.random_steps`` does in our loop, so that key must stay 0.
+steps are copied to the demo buffer. Reward sources (RLIF's relabelling among them) are not
+offered for SB3 (its buffer keeps SB3's own columns); the config refuses them. SB3 acts
+uniformly at random for its first ``train.learning_starts`` steps, which is what
+``train.random_steps`` does in our loop, so that key must stay 0.
 """
 
 from __future__ import annotations
@@ -30,46 +31,39 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from hilrl.config import ExperimentConfig
-from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
 from hilrl.errors import HilrlError
-from hilrl.feedback.experts import make_expert
-from hilrl.feedback.intervention import InterventionWrapper
-from hilrl.policies.registry import make_algorithm, save_checkpoint
+from hilrl.policies.registry import make_algorithm
 from hilrl.policies.sb3 import SB3Agent
-from hilrl.runtime.evaluate import VALIDATION_SEED, EvalResult, evaluate_policy, final_evaluation, write_metrics
-from hilrl.runtime.interventions import make_interventionist
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy
 from hilrl.runtime.progress import make_progress
+from hilrl.runtime.run import RunFolder, step_checkpoints
+from hilrl.runtime.seeds import VALIDATION_SEED, Seeds
+from hilrl.runtime.steps import fresh_counters
+from hilrl.runtime.steps import make_training_env as make_task_env
 
 
 def check_sb3_experiment(config: ExperimentConfig, out: str | os.PathLike) -> None:
-    """Refuse settings the SB3 path cannot honour, before any demo is recorded."""
-    if list((Path(out) / "checkpoints").glob("step_*.pt")):
+    """Refuse what the SB3 path cannot honour, before any demo is recorded (the config refuses the rest)."""
+    if step_checkpoints(out):
         raise HilrlError(f"{out} already holds checkpoints; SB3 runs do not resume yet: pass a new --out folder")
-    if config.intervention.source != "none" and config.intervention.learn_from == "rlif":
-        raise HilrlError(f"intervention.learn_from 'rlif' is not supported with algo {config.algo.name!r} (SB3 "
-                         f"cannot relabel rewards); use learn_from: hil_serl, or algo: sac for RLIF")
-    if config.train.random_steps:
-        raise HilrlError(f"train.random_steps is not used by {config.algo.name!r}: SB3 acts uniformly at random "
-                         f"for the first train.learning_starts steps; set random_steps: 0 and tune learning_starts")
 
 
 class _RunFolderCallback(BaseCallback):
     """Counts interventions and successes, logs scalars, writes checkpoints and runs periodic evaluations."""
 
-    def __init__(self, agent: SB3Agent, config: ExperimentConfig, out: Path, bar: Any, task: Any):
+    def __init__(self, agent: SB3Agent, config: ExperimentConfig, run: RunFolder, bar: Any, task: Any):
         super().__init__()
-        self.agent, self.config, self.out, self.bar, self.task = agent, config, out, bar, task
-        self.experiment = config.model_dump(mode="json")
-        self.counters = dict(env_steps=0, episodes=0, successes=0, interventions=0, intervened_steps=0)
+        self.agent, self.config, self.run, self.bar, self.task = agent, config, run, bar, task
+        self.counters = fresh_counters()
         self.recent_success: deque[bool] = deque(maxlen=20)
         self.recent_intervened: deque[bool] = deque(maxlen=500)
         self.last_checkpoint = -1
 
     def checkpoint(self) -> None:
         step = self.counters["env_steps"]
-        save_checkpoint(self.out / "checkpoints" / f"step_{step}.pt", self.agent, self.experiment,
-                        counters=dict(self.counters))
+        self.counters["updates"] = int(self.model._n_updates)
+        self.run.checkpoint(step, self.agent, self.counters)
         self.last_checkpoint = step
 
     def _on_step(self) -> bool:
@@ -108,54 +102,47 @@ class _RunFolderCallback(BaseCallback):
         return True
 
 
-def make_training_env(config: ExperimentConfig, agent: SB3Agent) -> DummyVecEnv:
-    """Task -> intervention wrapper (it needs the full observation) -> policy keys -> Monitor -> DummyVecEnv."""
-    tc, ic = config.train, config.intervention
-    env = make_env(config.env)
-    if ic.source != "none":
-        source = make_interventionist(ic, make_expert(env, noise=ic.expert_noise, seed=tc.seed + 1), seed=tc.seed + 2)
-        env = InterventionWrapper(env, source)
-    env = Monitor(agent.wrap_env(env))
+def make_training_env(config: ExperimentConfig, agent: SB3Agent, device: Any = None) -> DummyVecEnv:
+    """The loops' training env (task -> intervention wrapper, which needs the full observation) -> policy keys
+    -> Monitor -> DummyVecEnv, seeded as SB3 seeds (``train.seed``)."""
+    env = Monitor(agent.wrap_env(make_task_env(config, Seeds(config.train.seed), device=device)))
     vec_env = DummyVecEnv([lambda: env])
-    vec_env.seed(tc.seed)
+    vec_env.seed(config.train.seed)
     return vec_env
 
 
-def train_sb3(config: ExperimentConfig, out: str | os.PathLike, demo_episodes: list[Episode],
-              show_progress: bool = True) -> EvalResult:
+def train_sb3(config: ExperimentConfig, run: RunFolder, demo_episodes: list, show_progress: bool = True,
+              device: Any = None) -> EvalResult:
     """Run ``train.steps`` env steps of the configured SB3 algorithm and write the run folder."""
-    check_sb3_experiment(config, out)
-    out = Path(out)
+    check_sb3_experiment(config, run.out)
     tc, ic = config.train, config.intervention
 
     probe = make_env(config.env)
-    agent = make_algorithm(config.algo, probe.observation_space, probe.action_space, seed=tc.seed)
+    agent = make_algorithm(config.algo, probe.observation_space, probe.action_space, seed=Seeds(tc.seed).network)
     probe.close()
-    vec_env = make_training_env(config, agent)
+    vec_env = make_training_env(config, agent, device=device)
     agent.start_training(vec_env, tc.buffer_capacity, tc.learning_starts, demo_episodes,
                          copy_interventions=ic.source != "none" and ic.learn_from == "hil_serl")
-    agent.model.set_logger(configure(str(out / "tb"), ["tensorboard"]))
+    agent.model.set_logger(configure(str(run.out / "tb"), ["tensorboard"]))
 
     started = time.perf_counter()
     with make_progress(not show_progress) as bar:
         task = bar.add_task(f"{config.algo.name} {config.env.id}", total=tc.steps, stats="")
-        callback = _RunFolderCallback(agent, config, out, bar, task)
+        callback = _RunFolderCallback(agent, config, run, bar, task)
         # log_interval=None: SB3 dumps nothing itself; the callback dumps every train.log_every steps
         agent.model.learn(tc.steps, callback=callback, log_interval=None)
         callback.checkpoint()  # after SB3's last update (and any overshoot of train_freq in episodes)
     vec_env.close()
     train_seconds = time.perf_counter() - started
 
-    result = final_evaluation(config, lambda o: agent.act(o, deterministic=True), out,
-                              out / "checkpoints" / f"step_{callback.last_checkpoint}.pt", show_progress)
+    result = run.finish(agent, run.ckpt_dir / f"step_{callback.last_checkpoint}.pt", callback.counters,
+                        callback.last_checkpoint, show_progress, demo_episodes=len(demo_episodes),
+                        online_transitions=int(agent.replay_buffer.size()),
+                        demo_transitions=int(agent.replay_buffer.demo.size()),
+                        train_seconds=round(train_seconds, 2), intervention_source=ic.source,
+                        learn_from=ic.learn_from if ic.source != "none" else None)
     agent.model.logger.record("eval/success_rate", result.success_rate)
     agent.model.logger.record("eval/mean_return", result.mean_return)
     agent.model.logger.dump(callback.last_checkpoint)
     agent.model.logger.close()
-    buffer = agent.replay_buffer
-    write_metrics(out, result, callback.counters, algo=config.algo.name, env=config.env.id,
-                  updates=int(agent.model._n_updates), demo_episodes=len(demo_episodes),
-                  online_transitions=int(buffer.size()), demo_transitions=int(buffer.demo.size()),
-                  train_seconds=round(train_seconds, 2), intervention_source=ic.source,
-                  learn_from=ic.learn_from if ic.source != "none" else None)
     return result

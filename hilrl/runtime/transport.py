@@ -15,7 +15,8 @@ arrays in their own zero-copy frames); nothing here is a second codec. Channels:
   highest seq such that every seq up to it is stored *and* written to its log. It stores
   only the steps after ``acked`` of a batch that starts at or before ``acked + 1`` (go-back-N):
   duplicates are skipped, a batch after a gap is dropped, and the ack tells the actor where
-  to resume.
+  to resume. A step may carry the task's named reward terms (``reward_terms``: a map of ``(n,)``
+  float arrays), which the learner stores for reward sources.
 * learner PUB -> actor SUB (address given in ``welcome``): ``weights``, versioned,
   every ``runtime.publish_every`` learner updates. A welcome carries the current weights
   too, so an actor that joins late need not wait for the next broadcast.
@@ -40,20 +41,21 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 import zmq
 
 from hilrl.envs.protocol import ProtocolError, decode, space_from_wire, space_to_wire
 from hilrl.errors import HilrlError
 
-# 3: `own_next` (next_obs only where it is not the next step's obs); 2: batched `transitions` and
-# spaces in `hello`; 1: one `transition` per message
-WIRE_VERSION = 3
+# 4: optional `reward_terms` per step; 3: `own_next` (next_obs only where it is not the next step's obs);
+# 2: batched `transitions` and spaces in `hello`; 1: one `transition` per message
+WIRE_VERSION = 4
 # A 128x128x3 obs + next_obs is ~100 kB; 64 MB leaves room for batches of big multi-camera observations.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TRANSITION_KEYS = frozenset({"obs", "action", "reward", "next_obs", "own_next", "terminated", "truncated",
                              "intervened", "intervention_start", "policy_action", "is_success", "episode_start"})
 FLAG_KEYS = ("terminated", "truncated", "intervened", "intervention_start", "is_success", "episode_start")
+OPTIONAL_KEYS = frozenset({"reward_terms"})
+MAX_REWARD_TERMS = 64
 
 
 # ---------------------------------------------------------------------------- messages
@@ -167,21 +169,23 @@ def hello_spaces(message: Mapping[str, Any]) -> tuple[gym.spaces.Dict, gym.space
 
 
 def check_transitions(message: Mapping[str, Any], observation_space: gym.spaces.Dict,
-                      action_space: gym.spaces.Box) -> int:
+                      action_space: gym.spaces.Box, reward_terms: Sequence[str] | None = None) -> int:
     """Validate a decoded ``transitions`` message against the learner's spaces; return its step count ``n``.
 
     Everything the replay buffer will copy is checked here, one numpy call per stacked field
     (keys, shapes, dtypes, finite numbers), so a bad actor gets an error reply and nothing
-    reaches the buffers.
+    reaches the buffers. ``reward_terms``: the term names the learner's buffer already stores
+    (``None``: any names, or none).
     """
     actor, seq, t = message.get("actor"), message.get("seq"), message.get("t")
     if not isinstance(actor, str) or not actor:
         raise ProtocolError("field 'actor' must be a non-empty string")
     if type(seq) is not int or seq < 1:
         raise ProtocolError(f"field 'seq' must be an int >= 1, got {seq!r}")
-    if not isinstance(t, dict) or set(t) != TRANSITION_KEYS:
+    if not isinstance(t, dict) or not TRANSITION_KEYS <= set(t) <= TRANSITION_KEYS | OPTIONAL_KEYS:
         got = sorted(t) if isinstance(t, dict) else type(t).__name__
-        raise ProtocolError(f"field 't' must be a map with keys {sorted(TRANSITION_KEYS)}, got {got}")
+        raise ProtocolError(f"field 't' must be a map with keys {sorted(TRANSITION_KEYS)} (and optionally "
+                            f"{sorted(OPTIONAL_KEYS)}), got {got}")
     reward = t["reward"]
     if not isinstance(reward, np.ndarray) or reward.ndim != 1 or reward.size == 0 or reward.dtype.kind not in "fiu":
         raise ProtocolError("t.reward must be a non-empty 1-d array of numbers (one per step)")
@@ -216,39 +220,20 @@ def check_transitions(message: Mapping[str, Any], observation_space: gym.spaces.
         value = t[flag]
         if not isinstance(value, np.ndarray) or value.dtype != np.bool_ or value.shape != (n,):
             raise ProtocolError(f"t.{flag} must be a bool array of shape ({n},)")
+    terms = t.get("reward_terms", {})
+    if not isinstance(terms, dict) or len(terms) > MAX_REWARD_TERMS:
+        raise ProtocolError(f"t.reward_terms must be a map of at most {MAX_REWARD_TERMS} named terms")
+    for name, value in terms.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ProtocolError(f"t.reward_terms: term names must be identifiers, got {name!r}")
+        if not isinstance(value, np.ndarray) or value.shape != (n,) or value.dtype.kind != "f":
+            raise ProtocolError(f"t.reward_terms.{name} must be a float array of shape ({n},)")
+        if not np.isfinite(value).all():
+            raise ProtocolError(f"t.reward_terms.{name} holds NaN or inf")
+    if reward_terms is not None and set(terms) != set(reward_terms):
+        raise ProtocolError(f"t.reward_terms has {sorted(terms)}, but this learner stores {sorted(reward_terms)}; "
+                            "run every actor with the learner's env config (the same task)")
     return n
-
-
-# ---------------------------------------------------------------------------- policy weights
-
-
-def policy_weights(agent: Any) -> dict[str, np.ndarray]:
-    """What an actor needs to act: the SAC observation encoder and actor, as flat numpy arrays.
-
-    SAC's actor reads features from the critic's encoder, so both travel; the critics stay.
-    """
-    if getattr(agent, "algo_name", None) != "sac":
-        raise HilrlError(f"runtime: distributed runs the SAC learner only (algo.name: sac), not "
-                         f"{getattr(agent, 'algo_name', type(agent).__name__)!r}")
-    weights = {f"encoder.{k}": v for k, v in agent.encoder.state_dict().items()}
-    weights.update({f"actor.{k}": v for k, v in agent.actor.state_dict().items()})
-    return {k: v.detach().cpu().contiguous().numpy().copy() for k, v in weights.items()}
-
-
-def load_policy_weights(agent: Any, weights: Mapping[str, np.ndarray]) -> None:
-    """Copy :func:`policy_weights` into ``agent`` (an actor's SAC built with the same config)."""
-    parts: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "actor": {}}
-    for name, value in weights.items():
-        part, _, key = name.partition(".")
-        if part not in parts:
-            raise ProtocolError(f"weights entry {name!r}: expected names starting with 'encoder.' or 'actor.'")
-        parts[part][key] = torch.from_numpy(np.array(value))
-    try:
-        agent.encoder.load_state_dict(parts["encoder"])
-        agent.actor.load_state_dict(parts["actor"])
-    except RuntimeError as exc:
-        raise HilrlError(f"the learner's weights do not fit this actor's network ({exc}); run actor and learner "
-                         "with the same config") from None
 
 
 # ---------------------------------------------------------------------------- durable log

@@ -15,9 +15,12 @@ class PegInsertEnv(ArmEnv):
 
     The block is a mocap body (fixed during the episode, randomised at reset, part of the MuJoCo state).
     ``obs["object"]`` (10,): peg centre position (3), peg quaternion wxyz (4), hole top centre (3).
-    Dense reward in [0, 4]: ``reach + grasped + grasped * (align + align * depth)`` with
-    ``reach = 1 - tanh(10 |tcp - grasp point|)``, ``align = 1 - tanh(20 |peg_xy - hole_xy|)``,
-    ``depth`` = insertion depth / ``success_depth`` clipped to [0, 1].
+    Reward terms: ``reach = 1 - tanh(10 |tcp - grasp point|)``, ``grasped`` (1.0 when the peg is held
+    between the fingers, else 0.0), ``align = 1 - tanh(20 |peg_xy - hole_xy|)`` and ``insert`` =
+    insertion depth / ``success_depth`` clipped to [0, 1]. The depth is measured from the block top
+    wherever the peg is, so ``insert`` is also 1 for a peg lying on the table: it means insertion only
+    together with ``align`` near 1, as the reward uses it.
+    Dense reward in [0, 4]: ``reach + grasped + grasped * (align + align * insert)``.
     Success: the peg bottom is at least ``success_depth`` (3 cm) below the block top, the peg
     centre is within 1 cm of the hole axis and the peg is tilted less than 10 degrees.
     """
@@ -27,6 +30,7 @@ class PegInsertEnv(ArmEnv):
     default_max_episode_steps = 100
     dense_reward_max = 4.0
     object_dim = 10
+    reward_terms = ("reach", "grasped", "align", "insert")
     peg_half = np.array([0.012, 0.012, 0.04])
     block_height = 0.05
     grasp_offset = 0.015  # grasp point above the peg centre (m)
@@ -72,7 +76,7 @@ class PegInsertEnv(ArmEnv):
     def _grasped(self, tcp_to_grasp: float) -> bool:
         return tcp_to_grasp < 0.025 and 1.6 * self._peg_half_width < self.gripper_opening() < 2.6 * self._peg_half_width
 
-    def _reward_and_success(self) -> tuple[float, bool]:
+    def _reward_and_success(self) -> tuple[float, bool, dict[str, float]]:
         peg = self._qpos[self._peg_qadr : self._peg_qadr + 3]
         axis_z = abs(float(self._xmat[self._peg_body, 8]))  # z component of the peg's long axis
         hole = self._mocap_pos[self._hole_mocap]
@@ -83,5 +87,6 @@ class PegInsertEnv(ArmEnv):
         reach = 1.0 - math.tanh(10.0 * tcp_to_grasp)
         grasped = float(self._grasped(tcp_to_grasp))
         align = 1.0 - math.tanh(20.0 * xy_err)
-        insert = min(max(depth / self.success_depth, 0.0), 1.0)
-        return reach + grasped + grasped * (align + align * insert), bool(success)
+        insert = float(min(max(depth / self.success_depth, 0.0), 1.0))
+        terms = {"reach": reach, "grasped": grasped, "align": align, "insert": insert}
+        return reach + grasped + grasped * (align + align * insert), bool(success), terms

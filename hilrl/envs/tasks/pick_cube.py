@@ -15,11 +15,12 @@ class PickCubeEnv(ArmEnv):
     """Grasp a 5 cm cube and bring its centre within ``success_tolerance`` of a goal above the table.
 
     ``obs["object"]`` (10,): cube position (3), cube quaternion wxyz (4), goal position (3).
-    Dense reward in [0, 4]: ``reach + grasped + grasped * place`` with
-    ``reach = 1 - tanh(10 |tcp - cube|)``, ``grasped`` 1 when the cube is held between the fingers,
-    ``place = 1 - tanh(10 |cube - goal|)``, and 4 on success, one above the staged maximum (the shape
-    ManiSkill uses for PickCube: its success reward also tops the stages). Without that step the
-    stages pay almost as much for holding the cube a few cm off the goal as for success.
+    Reward terms: ``reach = 1 - tanh(10 |tcp - cube|)``, ``grasped`` (1.0 when the cube is held
+    between the fingers, else 0.0), ``place = 1 - tanh(10 |cube - goal|)`` and ``success`` (1.0 or 0.0).
+    Dense reward in [0, 4]: ``4 if success else reach + grasped + grasped * place``: on success 4,
+    one above the staged maximum (the shape ManiSkill uses for PickCube: its success reward also
+    tops the stages). Without that step the stages pay almost as much for holding the cube a few
+    cm off the goal as for success.
     Success: cube centre within 3 cm of the goal.
     """
 
@@ -28,6 +29,7 @@ class PickCubeEnv(ArmEnv):
     default_max_episode_steps = 100
     dense_reward_max = 4.0
     object_dim = 10
+    reward_terms = ("reach", "grasped", "place", "success")
     success_tolerance = 0.03
     cube_half = 0.025
     goal_z_range = (0.1, 0.3)
@@ -54,7 +56,7 @@ class PickCubeEnv(ArmEnv):
     def _grasped(self, tcp_to_cube: float) -> bool:
         return tcp_to_cube < 0.02 and 1.6 * self.cube_half < self.gripper_opening() < 2.3 * self.cube_half
 
-    def _reward_and_success(self) -> tuple[float, bool]:
+    def _reward_and_success(self) -> tuple[float, bool, dict[str, float]]:
         cube = self._qpos[self._cube_qadr : self._cube_qadr + 3]
         to_goal = mujoco.mju_dist3(cube, self._mocap_pos[self._goal_mocap])
         tcp_to_cube = mujoco.mju_dist3(self._tcp, cube)
@@ -62,4 +64,5 @@ class PickCubeEnv(ArmEnv):
         reach = 1.0 - math.tanh(10.0 * tcp_to_cube)
         place = 1.0 - math.tanh(10.0 * to_goal)
         success = to_goal < self.success_tolerance
-        return (self.dense_reward_max if success else reach + grasped + grasped * place), success
+        terms = {"reach": reach, "grasped": grasped, "place": place, "success": 1.0 if success else 0.0}
+        return (self.dense_reward_max if success else reach + grasped + grasped * place), success, terms

@@ -15,7 +15,8 @@ class PushEnv(ArmEnv):
     """Push a 5 cm cube so that its centre ends within ``success_tolerance`` of a goal on the table.
 
     ``obs["object"]`` (10,): cube position (3), cube quaternion wxyz (4), goal position (3; z = 0).
-    Dense reward: ``-(|tcp - cube| + 2 |cube_xy - goal_xy|)`` (m): reach the cube, then move it.
+    Reward terms (m): ``reach_distance`` = ``|tcp - cube|`` and ``goal_distance`` = ``|cube_xy - goal_xy|``.
+    Dense reward: ``-(reach_distance + 2 * goal_distance)``: reach the cube, then move it.
     Success: cube centre within 3 cm of the goal in xy, cube still on the table.
     """
 
@@ -23,6 +24,7 @@ class PushEnv(ArmEnv):
     xml_file = "push.xml"
     default_max_episode_steps = 100
     object_dim = 10
+    reward_terms = ("reach_distance", "goal_distance")
     success_tolerance = 0.03
     cube_half = 0.025
 
@@ -39,10 +41,10 @@ class PushEnv(ArmEnv):
         out[0:7] = self._qpos[self._cube_qadr : self._cube_qadr + 7]
         out[7:10] = self._mocap_pos[self._goal_mocap]
 
-    def _reward_and_success(self) -> tuple[float, bool]:
+    def _reward_and_success(self) -> tuple[float, bool, dict[str, float]]:
         cube = self._qpos[self._cube_qadr : self._cube_qadr + 3]
         goal = self._mocap_pos[self._goal_mocap]
         to_goal = math.hypot(cube[0] - goal[0], cube[1] - goal[1])
         reach = mujoco.mju_dist3(self._tcp, cube)
         success = to_goal < self.success_tolerance and cube[2] < 2 * self.cube_half
-        return -(reach + 2.0 * to_goal), success
+        return -(reach + 2.0 * to_goal), success, {"reach_distance": reach, "goal_distance": to_goal}

@@ -69,7 +69,8 @@ def teleop_episode(
         verdict = "success" if "success" in command.buttons else "failure" if "failure" in command.buttons else None
         terminated = terminated or verdict == "success"
         truncated = truncated or verdict == "failure"
-        builder.add(action, reward, next_obs, terminated, truncated, get_state() if get_state else None)
+        builder.add(action, reward, next_obs, terminated, truncated, get_state() if get_state else None,
+                    reward_terms=info.get("reward_terms"))
         if show:
             env.render()
         obs = next_obs

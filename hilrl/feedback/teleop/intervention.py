@@ -1,9 +1,11 @@
 """A teleop device as an :class:`~hilrl.feedback.intervention.InterventionSource` (HIL-SERL semantics).
 
-ALGORITHMS.md, "Interventions": the device's action replaces the policy's when the
-device moves beyond a tiny dead-zone or a button is pressed. Here that is: the mapped
+HIL-SERL (Luo et al. 2024, rail-berkeley/hil-serl): the device's action replaces the policy's when
+the device moves beyond a tiny dead-zone or a button is pressed. Here that is: the mapped
 translation/rotation has norm above ``dead_zone``, or ``intervene`` is held, or the
-person changed the gripper command. Otherwise the policy acts.
+person changed the gripper command. Otherwise the policy acts. The person's ``success`` and
+``failure`` buttons end the episode (:attr:`DeviceInterventionist.verdict`, read by
+:class:`~hilrl.feedback.intervention.InterventionWrapper`).
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ class DeviceInterventionist:
         device: the device to read once per step.
         dead_zone: norm of the mapped motion part above which the device takes over.
         frame_map: device -> action frame; default the device's own ``frame_map``.
+        owns_device: :meth:`close` closes the device (it was opened for this source).
 
     ``last_command`` holds the latest reading, so a training loop can act on the
     ``success``/``failure``/``rerecord`` buttons, which an intervention source cannot.
     """
 
-    def __init__(self, device: TeleopDevice, dead_zone: float = DEFAULT_DEAD_ZONE, frame_map: FrameMap | None = None):
+    def __init__(self, device: TeleopDevice, dead_zone: float = DEFAULT_DEAD_ZONE, frame_map: FrameMap | None = None,
+                 owns_device: bool = False):
         if not dead_zone >= 0.0:
             raise TeleopError(f"dead_zone must be >= 0 (action units), got {dead_zone}")
         self.device = device
@@ -37,11 +41,23 @@ class DeviceInterventionist:
         self.frame_map = frame_map or device.frame_map
         self.last_command: TeleopCommand | None = None
         self._last_gripper: float | None = None
+        self.owns_device = owns_device
+
+    def close(self) -> None:
+        """Release the device if this source opened it (``owns_device``); the env's ``close`` calls this."""
+        if self.owns_device:
+            self.device.close()
 
     def reset(self) -> None:
         self.device.reset()
         self.last_command = None
         self._last_gripper = None
+
+    @property
+    def verdict(self) -> str | None:
+        """``"success"`` or ``"failure"`` when the person pressed that button at the last read, else ``None``."""
+        buttons = self.last_command.buttons if self.last_command is not None else frozenset()
+        return "success" if "success" in buttons else "failure" if "failure" in buttons else None
 
     def __call__(self, obs: dict[str, np.ndarray], policy_action: np.ndarray) -> np.ndarray | None:
         self.device.observe(obs)

@@ -1,0 +1,146 @@
+"""Reward sources: door 2 of the architecture (``docs/ARCHITECTURE.md``). What a learner trains on.
+
+A source turns stored transitions into rewards::
+
+    class RewardSource(Protocol):
+        version: int                                   # bumps whenever the reward it computes changes
+        def __call__(self, batch: RewardBatch) -> np.ndarray: ...   # float32 [N], one reward per row
+
+The replay buffers store what happened (the env's reward is kept as it came, with the task's
+named reward terms, the intervention flags, episode ids and step indices,
+:class:`~hilrl.data.buffers.RewardBatch`); the run's source is set on them
+(:meth:`hilrl.data.buffers.Replay.set_reward_source`) and the batches a learner samples carry its
+rewards. A source whose reward changes while training (a preference model refitted, PEBBLE-style)
+bumps ``version``, and every stored row is recomputed in bulk before the next batch. Versions only
+grow. Learners never know which source they were given.
+
+Sources here: the env's own reward, RLIF's relabelling, one of the task's named reward terms, and
+weighted sums; the ``reward:`` section of a config picks one (:func:`make_reward_source`), and
+``reward: {source: "my_module:make_source", kwargs: {...}}`` plugs in any other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from hilrl.data.buffers import RewardBatch
+from hilrl.errors import HilrlError
+
+__all__ = ["EnvReward", "RLIFReward", "RewardBatch", "RewardSource", "TermReward", "WeightedSum",
+           "make_reward_source"]
+
+
+@runtime_checkable
+class RewardSource(Protocol):
+    """See the module docstring."""
+
+    version: int
+
+    def __call__(self, batch: RewardBatch) -> np.ndarray: ...
+
+
+class EnvReward:
+    """The env's own reward, as stored."""
+
+    version = 0
+
+    def __call__(self, batch: RewardBatch) -> np.ndarray:
+        return batch.env_rewards.astype(np.float32)
+
+    def __repr__(self) -> str:
+        return "EnvReward()"
+
+
+class RLIFReward:
+    """RLIF's reward (Luo et al. 2023, "RLIF: Interactive Imitation Learning as Reinforcement Learning";
+    pd-perry/RLIF): the env's reward is discarded; the transition immediately before an intervention
+    begins gets -1, every other transition 0.
+
+    From the stored flags: a row is that transition when the person was not in control at its step
+    and was at the episode's next step (``next_intervened``, set when that step is stored). So -1
+    always sits on the agent's own action; a segment starting at an episode's first step has no
+    transition before it and labels nothing; demos (never intervened) get 0. The paper's semantics,
+    not its code's quirks (one-step insertion lag, only the last expert step stored, terminal
+    transition dropped).
+    """
+
+    version = 0
+
+    def __call__(self, batch: RewardBatch) -> np.ndarray:
+        return np.where(batch.next_intervened & ~batch.intervened, -1.0, 0.0).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return "RLIFReward()"
+
+
+class TermReward:
+    """One of the task's named reward terms (``info["reward_terms"][name]``, stored with every step)."""
+
+    version = 0
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, batch: RewardBatch) -> np.ndarray:
+        if self.name not in batch.reward_terms:
+            have = sorted(batch.reward_terms) or "none (demos recorded without reward terms, or a task without them)"
+            raise HilrlError(f"reward term {self.name!r} is not stored with these transitions; they have {have}. "
+                             "Pick one of those in reward.term (re-record demos made with an older hilrl)")
+        return batch.reward_terms[self.name].astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"TermReward({self.name!r})"
+
+
+class WeightedSum:
+    """``sum_i weight_i * source_i(batch)``; its version moves whenever a part's does."""
+
+    def __init__(self, parts: Sequence[tuple[float, RewardSource]]) -> None:
+        if not parts:
+            raise HilrlError("a reward sum needs at least one part")
+        self.parts = [(float(weight), source) for weight, source in parts]
+
+    @property
+    def version(self) -> int:
+        return sum(int(source.version) for _, source in self.parts)  # parts' versions only grow
+
+    def __call__(self, batch: RewardBatch) -> np.ndarray:
+        total = np.zeros(len(batch), np.float32)
+        for weight, source in self.parts:
+            total += weight * np.asarray(source(batch), np.float32)
+        return total
+
+    def __repr__(self) -> str:
+        return "WeightedSum(" + ", ".join(f"{w:g} * {s!r}" for w, s in self.parts) + ")"
+
+
+def make_reward_source(config: Any) -> RewardSource:
+    """The source a :class:`hilrl.config.RewardConfig` describes (a weight outside a sum scales the source)."""
+    source = _make_one(config)
+    return source if config.weight == 1.0 or config.source == "sum" else WeightedSum([(config.weight, source)])
+
+
+def _make_one(config: Any) -> RewardSource:
+    if config.source == "env":
+        return EnvReward()
+    if config.source == "rlif":
+        return RLIFReward()
+    if config.source == "term":
+        return TermReward(config.term)
+    if config.source == "sum":
+        return WeightedSum([(part.weight, _make_one(part)) for part in config.parts])
+    module, _, attr = config.source.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise HilrlError(f"reward source {config.source!r} cannot be imported ({exc}); give an importable "
+                         "'module:factory' (on PYTHONPATH)") from None
+    source = factory(**config.kwargs)
+    if not isinstance(source, RewardSource):
+        raise HilrlError(f"reward source {config.source!r} returned {source!r}, which is not a reward source: it "
+                         "must be callable on a RewardBatch and have an int 'version'")
+    return source

@@ -1,0 +1,263 @@
+"""The step source and the storage rule: how every loop turns env steps into stored transitions.
+
+:func:`make_training_env` builds what a loop steps: the task (local or a remote arm), and when
+``intervention.source`` is set, the :class:`~hilrl.feedback.intervention.InterventionWrapper` with
+the simulated person or the teleop device (door 1); a person in simulation sees the arm in a
+MuJoCo viewer when there is a display.
+
+:class:`StepSource` is one stream of steps (the local loop is stream 0, actor ``k`` stream
+``k + 1``; seeds from :mod:`hilrl.runtime.seeds`): act (uniformly at random for the first
+``train.random_steps``), step, mark (the executed action, ``intervened``, the policy's own action,
+the task's reward terms), count, reset at episode ends. While a person can take over, steps are
+paced at the task's ``control_hz`` (a person needs real time; the simulator runs faster).
+
+:class:`TransitionStorage` puts one stream's steps into the replay buffers with the marks the
+reward sources read (:mod:`hilrl.feedback.rewards`): ``intervened``, ``next_intervened`` (filled in
+when the episode's next step arrives), episode id and step index; with HIL-SERL's storage
+(``copy_interventions``) intervention steps also go to the demo buffer (Luo et al. 2024,
+rail-berkeley/hil-serl; SERL keeps them in the online buffer only). No reward is computed here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from hilrl.data.buffers import Replay, shared_next_rows, slice_shared
+from hilrl.envs.make import make_env
+from hilrl.feedback.intervention import InterventionWrapper
+from hilrl.runtime.seeds import Seeds
+
+COUNTERS = ("env_steps", "episodes", "successes", "interventions", "intervened_steps", "updates")
+
+
+def fresh_counters(*extra: str) -> dict[str, int]:
+    """The counters every loop keeps (and checkpoints), plus ``extra`` ones, all zero."""
+    return dict.fromkeys((*COUNTERS, *extra), 0)
+
+
+def make_training_env(config: Any, seeds: Seeds, device: Any = None) -> gym.Env:
+    """The env a training loop steps: the task, wrapped with the configured interventionist (if any).
+
+    ``device``: an open :class:`~hilrl.feedback.teleop.TeleopDevice` for ``intervention.source: device``
+    (the caller owns it); ``None`` opens ``intervention.device`` (closed with the env).
+    """
+    from hilrl.runtime.interventions import make_interventionist
+
+    ic = config.intervention
+    person = ic.source == "device"
+    # a person in simulation needs to see the arm: a MuJoCo viewer, when there is a display
+    viewer = person and not config.env.remote and bool(os.environ.get("DISPLAY"))
+    env = make_env(config.env, **({"render_mode": "human"} if viewer else {}))
+    if ic.source == "none":
+        return env
+    try:
+        source = make_interventionist(ic, env, seeds, device=device, task_id=config.env.id)
+    except BaseException:
+        env.close()
+        raise
+    return InterventionWrapper(env, source)
+
+
+class StepSource:
+    """One stream of env steps: act, step, mark, count (module docstring).
+
+    Args:
+        env: the env to step (from :func:`make_training_env`).
+        act: the policy, ``obs -> action``.
+        seeds: this stream's seeds; episode ``i`` of the stream resets with ``seeds.episode(i)``.
+        counters: the loop's counters (:func:`fresh_counters`), updated in place; ``episodes`` numbers
+            the next reset, so a resumed run continues its seeds.
+        random_steps: take uniform random actions while ``counters["env_steps"]`` is below this.
+        pace_hz: at most this many steps per second (``None``: as fast as the env allows). A stream
+            with a person who can take over is paced at the task's ``control_hz`` by default.
+    """
+
+    def __init__(self, env: gym.Env, act: Callable[[Mapping[str, np.ndarray]], np.ndarray], seeds: Seeds,
+                 counters: dict[str, int], random_steps: int = 0, pace_hz: float | None = None) -> None:
+        self.env, self.act, self.seeds, self.counters = env, act, seeds, counters
+        self.random_steps = random_steps
+        if pace_hz is None and _has_person(env):
+            pace_hz = getattr(env.unwrapped, "control_hz", None)
+        self.period = 1.0 / pace_hz if pace_hz else 0.0
+        self.next_tick = time.monotonic()
+        self.render = getattr(env, "render_mode", None) == "human"
+        self.rng = seeds.loop_rng()
+        self.recent_success: deque[bool] = deque(maxlen=20)
+        self.recent_intervened: deque[bool] = deque(maxlen=500)
+        self.obs: dict[str, np.ndarray] | None = None
+        self.episode_start = True
+
+    def reset(self) -> dict[str, np.ndarray]:
+        self.obs, _ = self.env.reset(seed=self.seeds.episode(self.counters["episodes"]))
+        self.episode_start = True
+        if self.render:
+            self.env.render()
+        return self.obs
+
+    def step(self) -> dict[str, Any]:
+        """Take one step; returns its transition (``obs``, executed ``action``, ``reward``, ``next_obs``,
+        ``terminated``, ``truncated``, ``intervened``, ``intervention_start``, ``policy_action``,
+        ``is_success``, ``episode_start``, and ``reward_terms`` when the task names its terms)."""
+        obs = self.obs if self.obs is not None else self.reset()
+        c = self.counters
+        if c["env_steps"] < self.random_steps:
+            action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
+        else:
+            action = np.asarray(self.act(obs), np.float32)
+        if self.period:
+            self.next_tick = max(self.next_tick + self.period, time.monotonic() - self.period)
+            time.sleep(max(0.0, self.next_tick - time.monotonic()))
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        if self.render:
+            self.env.render()
+        intervened = bool(info.get("intervened", False))
+        transition = dict(obs=obs, action=np.asarray(info.get("executed_action", action), np.float32),
+                          reward=float(reward), next_obs=next_obs, terminated=bool(terminated),
+                          truncated=bool(truncated), intervened=intervened,
+                          intervention_start=bool(info.get("intervention_start", False)), policy_action=action,
+                          is_success=bool(info.get("is_success", False)), episode_start=self.episode_start)
+        if "reward_terms" in info:  # a task may update one dict in place: copy the values
+            transition["reward_terms"] = {k: float(v) for k, v in info["reward_terms"].items()}
+        c["env_steps"] += 1
+        c["interventions"] += int(transition["intervention_start"])
+        c["intervened_steps"] += int(intervened)
+        self.recent_intervened.append(intervened)
+        self.episode_start = False
+        if terminated or truncated:
+            c["episodes"] += 1
+            c["successes"] += int(transition["is_success"])
+            self.recent_success.append(transition["is_success"])
+            self.reset()
+        else:
+            self.obs = next_obs
+        return transition
+
+    @property
+    def success_rate(self) -> float:
+        """Success of the last 20 finished episodes."""
+        return float(np.mean(self.recent_success)) if self.recent_success else 0.0
+
+    @property
+    def intervention_rate(self) -> float:
+        """Share of the last 500 steps a person (or a simulated one) was in control."""
+        return float(np.mean(self.recent_intervened)) if self.recent_intervened else 0.0
+
+    def stats(self) -> str:
+        """The progress bar's rollout figures."""
+        return f"success {self.success_rate:.0%}  intervened {self.intervention_rate:.0%}"
+
+
+def _has_person(env: gym.Env) -> bool:
+    """Whether a teleop device can take over in ``env`` (an intervention wrapper around a device source)."""
+    from hilrl.feedback.teleop import DeviceInterventionist
+
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, InterventionWrapper) and isinstance(env.source, DeviceInterventionist):
+            return True
+        env = env.env
+    return False
+
+
+class TransitionStorage:
+    """Where one stream's steps go in a :class:`~hilrl.data.buffers.Replay` (module docstring).
+
+    Every step goes to ``replay.online`` with its marks; with ``copy_interventions`` (HIL-SERL) the
+    intervened ones also go to ``replay.demo``. A step opens a new episode (a new id, step index 0)
+    after the stream's last step ended one, or when ``episode_start`` says so (a stream cut short by
+    an actor restart). ``next_intervened`` of a step is set when the episode's next step arrives
+    intervened (:meth:`~hilrl.data.buffers.ReplayBuffer.mark_next_intervened` for a step stored by an
+    earlier call). One instance per stream of consecutive steps (one per actor).
+    """
+
+    def __init__(self, replay: Replay, copy_interventions: bool) -> None:
+        self.replay, self.copy_interventions = replay, copy_interventions
+        self.episode: int | None = None  # the id of the episode in progress (None: the next step opens one)
+        self.step = 0  # the index its next step will have
+        self.last_slot: int | None = None  # the online ring slot of its last stored step
+        self.last_demo_slot: int | None = None  # ... and of its copy in the demo buffer, if it was copied
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps of this stream (:meth:`load_state` restores it)."""
+        return {"episode": self.episode, "step": self.step, "last_slot": self.last_slot,
+                "last_demo_slot": self.last_demo_slot}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.episode, self.step, self.last_slot = state["episode"], int(state["step"]), state["last_slot"]
+        self.last_demo_slot = state.get("last_demo_slot")
+
+    def add(self, transition: Mapping[str, Any], episode_start: bool | None = None) -> None:
+        """Store one step (keys of :meth:`StepSource.step`; ``intervened`` and ``policy_action`` required);
+        ``episode_start`` defaults to the transition's own."""
+        if episode_start is None:
+            episode_start = bool(transition.get("episode_start", False))
+        steps = {key: ({k: np.asarray(v)[None] for k, v in value.items()} if isinstance(value, Mapping)
+                       else np.asarray(value)[None]) for key, value in transition.items() if key != "next_obs"}
+        steps["next_obs"] = {k: np.asarray(v)[None] for k, v in transition["next_obs"].items()}
+        steps["own_next"] = np.ones(1, bool)
+        self.extend(steps, np.array([episode_start]))
+
+    def extend(self, steps: Mapping[str, Any], episode_start: np.ndarray) -> None:
+        """Store ``n`` consecutive steps of this stream at once: exactly what ``n`` calls of :meth:`add` store.
+
+        ``steps`` holds the keys of :meth:`add`'s ``transition``, each stacked along a first axis of
+        length ``n`` (``obs`` is a map of such arrays), with ``next_obs`` in the buffers' shared form
+        (``steps["own_next"]``, :mod:`hilrl.data.buffers`); ``episode_start`` is a bool array of length ``n``.
+        """
+        n = len(steps["reward"])
+        if n == 0:
+            return
+        online, demo = self.replay.online, self.replay.demo
+        ends = np.asarray(steps["terminated"], bool) | np.asarray(steps["truncated"], bool)
+        intervened = np.asarray(steps["intervened"], bool)
+        opens = np.asarray(episode_start, bool).copy()
+        opens[0] |= self.episode is None
+        opens[1:] |= ends[:-1]
+        # episode ids and step indices: a new id at every opening step, counting up within an episode
+        index = np.arange(n)
+        first_id = online.new_episodes(int(opens.sum()))
+        ordinal = np.cumsum(opens) - 1
+        episode = np.where(ordinal >= 0, first_id + ordinal, -1 if self.episode is None else self.episode)
+        last_open = np.maximum.accumulate(np.where(opens, index, -1))
+        step = np.where(last_open >= 0, index - last_open, self.step + index).astype(np.int32)
+        next_intervened = np.zeros(n, bool)
+        next_intervened[:-1] = intervened[1:] & ~opens[1:]
+        if not opens[0] and intervened[0]:  # the stream's previous step, stored by an earlier call
+            for buffer, slot in ((online, self.last_slot), (demo, self.last_demo_slot)):
+                if slot is not None:
+                    buffer.mark_next_intervened(slot, int(episode[0]), int(step[0]) - 1)
+        marks = dict(intervened=intervened, next_intervened=next_intervened, episode=episode.astype(np.int64),
+                     step=step)
+        terms = steps.get("reward_terms") or None
+        slot = online.pos
+        online.extend(steps["obs"], steps["action"], steps["reward"], steps["next_obs"], steps["terminated"],
+                      steps["truncated"], own_next=steps["own_next"], reward_terms=terms,
+                      policy_action=steps["policy_action"], **marks)
+        self.last_demo_slot = None
+        if self.copy_interventions and intervened.any():
+            rows = np.flatnonzero(intervened)
+            if rows[-1] == n - 1:
+                self.last_demo_slot = (demo.pos + len(rows) - 1) % demo.capacity
+            demo_terms = ({k: np.asarray(v)[rows] for k, v in terms.items()}
+                          if terms and (demo.reward_terms or not len(demo)) else None)
+            demo.extend({k: v[rows] for k, v in steps["obs"].items()}, steps["action"][rows], steps["reward"][rows],
+                        shared_next_rows(steps["obs"], steps["next_obs"], steps["own_next"], rows),
+                        steps["terminated"][rows], steps["truncated"][rows], reward_terms=demo_terms,
+                        **{k: v[rows] for k, v in marks.items() if k in demo.extras or not len(demo)})
+        self.last_slot = (slot + n - 1) % online.capacity
+        self.episode = None if ends[-1] else int(episode[-1])
+        self.step = int(step[-1]) + 1
+
+
+def rows(columns: Mapping[str, Any], cut: slice) -> dict[str, Any]:
+    """Transitions ``cut`` of stacked steps (arrays and maps of arrays), ``next_obs`` kept in the shared form."""
+    out = {k: ({kk: vv[cut] for kk, vv in v.items()} if isinstance(v, Mapping) else v[cut])
+           for k, v in columns.items() if k not in ("next_obs", "own_next")}
+    out["next_obs"], out["own_next"] = slice_shared(columns["obs"], columns["next_obs"], columns["own_next"], cut)
+    return out
