@@ -35,7 +35,7 @@ class _Strict(BaseModel):
 def registered_task_ids() -> list[str]:
     import gymnasium as gym
 
-    import hilrl.envs  # noqa: F401  (registers the tasks)
+    import hilrl  # noqa: F401  (registers the tasks without importing MuJoCo)
 
     return sorted(k for k in gym.registry if k.startswith("hilrl/"))
 

@@ -385,3 +385,33 @@ def test_a_person_beside_the_actor_takes_over_and_the_learner_stores_it(tmp_path
     assert set(layouts[0]["state"]) == set(layouts[1]["state"])  # the algorithm's own state, the same keys
     assert set(layouts[0]["counters"]) >= set(layouts[1]["counters"])
     assert load_policy(distributed)[1].algo_name == "sac"
+
+
+def test_the_code_cites_papers_and_repositories_not_files_outside_the_repo():
+    cited = [f"{path.relative_to(ROOT)}:{n}" for folder in ("hilrl", "hardware", "benchmarks", "sim_configs")
+             for path in (ROOT / folder).rglob("*") if path.suffix in (".py", ".yaml", ".md")
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if "ALGORITHMS.md" in line or "DESIGN.md" in line]
+    assert not cited, cited
+    assert "../shared" not in (ROOT / "README.md").read_text()
+    assert (ROOT / "docs" / "ARCHITECTURE.md").is_file()
+
+
+def test_steps_are_paced_in_real_time_while_a_person_can_take_over():
+    """A person needs the arm at control_hz; the simulator alone would run many times faster."""
+    import time
+
+    from hilrl.envs.wrappers import RealTime
+    from hilrl.runtime.seeds import Seeds
+    from hilrl.runtime.steps import make_training_env
+
+    config = validate_config({"env": {"id": "hilrl/Reach-v0", "control_hz": 50}, "algo": REACH_SAC,
+                              "intervention": {"source": "device", "device": "keyboard"}})
+    env = make_training_env(config, Seeds(0), device=KeyboardDevice(listen=False))
+    assert isinstance(env, RealTime)
+    env.reset(seed=0)
+    started = time.monotonic()
+    for _ in range(10):
+        env.step(np.zeros(4, np.float32))
+    assert time.monotonic() - started >= 9 / 50  # never faster than 50 Hz (a lower bound: sleeps only add)
+    env.close()

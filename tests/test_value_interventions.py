@@ -1,6 +1,7 @@
 """RLIF's value-based interventionist, wired from a reference SAC checkpoint through the config."""
 
 import numpy as np
+import pytest
 
 from hilrl.config import validate_config
 from hilrl.feedback.intervention import ValueInterventionist
@@ -63,3 +64,21 @@ def test_a_missing_reference_critic_is_built_on_first_use(tmp_path, capsys):
     built = (q_ref / "metrics.json").stat().st_mtime_ns
     train(cfg, tmp_path / "again", show_progress=False)
     assert (q_ref / "metrics.json").stat().st_mtime_ns == built, "a built reference is reused, not retrained"
+
+
+@pytest.mark.slow
+def test_the_push_rlif_experiment_runs_as_shipped(tmp_path):
+    """`hilrl train sim_configs/push_rlif.yaml` on a clean checkout: builds artifacts/qref_push, then trains."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    config = Path(__file__).parents[1] / "sim_configs" / "push_rlif.yaml"
+    result = subprocess.run([sys.executable, "-m", "hilrl.cli", "train", str(config), "--steps", "600", "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, cwd=tmp_path, timeout=3000)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "building it now, on first use" in result.stderr
+    assert (tmp_path / "artifacts" / "qref_push" / "metrics.json").is_file()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["env_steps"] == 600 and metrics["interventions"] > 0 and metrics["learn_from"] == "rlif"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import gymnasium as gym
@@ -9,6 +10,7 @@ import numpy as np
 from gymnasium import spaces
 
 from hilrl.errors import HilrlError
+
 
 class TaskTimeLimit(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """Hand the limit of gymnasium's ``TimeLimit`` below it to the task, so the task truncates there itself.
@@ -72,3 +74,25 @@ class RelativePositions(gym.ObservationWrapper, gym.utils.RecordConstructorArgs)
         if self._has_goal:
             observation["object_to_goal"] = (obj[GOAL_SLICE] - obj[:3]).astype(np.float32)
         return observation
+
+
+class RealTime(gym.Wrapper):
+    """At most ``hz`` steps per second: a person driving or watching the arm needs real time, while the
+    simulator runs many times faster (a real arm paces itself; the wait is then ~0).
+
+    A step that comes late (a slow learner update in between) is taken at once, and the next one is
+    timed from it, so a stall is not followed by a burst.
+    """
+
+    def __init__(self, env: gym.Env, hz: float) -> None:
+        super().__init__(env)
+        if not hz > 0:
+            raise HilrlError(f"RealTime needs a positive rate in steps per second, got {hz!r}")
+        self.period = 1.0 / float(hz)
+        self._next = time.monotonic()
+
+    def step(self, action: Any):
+        now = time.monotonic()
+        self._next = max(self._next + self.period, now)
+        time.sleep(max(0.0, self._next - now))
+        return self.env.step(action)

@@ -90,7 +90,12 @@ class TermReward:
             have = sorted(batch.reward_terms) or "none (demos recorded without reward terms, or a task without them)"
             raise HilrlError(f"reward term {self.name!r} is not stored with these transitions; they have {have}. "
                              "Pick one of those in reward.term (re-record demos made with an older hilrl)")
-        return batch.reward_terms[self.name].astype(np.float32)
+        values = batch.reward_terms[self.name].astype(np.float32)
+        if np.isnan(values).any():
+            raise HilrlError(f"reward term {self.name!r} is unknown for some stored steps (steps of an env without "
+                             "reward terms, e.g. a real arm, stored beside demos that have them); use a reward "
+                             "source that does not need the term for such runs")
+        return values
 
     def __repr__(self) -> str:
         return f"TermReward({self.name!r})"

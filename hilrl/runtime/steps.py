@@ -8,8 +8,9 @@ MuJoCo viewer when there is a display.
 :class:`StepSource` is one stream of steps (the local loop is stream 0, actor ``k`` stream
 ``k + 1``; seeds from :mod:`hilrl.runtime.seeds`): act (uniformly at random for the first
 ``train.random_steps``), step, mark (the executed action, ``intervened``, the policy's own action,
-the task's reward terms), count, reset at episode ends. While a person can take over, steps are
-paced at the task's ``control_hz`` (a person needs real time; the simulator runs faster).
+the task's reward terms), count, reset at episode ends. While a person can take over, the training
+env paces its steps at the task's ``control_hz`` (:class:`~hilrl.envs.wrappers.RealTime`: a person
+needs real time; the simulator runs faster), whichever loop steps it (SB3's too).
 
 :class:`TransitionStorage` puts one stream's steps into the replay buffers with the marks the
 reward sources read (:mod:`hilrl.feedback.rewards`): ``intervened``, ``next_intervened`` (filled in
@@ -21,7 +22,6 @@ rail-berkeley/hil-serl; SERL keeps them in the online buffer only). No reward is
 from __future__ import annotations
 
 import os
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 
 from hilrl.data.buffers import Replay, shared_next_rows, slice_shared
 from hilrl.envs.make import make_env
+from hilrl.envs.wrappers import RealTime
 from hilrl.feedback.intervention import InterventionWrapper
 from hilrl.runtime.seeds import Seeds
 
@@ -62,7 +63,8 @@ def make_training_env(config: Any, seeds: Seeds, device: Any = None) -> gym.Env:
     except BaseException:
         env.close()
         raise
-    return InterventionWrapper(env, source)
+    env = InterventionWrapper(env, source)
+    return RealTime(env, config.env.control_hz) if person else env
 
 
 class StepSource:
@@ -75,18 +77,12 @@ class StepSource:
         counters: the loop's counters (:func:`fresh_counters`), updated in place; ``episodes`` numbers
             the next reset, so a resumed run continues its seeds.
         random_steps: take uniform random actions while ``counters["env_steps"]`` is below this.
-        pace_hz: at most this many steps per second (``None``: as fast as the env allows). A stream
-            with a person who can take over is paced at the task's ``control_hz`` by default.
     """
 
     def __init__(self, env: gym.Env, act: Callable[[Mapping[str, np.ndarray]], np.ndarray], seeds: Seeds,
-                 counters: dict[str, int], random_steps: int = 0, pace_hz: float | None = None) -> None:
+                 counters: dict[str, int], random_steps: int = 0) -> None:
         self.env, self.act, self.seeds, self.counters = env, act, seeds, counters
         self.random_steps = random_steps
-        if pace_hz is None and _has_person(env):
-            pace_hz = getattr(env.unwrapped, "control_hz", None)
-        self.period = 1.0 / pace_hz if pace_hz else 0.0
-        self.next_tick = time.monotonic()
         self.render = getattr(env, "render_mode", None) == "human"
         self.rng = seeds.loop_rng()
         self.recent_success: deque[bool] = deque(maxlen=20)
@@ -111,9 +107,6 @@ class StepSource:
             action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
         else:
             action = np.asarray(self.act(obs), np.float32)
-        if self.period:
-            self.next_tick = max(self.next_tick + self.period, time.monotonic() - self.period)
-            time.sleep(max(0.0, self.next_tick - time.monotonic()))
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         if self.render:
             self.env.render()
@@ -152,17 +145,6 @@ class StepSource:
     def stats(self) -> str:
         """The progress bar's rollout figures."""
         return f"success {self.success_rate:.0%}  intervened {self.intervention_rate:.0%}"
-
-
-def _has_person(env: gym.Env) -> bool:
-    """Whether a teleop device can take over in ``env`` (an intervention wrapper around a device source)."""
-    from hilrl.feedback.teleop import DeviceInterventionist
-
-    while isinstance(env, gym.Wrapper):
-        if isinstance(env, InterventionWrapper) and isinstance(env.source, DeviceInterventionist):
-            return True
-        env = env.env
-    return False
 
 
 class TransitionStorage:
@@ -244,8 +226,10 @@ class TransitionStorage:
             rows = np.flatnonzero(intervened)
             if rows[-1] == n - 1:
                 self.last_demo_slot = (demo.pos + len(rows) - 1) % demo.capacity
-            demo_terms = ({k: np.asarray(v)[rows] for k, v in terms.items()}
-                          if terms and (demo.reward_terms or not len(demo)) else None)
+            if terms and (demo.reward_terms.keys() == terms.keys() or not len(demo)):
+                demo_terms = {k: np.asarray(v)[rows] for k, v in terms.items()}
+            else:  # the demos' terms are not this stream's (e.g. sim demos, a real arm): unknown here
+                demo_terms = {k: np.full(len(rows), np.nan, np.float32) for k in demo.reward_terms}
             demo.extend({k: v[rows] for k, v in steps["obs"].items()}, steps["action"][rows], steps["reward"][rows],
                         shared_next_rows(steps["obs"], steps["next_obs"], steps["own_next"], rows),
                         steps["terminated"][rows], steps["truncated"][rows], reward_terms=demo_terms,
