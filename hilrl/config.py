@@ -135,6 +135,11 @@ class InterventionConfig(_Strict):
                              "task's dense reward (built there on first use)")
         return self
 
+    @property
+    def learning_rule(self) -> Literal["hil_serl", "rlif"] | None:
+        """``learn_from`` when someone can intervene, else ``None`` (nothing to learn from)."""
+        return None if self.source == "none" else self.learn_from
+
 
 class RewardConfig(_Strict):
     """What the learner trains on (door 2): one reward source, or a weighted sum of them.
@@ -255,8 +260,7 @@ class ExperimentConfig(_Strict):
         """The reward the learner trains on, with the default of the ``reward:`` section filled in."""
         if self.reward is not None:
             return self.reward
-        rlif = self.intervention.source != "none" and self.intervention.learn_from == "rlif"
-        return RewardConfig(source="rlif" if rlif else "env")
+        return RewardConfig(source="rlif" if self.intervention.learning_rule == "rlif" else "env")
 
     @model_validator(mode="after")
     def _fits_the_algorithm(self) -> ExperimentConfig:
@@ -265,9 +269,9 @@ class ExperimentConfig(_Strict):
         tc, ic = self.train, self.intervention
         distributed = self.runtime.mode == "distributed"
         if distributed and not spec.distributed:
-            distributable = [n for n in algorithm_names() if algorithm_spec(n).distributed]
-            raise ValueError(f"runtime.mode: distributed trains algo.name {', '.join(distributable)}, not {name!r}; "
-                             "use runtime: local for it")
+            names = ", ".join(algorithm_names(distributed=True))
+            raise ValueError(f"runtime.mode: distributed trains algo.name {names}, not {name!r}; use runtime: local "
+                             "for it")
         if tc.keep_best and not (spec.keep_best and not distributed and tc.eval_every):
             raise ValueError("train.keep_best works in the online SAC loop (algo.name: sac, runtime: local) with "
                              "train.eval_every > 0; remove it or change those settings")

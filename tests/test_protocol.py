@@ -220,6 +220,7 @@ def test_reward_terms_are_bounded_maps_of_finite_numbers():
         ([0.5], "must be a map"),
         ({f"t{i}": 0.0 for i in range(17)}, "at most 16"),
         ({"": 0.0}, "names must be strings of 1 to 64"),
+        ({"goal-distance": 0.0}, "must be identifiers"),
         ({"reach": float("nan")}, "'reach' must be a finite number"),
         ({"reach": float("inf")}, "'reach' must be a finite number"),
         ({"reach": True}, "'reach' must be a finite number"),

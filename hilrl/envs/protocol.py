@@ -315,11 +315,18 @@ def _task_request(value: Any) -> dict[str, Any]:
     return task
 
 
+def _identifier(name: str) -> str:
+    """Reward term names become config keys (``reward: {source: term, term: NAME}``) and dataset names."""
+    if not name.isidentifier():
+        raise ProtocolError(f"reward term names must be identifiers (letters, digits, _), got {name!r}")
+    return name
+
+
 def validate_reward_term_names(names: Any) -> tuple[str, ...]:
     """Check the ``reward_terms`` names of a hello's info: at most MAX_REWARD_TERMS distinct strings."""
     if not isinstance(names, (list, tuple)) or len(names) > MAX_REWARD_TERMS:
         raise ProtocolError(f"'reward_terms' must be a list of at most {MAX_REWARD_TERMS} names, got {names!r}")
-    checked = tuple(_name("reward_terms", name) for name in names)
+    checked = tuple(_identifier(_name("reward_terms", name)) for name in names)
     if len(set(checked)) != len(checked):
         raise ProtocolError(f"'reward_terms' names must be distinct, got {list(checked)}")
     return checked
@@ -336,6 +343,7 @@ def validate_reward_terms(terms: Any) -> dict[str, float]:
     for name, value in terms.items():
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
             raise ProtocolError(f"'reward_terms' names must be strings of 1 to {MAX_NAME_CHARS} characters, got {name!r}")
+        _identifier(name)
         if not (type(value) is float or _is_int(value)) or not math.isfinite(value):
             raise ProtocolError(f"reward term {name!r} must be a finite number, got {value!r}")
         checked[name] = float(value)

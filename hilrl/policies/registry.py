@@ -148,9 +148,10 @@ def _load_builtins() -> None:
     import hilrl.policies.configs  # noqa: F401  (registers the built-in algorithms)
 
 
-def algorithm_names() -> list[str]:
+def algorithm_names(distributed: bool | None = None) -> list[str]:
+    """Registered names; ``distributed=True`` only those that run as a learner fed by actors."""
     _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(n for n, spec in _REGISTRY.items() if distributed is None or spec.distributed == distributed)
 
 
 def algorithm_spec(name: str) -> AlgorithmSpec:

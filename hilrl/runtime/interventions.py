@@ -52,8 +52,8 @@ def reference_q(checkpoint: str | Path, observation_space: gym.spaces.Dict | Non
     return q
 
 
-def make_interventionist(config: InterventionConfig, env: gym.Env, seeds: Seeds, device: Any = None,
-                         task_id: str | None = None) -> InterventionSource:
+def make_interventionist(config: InterventionConfig, env: gym.Env, task_id: str, seeds: Seeds,
+                         device: Any = None) -> InterventionSource:
     """The configured source for ``env`` (``config.source`` must not be ``none``).
 
     A simulated person drives the task's scripted expert at ``expert_noise`` (seeded by ``seeds``);
@@ -68,11 +68,9 @@ def make_interventionist(config: InterventionConfig, env: gym.Env, seeds: Seeds,
         return DeviceInterventionist(make_device(config.device), dead_zone=config.dead_zone, owns_device=True)
     expert = make_expert(env, noise=config.expert_noise, seed=seeds.expert)
     if config.source == "value":
-        q_ref = Path(config.q_ref)
-        if task_id is not None:
-            from hilrl.runtime.reference import ensure_reference_critic
+        from hilrl.runtime.reference import ensure_reference_critic
 
-            q_ref = ensure_reference_critic(q_ref, task_id, config.q_ref_steps, seed=0)
+        q_ref = ensure_reference_critic(config.q_ref, task_id, config.q_ref_steps, seed=0)
         return ValueInterventionist(expert, reference_q(q_ref, env.observation_space), beta=config.beta,
                                     duration=config.duration or 4,
                                     p_low_value=config.p_intervene, seed=seeds.gate)

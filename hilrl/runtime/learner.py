@@ -86,8 +86,8 @@ class Learner:
         self.config, self.show_progress = config, show_progress
         self.folder = out if isinstance(out, RunFolder) else RunFolder(config, out, record=False)
         self.out, self.ckpt_dir = self.folder.out, self.folder.ckpt_dir
-        ic, rc = config.intervention, config.runtime
-        self.copy_interventions = ic.source != "none" and ic.learn_from == "hil_serl"
+        rc = config.runtime
+        self.copy_interventions = config.intervention.learning_rule == "hil_serl"
 
         self.storage: dict[str, TransitionStorage] = {}
         self.acked: dict[str, int] = {}
@@ -424,9 +424,8 @@ def check_distributable(config: ExperimentConfig) -> None:
     from hilrl.policies.registry import algorithm_names, algorithm_spec
 
     if not algorithm_spec(config.algo.name).distributed:
-        names = ", ".join(n for n in algorithm_names() if algorithm_spec(n).distributed)
         raise HilrlError(f"algo.name {config.algo.name!r} does not run as a learner fed by actors; the ones that do: "
-                         f"{names}")
+                         f"{', '.join(algorithm_names(distributed=True))}")
 
 
 def _prepare_reference(config: ExperimentConfig, show_progress: bool) -> None:

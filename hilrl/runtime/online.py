@@ -40,7 +40,7 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     replay.set_reward_source(reward_source if reward_source is not None else make_reward_source(config.reward_config))
     counters = fresh_counters()
     steps = StepSource(env, algo.act, seeds, counters, random_steps=tc.random_steps)
-    storage = TransitionStorage(replay, copy_interventions=ic.source != "none" and ic.learn_from == "hil_serl")
+    storage = TransitionStorage(replay, copy_interventions=ic.learning_rule == "hil_serl")
 
     resumed = run.resume(algo, replay)
     if resumed is None:
@@ -98,6 +98,6 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
         algo.load_state_dict(load_checkpoint(run.best_path)["state"])
     return run.finish(algo, run.best_path if best is not None else last, counters, tc.steps, show_progress,
                       demo_episodes=len(demo_episodes), train_seconds_this_session=round(train_seconds, 2),
-                      intervention_source=ic.source, learn_from=ic.learn_from if ic.source != "none" else None,
+                      intervention_source=ic.source, learn_from=ic.learning_rule,
                       reward=repr(replay.online.reward_source), **({"best_validation": best} if best else {}))
 

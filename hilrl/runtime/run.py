@@ -116,7 +116,7 @@ class RunFolder:
         """The config's demos: ``demos.path``, else ``OUT/demos.hdf5`` (recorded now by the scripted expert
         unless an earlier session of this run recorded it). A file made with other env settings (or, for
         the run's own file, another count or noise) is refused, naming the differences."""
-        from hilrl.data.hdf5 import DemoFile, read_episodes
+        from hilrl.data.hdf5 import DemoFile
         from hilrl.runtime.record import record_demos
         from hilrl.runtime.seeds import Seeds
 
@@ -129,36 +129,35 @@ class RunFolder:
             record_demos(self.config.env, path, demos.episodes, noise=demos.noise, seed=seeds.demo(0),
                          show_progress=show_progress)
         with DemoFile(path) as file:
-            problems = self._demo_mismatches(file, own=not demos.path)
+            episodes = [file.episode(name) for name in file.demo_names]
+            problems = self._demo_mismatches(file.env_args, episodes, own=not demos.path)
         if problems:
             fix = ("point demos.path at a file recorded with these settings (hilrl record CONFIG --out FILE)"
                    if demos.path else f"delete {path} to record the config's demos, or pass a new --out folder")
             raise HilrlError(f"{path} holds demos that do not match the config: {'; '.join(problems)}; {fix}")
-        return read_episodes(path)
+        return episodes
 
-    def _demo_mismatches(self, file: Any, own: bool) -> list[str]:
+    def _demo_mismatches(self, stored: dict[str, Any], episodes: list, own: bool) -> list[str]:
+        """What differs between the config and a demo file (its ``env_args`` and episodes)."""
         env, demos = self.config.env, self.config.demos
-        stored = file.env_args
         problems = []
         if stored.get("env_name") != env.id:
             problems.append(f"env.id: file {stored.get('env_name')!r}, config {env.id!r}")
         kwargs = env.make_kwargs()
         kwargs["cameras"] = list(kwargs["cameras"])
+        recorded = stored.get("env_kwargs", {})
         for key, value in kwargs.items():
-            theirs = stored.get("env_kwargs", {}).get(key)
-            if key in stored.get("env_kwargs", {}) and theirs != value:
-                problems.append(f"env.{key}: file {theirs!r}, config {value!r}")
-        count = len(file)
+            if key in recorded and recorded[key] != value:
+                problems.append(f"env.{key}: file {recorded[key]!r}, config {value!r}")
+        count = len(episodes)
         if own and count != demos.episodes:
             problems.append(f"demos.episodes: file {count}, config {demos.episodes}")
         elif not own and "episodes" in demos.model_fields_set and count != demos.episodes:
             problems.append(f"demos.episodes: file {count}, config {demos.episodes} (remove demos.episodes to use "
                             "every episode of the file)")
-        if own:
-            noises = {file.episode(name).attrs.get("noise") for name in file.demo_names[:1]}
-            noise = noises.pop() if noises else None
-            if noise is not None and abs(float(noise) - demos.noise) > 1e-12:
-                problems.append(f"demos.noise: file {noise!r}, config {demos.noise!r}")
+        noise = episodes[0].attrs.get("noise") if own and episodes else None
+        if noise is not None and abs(float(noise) - demos.noise) > 1e-12:
+            problems.append(f"demos.noise: file {noise!r}, config {demos.noise!r}")
         return problems
 
     # ---------------------------------------------------------------- scalars

@@ -113,8 +113,8 @@ def make_training_env(config: ExperimentConfig, agent: SB3Agent, device: Any = N
 
 def train_sb3(config: ExperimentConfig, run: RunFolder, demo_episodes: list, show_progress: bool = True,
               device: Any = None) -> EvalResult:
-    """Run ``train.steps`` env steps of the configured SB3 algorithm and write the run folder."""
-    check_sb3_experiment(config, run.out)
+    """Run ``train.steps`` env steps of the configured SB3 algorithm and write the run folder
+    (:func:`hilrl.runtime.train.train` has refused a folder this cannot resume: :func:`check_sb3_experiment`)."""
     tc, ic = config.train, config.intervention
 
     probe = make_env(config.env)
@@ -122,7 +122,7 @@ def train_sb3(config: ExperimentConfig, run: RunFolder, demo_episodes: list, sho
     probe.close()
     vec_env = make_training_env(config, agent, device=device)
     agent.start_training(vec_env, tc.buffer_capacity, tc.learning_starts, demo_episodes,
-                         copy_interventions=ic.source != "none" and ic.learn_from == "hil_serl")
+                         copy_interventions=ic.learning_rule == "hil_serl")
     agent.model.set_logger(configure(str(run.out / "tb"), ["tensorboard"]))
 
     started = time.perf_counter()
@@ -140,7 +140,7 @@ def train_sb3(config: ExperimentConfig, run: RunFolder, demo_episodes: list, sho
                         online_transitions=int(agent.replay_buffer.size()),
                         demo_transitions=int(agent.replay_buffer.demo.size()),
                         train_seconds=round(train_seconds, 2), intervention_source=ic.source,
-                        learn_from=ic.learn_from if ic.source != "none" else None)
+                        learn_from=ic.learning_rule)
     agent.model.logger.record("eval/success_rate", result.success_rate)
     agent.model.logger.record("eval/mean_return", result.mean_return)
     agent.model.logger.dump(callback.last_checkpoint)

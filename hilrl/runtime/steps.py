@@ -59,7 +59,7 @@ def make_training_env(config: Any, seeds: Seeds, device: Any = None) -> gym.Env:
     if ic.source == "none":
         return env
     try:
-        source = make_interventionist(ic, env, seeds, device=device, task_id=config.env.id)
+        source = make_interventionist(ic, env, config.env.id, seeds, device=device)
     except BaseException:
         env.close()
         raise
