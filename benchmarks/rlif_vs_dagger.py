@@ -83,7 +83,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=20000)
-    parser.add_argument("--reference-steps", type=int, default=20000)
+    parser.add_argument("--reference-steps", type=int, default=8000, help="env steps of the reference critic's SAC "
+                        "(the value gate's Q_ref; the configs' q_ref_steps default)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/rlif_vs_dagger"))
     args = parser.parse_args()
@@ -111,6 +112,17 @@ def main() -> None:
                       f"{int(np.mean([r['env_steps'] for r in group]))} | "
                       f"{int(np.mean([r['interventions'] for r in group]))} | "
                       f"{np.mean([r['seconds'] for r in group]):.0f} |")
+    if {"rlif", "hg_dagger"} <= set(args.methods):  # the paper's pattern: RLIF's margin grows as the expert worsens
+        print("\n| task | expert success | RLIF - HG-DAgger (mean success) | seeds (rlif / hg_dagger) |")
+        print("|---|---|---|---|")
+        for task in args.tasks:
+            for quality in sorted(NOISE_FOR_SUCCESS[task], reverse=True):
+                per = {m: sorted((r["seed"], r["success"]) for r in rows
+                                 if (r["task"], r["quality"], r["method"]) == (task, quality, m))
+                       for m in ("rlif", "hg_dagger")}
+                margin = np.mean([s for _, s in per["rlif"]]) - np.mean([s for _, s in per["hg_dagger"]])
+                seeds = " / ".join(", ".join(f"{s:.2f}" for _, s in per[m]) for m in ("rlif", "hg_dagger"))
+                print(f"| {task} | {quality:.0%} | {margin:+.2f} | {seeds} |")
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print("machine:", describe_machine())
 

@@ -91,6 +91,13 @@ class DemosConfig(_Strict):
     path: str | None = Field(None, description="robomimic-layout .hdf5; None = record with the scripted expert")
     episodes: int = Field(50, ge=0)
     noise: float = Field(0.0, ge=0.0, le=1.0, description="scripted expert's noise knob")
+    keep_after_success: int | None = Field(
+        None, ge=0, description="cut each demo this many steps after its first success (its last step then "
+        "truncated): a demo that goes on after success mostly holds the object at the goal; None = whole demos")
+    add_successes: bool = Field(
+        False, description="online RL: copy the policy's own successful episodes to the demo buffer too (cut "
+        "like the demos), so the demo share of each batch grows with what worked (RLPD's few-demo setting adds "
+        "BC rollouts; HIL-SERL keeps adding intervention steps)")
 
 
 class InterventionConfig(_Strict):
@@ -157,6 +164,8 @@ class RewardConfig(_Strict):
     term: str | None = Field(None, description="source: term: the name of the task's reward term")
     parts: list[RewardConfig] = Field(default_factory=list, description="source: sum: the sources added")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="source: module:factory: its keyword arguments")
+    path: str | None = Field(None, description="source: code: the file of LLM-written reward code (run in the "
+                             "sandbox), e.g. the best/reward.py of `hilrl reward-search`")
 
     @model_validator(mode="before")
     @classmethod
@@ -165,7 +174,9 @@ class RewardConfig(_Strict):
 
     @model_validator(mode="after")
     def _complete(self) -> RewardConfig:
-        known = ("env", "rlif", "term", "sum")
+        from hilrl.feedback.rewards import reward_source_names  # (numpy only; the names sources registered)
+
+        known = reward_source_names()
         if self.source not in known and ":" not in self.source:
             raise ValueError(f"reward source {self.source!r} is neither one of {', '.join(known)} nor an import path "
                              "'module:factory'")
@@ -175,6 +186,9 @@ class RewardConfig(_Strict):
         if (self.source == "sum") != bool(self.parts):
             raise ValueError("reward source 'sum' needs parts: [{source: ..., weight: ...}, ...], and parts: is used "
                              "only with source: sum")
+        if (self.source == "code") != (self.path is not None):
+            raise ValueError("reward source 'code' needs path: FILE (reward code, e.g. the best/reward.py a "
+                             "`hilrl reward-search` wrote), and path: is used only with source: code")
         return self
 
     def uses(self, name: str) -> bool:
@@ -292,6 +306,9 @@ class ExperimentConfig(_Strict):
         if spec.loop == "sb3" and tc.random_steps:
             raise ValueError(f"train.random_steps is not used by {name!r}: SB3 acts uniformly at random for the first "
                              "train.learning_starts steps; set random_steps: 0 and tune learning_starts")
+        if self.demos.add_successes and (spec.loop != "online" or distributed):
+            raise ValueError(f"demos.add_successes copies successful episodes in the online loop (runtime: local, "
+                             f"e.g. algo: sac); algo {name!r} with runtime {self.runtime.mode!r} does not; remove it")
         if spec.loop in ("offline", "dagger") and not (self.demos.path or self.demos.episodes):
             raise ValueError(f"demos: algo {name!r} starts from behaviour cloning; set demos.episodes > 0 or "
                              "demos.path")

@@ -380,3 +380,47 @@ def test_relative_positions_adds_tcp_to_object_and_object_to_goal(task):
     plain = make_env(EnvConfig(id=ENV_IDS[task]))
     assert "tcp_to_object" not in plain.observation_space.spaces
     plain.close()
+
+
+def _hover_then_lift(env_id: str, gripper: float, seed: int, grasp_z: float = 0.0) -> tuple[float, float]:
+    """Hold the tool centre on the object with a fixed gripper command for 40 steps, then rise for 20:
+    (grasp reward earned while hovering, how far the object rose)."""
+    env = gym.make(env_id)
+    base = env.unwrapped
+    obs, _ = env.reset(seed=seed)
+    start_z, grasp_reward = float(obs["object"][2]), 0.0
+    for _ in range(40):
+        to_object = obs["object"][:3] + (0.0, 0.0, grasp_z) - obs["ee_pos"]
+        action = np.append(np.clip(to_object / base.action_scale, -1, 1), gripper).astype(np.float32)
+        obs, _, _, _, info = env.step(action)
+        grasp_reward += info["reward_terms"]["grasped"]
+    for _ in range(20):
+        obs, *_ = env.step(np.array([0, 0, 1, gripper], np.float32))
+    env.close()
+    return grasp_reward, float(obs["object"][2]) - start_z
+
+
+@pytest.mark.parametrize("env_id, grasp_z", [("hilrl/PickCube-v0", 0.0), ("hilrl/PegInsert-v0", 0.015)])
+@pytest.mark.parametrize("gripper", [0.3, 0.5, 1.0])
+def test_an_open_gripper_hovering_on_the_object_earns_no_grasp_reward(env_id, grasp_z, gripper):
+    """The grasp term needs both pads squeezing the object: a gap that merely fits it (command 0.3 leaves
+    5.4 cm around PickCube's 5 cm cube) used to pay the grasp reward every step without holding anything."""
+    for seed in range(6):
+        grasp_reward, rise = _hover_then_lift(env_id, gripper, seed, grasp_z)
+        assert grasp_reward == 0.0, (seed, grasp_reward)
+        assert rise < 0.02  # and indeed nothing was held
+
+
+def test_the_experts_grasp_earns_the_grasp_reward_and_lifts_the_cube():
+    env = gym.make("hilrl/PickCube-v0")
+    expert = make_expert(env)
+    obs, _ = env.reset(seed=3)
+    expert.reset()
+    grasped = []
+    for _ in range(60):
+        obs, _, terminated, _, info = env.step(expert(obs))
+        grasped.append(info["reward_terms"]["grasped"])
+        if terminated:
+            break
+    assert grasped[-1] == 1.0 and sum(grasped) >= 3 and obs["object"][2] > 0.06, (grasped, obs["object"][2])
+    env.close()

@@ -47,6 +47,32 @@ class Episode:
             return bool(self.attrs["success"])
         return bool(len(self) and self.terminated[-1])
 
+    def first_success(self) -> int | None:
+        """The first step whose ``info["is_success"]`` was true (the ``is_success`` extra, or else a
+        ``success`` reward term), or ``None`` if none was or the episode does not say."""
+        flags = self.extras.get("is_success", self.reward_terms.get("success"))
+        if flags is None:
+            return None
+        hits = np.flatnonzero(np.asarray(flags) > 0.5)
+        return int(hits[0]) if len(hits) else None
+
+    def cut_after_success(self, keep: int) -> Episode:
+        """This episode up to ``keep`` steps after its first success, its last step marked ``truncated``
+        (unless it terminated): the rest of a demo that goes on after success only holds the object at
+        the goal. Unchanged when it never succeeded, does not say, or ends sooner."""
+        first = self.first_success()
+        if first is None or first + keep + 1 >= len(self):
+            return self
+        end = first + keep + 1
+        truncated = self.truncated[:end].copy()
+        truncated[-1] = not self.terminated[end - 1]
+        return Episode(obs={k: v[:end] for k, v in self.obs.items()},
+                       next_obs={k: v[:end] for k, v in self.next_obs.items()}, actions=self.actions[:end],
+                       rewards=self.rewards[:end], terminated=self.terminated[:end], truncated=truncated,
+                       states=None if self.states is None else self.states[:end],
+                       extras={k: v[:end] for k, v in self.extras.items()}, attrs=dict(self.attrs),
+                       reward_terms={k: v[:end] for k, v in self.reward_terms.items()})
+
     @property
     def episode_return(self) -> float:
         return float(np.sum(self.rewards))

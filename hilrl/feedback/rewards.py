@@ -17,12 +17,20 @@ grow. Learners never know which source they were given.
 Sources here: the env's own reward, RLIF's relabelling, one of the task's named reward terms, and
 weighted sums; the ``reward:`` section of a config picks one (:func:`make_reward_source`), and
 ``reward: {source: "my_module:make_source", kwargs: {...}}`` plugs in any other.
+
+Named sources that live elsewhere in hilrl (learned reward models, LLM-written reward code) are
+registered here by import path (:func:`register_reward_source`, imported only when a run asks for
+them) and built with the run's :class:`SourceContext`. A source that learns while the robot trains
+(a preference model, PEBBLE-style) also implements :class:`TrainableRewardSource`: the online loop
+calls its ``after_step`` once per stored env step and logs what it returns under ``reward/``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -30,8 +38,9 @@ import numpy as np
 from hilrl.data.buffers import RewardBatch
 from hilrl.errors import HilrlError
 
-__all__ = ["EnvReward", "RLIFReward", "RewardBatch", "RewardSource", "TermReward", "WeightedSum",
-           "make_reward_source"]
+__all__ = ["BUILTIN_SOURCES", "EnvReward", "RLIFReward", "RewardBatch", "RewardSource", "SourceContext",
+           "TermReward", "TrainableRewardSource", "WeightedSum", "make_reward_source", "register_reward_source",
+           "reward_source_names"]
 
 
 @runtime_checkable
@@ -41,6 +50,52 @@ class RewardSource(Protocol):
     version: int
 
     def __call__(self, batch: RewardBatch) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TrainableRewardSource(RewardSource, Protocol):
+    """A source that learns while the robot trains (a preference model refitted on new labels).
+
+    ``after_step(transition, replay, env_steps)`` is called by the online loop after each env step
+    is stored (``transition``: :meth:`hilrl.runtime.steps.StepSource.step`'s dict, with ``sim_state``,
+    the MuJoCo state before the step, when the source sets ``wants_sim_state = True`` and the env is
+    simulated); it decides its own schedule (queries, refits, ``version`` bumps) and returns scalars
+    to log (or ``None``). ``close()`` is called when the run ends.
+    """
+
+    def after_step(self, transition: Mapping[str, Any], replay: Any, env_steps: int) -> Mapping[str, float] | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class SourceContext:
+    """What a named source's factory may need of the run: its folder (a source keeps its own files
+    under ``run_dir``, e.g. a preference store), the env's config, the run's seed, and the training
+    env (e.g. to render segments of it); fields are ``None`` where there is no run (a source built alone)."""
+
+    run_dir: Path | None = None
+    env_config: Any = None
+    seed: int = 0
+    env: Any = None
+
+
+BUILTIN_SOURCES = ("env", "rlif", "term", "sum")
+# name -> "module:factory"; factory(config: RewardConfig, context: SourceContext) -> RewardSource
+_REGISTERED: dict[str, str] = {}
+
+
+def register_reward_source(name: str, factory: str) -> None:
+    """Make ``reward: {source: NAME}`` build ``factory`` (``"module:function"``, imported on first use and
+    called as ``factory(reward_config, context)``)."""
+    if name in BUILTIN_SOURCES or ":" in name:
+        raise HilrlError(f"reward source name {name!r} is taken or has a ':'; pick another name")
+    _REGISTERED[name] = factory
+
+
+def reward_source_names() -> tuple[str, ...]:
+    """Every name ``reward.source`` accepts besides ``module:factory`` paths."""
+    return (*BUILTIN_SOURCES, *_REGISTERED)
 
 
 class EnvReward:
@@ -123,13 +178,30 @@ class WeightedSum:
         return "WeightedSum(" + ", ".join(f"{w:g} * {s!r}" for w, s in self.parts) + ")"
 
 
-def make_reward_source(config: Any) -> RewardSource:
-    """The source a :class:`hilrl.config.RewardConfig` describes (a weight outside a sum scales the source)."""
-    source = _make_one(config)
+def make_reward_source(config: Any, context: SourceContext | None = None) -> RewardSource:
+    """The source a :class:`hilrl.config.RewardConfig` describes (a weight outside a sum scales the source);
+    ``context`` is handed to registered sources' factories."""
+    source = _make_one(config, context or SourceContext())
     return source if config.weight == 1.0 or config.source == "sum" else WeightedSum([(config.weight, source)])
 
 
-def _make_one(config: Any) -> RewardSource:
+def trainable_parts(source: RewardSource) -> list[TrainableRewardSource]:
+    """The sources inside ``source`` (itself, or the parts of a sum) that learn while the robot trains."""
+    if isinstance(source, WeightedSum):
+        return [t for _, part in source.parts for t in trainable_parts(part)]
+    return [source] if callable(getattr(source, "after_step", None)) else []
+
+
+def _import(path: str, what: str) -> Callable[..., Any]:
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise HilrlError(f"{what} {path!r} cannot be imported ({exc}); give an importable 'module:factory' "
+                         "(on PYTHONPATH), or install the extra it needs") from None
+
+
+def _make_one(config: Any, context: SourceContext) -> RewardSource:
     if config.source == "env":
         return EnvReward()
     if config.source == "rlif":
@@ -137,15 +209,20 @@ def _make_one(config: Any) -> RewardSource:
     if config.source == "term":
         return TermReward(config.term)
     if config.source == "sum":
-        return WeightedSum([(part.weight, _make_one(part)) for part in config.parts])
-    module, _, attr = config.source.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise HilrlError(f"reward source {config.source!r} cannot be imported ({exc}); give an importable "
-                         "'module:factory' (on PYTHONPATH)") from None
-    source = factory(**config.kwargs)
+        return WeightedSum([(part.weight, _make_one(part, context)) for part in config.parts])
+    if config.source in _REGISTERED:
+        source = _import(_REGISTERED[config.source], f"reward source {config.source!r}'s factory")(config, context)
+    else:
+        source = _import(config.source, "reward source")(**config.kwargs)
     if not isinstance(source, RewardSource):
         raise HilrlError(f"reward source {config.source!r} returned {source!r}, which is not a reward source: it "
                          "must be callable on a RewardBatch and have an int 'version'")
     return source
+
+
+# learned reward models (hilrl/feedback/preferences), imported only when a run asks for them
+register_reward_source("preferences", "hilrl.feedback.preferences.source:make_preference_source")
+register_reward_source("heron", "hilrl.feedback.preferences.heron:make_heron_source")
+register_reward_source("rapl", "hilrl.feedback.preferences.rapl:make_rapl_source")
+register_reward_source("success_classifier", "hilrl.feedback.preferences.classifier:make_classifier_source")
+register_reward_source("code", "hilrl.llm.reward_code:make_code_source")

@@ -215,6 +215,14 @@ class SAC:
         actions = actions.cpu().numpy()
         return actions[0] if single else actions
 
+    @torch.no_grad()
+    def q_value(self, obs: Mapping[str, np.ndarray], actions: np.ndarray) -> np.ndarray:
+        """The critic ensemble's mean Q(s, a) for a batch of observations ``{key: (B, ...)}`` and actions ``(B, A)``
+        (a diagnostic: :mod:`hilrl.runtime.diagnostics` sets it against Monte-Carlo returns)."""
+        tensors = {k: torch.as_tensor(np.asarray(obs[k]), device=self.device) for k in self.keys}
+        action = torch.as_tensor(np.asarray(actions, np.float32), device=self.device)
+        return self.critic["q"](self.encoder(tensors), action).mean(dim=0).cpu().numpy()
+
     # ---- learning --------------------------------------------------------------------------
 
     @property
@@ -333,11 +341,17 @@ class SAC:
         temperature_loss = self.log_temperature.exp() * (entropy - self.target_entropy)
         if cfg.learn_temperature and not self.use_kl:
             self._step(self.temperature_optimizer, temperature_loss, [self.log_temperature])
-        return {
+        metrics = {
             "critic_loss": critic_loss.detach(), "q": q.detach().mean(), "target_q": target_q.mean(),
             "actor_loss": actor_loss.detach(), "entropy": entropy, "temperature": temperature,
             "temperature_loss": temperature_loss.detach(), "bc_loss": bc_loss.detach(),
         }
+        if "demo_mask" in batch:  # "q" mixes demo and online rows: their values apart (the last critic slice)
+            demo_rows, q_rows = batch["demo_mask"][part], q.detach().mean(dim=0)
+            online_rows = 1.0 - demo_rows
+            metrics["q_demo"] = (q_rows * demo_rows).sum() / demo_rows.sum().clamp(min=1.0)
+            metrics["q_online"] = (q_rows * online_rows).sum() / online_rows.sum().clamp(min=1.0)
+        return metrics
 
     def update(self, replay: Replay) -> dict[str, torch.Tensor]:
         """The algorithm protocol's update (:mod:`hilrl.policies.registry`): :meth:`train_step` on the replay's
@@ -384,7 +398,7 @@ class SAC:
         if self.bc_prior is not None and not self._bc_prior_ready:
             self.fit_bc_prior(demo)
         batch = mixed_sample(online, demo, cfg.batch_size, self.np_rng, cfg.demo_fraction, cfg.utd)
-        if cfg.bc_coef > 0:
+        if demo is not None and len(demo):  # (the TD3+BC term and the split Q metrics read it)
             batch["demo_mask"] = _demo_mask(len(online), 0 if demo is None else len(demo), cfg)
         if relabel is not None:
             batch["rewards"] = np.asarray(relabel(batch), np.float32).reshape(-1)

@@ -7,6 +7,10 @@ What the learner trains on is the run's reward source on the buffers (``reward:`
 default with ``intervention.learn_from: rlif``); with ``learn_from: hil_serl`` intervention steps
 are also copied to the demo buffer. A stopped run resumes from its folder: algorithm, buffers,
 counters, the stream's episode marks and the loop's RNG come back.
+
+Logged besides the learner's ``train/`` metrics: ``rollout/`` figures, the learned reward sources'
+``reward/`` figures, and ``value/{online,demo}_{q_start,return_start,overestimation}``: the critic's
+Q(s0, a0) against the discounted return of the last finished episodes (:mod:`hilrl.runtime.diagnostics`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from typing import Any
 
 from hilrl.config import ExperimentConfig
 from hilrl.data.buffers import Replay
-from hilrl.feedback.rewards import make_reward_source
+from hilrl.feedback.rewards import SourceContext, make_reward_source, trainable_parts
 from hilrl.policies.registry import make_algorithm
+from hilrl.runtime.diagnostics import start_values
 from hilrl.runtime.evaluate import EvalResult, evaluate_policy
 from hilrl.runtime.progress import console, make_progress
 from hilrl.runtime.run import RunFolder, load_checkpoint
@@ -37,10 +42,21 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     env = make_training_env(config, seeds, device=device)
     algo = make_algorithm(config.algo, env.observation_space, env.action_space, seed=seeds.network)
     replay = Replay.create(env.observation_space, env.action_space, tc.buffer_capacity)
-    replay.set_reward_source(reward_source if reward_source is not None else make_reward_source(config.reward_config))
+    if reward_source is None:
+        try:
+            reward_source = make_reward_source(config.reward_config, SourceContext(
+                run_dir=run.out, env_config=config.env, seed=tc.seed, env=env))
+        except BaseException:
+            env.close()
+            raise
+    replay.set_reward_source(reward_source)
+    learned = trainable_parts(reward_source)  # reward models that learn while the robot trains (PEBBLE)
     counters = fresh_counters()
-    steps = StepSource(env, algo.act, seeds, counters, random_steps=tc.random_steps)
-    storage = TransitionStorage(replay, copy_interventions=ic.learning_rule == "hil_serl")
+    steps = StepSource(env, algo.act, seeds, counters, random_steps=tc.random_steps,
+                       sim_state=any(getattr(source, "wants_sim_state", False) for source in learned))
+    storage = TransitionStorage(replay, copy_interventions=ic.learning_rule == "hil_serl",
+                                copy_successes=config.demos.add_successes,
+                                keep_after_success=config.demos.keep_after_success)
 
     resumed = run.resume(algo, replay)
     if resumed is None:
@@ -58,14 +74,19 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
         run.checkpoint(counters["env_steps"], algo, counters, replay, rng=steps.rng.bit_generator.state,
                        stream=storage.state())
 
+    q_value = getattr(algo, "q_value", None) if hasattr(config.algo, "gamma") else None
     started, start_updates = time.perf_counter(), counters["updates"]
     metrics: dict[str, Any] = {}
+    reward_metrics: dict[str, Any] = {}  # the learned reward sources' latest figures
     try:
         with make_progress(not show_progress) as bar:
             task = bar.add_task(f"{config.algo.name} {config.env.id}", total=tc.steps,
                                 completed=counters["env_steps"], stats="")
             while counters["env_steps"] < tc.steps:
-                storage.add(steps.step())
+                transition = steps.step()
+                storage.add(transition)
+                for source in learned:
+                    reward_metrics.update(source.after_step(transition, replay, counters["env_steps"]) or {})
                 if counters["env_steps"] >= tc.learning_starts and len(replay.online) > 0:
                     metrics = algo.update(replay)
                     counters["updates"] += 1
@@ -74,6 +95,11 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                 if step % tc.log_every == 0 or step == tc.steps:
                     rate = (counters["updates"] - start_updates) / max(time.perf_counter() - started, 1e-9)
                     run.scalars(step, metrics, "train/")
+                    run.scalars(step, reward_metrics, "reward/")
+                    if q_value is not None:  # Q(s0, a0) against G0, online and demo episodes apart
+                        for name, buffer in (("online", replay.online), ("demo", replay.demo)):
+                            values = start_values(q_value, buffer, config.algo.gamma)
+                            run.scalars(step, values or {}, f"value/{name}_")
                     run.scalars(step, {"success_rate": steps.success_rate,
                                        "intervention_rate": steps.intervention_rate,
                                        "interventions": counters["interventions"]}, "rollout/")
@@ -90,6 +116,8 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
                     checkpoint()
     finally:
+        for source in learned:
+            source.close()
         env.close()
     train_seconds = time.perf_counter() - started
 

@@ -37,7 +37,7 @@ def run_episode(
         action = np.asarray(act(obs), dtype=np.float32)
         next_obs, reward, terminated, truncated, info = env.step(action)
         builder.add(action, reward, next_obs, terminated, truncated, get_state() if get_state else None,
-                    reward_terms=info.get("reward_terms"))
+                    reward_terms=info.get("reward_terms"), is_success=bool(info.get("is_success", False)))
         if on_frame is not None:
             on_frame(env.render())
         obs = next_obs

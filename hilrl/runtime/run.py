@@ -114,7 +114,8 @@ class RunFolder:
 
     def demo_episodes(self, show_progress: bool = True) -> list:
         """The config's demos: ``demos.path``, else ``OUT/demos.hdf5`` (recorded now by the scripted expert
-        unless an earlier session of this run recorded it). A file made with other env settings (or, for
+        unless an earlier session of this run recorded it), cut after success with ``demos.keep_after_success``.
+        A file made with other env settings (or, for
         the run's own file, another count or noise) is refused, naming the differences."""
         from hilrl.data.hdf5 import DemoFile
         from hilrl.runtime.record import record_demos
@@ -135,6 +136,8 @@ class RunFolder:
             fix = ("point demos.path at a file recorded with these settings (hilrl record CONFIG --out FILE)"
                    if demos.path else f"delete {path} to record the config's demos, or pass a new --out folder")
             raise HilrlError(f"{path} holds demos that do not match the config: {'; '.join(problems)}; {fix}")
+        if demos.keep_after_success is not None:
+            episodes = [episode.cut_after_success(demos.keep_after_success) for episode in episodes]
         return episodes
 
     def _demo_mismatches(self, stored: dict[str, Any], episodes: list, own: bool) -> list[str]:

@@ -77,12 +77,15 @@ class StepSource:
         counters: the loop's counters (:func:`fresh_counters`), updated in place; ``episodes`` numbers
             the next reset, so a resumed run continues its seeds.
         random_steps: take uniform random actions while ``counters["env_steps"]`` is below this.
+        sim_state: add ``sim_state``, the MuJoCo state before the step (``ArmEnv.get_state``), to each
+            transition, for sources that render segments later; ignored for envs without it (a real arm).
     """
 
     def __init__(self, env: gym.Env, act: Callable[[Mapping[str, np.ndarray]], np.ndarray], seeds: Seeds,
-                 counters: dict[str, int], random_steps: int = 0) -> None:
+                 counters: dict[str, int], random_steps: int = 0, sim_state: bool = False) -> None:
         self.env, self.act, self.seeds, self.counters = env, act, seeds, counters
         self.random_steps = random_steps
+        self.get_state = getattr(env.unwrapped, "get_state", None) if sim_state else None
         self.render = getattr(env, "render_mode", None) == "human"
         self.rng = seeds.loop_rng()
         self.recent_success: deque[bool] = deque(maxlen=20)
@@ -107,6 +110,7 @@ class StepSource:
             action = self.rng.uniform(-1.0, 1.0, self.env.action_space.shape).astype(np.float32)
         else:
             action = np.asarray(self.act(obs), np.float32)
+        state = self.get_state() if self.get_state is not None else None
         next_obs, reward, terminated, truncated, info = self.env.step(action)
         if self.render:
             self.env.render()
@@ -116,6 +120,8 @@ class StepSource:
                           truncated=bool(truncated), intervened=intervened,
                           intervention_start=bool(info.get("intervention_start", False)), policy_action=action,
                           is_success=bool(info.get("is_success", False)), episode_start=self.episode_start)
+        if state is not None:
+            transition["sim_state"] = state
         if "reward_terms" in info:  # a task may update one dict in place: copy the values
             transition["reward_terms"] = {k: float(v) for k, v in info["reward_terms"].items()}
         c["env_steps"] += 1
@@ -155,24 +161,34 @@ class TransitionStorage:
     after the stream's last step ended one, or when ``episode_start`` says so (a stream cut short by
     an actor restart). ``next_intervened`` of a step is set when the episode's next step arrives
     intervened (:meth:`~hilrl.data.buffers.ReplayBuffer.mark_next_intervened` for a step stored by an
-    earlier call). One instance per stream of consecutive steps (one per actor).
+    earlier call). With ``copy_successes`` (``demos.add_successes``) a successful episode's own steps
+    (those not copied as interventions) go to the demo buffer when it ends, as a new demo, cut
+    ``keep_after_success`` steps after its first success like the recorded demos. One instance per
+    stream of consecutive steps (one per actor).
     """
 
-    def __init__(self, replay: Replay, copy_interventions: bool) -> None:
+    def __init__(self, replay: Replay, copy_interventions: bool, copy_successes: bool = False,
+                 keep_after_success: int | None = None) -> None:
         self.replay, self.copy_interventions = replay, copy_interventions
+        self.copy_successes, self.keep_after_success = copy_successes, keep_after_success
         self.episode: int | None = None  # the id of the episode in progress (None: the next step opens one)
         self.step = 0  # the index its next step will have
         self.last_slot: int | None = None  # the online ring slot of its last stored step
         self.last_demo_slot: int | None = None  # ... and of its copy in the demo buffer, if it was copied
+        self.episode_slots: list[int] = []  # copy_successes: online slots of the episode in progress...
+        self.episode_success: list[bool] = []  # ... and whether each of its steps was a success
 
     def state(self) -> dict[str, Any]:
         """What a checkpoint keeps of this stream (:meth:`load_state` restores it)."""
         return {"episode": self.episode, "step": self.step, "last_slot": self.last_slot,
-                "last_demo_slot": self.last_demo_slot}
+                "last_demo_slot": self.last_demo_slot, "episode_slots": list(self.episode_slots),
+                "episode_success": list(self.episode_success)}
 
     def load_state(self, state: Mapping[str, Any]) -> None:
         self.episode, self.step, self.last_slot = state["episode"], int(state["step"]), state["last_slot"]
         self.last_demo_slot = state.get("last_demo_slot")
+        self.episode_slots = [int(s) for s in state.get("episode_slots", [])]
+        self.episode_success = [bool(s) for s in state.get("episode_success", [])]
 
     def add(self, transition: Mapping[str, Any], episode_start: bool | None = None) -> None:
         """Store one step (keys of :meth:`StepSource.step`; ``intervened`` and ``policy_action`` required);
@@ -237,6 +253,40 @@ class TransitionStorage:
         self.last_slot = (slot + n - 1) % online.capacity
         self.episode = None if ends[-1] else int(episode[-1])
         self.step = int(step[-1]) + 1
+        if self.copy_successes:
+            self._copy_successes(slot, opens, ends, intervened, np.asarray(steps.get("is_success", np.zeros(n, bool))))
+
+    def _copy_successes(self, slot: int, opens: np.ndarray, ends: np.ndarray, intervened: np.ndarray,
+                        success: np.ndarray) -> None:
+        """Follow the episode in progress; when one ends in success, copy its own steps to the demo buffer."""
+        online, demo = self.replay.online, self.replay.demo
+        for i in range(len(opens)):
+            if opens[i]:
+                self.episode_slots, self.episode_success = [], []
+            if not (self.copy_interventions and intervened[i]):  # (those are in the demo buffer already)
+                self.episode_slots.append((slot + i) % online.capacity)
+                self.episode_success.append(bool(success[i]))
+            if ends[i]:
+                if success[i] and self.episode_slots:
+                    self._add_demo(online.gather(np.asarray(self.episode_slots)), np.asarray(self.episode_success))
+                self.episode_slots, self.episode_success = [], []
+
+    def _add_demo(self, batch: Mapping[str, Any], success: np.ndarray) -> None:
+        demo = self.replay.demo
+        end = len(success)
+        if self.keep_after_success is not None and success.any():
+            end = min(end, int(np.argmax(success)) + self.keep_after_success + 1)
+        truncated = batch["truncated"][:end].copy()
+        truncated[-1] |= not batch["terminated"][end - 1]
+        terms = batch.get("reward_terms") or {}
+        if not (terms and (demo.reward_terms.keys() == terms.keys() or not len(demo))):
+            terms = {k: np.full(len(success), np.nan, np.float32) for k in demo.reward_terms}
+        demo_id = -1 - demo.new_episodes(1)
+        demo.extend({k: v[:end] for k, v in batch["obs"].items()}, batch["actions"][:end],
+                    batch.get("env_rewards", batch["rewards"])[:end], {k: v[:end] for k, v in batch["next_obs"].items()},
+                    batch["terminated"][:end], truncated, reward_terms={k: v[:end] for k, v in terms.items()} or None,
+                    intervened=np.zeros(end, bool), next_intervened=np.zeros(end, bool),
+                    episode=np.full(end, demo_id, np.int64), step=np.arange(end, dtype=np.int32))
 
 
 def rows(columns: Mapping[str, Any], cut: slice) -> dict[str, Any]:

@@ -16,7 +16,7 @@ class PegInsertEnv(ArmEnv):
     The block is a mocap body (fixed during the episode, randomised at reset, part of the MuJoCo state).
     ``obs["object"]`` (10,): peg centre position (3), peg quaternion wxyz (4), hole top centre (3).
     Reward terms: ``reach = 1 - tanh(10 |tcp - grasp point|)``, ``grasped`` (1.0 when the peg is held
-    between the fingers, else 0.0), ``align = 1 - tanh(20 |peg_xy - hole_xy|)`` and ``insert`` =
+    between the fingers, squeezed by both pads, else 0.0), ``align = 1 - tanh(20 |peg_xy - hole_xy|)`` and ``insert`` =
     insertion depth / ``success_depth`` clipped to [0, 1]. The depth is measured from the block top
     wherever the peg is, so ``insert`` is also 1 for a peg lying on the table: it means insertion only
     together with ``align`` near 1, as the reward uses it.
@@ -42,6 +42,7 @@ class PegInsertEnv(ArmEnv):
         self._hole_mocap = self.model.body("hole").mocapid[0]
         self._peg_qadr = self.model.joint("peg").qposadr[0]
         self._peg_body = self.model.body("peg").id
+        self._peg_geom = self.model.geom("peg").id
         self._xmat = self.data.xmat
         self._peg_half_width = float(self.peg_half[0])
         self._peg_half_height = float(self.peg_half[2])
@@ -74,7 +75,9 @@ class PegInsertEnv(ArmEnv):
         return self._grasped(self._tcp_to_grasp_point())
 
     def _grasped(self, tcp_to_grasp: float) -> bool:
-        return tcp_to_grasp < 0.025 and 1.6 * self._peg_half_width < self.gripper_opening() < 2.6 * self._peg_half_width
+        # both pads must squeeze the peg (as in PickCube: a fitting gap alone pays an open hover)
+        return (tcp_to_grasp < 0.025 and 1.6 * self._peg_half_width < self.gripper_opening() < 2.6 * self._peg_half_width
+                and self.pads_squeeze(self._peg_geom))
 
     def _reward_and_success(self) -> tuple[float, bool, dict[str, float]]:
         peg = self._qpos[self._peg_qadr : self._peg_qadr + 3]
