@@ -1,0 +1,213 @@
+"""Preference learning on hilrl tasks: success of SAC trained on learned rewards vs the true reward.
+
+Variants (synthetic teachers, state observations, same SAC settings as ``sim_configs/push_prefs.yaml``):
+``true`` (SAC on the task's dense reward), ``bt`` (Bradley-Terry + PEBBLE with N queries, uniform or
+disagreement selection; PEBBLE, Lee et al. 2021, rll-research/BPref), ``heron`` (the factor ranking alone;
+HERON, abukharin3/HERON), ``rapl`` (RAPL's OT reward on images from <= 150 triplets, Spearman with the
+true return; arXiv:2412.04835) and ``page`` (the labelling page in headless Chromium: keypress to the
+next query's videos playing). The regret-teacher variant needs a reference V* and is not run here.
+Agreement = accuracy of the reward model on held-out segment pairs and Spearman of segment returns,
+against the true reward (the source's last ``reward/agreement`` and ``reward/spearman``).
+
+    python benchmarks/preference_learning.py --tasks Push --seeds 0 --steps 6000 --queries 300 \
+        --selections disagreement --variants true bt heron
+    python benchmarks/preference_learning.py --variants rapl page
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+HERON_FACTORS = {"Reach": [{"term": "distance", "better": "lower"}],
+                 "Push": [{"term": "goal_distance", "better": "lower"}, {"term": "reach_distance", "better": "lower"}]}
+
+
+def base_config(task: str, steps: int, seed: int) -> dict:
+    raw = yaml.safe_load((ROOT / "sim_configs" / "push_prefs.yaml").read_text())
+    raw["env"]["id"] = f"hilrl/{task}-v0"
+    raw["train"].update(steps=steps, seed=seed, checkpoint_every=steps)
+    if task == "Reach":
+        raw["algo"]["obs_keys"] = raw["reward"]["kwargs"]["obs_keys"] = ["ee_pos", "object"]
+    return raw
+
+
+def last_scalars(run: Path) -> dict[str, float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("reward/")}
+
+
+def run_rl(task: str, variant: str, queries: int, selection: str, steps: int, seed: int, out: Path) -> dict:
+    from hilrl.config import validate_config
+    from hilrl.runtime.train import train
+
+    raw = base_config(task, steps, seed)
+    if variant == "true":
+        raw["reward"] = "env"
+    elif variant == "heron":
+        raw["reward"] = {"source": "heron", "kwargs": {"factors": HERON_FACTORS[task], "start_after": 1000,
+                                                       "update_every": 1000}}
+    else:
+        kwargs = raw["reward"]["kwargs"]
+        sessions = max(1, (steps - kwargs["first_query_at"]) // kwargs["query_every"])
+        kwargs.update(max_queries=queries, selection=selection, queries_per_session=max(1, -(-queries // sessions)))
+    run = out / f"{task}_{variant}_{queries}_{selection}_s{seed}"
+    result = train(validate_config(raw, source=f"benchmark {task} {variant}"), run, show_progress=False)
+    scalars = last_scalars(run) if variant != "true" else {}
+    return {"success": result.success_rate, "agreement": scalars.get("reward/agreement", float("nan")),
+            "spearman": scalars.get("reward/spearman", float("nan")), "labels": scalars.get("reward/labels", 0)}
+
+
+def rapl_benchmark(triplets: int, seed: int, image_size: int = 32) -> dict:
+    """Rollouts of the scripted expert at several noise levels on Reach, filmed by the front camera; RAPL's
+    encoder fitted on triplets ranked by the true return; Spearman of OT scores vs true returns on held-out
+    rollouts, for the fitted and the untrained encoder."""
+    import gymnasium as gym
+    from scipy.stats import spearmanr
+
+    import hilrl.envs  # noqa: F401
+    from hilrl.feedback.experts import make_expert
+    from hilrl.feedback.preferences.rapl import RaplModel
+
+    env = gym.make("hilrl/Reach-v0", cameras=("front",), image_size=image_size, max_episode_steps=30)
+    rng = np.random.default_rng(seed)
+
+    def rollout(noise: float, episode_seed: int):
+        obs, _ = env.reset(seed=episode_seed)
+        expert = make_expert(env.unwrapped, noise=noise, seed=episode_seed)
+        frames, total = [], 0.0
+        for _ in range(30):
+            obs, reward, terminated, truncated, _ = env.step(expert(obs) if hasattr(expert, "__call__") else expert.act(obs))
+            frames.append(obs["front"])
+            total += reward
+            if terminated or truncated:
+                break
+        while len(frames) < 30:  # pad finished episodes with their last frame
+            frames.append(frames[-1])
+        return np.stack(frames[::3]), total
+
+    demos = [rollout(0.0, 1000 + i)[0] for i in range(5)]
+    pool = [rollout(float(rng.uniform(0, 1)), 2000 + i) for i in range(60)]
+    held = [rollout(float(rng.uniform(0, 1)), 5000 + i) for i in range(40)]
+    env.close()
+    model = RaplModel(seed=seed)
+    model.set_demos(demos)
+    before = spearmanr([model.video_score(v) for v, _ in held], [r for _, r in held]).statistic
+    triples = []
+    for _ in range(triplets):
+        picks = sorted(rng.choice(len(pool), 3, replace=False), key=lambda k: -pool[k][1])
+        triples.append(tuple(pool[k][0] for k in picks))
+    model.fit(triples, epochs=3)
+    model.set_demos(demos)
+    after = spearmanr([model.video_score(v) for v, _ in held], [r for _, r in held]).statistic
+    return {"spearman_untrained": float(before), "spearman_rapl": float(after), "triplets": triplets}
+
+
+def page_benchmark(labels: int, seed: int) -> dict:
+    """Median and p95 ms from a keypress to the next query's videos playing, in headless Chromium."""
+    import socket
+    import subprocess
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from preference_helpers import pending_run  # the tests' helper: a run folder with pending queries
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = pending_run(Path(tmp) / "run", queries=labels + 2, seed=seed)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "hilrl.cli", "label", str(run), "--port", str(port)],
+                                  env={**os.environ, "MUJOCO_GL": "egl"})
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--autoplay-policy=no-user-gesture-required"])
+                page = browser.new_page()
+                for _ in range(100):
+                    try:
+                        page.goto(f"http://127.0.0.1:{port}/")
+                        break
+                    except Exception:  # noqa: BLE001 - the server is still starting
+                        time.sleep(0.2)
+                page.wait_for_selector("body[data-ready='1']", timeout=60000)
+                for i in range(labels):
+                    page.wait_for_function("document.querySelectorAll('#next video').length > 0 && "
+                                           "Array.from(document.querySelectorAll('#next video')).every(v => v.readyState >= 3)",
+                                           timeout=60000)
+                    page.keyboard.press("ArrowLeft")
+                    page.wait_for_function(f"window.hilrlTimings.length >= {i + 1}", timeout=60000)
+                timings = np.array(page.evaluate("window.hilrlTimings"))
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(10)
+    return {"median_ms": float(np.median(timings)), "p95_ms": float(np.percentile(timings, 95)), "n": len(timings)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=["Reach", "Push"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=10000)
+    parser.add_argument("--queries", nargs="+", type=int, default=[100, 300, 1000])
+    parser.add_argument("--selections", nargs="+", default=["uniform", "disagreement"])
+    parser.add_argument("--variants", nargs="+", default=["true", "bt", "heron", "rapl", "page"])
+    parser.add_argument("--rapl-triplets", type=int, default=150)
+    parser.add_argument("--page-labels", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    out = args.out or Path(tempfile.mkdtemp(prefix="pref_bench_"))
+    rows = []
+    for task in args.tasks:
+        for seed in args.seeds:
+            for variant in [v for v in args.variants if v in ("true", "bt", "heron")]:
+                settings = ([(q, s) for q in args.queries for s in args.selections] if variant == "bt"
+                            else [(0, "-")])
+                for queries, selection in settings:
+                    result = run_rl(task, variant, queries, selection, args.steps, seed, out)
+                    rows.append((task, seed, variant, queries, selection, result))
+                    print(f"{task} seed {seed} {variant} q={queries} {selection}: {result}", flush=True)
+    print(f"\n| task | variant | queries | selection | seeds | success | agreement | spearman | / true |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for task in args.tasks:
+        true = [r["success"] for t, _, v, _, _, r in rows if t == task and v == "true"]
+        base = float(np.mean(true)) if true else float("nan")
+        keys = sorted({(v, q, s) for t, _, v, q, s, _ in rows if t == task})
+        for variant, queries, selection in keys:
+            group = [r for t, _, v, q, s, r in rows if t == task and (v, q, s) == (variant, queries, selection)]
+            success = float(np.mean([g["success"] for g in group]))
+            agree = float(np.mean([g["agreement"] for g in group]))
+            rho = float(np.mean([g["spearman"] for g in group]))
+            ratio = success / base if base and base == base else float("nan")
+            print(f"| {task} | {variant} | {queries or '-'} | {selection} | {len(group)} | {success:.2f} | "
+                  f"{agree:.2f} | {rho:.2f} | {ratio:.2f} |")
+    if "rapl" in args.variants:
+        print("\nRAPL on Reach images (32 px, front camera):", rapl_benchmark(args.rapl_triplets, args.seeds[0]))
+    if "page" in args.variants:
+        print("\nlabelling page, keypress -> next query's videos playing (Chromium):",
+              page_benchmark(args.page_labels, args.seeds[0]))
+    print(f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"runs in {out}")
+    print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""RAPL: a visual reward from optimal-transport feature matching, aligned to a person's preferences.
+
+Tian et al., "Maximizing Alignment with Minimal Feedback: Efficiently Learning Rewards for
+Visuomotor Robot Policy Alignment" (RAPL, arXiv:2412.04835): a visual encoder (a frozen backbone and
+a trainable 128-d head) embeds each frame; the similarity of videos a and b is the OT score
+``r(a, b) = −Σ P ⊙ C`` with C the cosine distance of per-frame embeddings and P the entropic
+Sinkhorn plan (``ot.sinkhorn``, POT; RAPL: entropy 1). The head is trained from preference triplets
+(preferred o+, neutral o, negative o−) with a Bradley–Terry loss on r(o+, o) vs r(o+, o−): the video
+the person ranks in the middle must look more like the preferred one than the worst does. The RL
+reward of a rollout at step t is ``−Σ_j C_tj P_tj`` against the closest of a few (5) expert demos.
+
+No pretrained backbone ships offline here: the frozen backbone is a small convolutional net with a
+fixed random initialisation (random conv features), on small images (``image_size`` 32-64), CPU only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hilrl.errors import HilrlError
+
+
+def cosine_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``(T, S)`` cosine distances between frame embeddings ``x`` (T, D) and ``y`` (S, D)."""
+    x = nn.functional.normalize(x, dim=-1)
+    y = nn.functional.normalize(y, dim=-1)
+    return 1.0 - x @ y.T
+
+
+def ot_plan(cost: torch.Tensor | np.ndarray, reg: float = 1.0) -> Any:
+    """Entropic OT plan with uniform marginals (``ot.sinkhorn``; differentiable with torch tensors)."""
+    import ot
+
+    n, m = cost.shape
+    if isinstance(cost, torch.Tensor):
+        a = torch.full((n,), 1.0 / n, dtype=cost.dtype)
+        b = torch.full((m,), 1.0 / m, dtype=cost.dtype)
+    else:
+        a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    return ot.sinkhorn(a, b, cost, reg, numItermax=5000)
+
+
+def ot_score(x: torch.Tensor, y: torch.Tensor, reg: float = 1.0) -> torch.Tensor:
+    """RAPL's similarity of two embedded videos: ``−Σ P ⊙ C``."""
+    cost = cosine_cost(x, y)
+    return -(ot_plan(cost, reg) * cost).sum()
+
+
+class FrameEncoder(nn.Module):
+    """A frozen random-feature conv backbone and a trainable head to ``dim`` (128, RAPL).
+
+    :param dim: embedding size.
+    :param seed: the backbone's fixed initialisation.
+    """
+
+    def __init__(self, dim: int = 128, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.backbone = nn.Sequential(nn.Conv2d(3, 32, 5, 2, 2), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                      nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.head = nn.Sequential(nn.Linear(64 * 16, 256), nn.ReLU(), nn.Linear(256, dim))
+
+    def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``(T, dim)`` embeddings of ``(T, H, W, 3)`` uint8 frames."""
+        x = torch.as_tensor(np.asarray(frames), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
+        with torch.no_grad():
+            feats = self.backbone(x)
+        return self.head(feats)
+
+
+class RaplModel:
+    """The encoder, its training from triplets, and the OT reward against expert demos.
+
+    :param dim: embedding size (RAPL: 128).
+    :param reg: Sinkhorn entropy (RAPL: 1).
+    :param lr: Adam learning rate of the head.
+    :param seed: initialisation.
+    """
+
+    def __init__(self, dim: int = 128, reg: float = 1.0, lr: float = 1e-3, seed: int = 0) -> None:
+        self.encoder = FrameEncoder(dim, seed)
+        self.reg = reg
+        self.optimizer = torch.optim.Adam(self.encoder.head.parameters(), lr=lr)
+        self.rng = np.random.default_rng(seed)
+        self.demos: list[torch.Tensor] = []
+
+    def fit(self, triplets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], epochs: int = 10) -> float:
+        """Train the head on ``(preferred, neutral, negative)`` videos; returns the last epoch's mean loss."""
+        if not triplets:
+            raise HilrlError("RAPL needs at least one (preferred, neutral, negative) triplet")
+        mean = 0.0
+        for _ in range(epochs):
+            losses = []
+            for k in self.rng.permutation(len(triplets)):
+                preferred, neutral, negative = (self.encoder(v) for v in triplets[k])
+                logit = ot_score(preferred, neutral, self.reg) - ot_score(preferred, negative, self.reg)
+                loss = nn.functional.softplus(-logit * 10.0)  # BT: −log σ(β·(r(o+,o) − r(o+,o−))), β = 10
+                self.optimizer.zero_grad()
+                loss.backward()
+                self.optimizer.step()
+                losses.append(float(loss))
+            mean = float(np.mean(losses))
+        return mean
+
+    def set_demos(self, videos: Sequence[np.ndarray]) -> None:
+        """The expert demos (RAPL: 5) a rollout is matched against."""
+        with torch.no_grad():
+            self.demos = [self.encoder(v) for v in videos]
+
+    @torch.no_grad()
+    def step_rewards(self, frames: np.ndarray) -> np.ndarray:
+        """Per-step reward ``−Σ_j C_tj P_tj`` of a rollout against its closest expert demo (largest OT score)."""
+        if not self.demos:
+            raise HilrlError("RAPL's reward needs expert demos: call set_demos with a few expert videos")
+        x = self.encoder(frames)
+        best = None
+        for demo in self.demos:
+            cost = cosine_cost(x, demo)
+            per_step = -(ot_plan(cost, self.reg) * cost).sum(1)
+            if best is None or per_step.sum() > best.sum():
+                best = per_step
+        return best.numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def video_score(self, frames: np.ndarray) -> float:
+        return float(self.step_rewards(frames).sum())
+
+    def save(self, path: str | Path) -> None:
+        torch.save({"head": self.encoder.head.state_dict(), "backbone": self.encoder.backbone.state_dict(),
+                    "reg": self.reg, "demos": self.demos}, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RaplModel:
+        state = torch.load(path, weights_only=False)
+        model = cls(dim=state["head"]["2.weight"].shape[0], reg=state["reg"])
+        model.encoder.head.load_state_dict(state["head"])
+        model.encoder.backbone.load_state_dict(state["backbone"])
+        model.demos = state["demos"]
+        return model
+
+
+class RaplSource:
+    """A fitted RAPL model as a reward source on camera images.
+
+    The rewards of an episode's rows are computed together (the OT plan spans the frames of that
+    episode present in the batch, in step order), so use it where rows come in whole episodes: the
+    buffers' bulk recompute after a version change (whole stored episodes, chunked).
+
+    :param model: a fitted :class:`RaplModel` with demos.
+    :param camera: the observation key of the frames.
+    """
+
+    def __init__(self, model: RaplModel, camera: str = "front") -> None:
+        self.model, self.camera, self.version = model, camera, 0
+
+    def __call__(self, batch) -> np.ndarray:
+        if self.camera not in batch.next_obs:
+            raise HilrlError(f"RAPL reads camera {self.camera!r}, which the run does not observe; add it to "
+                             "env.cameras (small image_size, e.g. 48)")
+        out = np.zeros(len(batch), np.float32)
+        for episode in np.unique(batch.episode):
+            rows = np.flatnonzero(batch.episode == episode)
+            rows = rows[np.argsort(batch.step[rows], kind="stable")]
+            out[rows] = self.model.step_rewards(batch.next_obs[self.camera][rows])
+        return out
+
+
+def make_rapl_source(config: Any, context: Any) -> RaplSource:
+    """``reward: {source: rapl, kwargs: {model: PATH, camera: front}}``: a model fitted and saved beforehand
+    (``RaplModel.fit`` / ``save``, as ``benchmarks/preference_learning.py`` does)."""
+    kwargs = dict(config.kwargs)
+    unknown = sorted(set(kwargs) - {"model", "camera"})
+    if unknown or "model" not in kwargs:
+        raise HilrlError(f"reward source 'rapl' takes kwargs model (a saved RaplModel file) and camera; got "
+                         f"{sorted(kwargs)}")
+    path = Path(kwargs["model"])
+    if not path.is_file():
+        raise HilrlError(f"reward.kwargs.model {path}: no such RAPL model file")
+    return RaplSource(RaplModel.load(path), kwargs.get("camera", "front"))

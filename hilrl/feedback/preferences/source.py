@@ -1,0 +1,302 @@
+"""The preference reward source: a Bradley–Terry (or regret) reward model trained while the robot trains.
+
+PEBBLE (Lee et al. 2021, "PEBBLE: Feedback-Efficient Interactive Reinforcement Learning via
+Relabeling Experience and Unsupervised Pre-training"; rll-research/BPref ``train_PEBBLE.py``): from
+``first_query_at`` env steps on, every ``query_every`` steps a session asks ``queries_per_session``
+queries over segments cut from the online buffer, chosen from ``candidates`` times as many at
+random by ``selection`` (``feed_type``: uniform, ensemble disagreement, entropy), until
+``max_queries``. Each label lands in the run's :class:`~hilrl.feedback.preferences.store.PreferenceStore`;
+the ensemble is refitted on every label so far and the source's ``version`` bumped, so the buffers
+relabel every stored row in bulk (PEBBLE's relabelling). Without a ``teacher`` a person labels on
+the page (``hilrl label RUN``) while the run trains: the source writes its queries as pending,
+checks the store every ``label_check_every`` steps and refits when new labels came. Before the
+first fit the reward is 0 (PEBBLE's unsupervised state-entropy pre-training is not implemented;
+``train.random_steps`` explores instead).
+
+The reward of a row is the ensemble's mean on (next_obs keys, action), standardised over the online
+buffer at each refit and times ``reward_scale`` (BPref's members end in tanh).
+
+``reward: {source: preferences, kwargs: {...}}``; the keys are :class:`PreferenceSettings`' fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hilrl.errors import HilrlError
+from hilrl.feedback.preferences.segments import EpisodeIndex, Segment, batch_features, cut_segments, feature_keys
+from hilrl.feedback.preferences.store import PreferenceStore
+from hilrl.feedback.preferences.teachers import make_teacher
+
+
+class TeacherSettings(BaseModel):
+    """A synthetic teacher (:mod:`hilrl.feedback.preferences.teachers`) that labels instead of a person."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["partial_return", "regret"] = "partial_return"
+    beta: float | None = Field(None, gt=0, description="rationality; None = perfectly rational (B-Pref's -1)")
+    gamma: float = Field(1.0, gt=0, le=1, description="myopia: step t of L weighs gamma^(L-1-t)")
+    eps_mistake: float = Field(0.0, ge=0, le=1, description="chance of a flipped label")
+    skip_below: float | None = Field(None, description="skip when both returns are below this")
+    equal_within: float = Field(0.0, ge=0, description="'equal' when returns differ by less than this")
+    value: str | None = Field(None, description="kind regret: 'module:function' returning V*(obs_rows) -> (n,)")
+    discount: float = Field(1.0, gt=0, le=1, description="kind regret: discount of the regret sum")
+
+
+class PreferenceSettings(BaseModel):
+    """``reward.kwargs`` of ``reward: {source: preferences}`` (module docstring for the schedule)."""
+
+    model_config = ConfigDict(extra="forbid")
+    loss: Literal["bradley_terry", "regret"] = Field("bradley_terry", description="preference model of the loss")
+    value: str | None = Field(None, description="loss regret: 'module:function' giving V(obs_rows) -> (n,)")
+    segment_length: int = Field(25, ge=2, description="steps per segment (PEBBLE: 50 for 1000-step episodes)")
+    ranking_size: int = Field(2, ge=2, le=6, description="segments per query: 2 = pairs, K > 2 = K-way rankings")
+    first_query_at: int = Field(1000, ge=1, description="env steps before the first query session")
+    query_every: int = Field(1000, ge=1, description="env steps between query sessions (PEBBLE: num_interact)")
+    queries_per_session: int = Field(50, ge=1, description="queries per session (PEBBLE: reward_batch)")
+    max_queries: int = Field(500, ge=1, description="queries asked in all")
+    selection: Literal["uniform", "disagreement", "entropy"] = "disagreement"
+    candidates: int = Field(10, ge=1, description="candidate queries drawn per asked one (BPref: large_batch 10)")
+    teacher: TeacherSettings | None = Field(None, description="a synthetic teacher; None = a person on the page")
+    members: int = Field(3, ge=1, description="ensemble size (PEBBLE: 3)")
+    hidden: list[int] = Field(default_factory=lambda: [128, 128])
+    lr: float = Field(3e-4, gt=0)
+    epochs: int = Field(50, ge=1, description="passes over the labels per refit (PEBBLE: reward_update)")
+    batch_size: int = Field(128, ge=1)
+    obs_keys: list[str] | None = Field(None, description="next_obs keys the model reads; None = every state key")
+    reward_scale: float = Field(1.0, gt=0, description="the standardised reward times this")
+    label_check_every: int = Field(100, ge=1, description="person labelling: env steps between looks at the store")
+    render_states: bool | None = Field(None, description="keep MuJoCo states for the page's videos; None = when "
+                                       "a person labels")
+    agreement_pairs: int = Field(200, ge=0, description="random held-out pairs scored against the true reward "
+                                 "at each refit (logged as reward/agreement)")
+
+
+def parse_settings(cls: type[BaseModel], kwargs: dict[str, Any], source: str) -> Any:
+    """Validate ``reward.kwargs`` with a clear error naming the bad key."""
+    try:
+        return cls.model_validate(kwargs or {})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = "reward.kwargs." + ".".join(str(p) for p in error["loc"])
+            if error["type"] == "extra_forbidden":
+                problems.append(f"unknown key {where!r}; allowed: {', '.join(sorted(cls.model_fields))}")
+            else:
+                problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+        raise HilrlError(f"reward source {source!r}: " + "; ".join(problems)) from None
+
+
+def import_callable(path: str, what: str) -> Any:
+    import importlib
+
+    module, _, attr = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise HilrlError(f"{what} {path!r} cannot be imported ({exc}); give 'module:function' on PYTHONPATH") from None
+
+
+def require_run_dir(context: Any, name: str) -> Any:
+    if context is None or context.run_dir is None:
+        raise HilrlError(f"reward source {name!r} learns while the robot trains and keeps its labels in the run "
+                         "folder: it runs in the local online loop (runtime: local). The distributed learner "
+                         "(runtime: distributed) does not train reward models; use runtime: local")
+    return context.run_dir
+
+
+class PreferenceSource:
+    """A :class:`~hilrl.feedback.rewards.TrainableRewardSource` learning from pairwise or ranked labels.
+
+    :param settings: :class:`PreferenceSettings`.
+    :param store: where queries and labels live (the run's ``preferences/``).
+    :param seed: seeds segment cutting, the teacher and the ensemble.
+    :param value: V(obs_rows) for the regret loss / regret teacher (else read from ``settings.value``).
+    """
+
+    def __init__(self, settings: PreferenceSettings, store: PreferenceStore, seed: int = 0, value: Any = None) -> None:
+        self.settings, self.store, self.seed = settings, store, seed
+        self.version = 0
+        self.rng = np.random.default_rng(seed + 7919)
+        teacher_value = value
+        if settings.teacher is not None and settings.teacher.value and teacher_value is None:
+            teacher_value = import_callable(settings.teacher.value, "teacher.value")()
+        self.teacher = make_teacher(settings.teacher.model_dump(exclude={"value"}) if settings.teacher else None,
+                                    seed=seed, value=teacher_value)
+        self.value = value
+        if settings.loss == "regret" and self.value is None:
+            if not settings.value:
+                raise HilrlError("reward.kwargs.loss 'regret' needs reward.kwargs.value: 'module:function' returning "
+                                 "V(obs_rows) (a reference critic), the V of Knox et al.'s regret")
+            self.value = import_callable(settings.value, "reward.kwargs.value")()
+        keep = settings.render_states if settings.render_states is not None else self.teacher is None
+        self.wants_sim_state = bool(keep)
+        self.states: dict[tuple[int, int], np.ndarray] = {}
+        self.model = None
+        self.keys: list[str] | None = settings.obs_keys
+        self.norm = (0.0, 1.0)
+        self.asked = len(store.queries())
+        self.segments: dict[str, Segment] = {}
+        self.fitted_labels = -1
+        self.last: dict[str, float] = {}
+
+    # ---- the reward -------------------------------------------------------------------------
+
+    def __call__(self, batch) -> np.ndarray:
+        if self.model is None:
+            return np.zeros(len(batch), np.float32)
+        keys = self._keys(batch.next_obs)
+        raw = self.model.predict(batch_features(batch, keys))
+        return (self.settings.reward_scale * (raw - self.norm[0]) / self.norm[1]).astype(np.float32)
+
+    def _keys(self, obs) -> list[str]:
+        if self.keys is None or not self.keys:
+            self.keys = feature_keys(obs, self.settings.obs_keys)
+        return self.keys
+
+    # ---- the schedule -----------------------------------------------------------------------
+
+    def after_step(self, transition: dict, replay: Any, env_steps: int) -> dict[str, float] | None:
+        s = self.settings
+        online = replay.online
+        if self.wants_sim_state and "sim_state" in transition:
+            slot = (online.pos - 1) % online.capacity
+            key = (int(online.extras["episode"][slot]), int(online.extras["step"][slot]))
+            self.states[key] = np.asarray(transition["sim_state"])
+            if len(self.states) > online.capacity:  # keep states of stored rows only
+                for old in list(self.states)[: len(self.states) - online.capacity]:
+                    del self.states[old]
+        session = (env_steps >= s.first_query_at and (env_steps - s.first_query_at) % s.query_every == 0
+                   and self.asked < s.max_queries)
+        if session:
+            self.query_session(online)
+        if session or (self.teacher is None and env_steps % s.label_check_every == 0) or self.fitted_labels < 0:
+            labels = self.store.labels()
+            if len(labels) != self.fitted_labels and labels:
+                self.refit(online, labels)
+            elif self.fitted_labels < 0:
+                self.fitted_labels = 0
+            return dict(self.last)
+        return None
+
+    def query_session(self, online) -> None:
+        s = self.settings
+        count = min(s.queries_per_session, s.max_queries - self.asked)
+        index = EpisodeIndex(online)
+        if not index.long_enough(s.segment_length):
+            return
+        keys = self._keys({k: v[:1] for k, v in online.obs.items()})
+        pool = cut_segments(online, count * s.candidates * s.ranking_size, s.segment_length, keys, self.rng,
+                            self.states if self.wants_sim_state else None, index)
+        groups = [pool[i:i + s.ranking_size] for i in range(0, len(pool), s.ranking_size)]
+        if s.ranking_size == 2:
+            from hilrl.feedback.preferences.models import select_queries
+
+            first = np.stack([g[0].features for g in groups])
+            second = np.stack([g[1].features for g in groups])
+            chosen = select_queries(self.model, first, second, count, s.selection, self.rng)
+        else:  # K-way rankings are drawn uniformly
+            chosen = self.rng.choice(len(groups), size=count, replace=False)
+        for g in chosen:
+            sids = []
+            for segment in groups[int(g)]:
+                sid = self.store.add_segment(segment.arrays())
+                self.segments[sid] = segment
+                sids.append(sid)
+            qid = self.store.add_query(sids, {"source_version": self.version, "episodes": [x.episode for x in
+                                                                                            groups[int(g)]]})
+            self.asked += 1
+            if self.teacher is not None:
+                segments = groups[int(g)]
+                if len(segments) == 2:
+                    self.store.add_label(qid, self.teacher.label_pair(*segments), self.teacher.who)
+                else:
+                    self.store.add_label(qid, "ranking", self.teacher.who, order=self.teacher.rank(segments))
+
+    def _segment(self, sid: str) -> Segment:
+        if sid not in self.segments:
+            self.segments[sid] = Segment.from_arrays(self.store.segment(sid))
+        return self.segments[sid]
+
+    def training_pairs(self, labels) -> tuple[list[Segment], list[Segment], np.ndarray]:
+        queries = {q["id"]: q for q in self.store.queries()}
+        first, second, prefer = [], [], []
+        for label in labels.values():
+            sids = queries[label.query]["segments"]
+            for i, j, p in label.pairs(len(sids)):
+                first.append(self._segment(sids[i]))
+                second.append(self._segment(sids[j]))
+                prefer.append(p)
+        return first, second, np.asarray(prefer, np.float32)
+
+    def refit(self, online, labels) -> None:
+        from hilrl.feedback.preferences.models import RewardEnsemble
+
+        s = self.settings
+        first, second, prefer = self.training_pairs(labels)
+        self.fitted_labels = len(labels)
+        if not len(prefer):
+            return
+        x1 = np.stack([seg.features for seg in first])
+        x2 = np.stack([seg.features for seg in second])
+        if self.model is None:
+            self.model = RewardEnsemble(x1.shape[-1], s.members, s.hidden, s.lr, seed=self.seed)
+            self.model.set_normalisation(np.concatenate([x1, x2]).reshape(-1, x1.shape[-1]))
+        deltas = None
+        if s.loss == "regret":
+            deltas = tuple(self._value_delta(side) for side in (first, second))
+        stats = self.model.fit(x1, x2, prefer, s.epochs, s.batch_size, deltas)
+        rows = np.arange(len(online))
+        if len(rows):
+            keys = self._keys({k: v[:1] for k, v in online.obs.items()})
+            raw = self.model.predict(batch_features(online.reward_batch(rows), keys))
+            self.norm = (float(raw.mean()), float(max(raw.std(), 1e-6)))
+        self.version += 1
+        self.last = {"labels": float(len(labels)), "queries": float(self.asked), "version": float(self.version),
+                     "fit_loss": stats["loss"], "train_accuracy": stats["train_accuracy"]}
+        if s.agreement_pairs and len(rows):
+            self.last.update(self.agreement(online, s.agreement_pairs))
+
+    def _value_delta(self, segments: list[Segment]) -> np.ndarray:
+        starts = np.stack([seg.start_obs for seg in segments])
+        ends = np.stack([seg.end_obs for seg in segments])
+        return np.asarray(self.value(ends), np.float32) - np.asarray(self.value(starts), np.float32)
+
+    def agreement(self, online, pairs: int) -> dict[str, float]:
+        """Accuracy on random segment pairs (ties dropped) and Spearman of segment returns, learned vs true."""
+        index = EpisodeIndex(online)
+        if not index.long_enough(self.settings.segment_length):
+            return {}
+        rng = np.random.default_rng(self.seed + 104729)
+        segments = cut_segments(online, 2 * pairs, self.settings.segment_length, self.keys, rng, None, index)
+        return agreement_with_true(self.model, segments)
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return (f"PreferenceSource(loss={self.settings.loss!r}, selection={self.settings.selection!r}, "
+                f"labels={self.fitted_labels}, version={self.version})")
+
+
+def agreement_with_true(model, segments: list[Segment]) -> dict[str, float]:
+    """How a model's segment returns agree with the true (env) returns: pairwise accuracy and Spearman."""
+    from scipy.stats import spearmanr
+
+    learned = model.member_returns(np.stack([seg.features for seg in segments])).mean(0)
+    true = np.array([seg.true_return for seg in segments])
+    a, b = slice(0, None, 2), slice(1, None, 2)
+    decided = np.abs(true[a] - true[b]) > 1e-6
+    accuracy = float(((learned[a] > learned[b]) == (true[a] > true[b]))[decided].mean()) if decided.any() else 0.0
+    rho = spearmanr(learned, true).statistic
+    return {"agreement": accuracy, "spearman": float(0.0 if np.isnan(rho) else rho)}
+
+
+def make_preference_source(config: Any, context: Any) -> PreferenceSource:
+    """``reward: {source: preferences, kwargs: {...}}`` (registered in :mod:`hilrl.feedback.rewards`)."""
+    settings = parse_settings(PreferenceSettings, config.kwargs, "preferences")
+    run_dir = require_run_dir(context, "preferences")
+    return PreferenceSource(settings, PreferenceStore.for_run(run_dir), seed=context.seed)
