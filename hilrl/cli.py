@@ -222,6 +222,100 @@ def serve_robot(
     raise typer.Exit(server.wait())
 
 
+@app.command()
+def label(
+    run_dir: Path = typer.Argument(..., help="run folder of a `hilrl train` with reward: {source: preferences}"),
+    port: int = typer.Option(8765, help="port of the page"),
+    host: str = typer.Option("127.0.0.1", help="address to bind; off loopback needs --token"),
+    token: Optional[str] = typer.Option(None, help="secret every request must carry (required off loopback)"),
+    terminal: bool = typer.Option(False, "--terminal", help="label in this terminal instead of a browser"),
+    who: str = typer.Option("person", help="your labeller id (--terminal; on the page: ?who=NAME)"),
+    export_trl: Optional[Path] = typer.Option(None, help="write the labels as TRL preference JSONL and exit"),
+) -> None:
+    """Label the run's pending preference queries on a local page (videos side by side) while it trains."""
+    if export_trl is not None:
+        from hilrl.feedback.preferences.store import PreferenceStore
+
+        count = PreferenceStore.for_run(run_dir).export_trl(export_trl)
+        out.print(f"wrote {count} preference pairs to {export_trl}")
+        return
+    if terminal:
+        from hilrl.feedback.ui.terminal import label_in_terminal
+
+        made = label_in_terminal(run_dir, who=who, write=out.print)
+        out.print(f"{made} labels saved to {run_dir / 'preferences'}")
+        return
+    try:
+        from hilrl.feedback.ui.app import serve
+    except ImportError as exc:
+        raise HilrlError(f"the labelling page needs the ui extra ({exc}): pip install 'hilrl[ui]', or use --terminal")
+    serve(run_dir, host=host, port=port, token=token)
+
+
+@app.command(name="reward-search")
+def reward_search(
+    method: str = typer.Argument(..., help="eureka or icpl"),
+    task: str = typer.Option(..., help="task id, e.g. hilrl/Push-v0"),
+    samples: int = typer.Option(4, min=1, help="K: reward programs per iteration (Eureka's paper: 16, ICPL: 6)"),
+    iterations: int = typer.Option(2, min=1, help="I: iterations (both papers: 5)"),
+    backend: str = typer.Option("local", help="where candidates train: local (process pool), ray, or serial"),
+    workers: Optional[int] = typer.Option(None, min=1, help="parallel trainings (default: this machine's CPUs)"),
+    llm: Optional[Path] = typer.Option(None, help="LLM config YAML (provider, model, base_url; README, Reward "
+                                                  "search); default: HILRL_LLM_BASE_URL / HILRL_LLM_MODEL"),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="search folder (default runs/<method>_<task>); "
+                                                               "an existing one is resumed"),
+    steps: int = typer.Option(1000, min=1, help="env steps of each candidate training"),
+    final_seeds: int = typer.Option(2, min=0, help="seeds the best reward is retrained with (0: none)"),
+    final_steps: Optional[int] = typer.Option(None, min=1, help="env steps of each retraining (default --steps)"),
+    base: Optional[Path] = typer.Option(None, help="experiment YAML whose demos/algo/train sections the candidates "
+                                                   "use (env and reward are the search's)"),
+    seed: int = typer.Option(0),
+    human: bool = typer.Option(False, "--human", help="icpl: you pick the best and worst rollout in the terminal"),
+) -> None:
+    """Search a reward with an LLM (Eureka or ICPL); the winner is OUT/best/reward.py for `reward: {source: code}`."""
+    import yaml
+
+    from hilrl.llm.providers import load_llm_config, make_llm
+    from hilrl.runtime.reward_search import SearchSettings
+    from hilrl.runtime.reward_search import reward_search as search
+
+    base_sections = {}
+    if base is not None:
+        if not base.is_file():
+            raise HilrlError(f"--base {base}: no such file; give an experiment YAML (e.g. sim_configs/reach_sac.yaml)")
+        base_sections = {k: v for k, v in (yaml.safe_load(base.read_text()) or {}).items() if k not in ("env", "reward")}
+    settings = SearchSettings(method, task, samples=samples, iterations=iterations, steps=steps, seed=seed,
+                              final_seeds=final_seeds, final_steps=final_steps, base=base_sections, human=human)
+    folder = out_dir or Path("runs") / f"{method}_{task.split('/')[-1]}"
+    model = make_llm(load_llm_config(llm), folder / "llm_calls.jsonl")
+    out.print(f"{method} on {task} with the {model.provider} LLM {model.model}: {samples} samples x {iterations} "
+              f"iterations, candidates on {backend}; folder {folder}")
+    try:
+        summary = search(settings, model, folder, backend=backend, workers=workers)
+    finally:
+        model.close()
+    table = Table(title=f"{method} reward search on {task}")
+    for column in ("iteration", "execute rate", "best fitness (success)"):
+        table.add_column(column)
+    for it in summary["iterations"]:
+        table.add_row(str(it["iteration"]), f"{it['execute_rate']:.2f}",
+                      f"{it['best_fitness']:.0%}" if "best_fitness" in it else "no sample ran")
+    out.print(table)
+    final = summary.get("final")
+    if final:
+        scores = final["scores"]
+        norm = final["human_normalised"]
+        out.print(f"retrained ({len(final['seeds'])} seeds): best reward {scores['best']['success_rate']:.0%}, sparse "
+                  f"{scores['sparse']['success_rate']:.0%}, task's dense {scores['human']['success_rate']:.0%}; "
+                  f"human-normalised score {'undefined (dense = sparse)' if norm is None else f'{norm:.2f}'}")
+    if summary["reward_path"]:
+        out.print(f"best reward: {summary['reward_path']}  (train on it: reward: {{source: code, path: "
+                  f"{summary['reward_path']}}})")
+    else:
+        out.print("no reward program trained; see the iterations' feedback.txt files")
+        raise typer.Exit(1)
+
+
 keys_app = typer.Typer(help="CurveZMQ keys for the robot link.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

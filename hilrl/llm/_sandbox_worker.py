@@ -1,0 +1,248 @@
+"""The sandbox's worker process: runs LLM-written reward code, one batch of rows per request.
+
+Started by :class:`hilrl.llm.sandbox.Sandbox` as ``python -I _sandbox_worker.py TMPDIR CPU_S MEMORY_MB``.
+It imports nothing of hilrl (no torch): the standard library and numpy only. Before it reads the
+first request it locks itself in, in layers, each of which alone stops most escapes:
+
+1. its own network namespace (``unshare(CLONE_NEWNET)``, Linux, where the process may; no interface
+   but a down loopback), working directory a fresh temp dir;
+2. resource limits (``setrlimit``): address space (memory), file size, no core dumps, no child
+   processes (``RLIMIT_NPROC``, for users other than root) and, per request, CPU seconds;
+3. an audit hook (PEP 578, ``sys.addaudithook``; it cannot be removed) that refuses process
+   creation (``os.system``, ``subprocess.Popen``, ``os.fork``, ``os.exec*``, ``os.posix_spawn``),
+   sockets, ``ctypes``, new imports, ``compile``/``exec`` after loading, signals to other processes
+   and file writes outside the temp dir;
+4. the code itself runs with a small set of builtins, an ``__import__`` that hands out only
+   ``math`` and ``numpy``, after the parent's AST check (:func:`hilrl.llm.sandbox.check_code`).
+
+Wire format (both directions, no pickle: the parent never unpickles what this process sends):
+``uint32 header length | JSON header | raw array bytes``; the header lists ``[name, dtype, shape]``
+of each array in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import signal
+import struct
+import sys
+import traceback
+
+import numpy as np
+
+SAFE_BUILTINS = (
+    "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "int", "isinstance", "len",
+    "list", "map", "max", "min", "pow", "range", "reversed", "round", "set", "slice", "sorted", "str", "sum",
+    "tuple", "zip", "ArithmeticError", "Exception", "FloatingPointError", "IndexError", "KeyError",
+    "ValueError", "TypeError", "ZeroDivisionError", "True", "False", "None",
+)
+ALLOWED_MODULES = {"math": math, "numpy": np}
+_DTYPES = ("float32", "float64", "int32", "int64", "bool", "uint8")
+
+
+class CpuLimit(Exception):
+    """Raised in the worker when a request used its CPU seconds (SIGXCPU)."""
+
+
+def _on_sigxcpu(signum, frame):  # noqa: ARG001 (signal handler signature)
+    raise CpuLimit("CPU time limit exceeded")
+
+
+def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002 (the builtin's names)
+    root = name.split(".")[0]
+    if level != 0 or root not in ALLOWED_MODULES:
+        raise ImportError(f"import of {name!r} is not allowed in reward code (allowed: math, numpy)")
+    module = sys.modules.get(name)
+    if module is None:
+        raise ImportError(f"import of {name!r} is not allowed in reward code (allowed: math, numpy)")
+    return module if fromlist else ALLOWED_MODULES[root]
+
+
+class _Guard:
+    """The audit hook (layer 3). It judges events only while the reward code runs (``active``); while the
+    module is loaded (``loading``) the worker's own ``compile``/``exec`` of it pass."""
+
+    BLOCKED_PREFIXES = ("socket.", "ctypes.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn", "winreg.",
+                        "shutil.", "urllib.", "http.", "ftplib.", "smtplib.", "webbrowser.", "pty.")
+    BLOCKED = {"os.system", "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.startfile", "signal.pthread_kill",
+               "os.remove", "os.rename", "os.rmdir", "os.mkdir", "os.symlink", "os.link", "os.chmod", "os.chown",
+               "os.truncate", "os.chdir", "os.putenv", "os.unsetenv", "resource.setrlimit", "resource.prlimit",
+               "sys._getframe", "sys.settrace", "sys.setprofile", "builtins.input", "import", "code.__new__",
+               "function.__new__", "sys.addaudithook", "os.listdir", "os.scandir", "glob.glob", "mmap.__new__",
+               "marshal.loads", "pickle.find_class", "gc.get_referrers", "gc.get_objects", "gc.get_referents"}
+
+    def __init__(self, tmpdir: str) -> None:
+        self.tmpdir = os.path.realpath(tmpdir)
+        self.loading = False
+        self.active = False
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if not self.active:
+            return
+        if event in ("compile", "exec"):
+            if self.loading:
+                return
+            raise PermissionError(f"{event} is not allowed in reward code")
+        if event in self.BLOCKED or event.startswith(self.BLOCKED_PREFIXES):
+            raise PermissionError(f"{event} is not allowed in reward code (no processes, network, files or imports)")
+        if event == "open":
+            path, mode, flags = (args + (None, None, None))[:3]
+            writes = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+                isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC))
+            if isinstance(path, int):
+                raise PermissionError("opening file descriptors is not allowed in reward code")
+            if writes:
+                real = os.path.realpath(os.fsdecode(path))
+                if not (real == self.tmpdir or real.startswith(self.tmpdir + os.sep)):
+                    raise PermissionError(f"writing {os.fsdecode(path)!r} is not allowed (only inside the "
+                                          "sandbox's temp dir)")
+
+
+def _read_exact(fd: int, n: int) -> bytearray:
+    out = bytearray(n)
+    view, got = memoryview(out), 0
+    while got < n:
+        chunk = os.readv(fd, [view[got:]])
+        if chunk == 0:
+            raise EOFError
+        got += chunk
+    return out
+
+
+def _read_frame(fd: int) -> tuple[dict, dict[str, np.ndarray]]:
+    (size,) = struct.unpack("<I", _read_exact(fd, 4))
+    header = json.loads(bytes(_read_exact(fd, size)))
+    arrays = {}
+    for name, dtype, shape in header.get("arrays", []):
+        if dtype not in _DTYPES:
+            raise ValueError(f"unsupported dtype {dtype}")
+        count = int(np.prod(shape, dtype=np.int64))
+        raw = _read_exact(fd, count * np.dtype(dtype).itemsize)
+        arrays[name] = np.frombuffer(raw, dtype).reshape(shape)  # bytearray: writable
+    return header, arrays
+
+
+def _write_frame(fd: int, header: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+    arrays = {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+    header = {**header, "arrays": [[k, str(v.dtype), list(v.shape)] for k, v in arrays.items()]}
+    raw = json.dumps(header).encode()
+    parts = [struct.pack("<I", len(raw)), raw, *(memoryview(v).cast("B") for v in arrays.values())]
+    for part in parts:
+        view = memoryview(part)
+        while len(view):
+            view = view[os.write(fd, view):]
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback of the reward code's own frames (what the LLM can fix), then the error line."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "reward.py"]
+    lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
+             *traceback.format_exception_only(type(exc), exc)]
+    return "".join(lines).rstrip()
+
+
+def _as_rows(value, n: int, what: str) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim == 0:
+        array = np.full(n, float(array))
+    if array.shape != (n,):
+        raise ValueError(f"{what} has shape {array.shape}; it must have shape ({n},): one value per row of the batch")
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).sum())
+        raise ValueError(f"{what} has {bad} NaN or infinite values of {n}; keep every value finite")
+    return array.astype(np.float32)
+
+
+def _evaluate(fn, arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    obs = {k[4:]: v for k, v in arrays.items() if k.startswith("obs/")}
+    next_obs = {k[9:]: v for k, v in arrays.items() if k.startswith("next_obs/")}
+    result = fn(obs, arrays["action"], next_obs)
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
+        total, parts = result
+    else:
+        total, parts = result, {}
+    out = {"reward": _as_rows(total, n, "the total reward (first value returned)")}
+    for name, value in parts.items():
+        if not isinstance(name, str):
+            raise TypeError(f"reward component names must be strings, got {name!r}")
+        out[f"component/{name}"] = _as_rows(value, n, f"reward component {name!r}")
+    return out
+
+
+def main() -> None:
+    tmpdir, cpu_s, memory_mb = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+    reply_fd = os.dup(1)
+    os.dup2(2, 1)  # stray prints and C-level writes go to the log, never into the reply channel
+    os.chdir(tmpdir)
+    np.seterr(all="ignore")
+    try:  # layer 1: no network (needs CAP_SYS_ADMIN or user namespaces; layer 3 holds without it)
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).unshare(0x40000000)  # CLONE_NEWNET
+    except Exception:  # noqa: BLE001 (an optional layer)
+        pass
+    memory = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write fails with an error instead of killing us
+    signal.signal(signal.SIGXCPU, _on_sigxcpu)
+    guard = _Guard(tmpdir)
+    sys.addaudithook(guard)
+
+    builtins_ = {name: __builtins__[name] if isinstance(__builtins__, dict) else getattr(__builtins__, name)
+                 for name in SAFE_BUILTINS}
+    builtins_["__import__"] = _restricted_import
+    builtins_["print"] = lambda *args, **kwargs: None  # noqa: ARG005 (prints are dropped)
+    fn = None
+    while True:
+        try:
+            header, arrays = _read_frame(0)
+        except EOFError:
+            return
+        op = header.get("op")
+        try:
+            used = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
+            resource.setrlimit(resource.RLIMIT_CPU, (math.ceil(used + cpu_s), resource.RLIM_INFINITY))
+            if op == "load":
+                code = compile(header["code"], "reward.py", "exec")
+                namespace = {"__builtins__": builtins_, "__name__": "reward"}
+                guard.loading = guard.active = True
+                try:
+                    exec(code, namespace)  # noqa: S102 (this process is the sandbox)
+                finally:
+                    guard.loading = guard.active = False
+                fn = namespace.get(header.get("function", "compute_reward"))
+                if not callable(fn):
+                    raise NameError(f"the code defines no function {header.get('function', 'compute_reward')!r}")
+                _write_frame(reply_fd, {"ok": True})
+            elif op == "eval":
+                if fn is None:
+                    raise RuntimeError("no reward code loaded")
+                guard.active = True
+                try:
+                    result = _evaluate(fn, arrays, int(header["n"]))
+                finally:
+                    guard.active = False
+                _write_frame(reply_fd, {"ok": True}, result)
+            else:
+                raise ValueError(f"unknown request {op!r}")
+        except CpuLimit:
+            _write_frame(reply_fd, {"ok": False, "kind": "cpu", "error": f"CPU time limit of {cpu_s:g} s exceeded"})
+        except MemoryError:
+            _write_frame(reply_fd, {"ok": False, "kind": "memory",
+                                    "error": f"MemoryError: memory limit of {memory_mb} MB exceeded"})
+        except PermissionError as exc:
+            _write_frame(reply_fd, {"ok": False, "kind": "forbidden", "error": _user_traceback(exc)})
+        except BaseException as exc:  # noqa: BLE001 (every failure of the code goes back as text)
+            _write_frame(reply_fd, {"ok": False, "kind": "runtime", "error": _user_traceback(exc)})
+        finally:
+            resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""The sandbox for LLM-written reward code: it never runs in the learner's process.
+
+Two gates. :func:`check_code` parses the code (``ast``) before anything runs and refuses imports
+other than ``math`` and ``numpy``, names and attributes that reach the interpreter's internals
+(``__import__``, ``getattr``, ``__builtins__``, ``eval``, ``open``, dunder and frame attributes,
+numpy's file and ``ctypes`` corners), classes and ``global``. Then :class:`Sandbox` runs it in a
+reused worker subprocess (:mod:`hilrl.llm._sandbox_worker`) with CPU-time, wall-time and memory
+limits, no network, no process creation and no file writes outside its temp dir; the parent
+enforces the wall time (kills and restarts the worker). Evaluation is batched: a whole
+:class:`~hilrl.data.buffers.RewardBatch` (obs, action, next_obs arrays) goes over a pipe as raw
+bytes in one request, and the reward plus each named component comes back the same way.
+
+Every failure becomes a :class:`SandboxError` whose ``message`` is written for the LLM (the code's
+traceback, or which limit was hit), as Eureka feeds execution errors back (eureka-research/Eureka,
+``execution_error_feedback``).
+
+The reward code's contract (Eureka's ``compute_reward``, batched over rows with numpy)::
+
+    def compute_reward(obs: dict[str, np.ndarray], action: np.ndarray, next_obs: dict[str, np.ndarray]):
+        ...
+        return total_reward, {"component": values, ...}     # arrays of shape (N,)
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import select
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hilrl.errors import HilrlError
+
+__all__ = ["ALLOWED_IMPORTS", "CodeError", "Sandbox", "SandboxError", "SandboxLimits", "check_code"]
+
+ALLOWED_IMPORTS = ("math", "numpy")
+WORKER = Path(__file__).with_name("_sandbox_worker.py")
+FUNCTION = "compute_reward"
+
+# names the code may not mention at all: ways around the import allow-list and the builtins
+_FORBIDDEN_NAMES = {
+    "__import__", "__builtins__", "__loader__", "__spec__", "builtins", "getattr", "setattr", "delattr", "hasattr",
+    "globals", "locals", "vars", "dir", "eval", "exec", "compile", "open", "input", "breakpoint", "help",
+    "memoryview", "type", "object", "super", "classmethod", "staticmethod", "property", "id", "exit", "quit",
+    "__build_class__",
+}
+# attributes the code may not read: interpreter internals, numpy's file, process and C corners
+_FORBIDDEN_ATTRIBUTES = {
+    "f_globals", "f_locals", "f_back", "f_builtins", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code",
+    "ag_frame", "tb_frame", "tb_next", "func_globals", "format", "format_map", "mro", "ctypes", "ctypeslib", "lib",
+    "testing", "f2py", "distutils", "os", "sys", "load", "save", "savez", "savez_compressed", "loadtxt", "savetxt",
+    "genfromtxt", "fromfile", "tofile", "memmap", "DataSource", "dump", "dumps", "fromregex", "show_config",
+    "show_runtime", "get_include", "__array_interface__",
+}
+
+
+class CodeError(HilrlError):
+    """Reward code refused before it ran: not Python, or it uses something outside the sandbox's rules.
+
+    ``problems`` lists each one as ``line N: what``; ``str(error)`` is a message for the LLM."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("the reward code was refused: " + "; ".join(problems))
+
+
+class SandboxError(HilrlError):
+    """The code failed in the worker. ``kind``: runtime, forbidden, cpu, memory, timeout or crash;
+    ``message``: the traceback or the limit, written for the LLM."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind, self.message = kind, message
+        super().__init__(f"reward code failed in the sandbox ({kind}): {message}")
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits of one worker.
+
+    Args:
+        cpu_s: CPU seconds per request (loading the code, or one batch).
+        wall_s: wall-clock seconds per request; past it the worker is killed (and restarted on the next call).
+        memory_mb: address-space limit of the worker (numpy itself needs ~300 MB of it).
+        start_s: wall-clock seconds the worker may take to start (import numpy).
+    """
+
+    cpu_s: float = 5.0
+    wall_s: float = 10.0
+    memory_mb: int = 1024
+    start_s: float = 30.0
+
+
+class _Checker(ast.NodeVisitor):
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def _refuse(self, node: ast.AST, what: str) -> None:
+        self.problems.append(f"line {getattr(node, 'lineno', '?')}: {what}")
+
+    def visit_Import(self, node: ast.Import) -> None:
+        for alias in node.names:
+            if alias.name.split(".")[0] not in ALLOWED_IMPORTS:
+                self._refuse(node, f"import of {alias.name!r} is not allowed (allowed: {', '.join(ALLOWED_IMPORTS)})")
+        self.generic_visit(node)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        if node.level or (node.module or "").split(".")[0] not in ALLOWED_IMPORTS:
+            self._refuse(node, f"import from {node.module!r} is not allowed (allowed: {', '.join(ALLOWED_IMPORTS)})")
+        for alias in node.names:
+            if alias.name == "*" or alias.name in _FORBIDDEN_ATTRIBUTES or alias.name.startswith("_"):
+                self._refuse(node, f"importing {alias.name!r} from {node.module!r} is not allowed")
+        self.generic_visit(node)
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if node.id in _FORBIDDEN_NAMES or node.id.startswith("__"):
+            self._refuse(node, f"the name {node.id!r} is not allowed in reward code")
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr.startswith("_") or node.attr in _FORBIDDEN_ATTRIBUTES:
+            self._refuse(node, f"the attribute {node.attr!r} is not allowed in reward code")
+        self.generic_visit(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._refuse(node, "classes are not allowed in reward code; write functions")
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self._refuse(node, "'global' is not allowed in reward code")
+
+    visit_Nonlocal = visit_Global  # type: ignore[assignment]
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and node.value.startswith("__") and node.value.endswith("__"):
+            self._refuse(node, f"the string {node.value!r} is not allowed in reward code")
+
+
+def check_code(code: str, function: str = FUNCTION) -> ast.Module:
+    """Parse ``code`` and check it against the sandbox's rules; returns the tree.
+
+    Args:
+        code: Python source of the reward.
+        function: the function it must define at module level.
+
+    Raises:
+        CodeError: a syntax error (with its line), or every rule it breaks.
+    """
+    try:
+        tree = ast.parse(code, filename="reward.py")
+    except SyntaxError as exc:
+        raise CodeError([f"line {exc.lineno}: SyntaxError: {exc.msg}"]) from None
+    checker = _Checker()
+    checker.visit(tree)
+    if not any(isinstance(node, ast.FunctionDef) and node.name == function for node in tree.body):
+        checker.problems.append(f"line 1: the code defines no module-level function {function}(obs, action, next_obs)")
+    if checker.problems:
+        raise CodeError(checker.problems)
+    return tree
+
+
+def _frame(header: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> list[bytes | memoryview]:
+    arrays = {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+    header = {**header, "arrays": [[k, str(v.dtype), list(v.shape)] for k, v in arrays.items()]}
+    raw = json.dumps(header).encode()
+    return [struct.pack("<I", len(raw)), raw, *(memoryview(v).cast("B") for v in arrays.values() if v.nbytes)]
+
+
+def _kill(process: subprocess.Popen, tmpdir: str) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in (process.stdin, process.stdout):
+        if stream is not None:
+            stream.close()
+    shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+class Sandbox:
+    """Reward code in a reused worker subprocess; ``sandbox(obs, action, next_obs)`` evaluates a batch.
+
+    Args:
+        code: the reward's source (checked with :func:`check_code` first).
+        limits: the worker's limits.
+        function: the function to call.
+
+    Raises:
+        CodeError: the code breaks the rules (nothing is started).
+        SandboxError: loading the code failed in the worker (its module-level code raised, a limit).
+    """
+
+    _DTYPES = {"float32", "float64", "int32", "int64", "bool", "uint8"}
+
+    def __init__(self, code: str, limits: SandboxLimits | None = None, function: str = FUNCTION) -> None:
+        check_code(code, function)
+        self.code, self.limits, self.function = code, limits or SandboxLimits(), function
+        self.calls, self.restarts = 0, 0
+        self._process: subprocess.Popen | None = None
+        self._tmpdir = ""
+        self._finalizer: Any = None
+        self._start()
+
+    # ---- the worker ---------------------------------------------------------------------------
+    def _start(self) -> None:
+        self._tmpdir = tempfile.mkdtemp(prefix="hilrl-sandbox-")
+        log = open(os.path.join(self._tmpdir, "stderr.log"), "wb")  # noqa: SIM115 (handed to the child)
+        env = {"PATH": "/usr/bin:/bin", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "HOME": self._tmpdir, "TMPDIR": self._tmpdir, "PYTHONHASHSEED": "0"}
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", str(WORKER), self._tmpdir, str(self.limits.cpu_s), str(self.limits.memory_mb)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self._tmpdir, env=env, close_fds=True,
+            start_new_session=True)
+        log.close()
+        self._finalizer = weakref.finalize(self, _kill, self._process, self._tmpdir)
+        self._request({"op": "load", "code": self.code, "function": self.function}, None,
+                      self.limits.start_s + self.limits.wall_s)
+
+    def _stop(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._process = None
+
+    def close(self) -> None:
+        """Stop the worker (it also stops when this object is collected, or when the parent dies)."""
+        self._stop()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- requests -----------------------------------------------------------------------------
+    def _request(self, header: dict[str, Any], arrays: dict[str, np.ndarray] | None,
+                 wall_s: float) -> dict[str, np.ndarray]:
+        process = self._process
+        assert process is not None and process.stdin is not None and process.stdout is not None
+        deadline = time.monotonic() + wall_s
+        try:
+            for part in _frame(header, arrays):
+                process.stdin.write(part)
+            process.stdin.flush()
+            (size,) = struct.unpack("<I", self._read(4, deadline))
+            if size > 1 << 20:
+                raise SandboxError("crash", "the worker sent a malformed reply")
+            reply = json.loads(self._read(size, deadline))
+            out = {}
+            for name, dtype, shape in reply.get("arrays", []):
+                if dtype not in self._DTYPES or not isinstance(name, str):
+                    raise SandboxError("crash", "the worker sent a malformed reply")
+                count = int(np.prod(shape, dtype=np.int64))
+                out[name] = np.frombuffer(self._read(count * np.dtype(dtype).itemsize, deadline), dtype).reshape(shape)
+        except TimeoutError:
+            self._stop()
+            raise SandboxError("timeout", f"the code ran longer than the wall-time limit of {wall_s:g} s (an endless "
+                                          "loop?); keep the reward a few vectorised numpy operations") from None
+        except (BrokenPipeError, EOFError, ValueError, OSError):
+            code = process.poll()
+            self._stop()
+            raise SandboxError("crash", f"the worker process died (exit status {code}); the code may have exhausted "
+                                        "a resource limit") from None
+        if not reply.get("ok"):
+            if reply.get("kind") == "cpu":  # the worker survives a CPU limit, but its state is suspect
+                self._stop()
+            raise SandboxError(str(reply.get("kind", "runtime")), str(reply.get("error", "unknown error")))
+        return out
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        stdout = self._process.stdout  # type: ignore[union-attr]
+        fd, chunks, got = stdout.fileno(), [], 0
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError
+            chunk = os.read(fd, min(n - got, 1 << 22))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def __call__(self, obs: dict[str, np.ndarray], action: np.ndarray,
+                 next_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The reward of each row and the code's named components, float32 ``[N]`` each.
+
+        Args:
+            obs: observation arrays with a leading batch axis ``N``.
+            action: actions ``[N, A]``.
+            next_obs: next observations, same keys as ``obs``.
+
+        Raises:
+            SandboxError: the code raised, returned the wrong shape or non-finite values, or hit a limit.
+        """
+        if self._process is None:  # killed after a timeout or crash: a fresh worker for the next batch
+            self.restarts += 1
+            self._start()
+        n = len(action)
+        arrays = {f"obs/{k}": np.asarray(v) for k, v in obs.items()}
+        arrays.update({f"next_obs/{k}": np.asarray(v) for k, v in next_obs.items()})
+        arrays["action"] = np.asarray(action)
+        self.calls += 1
+        out = self._request({"op": "eval", "n": n}, arrays, self.limits.wall_s)
+        reward = out.pop("reward")
+        if reward.shape != (n,):
+            raise SandboxError("crash", "the worker sent a malformed reply")
+        return reward, {name.removeprefix("component/"): value for name, value in out.items()}
