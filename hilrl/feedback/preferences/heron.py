@@ -159,7 +159,9 @@ class HeronSource:
                 loss.backward()
                 self.optimizer.step()
         raw = self._predict(x)
-        self.norm = (float(raw.mean()), float(max(raw.std(), 1e-6)))
+        # shifted so the best stored row gets 0, as the preference source does (a reward positive near the goal
+        # pays the agent to avoid the success that ends the episode): hilrl.feedback.preferences.source
+        self.norm = (float(raw.max()), float(max(raw.std(), 1e-6)))
         self.version += 1
         self.last = {"version": float(self.version), "decided_pairs": float(decided.sum()),
                      "skipped_pairs": float((~decided).sum()), "fit_loss": float(loss.detach())}
