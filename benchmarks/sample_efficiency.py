@@ -33,12 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 OURS = ROOT / "sim_configs/pick_cube_few_demos.yaml"
 
 
-def scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+def scalars(tb_dir: Path, *tags: str) -> list[list[tuple[int, float]]]:
+    """``(step, value)`` series of each tag (empty where the run logged none), read in one pass."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags().get("scalars", []) else []
+    logged = events.Tags().get("scalars", [])
+    return [[(e.step, e.value) for e in events.Scalars(tag)] if tag in logged else [] for tag in tags]
 
 
 def set_key(raw: dict, dotted: str) -> None:
@@ -80,7 +82,7 @@ def run_one(job: tuple) -> dict:
     raw = {**raw, "train": {**raw["train"], "seed": seed}}
     started = time.perf_counter()
     result = train(validate_config(raw), out, show_progress=False)
-    evals = scalars(Path(out) / "tb", "eval/success_rate")
+    (evals,) = scalars(Path(out) / "tb", "eval/success_rate")
     metrics = json.loads((Path(out) / "metrics.json").read_text())
     return {"learner": name, "seed": seed, "out": out, "evals": evals, "test": result.success_rate,
             "reached": next((step for step, value in evals if value >= target), None),
@@ -122,8 +124,7 @@ def plot_q_vs_return(results: list[dict], path: Path) -> None:
 
     panels = []
     for r in results:
-        q, g = scalars(Path(r["out"]) / "tb", "value/online_q_start"), scalars(Path(r["out"]) / "tb",
-                                                                              "value/online_return_start")
+        q, g = scalars(Path(r["out"]) / "tb", "value/online_q_start", "value/online_return_start")
         if not q:
             continue
         w, h, pad = 480, 300, 40

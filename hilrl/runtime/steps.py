@@ -30,6 +30,7 @@ import gymnasium as gym
 import numpy as np
 
 from hilrl.data.buffers import Replay, shared_next_rows, slice_shared
+from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
 from hilrl.envs.wrappers import RealTime
 from hilrl.feedback.intervention import InterventionWrapper
@@ -242,10 +243,7 @@ class TransitionStorage:
             rows = np.flatnonzero(intervened)
             if rows[-1] == n - 1:
                 self.last_demo_slot = (demo.pos + len(rows) - 1) % demo.capacity
-            if terms and (demo.reward_terms.keys() == terms.keys() or not len(demo)):
-                demo_terms = {k: np.asarray(v)[rows] for k, v in terms.items()}
-            else:  # the demos' terms are not this stream's (e.g. sim demos, a real arm): unknown here
-                demo_terms = {k: np.full(len(rows), np.nan, np.float32) for k in demo.reward_terms}
+            demo_terms = self._demo_terms({k: np.asarray(v)[rows] for k, v in (terms or {}).items()}, len(rows))
             demo.extend({k: v[rows] for k, v in steps["obs"].items()}, steps["action"][rows], steps["reward"][rows],
                         shared_next_rows(steps["obs"], steps["next_obs"], steps["own_next"], rows),
                         steps["terminated"][rows], steps["truncated"][rows], reward_terms=demo_terms,
@@ -271,22 +269,25 @@ class TransitionStorage:
                     self._add_demo(online.gather(np.asarray(self.episode_slots)), np.asarray(self.episode_success))
                 self.episode_slots, self.episode_success = [], []
 
-    def _add_demo(self, batch: Mapping[str, Any], success: np.ndarray) -> None:
+    def _demo_terms(self, terms: Mapping[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """The reward terms of ``n`` rows bound for the demo buffer: this stream's, or NaN where the demos
+        hold other terms (e.g. sim demos beside a real arm's steps): unknown there."""
         demo = self.replay.demo
-        end = len(success)
-        if self.keep_after_success is not None and success.any():
-            end = min(end, int(np.argmax(success)) + self.keep_after_success + 1)
-        truncated = batch["truncated"][:end].copy()
-        truncated[-1] |= not batch["terminated"][end - 1]
-        terms = batch.get("reward_terms") or {}
-        if not (terms and (demo.reward_terms.keys() == terms.keys() or not len(demo))):
-            terms = {k: np.full(len(success), np.nan, np.float32) for k in demo.reward_terms}
-        demo_id = -1 - demo.new_episodes(1)
-        demo.extend({k: v[:end] for k, v in batch["obs"].items()}, batch["actions"][:end],
-                    batch.get("env_rewards", batch["rewards"])[:end], {k: v[:end] for k, v in batch["next_obs"].items()},
-                    batch["terminated"][:end], truncated, reward_terms={k: v[:end] for k, v in terms.items()} or None,
-                    intervened=np.zeros(end, bool), next_intervened=np.zeros(end, bool),
-                    episode=np.full(end, demo_id, np.int64), step=np.arange(end, dtype=np.int32))
+        if terms and (demo.reward_terms.keys() == terms.keys() or not len(demo)):
+            return dict(terms)
+        return {k: np.full(n, np.nan, np.float32) for k in demo.reward_terms}
+
+    def _add_demo(self, batch: Mapping[str, Any], success: np.ndarray) -> None:
+        """A successful episode's own steps (gathered from the online buffer) as a new demo, cut like the demos."""
+        truncated = batch["truncated"].copy()
+        truncated[-1] |= not batch["terminated"][-1]  # (its last own step may precede an intervened end)
+        episode = Episode(obs=batch["obs"], next_obs=batch["next_obs"], actions=batch["actions"],
+                          rewards=batch.get("env_rewards", batch["rewards"]), terminated=batch["terminated"],
+                          truncated=truncated, extras={"is_success": success},
+                          reward_terms=self._demo_terms(batch.get("reward_terms") or {}, len(success)))
+        if self.keep_after_success is not None:
+            episode = episode.cut_after_success(self.keep_after_success)
+        self.replay.add_demos([episode])
 
 
 def rows(columns: Mapping[str, Any], cut: slice) -> dict[str, Any]:

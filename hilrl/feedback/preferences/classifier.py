@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from hilrl.errors import HilrlError
+from hilrl.feedback.preferences import saved_model_kwargs
 
 
 class SuccessClassifier:
@@ -107,13 +108,7 @@ class SuccessClassifierSource:
 
 def make_classifier_source(config: Any, context: Any) -> SuccessClassifierSource:
     """``reward: {source: success_classifier, kwargs: {model: PATH, camera: front, threshold: 0.5}}``."""
-    kwargs = dict(config.kwargs)
-    unknown = sorted(set(kwargs) - {"model", "camera", "threshold"})
-    if unknown or "model" not in kwargs:
-        raise HilrlError(f"reward source 'success_classifier' takes kwargs model (a saved SuccessClassifier file), "
-                         f"camera and threshold; got {sorted(kwargs)}")
-    path = Path(kwargs["model"])
-    if not path.is_file():
-        raise HilrlError(f"reward.kwargs.model {path}: no such success classifier file")
+    kwargs, path = saved_model_kwargs(config, "success_classifier", {"model", "camera", "threshold"},
+                                      "SuccessClassifier")
     return SuccessClassifierSource(SuccessClassifier.load(path), kwargs.get("camera", "front"),
                                    float(kwargs.get("threshold", 0.5)))

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from hilrl.errors import HilrlError
+from hilrl.feedback.preferences import saved_model_kwargs
 
 
 def cosine_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -176,12 +177,5 @@ class RaplSource:
 def make_rapl_source(config: Any, context: Any) -> RaplSource:
     """``reward: {source: rapl, kwargs: {model: PATH, camera: front}}``: a model fitted and saved beforehand
     (``RaplModel.fit`` / ``save``, as ``benchmarks/preference_learning.py`` does)."""
-    kwargs = dict(config.kwargs)
-    unknown = sorted(set(kwargs) - {"model", "camera"})
-    if unknown or "model" not in kwargs:
-        raise HilrlError(f"reward source 'rapl' takes kwargs model (a saved RaplModel file) and camera; got "
-                         f"{sorted(kwargs)}")
-    path = Path(kwargs["model"])
-    if not path.is_file():
-        raise HilrlError(f"reward.kwargs.model {path}: no such RAPL model file")
+    kwargs, path = saved_model_kwargs(config, "rapl", {"model", "camera"}, "RaplModel")
     return RaplSource(RaplModel.load(path), kwargs.get("camera", "front"))
