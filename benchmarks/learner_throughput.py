@@ -1,10 +1,17 @@
-"""Gradient updates per second of hilrl's SAC (2 and 10 critics) against stable-baselines3's SAC.
+"""Gradient updates per second of hilrl's SAC (2 and 10 critics) against stable-baselines3's SAC and JAX RLPD.
 
 Same network sizes (hidden 256x256), batch 256, state observations of ``--obs-dim`` (25)
 and ``--act-dim`` (4) actions, filled replay buffers, one run. Both sides include
 sampling from their replay buffer, as in training. SB3 is timed through
 ``model.train(gradient_steps=K, batch_size=256)`` (one critic update per actor update,
 i.e. utd 1); ours through ``SAC.train_step`` at utd 1 and at ``--utd``.
+
+The JAX peer (``jax_rlpd.py``, the update of ikostrikov/rlpd's ``SACLearner`` in one ``jax.jit``, the
+utd loop unrolled as RLPD does, and once more in ``lax.scan``) runs in the same process with the same
+shapes, critics and utd, sampling its minibatches from numpy arrays as RLPD's replay buffer does. It needs
+the ``[bench]`` extra (jax, flax, optax); without it its rows are skipped with a note. Its fraction of the
+bound uses XLA's own matmul rate at the same GEMM shapes (a jitted probe), ours and SB3's torch's.
+For a single-core figure pin the whole process (``taskset -c 0``): XLA's flags do not hold it to one thread.
 
 FLOP bound. The machine's matmul rate is measured on the very GEMMs one update
 runs: for every linear layer shape ``(in, out)`` of the actor and critic,
@@ -26,7 +33,17 @@ ours with 2 critics at utd 1 (the work the algorithm needs; SB3 does a little mo
 The matmul probe and every learner are timed in turn within each repeat (best of
 ``--repeats`` each), so on a shared machine all rows see the same conditions.
 
-Run: ``python benchmarks/learner_throughput.py [--device cuda] [--threads 1] [--compile] [--cuda-graph]``.
+Our rows come eager and with ``SACConfig.fused_layer_norm`` (the C++ kernel of
+``hilrl.policies.kernels``, built on first use; ``--no-fused`` leaves those rows out).
+
+``--levers`` times instead what each speed lever gives our update (2 critics at utd 1 and ``--utd``,
+10 critics at utd 1), in turn with the eager reference: the ``foreach`` Adam instead of the fused one, the
+fused LayerNorm kernel, the compiled critic ensembles (``SACConfig.compile_critic``), the whole
+update under ``torch.compile`` with compiled autograd, and (10 critics) every member in one batched matmul
+instead of two at a time (``networks.CPU_MEMBER_CHUNK``).
+
+Run: ``taskset -c 0 python benchmarks/learner_throughput.py [--device cuda] [--threads 1] [--compile]
+[--cuda-graph] [--levers]``.
 """
 
 from __future__ import annotations
@@ -44,6 +61,7 @@ import numpy as np
 import torch
 
 from hilrl.data.buffers import ReplayBuffer
+from hilrl.policies import networks
 from machine import cpu_name  # noqa: E402
 from hilrl.policies.sac import SAC, SACConfig
 
@@ -156,20 +174,94 @@ def sb3_step(args: argparse.Namespace, device: torch.device, data) -> Callable[[
 
 
 def ours_step(args: argparse.Namespace, device: torch.device, data, critics: int, utd: int,
-              cuda_graph: bool, compile_critic: bool) -> Callable[[], None]:
-    """One ``SAC.train_step`` on a filled buffer, after ``--warmup`` updates (which include any compilation)."""
+              overrides: dict | None = None, change: Callable[[SAC], None] | None = None) -> Callable[[], None]:
+    """One ``SAC.train_step`` on a filled buffer, after ``--warmup`` updates (which include any compilation);
+    ``change`` alters the learner first (a speed lever of ``--levers``)."""
     obs, next_obs, actions, rewards, terminated = data
     n = len(obs)
     obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)})
     act_space = gym.spaces.Box(-1, 1, (args.act_dim,), np.float32)
     config = SACConfig(num_critics=critics, utd=utd, hidden=tuple(args.hidden), batch_size=args.batch,
-                       compile_critic=compile_critic)
-    learner = SAC(obs_space, act_space, config, device=device, seed=0, cuda_graph=cuda_graph)
+                       **(overrides or {}))
+    learner = SAC(obs_space, act_space, config, device=device, seed=0)
+    if change is not None:
+        change(learner)
     online = ReplayBuffer(obs_space, act_space, n)
     online.extend({"state": obs}, actions, rewards, {"state": next_obs}, terminated, np.zeros(n, bool))
     for _ in range(args.warmup):
         learner.train_step(online)
     return lambda: learner.train_step(online)
+
+
+def jax_steps(args: argparse.Namespace, data) -> tuple[dict[str, Callable[[], None]], list, float, str]:
+    """The JAX RLPD rows (critics 2 and 10, utd 1 and ``--utd``; the utd loop also in ``lax.scan``) and XLA's
+    matmul probe, or nothing and the reason when the ``[bench]`` extra is not installed."""
+    try:
+        import jax_rlpd
+
+        jax_rlpd.versions()
+    except ImportError as exc:
+        return {}, [], 0.0, f"JAX RLPD rows skipped: {exc.name} is not installed (pip install -e .[bench])"
+    probe, probe_flops = jax_rlpd.matmul_probe(args.obs_dim, args.act_dim, args.hidden, args.batch)
+    steps: dict[str, Callable[[], None]] = {"jax-matmul": probe}
+    rows = []
+    for critics in (2, 10):
+        for utd in sorted({1, args.utd}):
+            for scan in (False, True) if utd > 1 else (False,):
+                key = f"jax{'-scan' if scan else ''}/{critics}/{utd}"
+                steps[key] = jax_rlpd.build(args.obs_dim, args.act_dim, args.hidden, args.batch, critics, utd, data,
+                                            scan=scan)
+                for _ in range(args.warmup):
+                    steps[key]()
+                name = "JAX RLPD" + (" (utd in lax.scan)" if scan else "")
+                rows.append((key, name, critics, utd, 0.0))
+    return steps, rows, probe_flops, jax_rlpd.versions()
+
+
+def lever_steps(args: argparse.Namespace, device: torch.device, data) -> tuple[dict[str, Callable[[], None]], list]:
+    """Our update (2 critics) with one speed lever changed at a time, next to the eager reference."""
+    import torch._dynamo
+
+    def foreach_adam(learner: SAC) -> None:
+        for name in ("critic_optimizer", "actor_optimizer", "temperature_optimizer"):
+            old = getattr(learner, name)
+            setattr(learner, name, torch.optim.Adam(old.param_groups[0]["params"], lr=old.param_groups[0]["lr"],
+                                                    foreach=True))
+
+    def whole_update(learner: SAC) -> None:
+        torch._dynamo.config.compiled_autograd = True
+        learner._update_tensors = torch.compile(learner._update_tensors, dynamic=False)
+
+    levers: list[tuple[str, dict, Callable[[SAC], None] | None]] = [
+        ("eager (reference)", {}, None),
+        ("Adam foreach instead of fused", {}, foreach_adam),
+        ("fused LayerNorm kernel", {"fused_layer_norm": True}, None),
+        ("compiled critic ensembles", {"compile_critic": True}, None),
+        ("whole update compiled", {}, whole_update),
+    ]
+    steps, rows = {}, []
+    for critics, utd in ((2, 1), (2, args.utd), (10, 1)):
+        for name, overrides, change in levers:
+            key = f"lever/{name}/{critics}/{utd}"
+            steps[key] = ours_step(args, device, data, critics, utd, overrides, change)
+            rows.append((key, name, critics, utd, 0.0))
+        if critics > networks.CPU_MEMBER_CHUNK:
+            key = f"lever/unchunked/{critics}/{utd}"
+            steps[key] = unchunked(ours_step(args, device, data, critics, utd))
+            rows.append((key, "all members in one matmul", critics, utd, 0.0))
+    return steps, rows
+
+
+def unchunked(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` with the critic members run all at once instead of ``CPU_MEMBER_CHUNK`` at a time."""
+    def run() -> None:
+        chunk, networks.CPU_MEMBER_CHUNK = networks.CPU_MEMBER_CHUNK, 1 << 30
+        try:
+            step()
+        finally:
+            networks.CPU_MEMBER_CHUNK = chunk
+
+    return run
 
 
 def main() -> None:
@@ -180,7 +272,7 @@ def main() -> None:
     parser.add_argument("--act-dim", type=int, default=4)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--utd", type=int, default=5, help="the utd>1 rows use this")
+    parser.add_argument("--utd", type=int, default=8, help="the utd>1 rows use this")
     parser.add_argument("--iterations", type=int, default=30, help="updates per timed repeat")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats; the best is reported")
     parser.add_argument("--warmup", type=int, default=5)
@@ -190,6 +282,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also time our learner with SACConfig.compile_critic (rows added; warm-up compiles)")
     parser.add_argument("--skip-sb3", action="store_true")
+    parser.add_argument("--skip-jax", action="store_true", help="leave out the JAX RLPD peer rows")
+    parser.add_argument("--no-fused", action="store_true", help="leave out the rows with SACConfig.fused_layer_norm")
+    parser.add_argument("--levers", action="store_true",
+                        help="time what each speed lever gives our update instead of the comparison table")
     args = parser.parse_args()
     args.hidden = tuple(args.hidden)
     torch.set_num_threads(args.threads)
@@ -208,54 +304,93 @@ def main() -> None:
     steps: dict[str, Callable[[], None]] = {"matmul": probe}
     iterations = {"matmul": args.iterations * 4}
     rows = []  # (key, name, critics, utd, flops per update)
-    if not args.skip_sb3:
-        steps["sb3"] = sb3_step(args, device, data)
-        iterations["sb3"] = 1  # one call runs --iterations updates
-        rows.append(("sb3", "stable-baselines3 SAC", 2, 1, flops(2, 1)))
-    variants = [("", False, False)]
-    if args.compile:
-        variants.append((" (compiled critic)", False, True))
-    if args.cuda_graph:
-        variants.append((" (CUDA graph)", True, False))
-    for suffix, cuda_graph, compile_critic in variants:
-        for critics in (2, 10):
-            for utd in sorted({1, args.utd}):
-                key = f"ours{suffix}/{critics}/{utd}"
-                steps[key] = ours_step(args, device, data, critics, utd, cuda_graph, compile_critic)
-                rows.append((key, f"hilrl SAC{suffix}", critics, utd, flops(critics, utd)))
+    notes: list[str] = []
+    jax_probe_flops = 0.0
+    if args.levers:
+        lever_table, lever_rows = lever_steps(args, device, data)
+        steps.update(lever_table)
+        rows += lever_rows
+    else:
+        if not args.skip_sb3:
+            steps["sb3"] = sb3_step(args, device, data)
+            iterations["sb3"] = 1  # one call runs --iterations updates
+            rows.append(("sb3", "stable-baselines3 SAC", 2, 1, 0.0))
+        variants: list[tuple[str, dict]] = [("", {})]
+        if device.type == "cpu" and not args.no_fused:
+            from hilrl.policies.kernels import kernels_buildable
+
+            missing = kernels_buildable()
+            if missing is None:
+                variants.append((" (fused LayerNorm)", {"fused_layer_norm": True}))
+            else:
+                notes.append(f"fused LayerNorm rows skipped: the kernel needs {missing}")
+        if args.compile:
+            variants.append((" (compiled critic)", {"compile_critic": True}))
+        if args.cuda_graph:
+            variants.append((" (CUDA graph)", {"cuda_graph": True}))
+        for suffix, overrides in variants:
+            for critics in (2, 10):
+                for utd in sorted({1, args.utd}):
+                    key = f"ours{suffix}/{critics}/{utd}"
+                    steps[key] = ours_step(args, device, data, critics, utd, overrides)
+                    rows.append((key, f"hilrl SAC{suffix}", critics, utd, 0.0))
+        if not args.skip_jax and device.type == "cpu":
+            jax_table, jax_rows, jax_probe_flops, jax_note = jax_steps(args, data)
+            steps.update(jax_table)
+            rows += jax_rows
+            notes.append(jax_note)
+            iterations["jax-matmul"] = args.iterations * 4
+    rows = [(key, name, critics, utd, flops(critics, utd)) for key, name, critics, utd, _ in rows]
     for key in steps:
         iterations.setdefault(key, args.iterations)
     rates = interleaved_best_rates(steps, iterations, args.repeats, device)
     rate = probe_flops * rates["matmul"]
+    jax_rate = jax_probe_flops * rates.get("jax-matmul", 0.0)
     if "sb3" in rates:
         rates["sb3"] *= args.iterations
     sb3 = rates.get("sb3")
-    ours10_utd1 = max((rates[key] for key, _, critics, utd, _ in rows if key != "sb3" and critics == 10 and utd == 1),
-                      default=0.0)
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    print(f"machine: {device_name} | {platform.platform()} | python {platform.python_version()}")
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"machine: {device_name} | {platform.platform()} | python {platform.python_version()} "
+          f"| {affinity} of {os.cpu_count()} cores usable by this process")
     print(f"torch {torch.__version__} | device {device} | threads {torch.get_num_threads()} "
           f"| load average at start {load:.2f} (other tenants make rates noisy)")
     print(f"command: {shlex.join([os.path.basename(sys.executable), *sys.argv])}")
     print(f"batch {args.batch}, hidden {args.hidden}, obs dim {args.obs_dim}, action dim {args.act_dim}; "
-          f"best of {args.repeats} x {args.iterations} updates, every row and the matmul probe timed in turn")
-    print(f"matmul rate at these shapes (fwd + 2 bwd GEMMs): {rate / 1e9:.1f} GFLOP/s")
-    header = (f"{'learner':<28}{'critics':>8}{'utd':>5}{'actor upd/s':>13}{'critic upd/s':>14}"
-              f"{'MFLOP/upd':>11}{'bound upd/s':>13}{'of bound':>10}{'vs SB3':>8}")
+          f"best of {args.repeats} x {args.iterations} updates, every row and the matmul probes timed in turn")
+    print(f"matmul rate at these shapes (fwd + 2 bwd GEMMs): torch {rate / 1e9:.1f} GFLOP/s"
+          + (f", XLA {jax_rate / 1e9:.1f} GFLOP/s" if jax_rate else ""))
+    for note in notes:
+        print(note)
+    header = (f"{'learner':<34}{'critics':>8}{'utd':>5}{'actor upd/s':>13}{'critic upd/s':>14}"
+              f"{'MFLOP/upd':>11}{'of bound':>10}{'vs SB3':>8}{'vs eager' if args.levers else 'vs JAX':>9}")
     print(header)
     print("-" * len(header))
+    jax_rates = {(critics, utd): rates[key] for key, _, critics, utd, _ in rows if key.startswith("jax/")}
+    reference = {(critics, utd): rates[key] for key, _, critics, utd, _ in rows if key.startswith("lever/eager")}
     for key, name, critics, utd, f in rows:
         ups = rates[key]
-        bound = rate / f
-        versus = f"{ups / sb3:.2f}x" if sb3 and utd == 1 else "-"
-        print(f"{name:<28}{critics:>8}{utd:>5}{ups:>13.1f}{ups * utd:>14.1f}{f / 1e6:>11.0f}{bound:>13.1f}"
-              f"{ups / bound:>10.2f}{versus:>8}")
+        own_rate = jax_rate if key.startswith("jax") else rate
+        versus_sb3 = f"{ups / sb3:.2f}x" if sb3 and utd == 1 else "-"
+        peer = reference if args.levers else jax_rates
+        versus_jax = f"{ups / peer[critics, utd]:.2f}x" if (critics, utd) in peer else "-"
+        print(f"{name:<34}{critics:>8}{utd:>5}{ups:>13.1f}{ups * utd:>14.1f}{f / 1e6:>11.0f}"
+              f"{ups / (own_rate / f):>10.2f}{versus_sb3:>8}{versus_jax:>9}")
+    if args.levers:
+        print("'vs eager': the ratio to the eager reference row with the same utd")
     if device.type == "cuda":
         print("note: on a GPU these small GEMMs are launch-bound, so the measured 'matmul rate' is far below peak "
               "and 'of bound' can exceed 1; compare updates/s with SB3 instead.")
-    if sb3 and ours10_utd1:
-        print(f"best hilrl SAC with 10 critics vs SB3 SAC with 2 critics (both utd 1): {ours10_utd1 / sb3:.2f}x")
+    ours10 = max((rates[k] for k, _, c, u, _ in rows if k.startswith("ours") and c == 10 and u == 1), default=0.0)
+    if jax_rates:
+        best = {}
+        for key, _, critics, utd, _ in rows:
+            if key.startswith("ours") and (critics, utd) in jax_rates:
+                best[critics, utd] = max(best.get((critics, utd), 0.0), rates[key] / jax_rates[critics, utd])
+        print("best hilrl SAC vs JAX RLPD: " + ", ".join(f"{c} critics utd {u}: {r:.2f}x" for (c, u), r in best.items()))
+    if sb3 and ours10:
+        print(f"best hilrl SAC with 10 critics vs SB3 SAC with 2 critics (both utd 1): {ours10 / sb3:.2f}x")
 
 
 if __name__ == "__main__":

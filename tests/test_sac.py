@@ -100,18 +100,106 @@ def test_compiled_critic_update_matches_eager():
     config = dict(num_critics=5, utd=2, **SMALL)
     eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
     compiled = SAC(STATE_SPACE, ACT_SPACE, SACConfig(compile_critic=True, **config), seed=2)
+    assert_same_updates(eager, compiled)
+
+
+def assert_same_updates(eager: SAC, fast: SAC) -> ReplayBuffer:
+    """Three updates of both learners on the same batches and noise give the same metrics and networks."""
     buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 100)
     fill(buf, 100, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     for _ in range(3):
         batch, noise = batch_to_torch(buf.sample(32, rng), "cpu"), eager.draw_noise(16)
-        m1, m2 = eager.train_on_batch(batch, noise), compiled.train_on_batch(batch, noise)
+        m1, m2 = eager.train_on_batch(batch, noise), fast.train_on_batch(batch, noise)
         for key in m1:
             torch.testing.assert_close(m1[key], m2[key], rtol=1e-4, atol=1e-5)
-    for a, b in zip(eager.critic.parameters(), compiled.critic.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    for a, b in zip(eager.actor.parameters(), compiled.actor.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for ours, reference in ((fast.critic, eager.critic), (fast.target, eager.target), (fast.actor, eager.actor)):
+        for a, b in zip(ours.parameters(), reference.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    return buf
+
+
+def plain_rlpd_update(sac: SAC, batch, noise, critic, target, actor, log_alpha, optimizers):
+    """One RLPD update written out top to bottom with per-member ops and plain autograd (CleanRL style): the
+    reference the learner's fast path (batched ensemble, analytic temperature step...) must reproduce."""
+    cfg, utd = sac.config, sac.config.utd
+    size = batch["actions"].shape[0] // utd
+    x_of = lambda obs: torch.cat([obs[k] for k in sorted(obs)], -1)  # noqa: E731  (the encoder's key order)
+    critic_opt, actor_opt, alpha_opt = optimizers
+    for k in range(utd):
+        part = slice(k * size, (k + 1) * size)
+        obs, next_obs = x_of({n: v[part] for n, v in batch["obs"].items()}), x_of(
+            {n: v[part] for n, v in batch["next_obs"].items()})
+        with torch.no_grad():
+            next_a, next_logp = actor.sample(next_obs, noise["next_eps"][part])
+            xq = torch.cat([next_obs, next_a], -1)
+            next_q = torch.stack([member_forward(target, int(m), xq) for m in noise["members"][k]]).min(0).values
+            next_q = next_q - log_alpha.exp() * next_logp
+            y = batch["rewards"][part] + cfg.gamma * (1 - batch["terminated"][part]) * next_q
+        xq = torch.cat([obs, batch["actions"][part]], -1)
+        loss = sum((member_forward(critic, m, xq) - y).pow(2).mean() for m in range(cfg.num_critics))
+        critic_opt.zero_grad()
+        (loss / cfg.num_critics).backward()
+        critic_opt.step()
+        with torch.no_grad():
+            for p_target, p in zip(target.parameters(), critic.parameters()):
+                p_target.mul_(1 - cfg.tau).add_(cfg.tau * p)
+    a, logp = actor.sample(obs, noise["actor_eps"])
+    xq = torch.cat([obs, a], -1)
+    q = torch.stack([member_forward(critic, m, xq) for m in range(cfg.num_critics)]).mean(0)
+    actor_loss = (log_alpha.exp().detach() * logp - q).mean()
+    actor_opt.zero_grad()
+    actor_loss.backward()
+    actor_opt.step()
+    alpha_loss = log_alpha.exp() * (-logp.detach().mean() - sac.target_entropy)
+    alpha_opt.zero_grad()
+    alpha_loss.backward()
+    alpha_opt.step()
+
+
+@pytest.mark.parametrize("num_critics", [2, 4])
+def test_update_matches_a_plain_rlpd_update_written_out(num_critics):
+    """The speed work changes how the update runs, never what it computes: same state, batch and noise, the
+    same networks and temperature after each update as the written-out reference (2 critics: the min runs
+    over both members unindexed; 4: over the two drawn)."""
+    import copy
+
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(num_critics=num_critics, utd=2, **SMALL), seed=3)
+    critic, target = copy.deepcopy(sac.critic["q"]), copy.deepcopy(sac.target["q"])
+    actor = copy.deepcopy(sac.actor)
+    log_alpha = sac.log_temperature.detach().clone().requires_grad_(True)
+    optimizers = [torch.optim.Adam(params, lr=lr) for params, lr in (
+        (critic.parameters(), sac.config.critic_lr), (actor.parameters(), sac.config.actor_lr),
+        ([log_alpha], sac.config.temperature_lr))]
+    buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 100)
+    fill(buf, 100, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        batch, noise = batch_to_torch(buf.sample(32, rng), "cpu"), sac.draw_noise(16)
+        sac.train_on_batch(batch, noise)
+        plain_rlpd_update(sac, batch, noise, critic, target, actor, log_alpha, optimizers)
+    for ours, reference in ((sac.critic["q"], critic), (sac.target["q"], target), (sac.actor, actor)):
+        for a, b in zip(ours.parameters(), reference.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(sac.log_temperature.detach(), log_alpha.detach())
+
+
+@pytest.mark.parametrize("num_critics", [2, 5])
+def test_fused_layer_norm_update_matches_eager(num_critics):
+    """``fused_layer_norm`` is speed only: from the same state, batch and noise, the same update as the eager
+    reference, through the critic step, the actor step (constant critic weights) and the target's subset."""
+    from hilrl.policies.kernels import kernels_buildable
+
+    if kernels_buildable() is not None:
+        pytest.skip(f"the fused kernel needs {kernels_buildable()}")
+    config = dict(num_critics=num_critics, utd=2, **SMALL)
+    eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
+    fused = SAC(STATE_SPACE, ACT_SPACE, SACConfig(fused_layer_norm=True, **config), seed=2)
+    assert fused.critic["q"].fused and not eager.critic["q"].fused
+    buf = assert_same_updates(eager, fused)
+    obs = {k: torch.as_tensor(v) for k, v in buf.sample(8, np.random.default_rng(2))["obs"].items()}
+    torch.testing.assert_close(fused.critic["q"](fused.encoder(obs), torch.zeros(8, 2)),
+                               eager.critic["q"](eager.encoder(obs), torch.zeros(8, 2)), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("backup_entropy", [True, False])

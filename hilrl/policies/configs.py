@@ -85,6 +85,11 @@ class SACConfig:
             activation. Speed only (same maths; floating-point results differ in the last bits). The first
             updates compile (seconds to a minute); on CPU it needs a C++ compiler. Off by default; see
             ``benchmarks/learner_throughput.py`` for what it buys on your machine. Not with ``cuda_graph``.
+        fused_layer_norm: on CPU, run each critic hidden layer's bias, LayerNorm, affine and ReLU as one C++
+            pass forward and one backward (:mod:`hilrl.policies.kernels`) instead of eager PyTorch's dozen.
+            Speed only (same maths, last-bit differences). The first learner built compiles the kernel
+            (about a minute, then cached); needs a C++ compiler and ninja. Off by default. Not with
+            ``compile_critic``.
         device: where networks live and updates run: ``auto`` (CUDA when torch sees a GPU, else CPU),
             ``cpu``, ``cuda`` or ``cuda:N``.
         cuda_graph: capture the whole update as one CUDA graph after three eager warm-up updates (CUDA
@@ -127,6 +132,7 @@ class SACConfig:
     obs_norm_clip: float = 10.0
     bc_coef: float = 0.0
     compile_critic: bool = False
+    fused_layer_norm: bool = False
     device: str = "auto"
     cuda_graph: bool = False
 

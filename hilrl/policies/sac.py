@@ -117,6 +117,9 @@ class SAC:
         if cuda_graph and config.compile_critic:
             raise HilrlError("cuda_graph=True and SACConfig.compile_critic=True do not combine; choose one "
                              "(on CUDA the graph removes more overhead)")
+        if config.fused_layer_norm and config.compile_critic:
+            raise HilrlError("SACConfig.fused_layer_norm=True and compile_critic=True do not combine; choose one "
+                             "(on CPU the fused kernel is the faster, benchmarks/learner_throughput.py --levers)")
         if config.compile_critic and self.device.type == "cpu" and not _has_cxx_compiler():
             raise HilrlError("SACConfig.compile_critic=True needs a C++ compiler on CPU (torch.compile builds "
                              "C++ kernels); install g++ (or set CXX) or set compile_critic=False")
@@ -142,7 +145,8 @@ class SAC:
             critic_in = encoder.feature_dim + self.action_dim
             self.critic = nn.ModuleDict({
                 "encoder": encoder,
-                "q": CriticEnsemble(critic_in, config.hidden, config.num_critics, config.critic_layer_norm),
+                "q": CriticEnsemble(critic_in, config.hidden, config.num_critics, config.critic_layer_norm,
+                                    fused=config.fused_layer_norm and self.device.type == "cpu"),
             }).to(self.device)
             self.actor = TanhGaussianActor(encoder.feature_dim, self.action_dim, config.hidden,
                                            config.log_std_min, config.log_std_max).to(self.device)
@@ -276,6 +280,8 @@ class SAC:
         ``bc_proposal`` the BC prior's action at ``s'`` is bootstrapped from where it is worth more (IBRL).
         """
         features = self.target["encoder"](next_obs, shifts)
+        if self.config.num_min_critics == self.config.num_critics:
+            members = None  # the min over every member, whatever their order: no copy of the chosen weights
         next_q = self._target_q(features, next_actions, members).min(dim=0).values
         if self.config.backup_entropy:
             next_q = next_q - next_reg
@@ -338,9 +344,13 @@ class SAC:
             actor_loss = actor_loss + cfg.bc_coef * q_pi.detach().abs().mean() * bc_loss
         self._step(self.actor_optimizer, actor_loss, self.actor_params)
         entropy = -log_prob.detach().mean()
-        temperature_loss = self.log_temperature.exp() * (entropy - self.target_entropy)
+        temperature_loss = self.log_temperature.detach().exp() * (entropy - self.target_entropy)
         if cfg.learn_temperature and not self.use_kl:
-            self._step(self.temperature_optimizer, temperature_loss, [self.log_temperature])
+            # d/d(log alpha) of alpha * (entropy - target) is the loss itself: set it, no autograd pass
+            self.log_temperature.grad = temperature_loss.clone()
+            if self.config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_([self.log_temperature], self.config.max_grad_norm, foreach=True)
+            self.temperature_optimizer.step()
         metrics = {
             "critic_loss": critic_loss.detach(), "q": q.detach().mean(), "target_q": target_q.mean(),
             "actor_loss": actor_loss.detach(), "entropy": entropy, "temperature": temperature,
