@@ -152,7 +152,7 @@ class ArmEnv(gym.Env):
         self.rotation_scale = float(rotation_scale)
         self.workspace = (np.array(self.workspace_low), np.array(self.workspace_high))
 
-        self.model = mujoco.MjModel.from_xml_path(str(ASSETS / self.xml_file))
+        self.model = self._build_model()
         self.model.opt.timestep = self.physics_dt
         self.data = mujoco.MjData(self.model)
         # Views into MjData, made once: creating them costs about a microsecond per access.
@@ -202,6 +202,11 @@ class ArmEnv(gym.Env):
         self._update_kinematics()
 
     # ------------------------------------------------------------------ task hooks
+    def _build_model(self) -> mujoco.MjModel:
+        """The compiled scene; a task variant (another object size or table friction) edits the MJCF
+        through ``mujoco.MjSpec`` here before compiling. Runs before ``__init__`` caches any id."""
+        return mujoco.MjModel.from_xml_path(str(ASSETS / self.xml_file))
+
     def _sample_task(self) -> None:
         """Randomise objects and goals with ``self.np_random`` (write qpos and mocap only)."""
         raise NotImplementedError

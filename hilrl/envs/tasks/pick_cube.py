@@ -7,7 +7,7 @@ import math
 import mujoco
 import numpy as np
 
-from hilrl.envs.arm_env import ArmEnv
+from hilrl.envs.arm_env import ASSETS, ArmEnv, ArmEnvError
 from hilrl.envs.tasks.sampling import OBJECT_HIGH, OBJECT_LOW, place_cube
 
 
@@ -23,6 +23,11 @@ class PickCubeEnv(ArmEnv):
     tops the stages). Without that step the stages pay almost as much for holding the cube a few
     cm off the goal as for success.
     Success: cube centre within 3 cm of the goal.
+
+    Args (beyond :class:`~hilrl.envs.arm_env.ArmEnv`'s):
+        block_height: height of the block (m, 0.02 to 0.2); its footprint stays 5 x 5 cm. The default 0.05
+            is the cube; a taller block (``pick_tall`` in :mod:`hilrl.envs.tasks.variants`) is grasped
+            too low by a grasp at its centre: the hand meets its top before the fingers reach the centre.
     """
 
     task_name = "PickCube"
@@ -35,13 +40,28 @@ class PickCubeEnv(ArmEnv):
     cube_half = 0.025
     goal_z_range = (0.1, 0.3)
 
+    def __init__(self, block_height: float = 0.05, **kwargs) -> None:
+        if isinstance(block_height, bool) or not isinstance(block_height, (int, float)) or not 0.02 <= block_height <= 0.2:
+            raise ArmEnvError(f"block_height={block_height!r}: give the block's height in metres, 0.02 to 0.2 "
+                              "(0.05 is the cube).")
+        self.block_half_height = float(block_height) / 2
+        super().__init__(**kwargs)
+
+    def _build_model(self) -> mujoco.MjModel:
+        if self.block_half_height == self.cube_half:
+            return super()._build_model()
+        spec = mujoco.MjSpec.from_file(str(ASSETS / self.xml_file))
+        spec.geom("cube").size = [self.cube_half, self.cube_half, self.block_half_height]
+        spec.body("cube").pos = [0.5, 0.0, self.block_half_height]
+        return spec.compile()
+
     def _task_cache_ids(self) -> None:
         self._goal_mocap = self.model.body("goal").mocapid[0]
         self._cube_qadr = self.model.joint("cube").qposadr[0]
         self._cube_geom = self.model.geom("cube").id
 
     def _sample_task(self) -> None:
-        place_cube(self, self._cube_qadr, self.cube_half)
+        place_cube(self, self._cube_qadr, self.block_half_height)
         goal_xy = self.np_random.uniform(OBJECT_LOW, OBJECT_HIGH)
         goal_z = self.np_random.uniform(*self.goal_z_range)
         self.data.mocap_pos[self._goal_mocap] = (goal_xy[0], goal_xy[1], goal_z)

@@ -7,7 +7,7 @@ import math
 import mujoco
 import numpy as np
 
-from hilrl.envs.arm_env import ArmEnv
+from hilrl.envs.arm_env import ASSETS, ArmEnv, ArmEnvError
 from hilrl.envs.tasks.sampling import place_cube, sample_goal_near
 
 
@@ -18,6 +18,11 @@ class PushEnv(ArmEnv):
     Reward terms (m): ``reach_distance`` = ``|tcp - cube|`` and ``goal_distance`` = ``|cube_xy - goal_xy|``.
     Dense reward: ``-(reach_distance + 2 * goal_distance)``: reach the cube, then move it.
     Success: cube centre within 3 cm of the goal in xy, cube still on the table.
+
+    Args (beyond :class:`~hilrl.envs.arm_env.ArmEnv`'s):
+        table_friction: sliding friction of the table and the cube (MuJoCo takes the larger of the two
+            geoms'); None keeps the scene's (table 1.0, cube 0.6). A slippery table (``push_ice`` in
+            :mod:`hilrl.envs.tasks.variants`, 0.05) lets a fast push slide the cube past its goal.
     """
 
     task_name = "Push"
@@ -27,6 +32,22 @@ class PushEnv(ArmEnv):
     reward_terms = ("reach_distance", "goal_distance")
     success_tolerance = 0.03
     cube_half = 0.025
+
+    def __init__(self, table_friction: float | None = None, **kwargs) -> None:
+        if table_friction is not None and (isinstance(table_friction, bool) or not isinstance(table_friction, (int, float))
+                                           or not 0.0 < table_friction <= 2.0):
+            raise ArmEnvError(f"table_friction={table_friction!r}: give a sliding friction in (0, 2], or None for "
+                              "the scene's.")
+        self.table_friction = None if table_friction is None else float(table_friction)
+        super().__init__(**kwargs)
+
+    def _build_model(self) -> mujoco.MjModel:
+        if self.table_friction is None:
+            return super()._build_model()
+        spec = mujoco.MjSpec.from_file(str(ASSETS / self.xml_file))
+        for name in ("table", "cube"):
+            spec.geom(name).friction = [self.table_friction, 0.005, 0.0001]
+        return spec.compile()
 
     def _task_cache_ids(self) -> None:
         self._goal_mocap = self.model.body("goal").mocapid[0]
