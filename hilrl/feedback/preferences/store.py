@@ -4,7 +4,8 @@ Layout under ``RUN/preferences/`` (all appended, never rewritten)::
 
     queries.jsonl         one query per line: {"id", "kind": "pair"|"ranking", "segments": [ids], "created", ...}
     segments/<id>.npz     a segment's arrays (features, env rewards, reward terms, MuJoCo states...), tmp-then-rename
-    labels.jsonl          one label per line: {"id", "query", "label", "order", "who", "at"}; an undo is a line
+    labels.jsonl          one label per line: {"id", "query", "label", "order", "who", "at"} (+ "reason" when
+                          the labeller gave one, e.g. an AI judge); an undo is a line
                           {"id", "undoes": label id, "who", "at"}
 
 Every label is appended under an exclusive ``flock`` (several servers, tabs or people at once never
@@ -53,6 +54,7 @@ class Label:
     who: str
     at: float
     order: list[int] = field(default_factory=list)
+    reason: str = ""
 
     def pairs(self, count: int) -> list[tuple[int, int, float]]:
         """``(i, j, p)`` comparisons of the query's items: ``p`` = probability that ``i`` is preferred (0.5 = equal)."""
@@ -172,9 +174,11 @@ class PreferenceStore:
             self._append(self.queries_path, record)
         return qid
 
-    def add_label(self, query: str, label: str, who: str, order: Sequence[int] | None = None) -> Label:
+    def add_label(self, query: str, label: str, who: str, order: Sequence[int] | None = None,
+                  reason: str = "") -> Label:
         """Record ``label`` for ``query``; returns it once it is on disk. Raises :class:`LabelRefused` (nothing
-        written) for an unknown query, a query that already has a label (undo it first), or a bad label."""
+        written) for an unknown query, a query that already has a label (undo it first), or a bad label.
+        ``reason``: why (an AI judge's explanation), kept with the label."""
         if not isinstance(who, str) or not who.strip() or len(who) > 100:
             raise LabelRefused("who must name the labeller: a person's id, 'synthetic' or 'ai' (1-100 characters)")
         if label not in LABELS:
@@ -199,9 +203,9 @@ class PreferenceStore:
                 raise LabelRefused(f"query {query!r} is already labelled ({active[query].label!r} by "
                                    f"{active[query].who}); undo that label first")
             record = {"id": len(records), "query": query, "label": label, "order": list(order or []),
-                      "who": who, "at": time.time()}
+                      "who": who, "at": time.time(), **({"reason": str(reason)} if reason else {})}
             self._append(self.labels_path, record)
-        return Label(record["id"], query, label, who, record["at"], record["order"])
+        return Label(record["id"], query, label, who, record["at"], record["order"], str(reason or ""))
 
     def undo_last(self, who: str | None = None) -> Label:
         """Undo the newest label still in force (of ``who`` when given); returns it. Its query is pending again."""
@@ -246,26 +250,36 @@ class PreferenceStore:
             rate = 60.0 * (len(recent) - 1) / max(max(recent) - min(recent), 1e-6)
         return {"labelled": len(labels), "pending": pending, "labels_per_minute": round(rate, 1)}
 
-    def export_trl(self, path: str | os.PathLike, prompt: str | None = None) -> int:
-        """Write TRL's preference JSONL (``{"prompt", "chosen", "rejected"}`` per line; rankings expand to their
-        pairs; equal and skipped ones are left out). A query's items are its segments' ``text`` (a query
-        may carry ``prompt`` and ``texts``), else ``segment:<id>``. Returns the number of lines."""
+    def trl_rows(self, prompt: str | None = None, who: Sequence[str] | None = None,
+                 only: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The labels as TRL preference rows ``{"prompt", "chosen", "rejected"}``, oldest label first; rankings
+        expand to their pairs; equal and skipped ones are left out. A query's items are its ``texts`` (a
+        query may carry ``prompt`` and ``texts``), else ``segment:<id>``. ``who``: only these labellers;
+        ``only``: only these query ids."""
         queries = {q["id"]: q for q in self.queries()}
-        lines = 0
+        keep = None if only is None else set(only)
+        rows = []
+        for label in sorted(self.labels().values(), key=lambda lab: lab.id):
+            if (who is not None and label.who not in who) or (keep is not None and label.query not in keep):
+                continue
+            query = queries[label.query]
+            texts = query.get("texts") or [f"segment:{sid}" for sid in query["segments"]]
+            for i, j, p in label.pairs(len(texts)):
+                if p == 0.5:
+                    continue
+                chosen, rejected = (i, j) if p == 1.0 else (j, i)
+                rows.append({"prompt": query.get("prompt", prompt or ""), "chosen": texts[chosen],
+                             "rejected": texts[rejected]})
+        return rows
+
+    def export_trl(self, path: str | os.PathLike, prompt: str | None = None) -> int:
+        """Write :meth:`trl_rows` as TRL's preference JSONL, one row a line. Returns the number of lines."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        rows = self.trl_rows(prompt)
         with open(path, "w") as f:
-            for label in sorted(self.labels().values(), key=lambda lab: lab.id):
-                query = queries[label.query]
-                texts = query.get("texts") or [f"segment:{sid}" for sid in query["segments"]]
-                for i, j, p in label.pairs(len(texts)):
-                    if p == 0.5:
-                        continue
-                    chosen, rejected = (i, j) if p == 1.0 else (j, i)
-                    f.write(json.dumps({"prompt": query.get("prompt", prompt or ""), "chosen": texts[chosen],
-                                        "rejected": texts[rejected]}) + "\n")
-                    lines += 1
-        return lines
+            f.writelines(json.dumps(row) + "\n" for row in rows)
+        return len(rows)
 
 
 def _active(records: list[dict[str, Any]]) -> dict[str, Label]:
@@ -274,5 +288,6 @@ def _active(records: list[dict[str, Any]]) -> dict[str, Label]:
     for r in records:
         if "undoes" in r or r["id"] in undone:
             continue
-        active[r["query"]] = Label(r["id"], r["query"], r["label"], r["who"], r["at"], r.get("order", []))
+        active[r["query"]] = Label(r["id"], r["query"], r["label"], r["who"], r["at"], r.get("order", []),
+                                   r.get("reason", ""))
     return active

@@ -164,6 +164,13 @@ def create_app(run_dir: str | Path, token: str | None = None, lease_s: float = 1
         return await call_next(request)
 
     def describe(query: dict[str, Any]) -> dict[str, Any]:
+        if query.get("texts"):  # a text pair or ranking (hilrl align): answers as text, the prompt above them
+            items = [{"segment": sid, "video": None, "text": str(text)}
+                     for sid, text in zip(query["segments"], query["texts"])]
+            prompt = query.get("prompt", "")
+            if isinstance(prompt, list):  # chat messages
+                prompt = "\n".join(f"{m.get('role')}: {m.get('content')}" for m in prompt if isinstance(m, dict))
+            return {"id": query["id"], "kind": query["kind"], "items": items, "prompt": str(prompt)}
         items = [{"segment": sid, "video": f"/video/{sid}.webm" if videos.has_video(sid) else None}
                  for sid in query["segments"]]
         return {"id": query["id"], "kind": query["kind"], "items": items}
