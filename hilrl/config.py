@@ -400,6 +400,9 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
 def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
     """Validate an experiment given as a mapping; every problem is named in one :class:`ConfigError` line."""
     raw = dict(raw)
+    if "task" in raw and "env" not in raw:
+        raise ConfigError(f"{source}: a correction-session config (it names a 'task' variant, no 'env'); run it "
+                          "with `hilrl correct` (hilrl train takes an experiment with env/algo/train sections)")
     algo = raw.get("algo", {"name": "bc"})
     try:
         raw["algo"] = parse_algo(algo) if isinstance(algo, dict) else algo

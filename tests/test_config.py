@@ -72,3 +72,10 @@ def test_shipped_configs_validate():
     for path in configs:
         # a correction session (`hilrl correct`) names a task variant; every other file is an experiment
         (load_correction_config if "task" in yaml.safe_load(path.read_text()) else load_config)(path)
+
+
+def test_a_correction_session_config_given_to_train_points_to_hilrl_correct():
+    from pathlib import Path
+
+    with pytest.raises(ConfigError, match="run it with `hilrl correct`"):
+        load_config(Path(__file__).parents[1] / "sim_configs" / "correct_pick_tall.yaml")
