@@ -85,9 +85,9 @@ def test_layer_norm_has_no_saved_constant_and_old_checkpoints_load():
 
 
 def test_compile_critic_needs_a_compiler_and_not_a_cuda_graph(monkeypatch):
-    import hilrl.policies.sac as sac_module
+    import hilrl.policies.kernels as kernels_module
 
-    monkeypatch.setattr(sac_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(kernels_module.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(HilrlError, match="C\\+\\+ compiler"):
         SAC(STATE_SPACE, ACT_SPACE, SACConfig(compile_critic=True, **SMALL))

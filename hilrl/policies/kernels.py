@@ -25,7 +25,7 @@ import torch
 
 from hilrl.errors import HilrlError
 
-__all__ = ["fused_bias_layer_norm_relu", "load_kernels", "kernels_buildable"]
+__all__ = ["fused_bias_layer_norm_relu", "has_cxx_compiler", "kernels_buildable", "load_kernels"]
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -147,11 +147,16 @@ _lock = threading.Lock()
 _module: Any = None
 
 
+def has_cxx_compiler() -> bool:
+    """Whether C++ can be built here (torch uses ``$CXX``, else g++ or clang++): this kernel, torch.compile's."""
+    return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if name)
+
+
 def kernels_buildable() -> str | None:
     """``None`` when the kernel can be built here, else what is missing (a compiler or ninja)."""
     from torch.utils.cpp_extension import is_ninja_available
 
-    if not any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if name):
+    if not has_cxx_compiler():
         return "a C++ compiler (g++ or clang++, or set CXX)"
     if not is_ninja_available():
         return "ninja (pip install ninja)"

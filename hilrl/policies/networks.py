@@ -11,7 +11,8 @@ per-member LayerNorm, its affine map and the ReLU are memory-bound passes over
 ``(N, B, 256)`` activations that cost about as much as the matmuls. Eager
 PyTorch runs each as its own pass; ``SACConfig.fused_layer_norm`` runs bias, LayerNorm,
 affine and ReLU as one C++ pass each way (:mod:`hilrl.policies.kernels`), and
-``SACConfig.compile_critic`` lets inductor fuse them (slower than eager on the CPUs measured here). ``param_grads=False`` drops the weights from the autograd graph where
+``SACConfig.compile_critic`` lets inductor fuse them (slower than eager on the CPUs
+measured here). ``param_grads=False`` drops the weights from the autograd graph where
 only input gradients are wanted (the actor step), so no pass is spent on them.
 """
 
@@ -40,7 +41,8 @@ def _member_params(layer: nn.Module, members: torch.Tensor | None,
 
 
 class EnsembleLinear(nn.Module):
-    """``N`` independent affine maps applied in one batched matmul.
+    """The parameters of ``N`` independent affine maps, applied in one batched matmul by
+    :class:`CriticEnsemble` (``torch.baddbmm``; a subset of members by :func:`_member_params`).
 
     ``weight`` is ``(N, in, out)`` and ``bias`` ``(N, 1, out)``. Each member is
     initialised like ``nn.Linear`` (uniform in ``±1/sqrt(in)``).
@@ -55,18 +57,6 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None,
-                param_grads: bool = True) -> torch.Tensor:
-        """``x`` is ``(N, B, in)`` (one input per member) or ``(B, in)`` (shared); returns ``(N', B, out)``.
-
-        ``members`` (a long tensor of member indices) selects a subset ``N'`` of members;
-        ``param_grads=False`` treats the weights as constants (gradients reach ``x`` only).
-        """
-        weight, bias = _member_params(self, members, param_grads)
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(weight.shape[0], -1, -1)
-        return torch.baddbmm(bias, x, weight)
-
 
 class EnsembleLayerNorm(nn.Module):
     """LayerNorm over the last axis with a separate scale and shift per ensemble member."""
@@ -79,14 +69,9 @@ class EnsembleLayerNorm(nn.Module):
         # Not saved: a constant the fast LayerNorm kernel takes as its (identity) weight.
         self.register_buffer("_ones", torch.ones(features), persistent=False)
 
-    def forward(self, x: torch.Tensor, members: torch.Tensor | None = None, relu: bool = False,
-                param_grads: bool = True) -> torch.Tensor:
-        """``x`` is ``(N', B, F)``; ``relu=True`` applies the following ReLU in place; see :class:`EnsembleLinear`."""
-        weight, bias = _member_params(self, members, param_grads)
-        return self.apply_to(x, weight, bias, relu)
-
     def apply_to(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, relu: bool) -> torch.Tensor:
-        """The normalisation with the given (member-selected) ``weight`` and ``bias``."""
+        """The normalisation of ``x (N', B, F)`` with the given (member-selected) ``weight`` and ``bias``;
+        ``relu=True`` applies the following ReLU in place."""
         # aten's LayerNorm kernel without an affine weight takes a path about twice as slow on CPU (torch 2.13);
         # a weight of ones gives the same values.
         out = torch.addcmul(bias, F.layer_norm(x, (self.features,), self._ones, None, self.eps), weight)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -42,6 +41,7 @@ from hilrl.errors import HilrlError
 from hilrl.policies.bc_prior import GaussianBCPrior
 from hilrl.policies.configs import SACConfig
 from hilrl.policies.encoders import ObservationEncoder
+from hilrl.policies.kernels import has_cxx_compiler
 from hilrl.policies.networks import CriticEnsemble, TanhGaussianActor
 
 TensorTree = dict[str, Any]
@@ -120,7 +120,7 @@ class SAC:
         if config.fused_layer_norm and config.compile_critic:
             raise HilrlError("SACConfig.fused_layer_norm=True and compile_critic=True do not combine; choose one "
                              "(on CPU the fused kernel is the faster, benchmarks/learner_throughput.py --levers)")
-        if config.compile_critic and self.device.type == "cpu" and not _has_cxx_compiler():
+        if config.compile_critic and self.device.type == "cpu" and not has_cxx_compiler():
             raise HilrlError("SACConfig.compile_critic=True needs a C++ compiler on CPU (torch.compile builds "
                              "C++ kernels); install g++ (or set CXX) or set compile_critic=False")
         self.observation_space, self.action_space = observation_space, action_space
@@ -593,11 +593,6 @@ def resolve_device(device: torch.device | str) -> torch.device:
         raise HilrlError(f"algo.device is {str(device)!r} but torch sees no CUDA device here; use device: auto "
                          "(CPU when there is no GPU) or cpu")
     return device
-
-
-def _has_cxx_compiler() -> bool:
-    """Whether torch.compile can build CPU kernels here (it uses ``$CXX``, else g++ or clang++)."""
-    return any(shutil.which(name) for name in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if name)
 
 
 def _demo_mask(online_size: int, demo_size: int, cfg: SACConfig) -> np.ndarray:
