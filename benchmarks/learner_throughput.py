@@ -33,14 +33,16 @@ ours with 2 critics at utd 1 (the work the algorithm needs; SB3 does a little mo
 The matmul probe and every learner are timed in turn within each repeat (best of
 ``--repeats`` each), so on a shared machine all rows see the same conditions.
 
-Our rows come eager and with ``SACConfig.fused_layer_norm`` (the C++ kernel of
-``hilrl.policies.kernels``, built on first use; ``--no-fused`` leaves those rows out).
+Our rows come eager, with ``SACConfig.fused_layer_norm`` (the C++ kernel of
+``hilrl.policies.kernels``, built on first use; ``--no-fused`` leaves those rows out), and with
+``SACConfig.cpu_fused_update`` (the whole update as one C++ call, ``hilrl.policies.fused_update``,
+no autograd; ``--no-cpp-update`` leaves those rows out).
 
 ``--levers`` times instead what each speed lever gives our update (2 critics at utd 1 and ``--utd``,
 10 critics at utd 1), in turn with the eager reference: the ``foreach`` Adam instead of the fused one, the
 fused LayerNorm kernel, the compiled critic ensembles (``SACConfig.compile_critic``), the whole
-update under ``torch.compile`` with compiled autograd, and (10 critics) every member in one batched matmul
-instead of two at a time (``networks.CPU_MEMBER_CHUNK``).
+update under ``torch.compile`` with compiled autograd, the whole update in C++ (``SACConfig.cpu_fused_update``),
+and (10 critics) every member in one batched matmul instead of two at a time (``networks.CPU_MEMBER_CHUNK``).
 
 Run: ``taskset -c 0 python benchmarks/learner_throughput.py [--device cuda] [--threads 1] [--compile]
 [--cuda-graph] [--levers]``.
@@ -238,6 +240,7 @@ def lever_steps(args: argparse.Namespace, device: torch.device, data) -> tuple[d
         ("fused LayerNorm kernel", {"fused_layer_norm": True}, None),
         ("compiled critic ensembles", {"compile_critic": True}, None),
         ("whole update compiled", {}, whole_update),
+        ("whole update in C++", {"cpu_fused_update": True}, None),
     ]
     steps, rows = {}, []
     for critics, utd in ((2, 1), (2, args.utd), (10, 1)):
@@ -284,6 +287,8 @@ def main() -> None:
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--skip-jax", action="store_true", help="leave out the JAX RLPD peer rows")
     parser.add_argument("--no-fused", action="store_true", help="leave out the rows with SACConfig.fused_layer_norm")
+    parser.add_argument("--no-cpp-update", action="store_true",
+                        help="leave out the rows with SACConfig.cpu_fused_update")
     parser.add_argument("--levers", action="store_true",
                         help="time what each speed lever gives our update instead of the comparison table")
     args = parser.parse_args()
@@ -316,14 +321,16 @@ def main() -> None:
             iterations["sb3"] = 1  # one call runs --iterations updates
             rows.append(("sb3", "stable-baselines3 SAC", 2, 1, 0.0))
         variants: list[tuple[str, dict]] = [("", {})]
-        if device.type == "cpu" and not args.no_fused:
+        if device.type == "cpu" and not (args.no_fused and args.no_cpp_update):
             from hilrl.policies.kernels import kernels_buildable
 
             missing = kernels_buildable()
-            if missing is None:
+            if missing is not None:
+                notes.append(f"fused LayerNorm and C++ update rows skipped: the C++ build needs {missing}")
+            if missing is None and not args.no_fused:
                 variants.append((" (fused LayerNorm)", {"fused_layer_norm": True}))
-            else:
-                notes.append(f"fused LayerNorm rows skipped: the kernel needs {missing}")
+            if missing is None and not args.no_cpp_update:
+                variants.append((" (C++ update)", {"cpu_fused_update": True}))
         if args.compile:
             variants.append((" (compiled critic)", {"compile_critic": True}))
         if args.cuda_graph:

@@ -1,16 +1,21 @@
 """Preference learning on hilrl tasks: success of SAC trained on learned rewards vs the true reward.
 
 Variants (synthetic teachers, state observations, same SAC settings as ``sim_configs/push_prefs.yaml``):
-``true`` (SAC on the task's dense reward), ``bt`` (Bradley-Terry + PEBBLE with N queries, uniform or
-disagreement selection; PEBBLE, Lee et al. 2021, rll-research/BPref), ``heron`` (the factor ranking alone;
+``true`` (SAC on the task's dense reward), ``bt`` (Bradley-Terry + PEBBLE's relabelling with N queries, uniform
+or disagreement selection; PEBBLE, Lee et al. 2021, rll-research/BPref), ``unsup`` (``bt`` after PEBBLE's
+state-entropy pre-training for ``--unsup-steps`` env steps), ``heron`` (the factor ranking alone;
 HERON, abukharin3/HERON), ``rapl`` (RAPL's OT reward on images from <= 150 triplets, Spearman with the
-true return; arXiv:2412.04835) and ``page`` (the labelling page in headless Chromium: keypress to the
-next query's videos playing). The regret-teacher variant needs a reference V* and is not run here.
+true return; arXiv:2412.04835), ``regret`` and ``regret_pr`` (the regret teacher of Knox et al.,
+arXiv:2206.02231, with the regret loss or the partial-return Bradley-Terry loss; V*(s) = Q(s, π(s)) of the
+same seed's ``true`` run, which must come first in ``--variants``) and ``page`` (the labelling page in
+headless Chromium: keypress to the next query's videos playing).
 Agreement = accuracy of the reward model on held-out segment pairs and Spearman of segment returns,
 against the true reward (the source's last ``reward/agreement`` and ``reward/spearman``).
 
     python benchmarks/preference_learning.py --tasks Push --seeds 0 --steps 6000 --queries 300 \
         --selections disagreement --variants true bt heron
+    python benchmarks/preference_learning.py --tasks Push --seeds 0 --steps 6000 --queries 500 \
+        --selections disagreement --variants true regret regret_pr
     python benchmarks/preference_learning.py --variants rapl page
 """
 
@@ -28,6 +33,8 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+RL_VARIANTS = ("true", "bt", "unsup", "regret", "regret_pr", "heron")
+QUERY_VARIANTS = ("bt", "unsup", "regret", "regret_pr")  # rows for each --queries and --selections
 HERON_FACTORS = {"Reach": [{"term": "distance", "better": "lower"}],
                  "Push": [{"term": "goal_distance", "better": "lower"}, {"term": "reach_distance", "better": "lower"}]}
 
@@ -36,7 +43,8 @@ def base_config(task: str, steps: int, seed: int) -> dict:
     raw = yaml.safe_load((ROOT / "sim_configs" / "push_prefs.yaml").read_text())
     raw["env"]["id"] = f"hilrl/{task}-v0"
     raw["train"].update(steps=steps, seed=seed, checkpoint_every=steps)
-    if task == "Reach":
+    if task == "Reach":  # no cube: no relative positions
+        raw["env"].pop("relative_positions", None)
         raw["algo"]["obs_keys"] = raw["reward"]["kwargs"]["obs_keys"] = ["ee_pos", "object"]
     return raw
 
@@ -49,7 +57,29 @@ def last_scalars(run: Path) -> dict[str, float]:
     return {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("reward/")}
 
 
-def run_rl(task: str, variant: str, queries: int, selection: str, steps: int, seed: int, out: Path) -> dict:
+def reference_value(run: Path, keys: list[str]):
+    """V*(obs_rows) = mean Q(s, π(s)) of a finished run's critic and deterministic policy; rows are the reward
+    model's observation keys concatenated (a segment's ``start_obs``/``end_obs``)."""
+    from hilrl.errors import HilrlError
+    from hilrl.runtime.evaluate import load_policy
+
+    if not (run / "metrics.json").is_file():
+        raise HilrlError(f"the regret variants read V* from the true-reward run {run}, which is not there; put "
+                         "'true' before them in --variants (same --out)")
+    _, sac, _ = load_policy(run)
+    shapes = [tuple(sac.observation_space[k].shape) for k in keys]
+    cuts = np.cumsum([int(np.prod(s)) for s in shapes])[:-1]
+
+    def value(rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, np.float32)
+        obs = {k: part.reshape(len(rows), *shape) for k, part, shape in zip(keys, np.split(rows, cuts, axis=1), shapes)}
+        return sac.q_value(obs, sac.act(obs, deterministic=True))
+
+    return value
+
+
+def run_rl(task: str, variant: str, queries: int, selection: str, steps: int, seed: int, out: Path,
+           unsup_steps: int = 1000, test_episodes: int = 100) -> dict:
     from hilrl.config import validate_config
     from hilrl.runtime.train import train
 
@@ -63,10 +93,29 @@ def run_rl(task: str, variant: str, queries: int, selection: str, steps: int, se
         kwargs = raw["reward"]["kwargs"]
         sessions = max(1, (steps - kwargs["first_query_at"]) // kwargs["query_every"])
         kwargs.update(max_queries=queries, selection=selection, queries_per_session=max(1, -(-queries // sessions)))
+        if variant == "unsup":
+            kwargs.update(unsupervised_steps=unsup_steps)
+        if variant in ("regret", "regret_pr"):
+            kwargs.update(teacher={"kind": "regret", "discount": raw["algo"].get("gamma", 0.99)},
+                          loss="regret" if variant == "regret" else "bradley_terry")
     run = out / f"{task}_{variant}_{queries}_{selection}_s{seed}"
-    result = train(validate_config(raw, source=f"benchmark {task} {variant}"), run, show_progress=False)
+    config = validate_config(raw, source=f"benchmark {task} {variant}")
+    source = None
+    if variant in ("regret", "regret_pr"):
+        from hilrl.feedback.preferences.source import PreferenceSettings, PreferenceSource
+        from hilrl.feedback.preferences.store import PreferenceStore
+
+        settings = PreferenceSettings.model_validate(raw["reward"]["kwargs"])
+        value = reference_value(out / f"{task}_true_0_-_s{seed}", raw["algo"]["obs_keys"])
+        source = PreferenceSource(settings, PreferenceStore.for_run(run), seed=seed, value=value)
+    result = train(config, run, show_progress=False, reward_source=source)
     scalars = last_scalars(run) if variant != "true" else {}
-    return {"success": result.success_rate, "agreement": scalars.get("reward/agreement", float("nan")),
+    test = float("nan")
+    if test_episodes:  # the run's policy again on more unseen episodes: 20 leave a standard error near 0.11
+        from hilrl.runtime.evaluate import evaluate_run
+
+        test = evaluate_run(run, episodes=test_episodes, show_progress=False).success_rate
+    return {"success": result.success_rate, "test_success": test, "agreement": scalars.get("reward/agreement", float("nan")),
             "spearman": scalars.get("reward/spearman", float("nan")), "labels": scalars.get("reward/labels", 0)}
 
 
@@ -166,6 +215,9 @@ def main() -> None:
     parser.add_argument("--queries", nargs="+", type=int, default=[100, 300, 1000])
     parser.add_argument("--selections", nargs="+", default=["uniform", "disagreement"])
     parser.add_argument("--variants", nargs="+", default=["true", "bt", "heron", "rapl", "page"])
+    parser.add_argument("--unsup-steps", type=int, default=1000, help="variant unsup: pre-training env steps")
+    parser.add_argument("--test-episodes", type=int, default=100, help="the run's policy re-evaluated on this many "
+                        "test episodes (column 'test'; 0 = skip)")
     parser.add_argument("--rapl-triplets", type=int, default=150)
     parser.add_argument("--page-labels", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
@@ -178,27 +230,32 @@ def main() -> None:
     rows = []
     for task in args.tasks:
         for seed in args.seeds:
-            for variant in [v for v in args.variants if v in ("true", "bt", "heron")]:
-                settings = ([(q, s) for q in args.queries for s in args.selections] if variant == "bt"
+            for variant in [v for v in args.variants if v in RL_VARIANTS]:
+                settings = ([(q, s) for q in args.queries for s in args.selections] if variant in QUERY_VARIANTS
                             else [(0, "-")])
                 for queries, selection in settings:
-                    result = run_rl(task, variant, queries, selection, args.steps, seed, out)
+                    result = run_rl(task, variant, queries, selection, args.steps, seed, out, args.unsup_steps,
+                                    args.test_episodes)
                     rows.append((task, seed, variant, queries, selection, result))
                     print(f"{task} seed {seed} {variant} q={queries} {selection}: {result}", flush=True)
-    print(f"\n| task | variant | queries | selection | seeds | success | agreement | spearman | / true |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"\n| task | variant | queries | selection | seeds | success | / true | test {args.test_episodes} | / true "
+          f"| agreement | spearman |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for task in args.tasks:
-        true = [r["success"] for t, _, v, _, _, r in rows if t == task and v == "true"]
-        base = float(np.mean(true)) if true else float("nan")
+        true = [r for t, _, v, _, _, r in rows if t == task and v == "true"]
+        base = float(np.mean([r["success"] for r in true])) if true else float("nan")
+        base_test = float(np.mean([r["test_success"] for r in true])) if true else float("nan")
         keys = sorted({(v, q, s) for t, _, v, q, s, _ in rows if t == task})
         for variant, queries, selection in keys:
             group = [r for t, _, v, q, s, r in rows if t == task and (v, q, s) == (variant, queries, selection)]
             success = float(np.mean([g["success"] for g in group]))
+            test = float(np.mean([g["test_success"] for g in group]))
             agree = float(np.mean([g["agreement"] for g in group]))
             rho = float(np.mean([g["spearman"] for g in group]))
             ratio = success / base if base and base == base else float("nan")
-            print(f"| {task} | {variant} | {queries or '-'} | {selection} | {len(group)} | {success:.2f} | "
-                  f"{agree:.2f} | {rho:.2f} | {ratio:.2f} |")
+            test_ratio = test / base_test if base_test and base_test == base_test else float("nan")
+            print(f"| {task} | {variant} | {queries or '-'} | {selection} | {len(group)} | {success:.2f} | {ratio:.2f} "
+                  f"| {test:.2f} | {test_ratio:.2f} | {agree:.2f} | {rho:.2f} |")
     if "rapl" in args.variants:
         print("\nRAPL on Reach images (32 px, front camera):", rapl_benchmark(args.rapl_triplets, args.seeds[0]))
     if "page" in args.variants:

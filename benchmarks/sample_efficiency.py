@@ -111,6 +111,14 @@ def composition(run_dir: Path, keep: int | None) -> None:
     rows = [("whole demos", phase_rows(whole))]
     if keep is not None:
         rows.append((f"cut {keep} steps after success", phase_rows([e.cut_after_success(keep) for e in whole])))
+    if (run_dir / "bc_rollouts.hdf5").exists():  # demos.bc_rollouts: the BC policy's episodes join them
+        with DemoFile(run_dir / "bc_rollouts.hdf5") as file:
+            rollouts = [file.episode(name) for name in file.demo_names]
+        if keep is not None:
+            rollouts = [e.cut_after_success(keep) for e in rollouts]
+        success = np.mean([e.success for e in rollouts])
+        rows.append((f"+ {len(rollouts)} BC rollouts ({success:.0%} successful)",
+                     {k: rows[-1][1][k] + v for k, v in phase_rows(rollouts).items()}))
     print(f"\ndemo buffer, {len(whole)} demos: rows per phase")
     print("| demos | " + " | ".join(rows[0][1]) + " | total |")
     print("|---|" + "---|" * (len(rows[0][1]) + 1))

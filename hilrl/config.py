@@ -98,6 +98,10 @@ class DemosConfig(_Strict):
         False, description="online RL: copy the policy's own successful episodes to the demo buffer too (cut "
         "like the demos), so the demo share of each batch grows with what worked (RLPD's few-demo setting adds "
         "BC rollouts; HIL-SERL keeps adding intervention steps)")
+    bc_rollouts: int = Field(
+        0, ge=0, description="online RL: episodes of a behaviour-cloning policy fitted on the demos, recorded once "
+        "into OUT/bc_rollouts.hdf5 and added to the demo buffer with them, cut like the demos (RLPD's few-demo "
+        "setting, ikostrikov/rlpd include_bc_data: the offline data gains the states just off the demos)")
 
 
 class InterventionConfig(_Strict):
@@ -306,6 +310,11 @@ class ExperimentConfig(_Strict):
         if spec.loop == "sb3" and tc.random_steps:
             raise ValueError(f"train.random_steps is not used by {name!r}: SB3 acts uniformly at random for the first "
                              "train.learning_starts steps; set random_steps: 0 and tune learning_starts")
+        if self.demos.bc_rollouts and (spec.loop != "online" or distributed or not (self.demos.path or
+                                                                                    self.demos.episodes)):
+            raise ValueError(f"demos.bc_rollouts records a BC policy fitted on the demos for the online loop (runtime: "
+                             f"local, e.g. algo: sac, with demos.episodes > 0 or demos.path); algo {name!r} with "
+                             f"runtime {self.runtime.mode!r} and {self.demos.episodes} demos cannot; remove it")
         if self.demos.add_successes and (spec.loop != "online" or distributed):
             raise ValueError(f"demos.add_successes copies successful episodes in the online loop (runtime: local, "
                              f"e.g. algo: sac); algo {name!r} with runtime {self.runtime.mode!r} does not; remove it")

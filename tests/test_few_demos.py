@@ -48,9 +48,34 @@ def test_the_policys_successful_episodes_join_the_demo_buffer(tmp_path):
         assert demo["truncated"][ids == copied][-1] or demo["terminated"][ids == copied][-1]
 
 
+def test_bc_rollouts_are_recorded_once_and_join_the_demo_buffer(tmp_path):
+    """RLPD's few-demo setting: a BC policy fitted on the demos is rolled out and its episodes, failures
+    included, join the demo buffer after the demos; a resumed run reads them from the run folder."""
+    raw = experiment(demos={"episodes": 3, "bc_rollouts": 4}, train={"steps": 150, "checkpoint_every": 150})
+    train(validate_config(raw), tmp_path, show_progress=False)
+    with DemoFile(tmp_path / "demos.hdf5") as file:
+        demos = [file.episode(name) for name in file.demo_names]
+    with DemoFile(tmp_path / "bc_rollouts.hdf5") as file:
+        rollouts = [file.episode(name) for name in file.demo_names]
+    assert len(rollouts) == 4 and all(e.attrs["device"] == "bc" for e in rollouts)
+    assert {e.attrs["seed"] for e in rollouts}.isdisjoint(e.attrs["seed"] for e in demos), "states the demos lack"
+    demo = stored(tmp_path, "demo")
+    assert len(np.unique(demo["extras/episode"])) == 7
+    assert len(demo["actions"]) == sum(map(len, demos)) + sum(map(len, rollouts))
+    rows = sum(map(len, demos))
+    assert np.allclose(demo["actions"][rows: rows + len(rollouts[0])], rollouts[0].actions)
+    # the BC policy's actions are not the expert's: they were not copied from the demos
+    assert not np.allclose(rollouts[0].actions[:5], demos[0].actions[:5])
+    stamp = (tmp_path / "bc_rollouts.hdf5").stat().st_mtime_ns
+    train(validate_config({**raw, "train": {**raw["train"], "steps": 300}}), tmp_path, show_progress=False)
+    assert (tmp_path / "bc_rollouts.hdf5").stat().st_mtime_ns == stamp, "a resumed run does not record again"
+
+
 def test_add_successes_is_refused_where_no_online_loop_copies_them():
     with pytest.raises(ConfigError, match="demos.add_successes"):
         validate_config(experiment(demos={"episodes": 2, "add_successes": True}, algo={"name": "bc"}))
+    with pytest.raises(ConfigError, match="demos.bc_rollouts"):
+        validate_config(experiment(demos={"episodes": 0, "bc_rollouts": 5}))
 
 
 def test_tensorboard_has_q_split_by_demo_and_online_rows_and_q_against_the_return(tmp_path):

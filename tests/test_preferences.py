@@ -104,6 +104,38 @@ def test_disagreement_selection_picks_the_pairs_the_members_disagree_on():
     assert len(select_queries(None, first, second, 2, "disagreement", np.random.default_rng(0))) == 2
 
 
+def test_disagreement_over_k_way_rankings_sums_the_members_disagreement_over_the_expanded_pairs():
+    from hilrl.feedback.preferences.models import select_rankings
+
+    model = RewardEnsemble(1, members=2, hidden=[4])
+    model.per_member = lambda x: torch.stack([x.squeeze(-1), -x.squeeze(-1)])  # members split on the sign of x
+    # three 3-way candidates (n, K=3, L=1, D=1): all alike; one item apart; every item apart
+    groups = np.array([[[[0.0]], [[0.0]], [[0.1]]], [[[0.0]], [[0.0]], [[2.0]]], [[[-1.0]], [[0.0]], [[1.5]]]],
+                      np.float32)
+    assert select_rankings(model, groups, 3, "disagreement", np.random.default_rng(0)).tolist() == [2, 1, 0]
+    pairs = groups[:, :2]  # K = 2: the pair score of select_queries
+    assert (select_rankings(model, pairs, 3, "disagreement", np.random.default_rng(0)).tolist()
+            == select_queries(model, pairs[:, 0], pairs[:, 1], 3, "disagreement", np.random.default_rng(0)).tolist())
+    assert select_rankings(model, groups, 1, "entropy", np.random.default_rng(0)).tolist() == [0], \
+        "the ensemble mean is 0 for every pair: all equally uncertain, the first kept"
+
+
+def test_a_run_asks_k_way_rankings_chosen_by_its_fitted_ensemble_and_learns_from_them(tmp_path):
+    config = reach_config(tmp_path, {"source": "preferences", "kwargs": {
+        "segment_length": 10, "ranking_size": 3, "first_query_at": 300, "query_every": 200, "queries_per_session": 15,
+        "max_queries": 30, "epochs": 30, "obs_keys": ["ee_pos", "object"], "teacher": {"kind": "partial_return"}}})
+    result = runner.invoke(app, ["train", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    store = PreferenceStore.for_run(tmp_path / "run")
+    queries = store.queries()
+    assert len(queries) == 30 and {q["kind"] for q in queries} == {"ranking"}
+    assert [q["source_version"] for q in queries[15:]] == [1] * 15, "the second session was chosen by a fitted model"
+    assert {lab.label for lab in store.labels().values()} == {"ranking"}
+    scalars = reward_scalars(tmp_path / "run")
+    assert scalars["reward/labels"][-1] == 30 and scalars["reward/version"][-1] == 2
+    assert scalars["reward/agreement"][-1] > 0.7, "90 pairs from 30 rankings teach the true reward's order"
+
+
 # ---- RAPL's optimal transport ---------------------------------------------------------------------
 
 def test_the_ot_plan_of_a_video_against_itself_is_near_diagonal_and_beats_a_shuffled_copy():
@@ -116,6 +148,77 @@ def test_the_ot_plan_of_a_video_against_itself_is_near_diagonal_and_beats_a_shuf
     assert np.trace(plan) > 0.9 * plan.sum(), "near-diagonal: almost all mass matches each frame with itself"
     shuffled = video[torch.as_tensor(rng.permutation(20))] + 0.5 * torch.randn(20, 16)
     assert float(ot_score(video, video)) > float(ot_score(video, shuffled))
+
+
+def frames_of(colour, n=6, size=16, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    frames = np.broadcast_to(np.asarray(colour, np.float64), (n, size, size, 3))
+    frames = frames + rng.normal(0, noise, (n, size, size, 3))
+    return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def image_rows(frames, episode=0):
+    """Stored rows of one episode whose resulting frames are ``frames``, as a reward source sees them."""
+    from hilrl.data.buffers import RewardBatch
+
+    n, no = len(frames), np.zeros(len(frames), bool)
+    return RewardBatch({"front": frames}, np.zeros((n, 4), np.float32), {"front": frames}, no, no,
+                       np.zeros(n, np.float32), {}, no, no, np.full(n, episode), np.arange(n))
+
+
+def test_rapl_refits_when_new_triplets_arrive_in_the_run_store_and_bumps_its_version(tmp_path):
+    from hilrl.config import RewardConfig
+    from hilrl.feedback.preferences.rapl import RaplModel, make_rapl_source
+    from hilrl.feedback.rewards import SourceContext
+
+    model = RaplModel(seed=0)
+    model.set_demos([frames_of((200, 40, 40), seed=k, noise=10) for k in range(2)])  # the expert's videos: red
+    model.save(tmp_path / "rapl.pt")
+    config = RewardConfig(source="rapl", kwargs={"model": str(tmp_path / "rapl.pt"), "refit_every": 50, "epochs": 2})
+    source = make_rapl_source(config, SourceContext(run_dir=tmp_path / "run"))
+    rollout = image_rows(frames_of((120, 120, 40), noise=10))
+    before = source(rollout)
+    assert source.after_step({}, None, 50) is None and source.version == 0, "no triplets yet"
+    store = PreferenceStore.for_run(tmp_path / "run")  # a person ranks three videos on the page: red > yellow > green
+    sids = [store.add_segment({"frames": frames_of(c, noise=10, seed=9)}) for c in ((40, 200, 40), (200, 40, 40),
+                                                                                  (120, 120, 40))]
+    store.add_label(store.add_query(sids), "ranking", "ana", order=[1, 2, 0])
+    assert source.after_step({}, None, 60) is None, "between looks at the store"
+    scalars = source.after_step({}, None, 100)
+    assert scalars["triplets"] == 1 and source.version == 1
+    assert not np.allclose(source(rollout), before), "the head moved and the demos were embedded again"
+    assert source.after_step({}, None, 150) is None and source.version == 1, "no new triplet: no refit"
+    old = RaplModel.load(tmp_path / "rapl.pt")
+    old.demo_videos = []
+    old.save(tmp_path / "old.pt")
+    with pytest.raises(HilrlError, match="set_demos"):
+        make_rapl_source(RewardConfig(source="rapl", kwargs={"model": str(tmp_path / "old.pt"), "refit_every": 50}),
+                         SourceContext(run_dir=tmp_path / "run"))
+
+
+def test_the_success_classifier_refits_on_frames_labelled_during_the_run_fixing_a_false_positive(tmp_path):
+    from hilrl.config import RewardConfig
+    from hilrl.feedback.preferences.classifier import SuccessClassifier, SuccessLabels, make_classifier_source
+    from hilrl.feedback.rewards import SourceContext
+
+    success, failure = frames_of((220, 30, 30), n=40, noise=20), frames_of((30, 30, 30), n=40, noise=20, seed=1)
+    classifier = SuccessClassifier(lr=3e-3, seed=0)
+    classifier.fit(np.concatenate([success, failure]), np.r_[np.ones(40, bool), np.zeros(40, bool)], epochs=30)
+    classifier.save(tmp_path / "classifier.pt")
+    config = RewardConfig(source="success_classifier", kwargs={"model": str(tmp_path / "classifier.pt"),
+                                                               "refit_every": 100, "epochs": 30})
+    source = make_classifier_source(config, SourceContext(run_dir=tmp_path / "run"))
+    near_miss = frames_of((220, 200, 30), n=20, noise=20, seed=2)  # the cube near the goal, not on it: yellow
+    rows = image_rows(np.concatenate([success[:10], near_miss]))
+    before = source(rows)
+    assert before[:10].all() and before[10:].mean() > 0.5, "the near misses pay as successes: false positives"
+    SuccessLabels.for_run(tmp_path / "run").add(near_miss, np.zeros(20, bool), who="ana")  # marked failures
+    assert source.after_step({}, None, 150) is None and source.version == 0, "between looks at the labels"
+    scalars = source.after_step({}, None, 200)
+    assert source.version == 1 and scalars["labelled_frames"] == 100, "the saved 80 frames and the 20 new ones"
+    after = source(rows)
+    assert after[:10].all() and after[10:].mean() < 0.2, "refitted: true successes still pay, near misses not"
+    assert source.after_step({}, None, 300) is None and source.version == 1
 
 
 # ---- the store ------------------------------------------------------------------------------------
@@ -260,6 +363,65 @@ def test_a_refit_mid_run_moves_the_rewards_of_rows_stored_before_it():
     assert not np.allclose(rewards_by_version[2], rewards_by_version[1]), "the second refit relabelled old rows"
     true = replay.online.rewards[:50]
     assert np.corrcoef(rewards_by_version[2], true)[0, 1] > 0.5
+
+
+def test_pebble_state_entropy_pays_more_for_states_far_from_those_stored():
+    from hilrl.feedback.preferences.entropy import StateEntropy, knn_distances
+
+    rng = np.random.default_rng(0)
+    seen = rng.normal(0.0, 0.05, size=(500, 3))  # states the buffer holds: a tight cluster at the origin
+    assert knn_distances(np.array([[0.0, 0.0, 3.0]]), np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0]]), 1) == 2.0
+    entropy = StateEntropy(k=5)
+    entropy.refresh(seen)
+    rewards = entropy(np.concatenate([seen[:20], [[0.5, 0.5, 0.0], [1.0, -1.0, 1.0]]]))
+    familiar, novel = rewards[:20], rewards[20:]
+    assert novel.min() > 5 * familiar.max() and novel[1] > novel[0], "farther from what was seen: more reward"
+    assert (familiar > 0).all(), "the state itself (distance 0) is skipped: BPref's k + 1"
+    raw = knn_distances(seen[:20], seen, 6)
+    assert entropy.stats.count == 22 and np.allclose(familiar * entropy.stats.std, raw, rtol=1e-5), \
+        "distances over their running std"
+
+
+def test_pebble_pretraining_rewards_state_entropy_then_switches_to_the_learned_reward():
+    """``unsupervised_steps``: entropy rewards on every stored row until then, the preference model's after."""
+    import tempfile
+
+    import gymnasium as gym
+
+    import hilrl.envs  # noqa: F401
+    from hilrl.data.buffers import Replay
+    from hilrl.feedback.preferences.source import PreferenceSettings, PreferenceSource
+    from hilrl.runtime.seeds import Seeds
+    from hilrl.runtime.steps import StepSource, TransitionStorage, fresh_counters
+
+    env = gym.make("hilrl/Reach-v0", max_episode_steps=20)
+    replay = Replay.create(env.observation_space, env.action_space, 1000)
+    settings = PreferenceSettings(segment_length=5, first_query_at=60, query_every=100, queries_per_session=40,
+                                  max_queries=80, epochs=20, obs_keys=["ee_pos", "object"], unsupervised_steps=100,
+                                  entropy_refresh=25, teacher={"kind": "partial_return"})
+    source = PreferenceSource(settings, PreferenceStore(tempfile.mkdtemp()), seed=0)
+    replay.set_reward_source(source)
+    counters = fresh_counters()
+    steps = StepSource(env, lambda o: env.action_space.sample(), Seeds(0), counters, random_steps=1000)
+    storage = TransitionStorage(replay, copy_interventions=False)
+    seen, phases, labelled_by = {}, [], {}
+    for _ in range(200):
+        storage.add(transition := steps.step())
+        scalars = source.after_step(transition, replay, counters["env_steps"]) or {}
+        if "pretraining" in scalars:
+            phases.append((counters["env_steps"], scalars["pretraining"]))
+        if counters["env_steps"] in (99, 200):
+            seen[counters["env_steps"]] = replay.online.gather(np.arange(50))["rewards"].copy()
+            labelled_by[counters["env_steps"]] = len(source.store.labels())
+    env.close()
+    assert phases[0] == (1, 1.0) and phases[-1] == (100, 0.0) and all(p == 1.0 for _, p in phases[:-1])
+    assert [step for step, _ in phases[1:-1]] == [25, 50, 75], "re-rewarded against the grown buffer"
+    assert (seen[99] > 0).all() and seen[99].std() > 0, "pre-training: k-NN distances, positive, varying"
+    assert labelled_by[99] == 40, "queries asked and labelled during pre-training; their fit waits for the switch"
+    assert (seen[200] <= 1e-6).all(), "the learned reward: shifted so that the best stored row gets 0"
+    true = replay.online.rewards[:50]
+    assert np.corrcoef(seen[200], true)[0, 1] > 0.5
+    assert np.corrcoef(seen[99], true)[0, 1] < np.corrcoef(seen[200], true)[0, 1]
 
 
 def test_heron_trains_from_the_factor_ranking_alone(tmp_path):

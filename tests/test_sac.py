@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from hilrl.data.buffers import ReplayBuffer, mixed_sample
 from hilrl.errors import HilrlError
@@ -103,14 +104,19 @@ def test_compiled_critic_update_matches_eager():
     assert_same_updates(eager, compiled)
 
 
-def assert_same_updates(eager: SAC, fast: SAC) -> ReplayBuffer:
-    """Three updates of both learners on the same batches and noise give the same metrics and networks."""
+def assert_same_updates(eager: SAC, fast: SAC, demo_rows: int = 0) -> ReplayBuffer:
+    """Three updates of both learners on the same batches and noise give the same metrics and networks
+    (``demo_rows``: that many rows at the end of every 16-row slice are marked as demo rows)."""
     buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 100)
     fill(buf, 100, np.random.default_rng(0))
     rng = np.random.default_rng(1)
     for _ in range(3):
-        batch, noise = batch_to_torch(buf.sample(32, rng), "cpu"), eager.draw_noise(16)
+        sample = buf.sample(16 * eager.config.utd, rng)
+        if demo_rows:
+            sample["demo_mask"] = np.tile((np.arange(16) >= 16 - demo_rows).astype(np.float32), eager.config.utd)
+        batch, noise = batch_to_torch(sample, "cpu"), eager.draw_noise(16)
         m1, m2 = eager.train_on_batch(batch, noise), fast.train_on_batch(batch, noise)
+        assert m1.keys() == m2.keys()
         for key in m1:
             torch.testing.assert_close(m1[key], m2[key], rtol=1e-4, atol=1e-5)
     for ours, reference in ((fast.critic, eager.critic), (fast.target, eager.target), (fast.actor, eager.actor)):
@@ -144,6 +150,8 @@ def plain_rlpd_update(sac: SAC, batch, noise, critic, target, actor, log_alpha, 
         with torch.no_grad():
             for p_target, p in zip(target.parameters(), critic.parameters()):
                 p_target.mul_(1 - cfg.tau).add_(cfg.tau * p)
+    if cfg.actor_batch == "whole":  # SERL's update_high_utd: the actor on every row
+        obs = x_of(batch["obs"])
     a, logp = actor.sample(obs, noise["actor_eps"])
     xq = torch.cat([obs, a], -1)
     q = torch.stack([member_forward(critic, m, xq) for m in range(cfg.num_critics)]).mean(0)
@@ -157,14 +165,16 @@ def plain_rlpd_update(sac: SAC, batch, noise, critic, target, actor, log_alpha, 
     alpha_opt.step()
 
 
-@pytest.mark.parametrize("num_critics", [2, 4])
-def test_update_matches_a_plain_rlpd_update_written_out(num_critics):
+@pytest.mark.parametrize("num_critics, serl", [(2, {}), (4, {}),
+                                               (4, dict(actor_batch="whole", actor_layer_norm=True, init="xavier"))])
+def test_update_matches_a_plain_rlpd_update_written_out(num_critics, serl):
     """The speed work changes how the update runs, never what it computes: same state, batch and noise, the
     same networks and temperature after each update as the written-out reference (2 critics: the min runs
-    over both members unindexed; 4: over the two drawn)."""
+    over both members unindexed; 4: over the two drawn; SERL's state agent: LayerNorm in the actor, xavier
+    init, the actor step on the whole utd batch)."""
     import copy
 
-    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(num_critics=num_critics, utd=2, **SMALL), seed=3)
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(num_critics=num_critics, utd=2, **serl, **SMALL), seed=3)
     critic, target = copy.deepcopy(sac.critic["q"]), copy.deepcopy(sac.target["q"])
     actor = copy.deepcopy(sac.actor)
     log_alpha = sac.log_temperature.detach().clone().requires_grad_(True)
@@ -200,6 +210,62 @@ def test_fused_layer_norm_update_matches_eager(num_critics):
     obs = {k: torch.as_tensor(v) for k, v in buf.sample(8, np.random.default_rng(2))["obs"].items()}
     torch.testing.assert_close(fused.critic["q"](fused.encoder(obs), torch.zeros(8, 2)),
                                eager.critic["q"](eager.encoder(obs), torch.zeros(8, 2)), rtol=1e-4, atol=1e-5)
+
+
+def needs_cpp_update() -> None:
+    from hilrl.policies.kernels import kernels_buildable
+
+    if kernels_buildable() is not None:
+        pytest.skip(f"the C++ update needs {kernels_buildable()}")
+
+
+@pytest.mark.parametrize("num_critics, utd, extra", [
+    (2, 1, {}), (2, 2, {}), (10, 1, {}), (10, 2, {}),
+    (4, 2, dict(bc_coef=0.5)),  # TD3+BC's demo term, and the two target members drawn from four
+    (2, 2, dict(backup_entropy=False, learn_temperature=False, normalize_obs=True, init_temperature=0.1)),
+])
+def test_cpu_fused_update_matches_eager(num_critics, utd, extra):
+    """``cpu_fused_update`` is speed only: from the same state, batch and noise, the same update as the eager
+    reference (critic steps, target members, actor through the critic, temperature, Adam, Polyak, metrics)."""
+    needs_cpp_update()
+    config = dict(num_critics=num_critics, utd=utd, **extra, **SMALL)
+    eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
+    fast = SAC(STATE_SPACE, ACT_SPACE, SACConfig(cpu_fused_update=True, **config), seed=2)
+    if extra.get("normalize_obs"):  # a fitted standardisation that clips some features
+        buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 50)
+        fill(buf, 50, np.random.default_rng(5))
+        for learner in (eager, fast):
+            learner.encoder.fit_state_normalizer({k: 0.2 * v[:50] for k, v in buf.obs.items()}, 0.05, 1.5)
+            learner.target["encoder"].load_state_dict(learner.encoder.state_dict())
+    assert_same_updates(eager, fast, demo_rows=6 if "bc_coef" in extra else 0)
+    torch.testing.assert_close(fast.log_temperature, eager.log_temperature, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in fast.critic.parameters())  # its gradients live in its own buffers
+
+
+def fill_and_sample(rows: int = 32):
+    buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 64)
+    fill(buf, 64, np.random.default_rng(7))
+    return buf.sample(rows, np.random.default_rng(8))
+
+
+def test_cpu_fused_update_continues_an_eager_checkpoint_and_refuses_what_it_does_not_compute():
+    """A fast learner loaded from an eager one's checkpoint (optimiser state included) goes on as the eager
+    one does; configurations the C++ update does not write out are refused with the option to change."""
+    needs_cpp_update()
+    eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL, utd=2), seed=4)
+    fast = SAC(STATE_SPACE, ACT_SPACE, SACConfig(cpu_fused_update=True, **SMALL, utd=2), seed=9)
+    assert_same_updates(eager, SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL, utd=2), seed=4))  # 3 eager updates
+    fast.train_on_batch(batch_to_torch(fill_and_sample(), "cpu"), fast.draw_noise(16))  # its own state first
+    fast.load_state_dict(eager.state_dict())
+    assert_same_updates(eager, fast)
+    for mine, theirs in zip(fast.critic_params, eager.critic_params):
+        assert int(fast.critic_optimizer.state[mine]["step"]) == int(eager.critic_optimizer.state[theirs]["step"]) == 12
+    image_space = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
+    for space, extra in ((STATE_SPACE, dict(kl_coef=0.1)), (STATE_SPACE, dict(bc_proposal=True)),
+                         (STATE_SPACE, dict(max_grad_norm=1.0)), (STATE_SPACE, dict(actor_batch="whole")),
+                         (STATE_SPACE, dict(critic_layer_norm=False)), (image_space, {})):
+        with pytest.raises(HilrlError, match="cpu_fused_update=False"):
+            SAC(space, ACT_SPACE, SACConfig(cpu_fused_update=True, **extra, **SMALL))
 
 
 @pytest.mark.parametrize("backup_entropy", [True, False])
@@ -644,3 +710,25 @@ def test_policy_weights_carry_everything_acting_needs_including_the_bc_proposals
     assert actor._bc_prior_ready and any(k.startswith("bc_prior.") for k in learner.policy_weights())
     with pytest.raises(HilrlError, match="same config"):
         SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL)).load_policy_weights(learner.policy_weights())
+
+
+def test_xavier_init_and_actor_layer_norm_build_serls_networks():
+    """``init="xavier"``: every actor and critic-member weight within its xavier-uniform bound
+    sqrt(6 / (fan_in + fan_out)), biases zero (RLPD, SERL); ``actor_layer_norm`` adds one LayerNorm per hidden layer."""
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(init="xavier", actor_layer_norm=True, num_critics=3, **SMALL), seed=0)
+    linears = [m for m in sac.actor.modules() if isinstance(m, nn.Linear)]
+    for layer in linears:
+        bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5
+        assert layer.weight.abs().max() <= bound and layer.weight.abs().max() > 0.8 * bound
+        assert torch.count_nonzero(layer.bias) == 0
+    ensemble = sac.critic["q"]
+    for layer in [*ensemble.linears, ensemble.head]:
+        bound = (6.0 / (layer.in_features + layer.out_features)) ** 0.5
+        assert layer.weight.abs().amax(dim=(1, 2)).le(bound).all() and torch.count_nonzero(layer.bias) == 0
+        assert not torch.equal(layer.weight[0], layer.weight[1])  # members drawn apart
+    assert sum(isinstance(m, nn.LayerNorm) for m in sac.actor.modules()) == len(SMALL["hidden"])
+    default = SAC(STATE_SPACE, ACT_SPACE, SACConfig(num_critics=3, **SMALL), seed=0)
+    assert not any(isinstance(m, nn.LayerNorm) for m in default.actor.modules())
+    assert torch.count_nonzero(default.critic["q"].head.bias) > 0  # PyTorch's default init keeps its biases
+    with pytest.raises(HilrlError, match="init must be torch or xavier"):
+        SACConfig(init="orthogonal")

@@ -33,13 +33,20 @@ class SACConfig:
         num_critics: ensemble size. 2 (HIL-SERL); RLIF/RLPD use 10.
         num_min_critics: target members the min is taken over. 2 (RLPD, RLIF).
         hidden: hidden widths of actor and critics. (256, 256) (HIL-SERL); RLIF uses (256, 256, 256).
-        critic_layer_norm: LayerNorm in every critic hidden layer (RLPD, HIL-SERL). The actor has none (RLPD).
+        critic_layer_norm: LayerNorm in every critic hidden layer (RLPD, HIL-SERL).
+        actor_layer_norm: LayerNorm after every actor hidden layer, before its ReLU. False (RLPD, HIL-SERL);
+            SERL's state agent has it (rail-berkeley/serl, ``MLP(use_layer_norm=True)``).
+        init: weight initialisation of actor and critics. ``torch``: PyTorch's default (``nn.Linear``'s
+            uniform in ``±1/sqrt(fan_in)`` for weights and biases). ``xavier``: xavier-uniform weights and zero
+            biases, per ensemble member (RLPD, SERL: ``nn.initializers.xavier_uniform``).
         actor_lr, critic_lr, temperature_lr: Adam learning rates, 3e-4 everywhere (RLPD, RLIF, HIL-SERL).
         gamma: discount, 0.99 (RLPD, RLIF, LeRobot); HIL-SERL uses 0.97.
         tau: Polyak rate of the target critic, 0.005 (RLPD, RLIF).
         batch_size: minibatch size per critic step, 256 (all three).
         utd: critic steps per actor step, each on its own slice of one ``batch_size * utd`` batch.
             1 (LeRobot; RLIF Walker2d); RLIF Pen 5, Hopper 15. HIL-SERL's ``critic_actor_ratio`` (2) maps here.
+        actor_batch: the rows of the actor and temperature step. ``last_slice``: the last critic minibatch
+            (RLPD, HIL-SERL). ``whole``: all ``utd * batch_size`` rows (SERL's ``update_high_utd``).
         init_temperature: initial alpha, 1.0 (RLPD, RLIF). LeRobot's docs suggest 1e-2 for real robots.
         target_entropy: entropy target; ``None`` means ``-|A| / 2`` (RLPD, RLIF).
         learn_temperature: tune alpha towards ``target_entropy`` (SAC, RLPD).
@@ -90,6 +97,13 @@ class SACConfig:
             Speed only (same maths, last-bit differences). The first learner built compiles the kernel
             (about a minute, then cached); needs a C++ compiler and ninja. Off by default. Not with
             ``compile_critic``.
+        cpu_fused_update: on CPU, run the whole update (``utd`` critic steps, actor, temperature, Adam and
+            Polyak) as one C++ call with the forward and backward passes written out, no autograd
+            (:mod:`hilrl.policies.fused_update`). Speed only (same maths and noise, last-bit differences);
+            the eager update stays the reference. State observations only, and not with ``kl_coef``,
+            ``bc_proposal``, ``max_grad_norm``, ``critic_layer_norm=False``, ``actor_layer_norm``,
+            ``actor_batch="whole"``, ``compile_critic`` or ``cuda_graph`` (the learner refuses them). The first learner built compiles it (about a minute, then cached); needs a C++
+            compiler and ninja. Off by default.
         device: where networks live and updates run: ``auto`` (CUDA when torch sees a GPU, else CPU),
             ``cpu``, ``cuda`` or ``cuda:N``.
         cuda_graph: capture the whole update as one CUDA graph after three eager warm-up updates (CUDA
@@ -102,6 +116,8 @@ class SACConfig:
     num_min_critics: int = 2
     hidden: tuple[int, ...] = (256, 256)
     critic_layer_norm: bool = True
+    actor_layer_norm: bool = False
+    init: str = "torch"
     actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     temperature_lr: float = 3e-4
@@ -109,6 +125,7 @@ class SACConfig:
     tau: float = 0.005
     batch_size: int = 256
     utd: int = 1
+    actor_batch: str = "last_slice"
     init_temperature: float = 1.0
     target_entropy: float | None = None
     learn_temperature: bool = True
@@ -133,6 +150,7 @@ class SACConfig:
     bc_coef: float = 0.0
     compile_critic: bool = False
     fused_layer_norm: bool = False
+    cpu_fused_update: bool = False
     device: str = "auto"
     cuda_graph: bool = False
 
@@ -151,6 +169,9 @@ class SACConfig:
             (0.0 < self.tau <= 1.0, f"tau must be within (0, 1], got {self.tau}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.utd >= 1, f"utd must be >= 1, got {self.utd}"),
+            (self.init in ("torch", "xavier"), f"init must be torch or xavier, got {self.init!r}"),
+            (self.actor_batch in ("last_slice", "whole"),
+             f"actor_batch must be last_slice (RLPD) or whole (SERL's update_high_utd), got {self.actor_batch!r}"),
             (self.init_temperature > 0.0, f"init_temperature must be > 0, got {self.init_temperature}"),
             (0.0 <= self.demo_fraction <= 1.0, f"demo_fraction must be within [0, 1], got {self.demo_fraction}"),
             (self.kl_coef >= 0.0, f"kl_coef must be >= 0, got {self.kl_coef}"),

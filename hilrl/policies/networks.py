@@ -145,15 +145,31 @@ class CriticEnsemble(nn.Module):
         return torch.baddbmm(head[1], x, head[0]).squeeze(-1)
 
 
-def mlp(input_dim: int, hidden: Sequence[int], output_dim: int) -> nn.Sequential:
-    """Plain ReLU MLP."""
+def mlp(input_dim: int, hidden: Sequence[int], output_dim: int, layer_norm: bool = False) -> nn.Sequential:
+    """ReLU MLP; ``layer_norm`` puts a LayerNorm between each hidden layer's linear map and its ReLU (SERL's
+    ``MLP(use_layer_norm=True)``)."""
     layers: list[nn.Module] = []
     width = input_dim
     for size in hidden:
-        layers += [nn.Linear(width, size), nn.ReLU()]
+        layers += [nn.Linear(width, size), *([nn.LayerNorm(size)] if layer_norm else []), nn.ReLU()]
         width = size
     layers.append(nn.Linear(width, output_dim))
     return nn.Sequential(*layers)
+
+
+@torch.no_grad()
+def xavier_init_(module: nn.Module) -> nn.Module:
+    """Xavier-uniform weights and zero biases for every linear map in ``module``, ensemble members each on their
+    own ``(in, out)`` (RLPD and SERL: ``nn.initializers.xavier_uniform``, zero bias); LayerNorms keep ones/zeros."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        elif isinstance(layer, EnsembleLinear):
+            bound = math.sqrt(6.0 / (layer.in_features + layer.out_features))
+            layer.weight.uniform_(-bound, bound)
+            layer.bias.zero_()
+    return module
 
 
 def squashed_log_prob(noise: torch.Tensor, log_std: torch.Tensor, pre_tanh: torch.Tensor) -> torch.Tensor:
@@ -174,11 +190,11 @@ class TanhGaussianActor(nn.Module):
     """
 
     def __init__(self, input_dim: int, action_dim: int, hidden: Sequence[int],
-                 log_std_min: float = -20.0, log_std_max: float = 2.0):
+                 log_std_min: float = -20.0, log_std_max: float = 2.0, layer_norm: bool = False):
         super().__init__()
         self.action_dim = action_dim
         self.log_std_min, self.log_std_max = log_std_min, log_std_max
-        self.net = mlp(input_dim, hidden, 2 * action_dim)
+        self.net = mlp(input_dim, hidden, 2 * action_dim, layer_norm)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and clipped log-std of the pre-squash Gaussian."""

@@ -8,9 +8,10 @@ One update (``SAC.train_on_batch``) on a batch of ``utd * batch_size`` transitio
    ``backup_entropy=False`` (RLIF), or ``kl_coef * (log pi - log pi_BC)`` with a
    BC prior (Demonstration-Regularized RL). Truncated steps bootstrap. After each
    critic step the target networks move by Polyak averaging (``tau``).
-2. One actor step on the last slice: minimise ``reg(s, a) - mean_i Q_i(s, a)``, plus, with
-   ``bc_coef > 0``, ``bc_coef * mean|Q| * ||tanh(mu(s)) - a_demo||^2`` on that slice's demo rows
-   (TD3+BC's behaviour-cloning term with its Q-scale normalisation; not part of RLPD).
+2. One actor step on the last slice (every row with ``actor_batch="whole"``, SERL): minimise
+   ``reg(s, a) - mean_i Q_i(s, a)``, plus, with ``bc_coef > 0``,
+   ``bc_coef * mean|Q| * ||tanh(mu(s)) - a_demo||^2`` on that slice's demo rows (TD3+BC's
+   behaviour-cloning term with its Q-scale normalisation; not part of RLPD).
 3. One temperature step: minimise ``alpha * (-log pi - target_entropy)``.
 
 Image observations go through an encoder owned by the critic (critic gradients
@@ -19,7 +20,9 @@ Reference semantics: RLPD (Ball et al. 2023, "Efficient Online Reinforcement Lea
 ikostrikov/rlpd) and HIL-SERL (Luo et al. 2024, arXiv:2410.21845, rail-berkeley/hil-serl @ 5d02aed).
 
 The hot path keeps metrics as tensors (no ``.item()`` per update): convert with
-``{k: float(v) for k, v in metrics.items()}`` only when logging.
+``{k: float(v) for k, v in metrics.items()}`` only when logging. On a CPU, ``SACConfig.cpu_fused_update``
+computes the same update as one C++ call (:mod:`hilrl.policies.fused_update`); ``_update_tensors`` stays the
+reference.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ from hilrl.errors import HilrlError
 from hilrl.policies.bc_prior import GaussianBCPrior
 from hilrl.policies.configs import SACConfig
 from hilrl.policies.encoders import ObservationEncoder
+from hilrl.policies.fused_update import FusedCPUUpdate, unsupported
 from hilrl.policies.kernels import has_cxx_compiler
-from hilrl.policies.networks import CriticEnsemble, TanhGaussianActor
+from hilrl.policies.networks import CriticEnsemble, TanhGaussianActor, xavier_init_
 
 TensorTree = dict[str, Any]
 
@@ -149,13 +153,26 @@ class SAC:
                                     fused=config.fused_layer_norm and self.device.type == "cpu"),
             }).to(self.device)
             self.actor = TanhGaussianActor(encoder.feature_dim, self.action_dim, config.hidden,
-                                           config.log_std_min, config.log_std_max).to(self.device)
+                                           config.log_std_min, config.log_std_max,
+                                           config.actor_layer_norm).to(self.device)
+            if config.init == "xavier":
+                xavier_init_(self.critic["q"])
+                xavier_init_(self.actor)
         self.target = copy.deepcopy(self.critic).requires_grad_(False)
         self.encoder: ObservationEncoder = encoder
         self.keys = encoder.state_keys + encoder.image_keys
         if config.freeze_encoder:
             encoder.requires_grad_(False)
         self.encoder_trains = any(p.requires_grad for p in encoder.parameters())
+        if config.cpu_fused_update:
+            reason = unsupported(config)
+            if self.device.type != "cpu":
+                reason = f"device {self.device} (it is a CPU update)"
+            elif encoder.has_images:
+                reason = "image observations (the image encoder is not written out)"
+            if reason is not None:
+                raise HilrlError(f"SACConfig.cpu_fused_update=True does not compute the update with {reason}; set "
+                                 "cpu_fused_update=False (the eager update does)")
         self.log_temperature = torch.tensor(float(np.log(config.init_temperature)), device=self.device,
                                             requires_grad=True)
 
@@ -185,6 +202,7 @@ class SAC:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_warmups = 0
         self._static: tuple[TensorTree, TensorTree, TensorTree] | None = None
+        self._fused_update = FusedCPUUpdate(self) if config.cpu_fused_update else None
 
     def _adam(self, params: list[torch.Tensor], lr: float, capturable: bool) -> torch.optim.Adam:
         if self.device.type == "cuda":
@@ -236,14 +254,15 @@ class SAC:
     def draw_noise(self, batch_size: int) -> TensorTree:
         """All randomness one update uses, from the learner's generator.
 
-        ``next_eps (utd*B, A)`` and ``actor_eps (B, A)`` are policy noise, ``members (utd, K)`` the
-        target members of each critic step, ``obs_shift``/``next_shift`` the image shifts per key.
+        ``next_eps (utd*B, A)`` and ``actor_eps (B, A)`` (``(utd*B, A)`` with ``actor_batch="whole"``) are
+        policy noise, ``members (utd, K)`` the target members of each critic step, ``obs_shift``/``next_shift`` the image shifts per key.
         """
         cfg, g, dev = self.config, self.generator, self.device
         total = batch_size * cfg.utd
         noise: TensorTree = {
             "next_eps": torch.randn(total, self.action_dim, generator=g, device=dev),
-            "actor_eps": torch.randn(batch_size, self.action_dim, generator=g, device=dev),
+            "actor_eps": torch.randn(total if cfg.actor_batch == "whole" else batch_size, self.action_dim,
+                                     generator=g, device=dev),
             "members": torch.rand(cfg.utd, cfg.num_critics, generator=g, device=dev)
             .argsort(dim=1)[:, : cfg.num_min_critics],
         }
@@ -329,7 +348,12 @@ class SAC:
             with torch.no_grad():
                 torch._foreach_lerp_(*self._polyak_pairs, cfg.tau)
 
-        # Actor and temperature on the last slice (RLPD): features detached from the encoder.
+        # Actor and temperature on the last slice (RLPD) or on every row (SERL's update_high_utd); features
+        # detached from the encoder.
+        critic_part = part
+        if cfg.actor_batch == "whole":
+            part = slice(None)
+            obs = batch["obs"]
         with torch.no_grad():
             features = self.encoder(obs, None if obs_shift is None else _slice(obs_shift, part))
         actions, log_prob = self.actor.sample(features, noise["actor_eps"])
@@ -357,7 +381,7 @@ class SAC:
             "temperature_loss": temperature_loss.detach(), "bc_loss": bc_loss.detach(),
         }
         if "demo_mask" in batch:  # "q" mixes demo and online rows: their values apart (the last critic slice)
-            demo_rows, q_rows = batch["demo_mask"][part], q.detach().mean(dim=0)
+            demo_rows, q_rows = batch["demo_mask"][critic_part], q.detach().mean(dim=0)
             online_rows = 1.0 - demo_rows
             metrics["q_demo"] = (q_rows * demo_rows).sum() / demo_rows.sum().clamp(min=1.0)
             metrics["q_online"] = (q_rows * online_rows).sum() / online_rows.sum().clamp(min=1.0)
@@ -386,6 +410,8 @@ class SAC:
         noise = self.draw_noise(batch_size) if noise is None else noise
         if self.cuda_graph:
             metrics = self._graphed_update(batch, noise)
+        elif self._fused_update is not None:
+            metrics = self._fused_update(batch, noise)
         else:
             metrics = self._update_tensors(batch, noise)
         self.num_updates += 1
@@ -530,8 +556,8 @@ class SAC:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`; the architecture settings must match this learner's."""
         saved = state.get("config", {})
-        arch = ("obs_keys", "num_critics", "hidden", "critic_layer_norm", "image_latent_dim", "image_channels",
-                "image_strides")
+        arch = ("obs_keys", "num_critics", "hidden", "critic_layer_norm", "actor_layer_norm", "image_latent_dim",
+                "image_channels", "image_strides")
         mine = dataclasses.asdict(self.config)
         for name in arch:
             theirs = saved.get(name)
@@ -559,6 +585,8 @@ class SAC:
             self.bc_prior.load_state_dict(state["bc_prior"])
             self._bc_prior_ready = self.bc_prior.is_fitted
         self._graph, self._static = None, None  # optimiser state tensors were replaced: recapture
+        if self._fused_update is not None:
+            self._fused_update.reset()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write :meth:`state_dict` to ``path`` through a temp file and a rename."""

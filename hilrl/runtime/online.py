@@ -60,7 +60,7 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
 
     resumed = run.resume(algo, replay)
     if resumed is None:
-        replay.add_demos(demo_episodes)
+        replay.add_demos(demo_episodes + run.bc_rollouts(demo_episodes, show_progress))
     else:
         counters.update(resumed["counters"])
         steps.rng.bit_generator.state = resumed["rng"]

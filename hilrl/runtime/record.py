@@ -86,3 +86,36 @@ def record_demos(
         if owned:
             teleop.close()
     return stats
+
+
+def record_bc_rollouts(env_config: EnvConfig, demo_episodes: list, out: str | os.PathLike, episodes: int,
+                       obs_keys: Any = None, seed: int = 0, train_seed: int = 0, bc_steps: int = 3000,
+                       show_progress: bool = True) -> RolloutStats:
+    """Fit :class:`~hilrl.policies.bc.BC` on ``demo_episodes`` (``bc_steps`` steps) and record ``episodes`` of it.
+
+    Episode ``i`` is reset with seed ``seed + i``; every episode is written, failed ones too (RLPD's BC
+    data keeps them: they show where imitation leaves the demos). The BC policy acts deterministically.
+    """
+    from hilrl.policies.bc import BC
+    from hilrl.policies.configs import BCConfig
+
+    env = make_env(env_config)
+    try:
+        bc = BC(env.observation_space, env.action_space, BCConfig(obs_keys=obs_keys), seed=train_seed)
+        bc.set_dataset(demo_episodes)
+        for _ in range(bc_steps):
+            bc.train_step()
+        stats = RolloutStats.empty()
+        env_kwargs: dict[str, Any] = env_config.make_kwargs()
+        env_kwargs["cameras"] = list(env_kwargs["cameras"])
+        with DemoWriter(out, env_config.id, env_kwargs) as writer, make_progress(not show_progress) as bar:
+            task = bar.add_task(f"BC rollouts {env_config.id}", total=episodes, stats="")
+            for i in range(episodes):
+                episode = run_episode(env, bc.act, seed=seed + i)
+                episode.attrs["device"] = "bc"
+                stats.add(episode)
+                writer.add(episode)
+                bar.update(task, advance=1, stats=f"success {stats.success_rate:.0%}")
+    finally:
+        env.close()
+    return stats

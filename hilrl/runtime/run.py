@@ -140,6 +140,36 @@ class RunFolder:
             episodes = [episode.cut_after_success(demos.keep_after_success) for episode in episodes]
         return episodes
 
+    def bc_rollouts(self, demo_episodes: list, show_progress: bool = True) -> list:
+        """``demos.bc_rollouts`` episodes of a BC policy fitted on ``demo_episodes``, cut after success like the demos.
+
+        RLPD's few-demo setting (Ball et al. 2023, ikostrikov/rlpd ``include_bc_data``) adds such rollouts
+        to the offline data, so the critic sees the states just off the demos, where a policy from few demos
+        drifts first. Recorded once into ``OUT/bc_rollouts.hdf5`` (seeds after the demos'; a resumed run
+        reads the file) with :class:`~hilrl.policies.bc.BC` on the learner's state keys, 3000 steps.
+        """
+        from hilrl.data.hdf5 import DemoFile
+        from hilrl.runtime.record import record_bc_rollouts
+        from hilrl.runtime.seeds import Seeds
+
+        demos = self.config.demos
+        if not demos.bc_rollouts:
+            return []
+        path = self.out / "bc_rollouts.hdf5"
+        if not path.exists():
+            record_bc_rollouts(self.config.env, demo_episodes, path, demos.bc_rollouts,
+                               obs_keys=getattr(self.config.algo, "obs_keys", None),
+                               seed=Seeds(self.config.train.seed).demo(len(demo_episodes)),
+                               train_seed=self.config.train.seed, show_progress=show_progress)
+        with DemoFile(path) as file:
+            episodes = [file.episode(name) for name in file.demo_names]
+        if len(episodes) != demos.bc_rollouts:
+            raise HilrlError(f"{path} holds {len(episodes)} BC rollouts, the config asks for {demos.bc_rollouts}; "
+                             "delete the file to record them again, or pass a new --out folder")
+        if demos.keep_after_success is not None:
+            episodes = [episode.cut_after_success(demos.keep_after_success) for episode in episodes]
+        return episodes
+
     def _demo_mismatches(self, stored: dict[str, Any], episodes: list, own: bool) -> list[str]:
         """What differs between the config and a demo file (its ``env_args`` and episodes)."""
         env, demos = self.config.env, self.config.demos

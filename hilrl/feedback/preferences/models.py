@@ -131,16 +131,32 @@ def select_queries(model: RewardEnsemble | None, first: np.ndarray, second: np.n
     ``uniform``: at random; ``disagreement``: largest std over members of P(σ1 ≻ σ2); ``entropy``:
     largest entropy of the ensemble mean's P(σ1 ≻ σ2). Without a trained model every method is uniform.
     """
-    n = len(first)
+    return select_rankings(model, np.stack([first, second], axis=1), count, method, rng)
+
+
+def select_rankings(model: RewardEnsemble | None, groups: np.ndarray, count: int, method: str,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``count`` candidate K-way queries to ask about; ``groups``: ``(n, K, L, D)`` segments.
+
+    A K-way ranking is scored over the K(K-1)/2 pairs it expands to (:func:`~hilrl.feedback.preferences.store.
+    ranking_pairs`, the pairs the model is trained on): ``disagreement`` sums over them the std over members
+    of P(σi ≻ σj) (PEBBLE's ``feed_type`` disagreement, summed), ``entropy`` sums the entropy of the
+    ensemble mean's P(σi ≻ σj). For K = 2 both are PEBBLE's pair scores.
+    """
+    n = len(groups)
+    if method not in ("uniform", "disagreement", "entropy"):
+        raise ValueError(f"query selection {method!r}: use uniform, disagreement or entropy")
     if method == "uniform" or model is None:
         return rng.choice(n, size=min(count, n), replace=False)
-    margin = model.member_returns(first) - model.member_returns(second)  # (M, n)
-    prob = 1.0 / (1.0 + np.exp(-margin))
-    if method == "disagreement":
-        score = prob.std(0)
-    elif method == "entropy":
-        p = np.clip(prob.mean(0), 1e-6, 1 - 1e-6)
-        score = -(p * np.log(p) + (1 - p) * np.log(1 - p))
-    else:
-        raise ValueError(f"query selection {method!r}: use uniform, disagreement or entropy")
+    size = groups.shape[1]
+    returns = model.member_returns(groups.reshape(n * size, *groups.shape[2:])).reshape(-1, n, size)  # (M, n, K)
+    score = np.zeros(n)
+    for i in range(size):
+        for j in range(i + 1, size):
+            prob = 1.0 / (1.0 + np.exp(-(returns[:, :, i] - returns[:, :, j])))  # (M, n)
+            if method == "disagreement":
+                score += prob.std(0)
+            else:
+                p = np.clip(prob.mean(0), 1e-6, 1 - 1e-6)
+                score += -(p * np.log(p) + (1 - p) * np.log(1 - p))
     return np.argsort(-score, kind="stable")[:count]

@@ -9,6 +9,13 @@ Sinkhorn plan (``ot.sinkhorn``, POT; RAPL: entropy 1). The head is trained from 
 the person ranks in the middle must look more like the preferred one than the worst does. The RL
 reward of a rollout at step t is ``−Σ_j C_tj P_tj`` against the closest of a few (5) expert demos.
 
+During a run the source refits when new triplets arrive (``refit_every`` > 0): 3-way ranking labels
+in the run's preference store (``RUN/preferences/``, :mod:`~hilrl.feedback.preferences.store`; best
+first = preferred, neutral, negative) whose segments carry ``frames`` (or MuJoCo ``states``, rendered
+by :class:`~hilrl.feedback.preferences.render.SegmentRenderer` at the camera's size). The head is
+trained further on every triplet so far, the expert demos are embedded again, and the source's
+``version`` bumps, so every stored row's reward is recomputed in bulk (as the Bradley–Terry source does).
+
 No pretrained backbone ships offline here: the frozen backbone is a small convolutional net with a
 fixed random initialisation (random conv features), on small images (``image_size`` 32-64), CPU only.
 """
@@ -92,6 +99,7 @@ class RaplModel:
         self.optimizer = torch.optim.Adam(self.encoder.head.parameters(), lr=lr)
         self.rng = np.random.default_rng(seed)
         self.demos: list[torch.Tensor] = []
+        self.demo_videos: list[np.ndarray] = []  # the raw expert videos, embedded again after a refit
 
     def fit(self, triplets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], epochs: int = 10) -> float:
         """Train the head on ``(preferred, neutral, negative)`` videos; returns the last epoch's mean loss."""
@@ -107,14 +115,15 @@ class RaplModel:
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
             mean = float(np.mean(losses))
         return mean
 
     def set_demos(self, videos: Sequence[np.ndarray]) -> None:
         """The expert demos (RAPL: 5) a rollout is matched against."""
+        self.demo_videos = [np.asarray(v, np.uint8) for v in videos]
         with torch.no_grad():
-            self.demos = [self.encoder(v) for v in videos]
+            self.demos = [self.encoder(v) for v in self.demo_videos]
 
     @torch.no_grad()
     def step_rewards(self, frames: np.ndarray) -> np.ndarray:
@@ -136,7 +145,7 @@ class RaplModel:
 
     def save(self, path: str | Path) -> None:
         torch.save({"head": self.encoder.head.state_dict(), "backbone": self.encoder.backbone.state_dict(),
-                    "reg": self.reg, "demos": self.demos}, path)
+                    "reg": self.reg, "demos": self.demos, "demo_videos": self.demo_videos}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> RaplModel:
@@ -145,11 +154,12 @@ class RaplModel:
         model.encoder.head.load_state_dict(state["head"])
         model.encoder.backbone.load_state_dict(state["backbone"])
         model.demos = state["demos"]
+        model.demo_videos = state.get("demo_videos", [])
         return model
 
 
 class RaplSource:
-    """A fitted RAPL model as a reward source on camera images.
+    """A fitted RAPL model as a reward source on camera images, refitted on new triplets while it trains.
 
     The rewards of an episode's rows are computed together (the OT plan spans the frames of that
     episode present in the batch, in step order), so use it where rows come in whole episodes: the
@@ -157,10 +167,24 @@ class RaplSource:
 
     :param model: a fitted :class:`RaplModel` with demos.
     :param camera: the observation key of the frames.
+    :param store: the run's :class:`~hilrl.feedback.preferences.store.PreferenceStore` the triplets arrive in;
+        None = never refit.
+    :param refit_every: env steps between looks at the store (0 = never refit).
+    :param epochs: passes over all triplets per refit.
+    :param env_config: the run's env config, to render segments that carry MuJoCo states instead of frames.
     """
 
-    def __init__(self, model: RaplModel, camera: str = "front") -> None:
+    def __init__(self, model: RaplModel, camera: str = "front", store: Any = None, refit_every: int = 0,
+                 epochs: int = 3, env_config: Any = None) -> None:
         self.model, self.camera, self.version = model, camera, 0
+        self.store, self.refit_every, self.epochs, self.env_config = store, refit_every, epochs, env_config
+        self.fitted_labels = 0
+        self.videos: dict[str, np.ndarray] = {}
+        self.renderer = None
+        if store is not None and refit_every and not model.demo_videos:
+            raise HilrlError("reward.kwargs.refit_every: refitting RAPL embeds its expert demos again, and this "
+                             "model file holds only their old embeddings (saved by an older hilrl); call "
+                             "RaplModel.set_demos(videos) and save it again, or set refit_every: 0")
 
     def __call__(self, batch) -> np.ndarray:
         if self.camera not in batch.next_obs:
@@ -173,9 +197,68 @@ class RaplSource:
             out[rows] = self.model.step_rewards(batch.next_obs[self.camera][rows])
         return out
 
+    # ---- refits while the robot trains (TrainableRewardSource) -------------------------------
+
+    def after_step(self, transition: Any, replay: Any, env_steps: int) -> dict[str, float] | None:
+        if self.store is None or not self.refit_every or env_steps % self.refit_every:
+            return None
+        triplets = self.triplets()
+        if len(triplets) == self.fitted_labels or not triplets:
+            return None
+        loss = self.model.fit(triplets, epochs=self.epochs)
+        self.model.set_demos(self.model.demo_videos)  # the head moved: embed the demos again
+        self.fitted_labels = len(triplets)
+        self.version += 1
+        return {"triplets": float(len(triplets)), "fit_loss": loss, "version": float(self.version)}
+
+    def triplets(self) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(preferred, neutral, negative) videos of every 3-way ranking label in the store with frames or states."""
+        queries = {q["id"]: q for q in self.store.queries()}
+        out = []
+        for label in self.store.labels().values():
+            sids = queries[label.query]["segments"]
+            if label.label != "ranking" or len(sids) != 3:
+                continue
+            videos = [self._video(sids[i]) for i in label.order]
+            if all(v is not None for v in videos):
+                out.append(tuple(videos))
+        return out
+
+    def _video(self, sid: str) -> np.ndarray | None:
+        if sid not in self.videos:
+            arrays = self.store.segment(sid)
+            if "frames" in arrays:
+                self.videos[sid] = np.asarray(arrays["frames"], np.uint8)
+            elif "states" in arrays and self.env_config is not None and self.model.demo_videos:
+                if self.renderer is None:
+                    from hilrl.feedback.preferences.render import SegmentRenderer
+
+                    self.renderer = SegmentRenderer(self.env_config, size=self.model.demo_videos[0].shape[1])
+                self.videos[sid] = self.renderer.frames(arrays["states"])
+            else:
+                return None  # a segment without frames or states (e.g. a state-only pair) is not a RAPL triplet
+        return self.videos[sid]
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
+            self.renderer = None
+
+    def __repr__(self) -> str:
+        return f"RaplSource(camera={self.camera!r}, triplets={self.fitted_labels}, version={self.version})"
+
 
 def make_rapl_source(config: Any, context: Any) -> RaplSource:
-    """``reward: {source: rapl, kwargs: {model: PATH, camera: front}}``: a model fitted and saved beforehand
-    (``RaplModel.fit`` / ``save``, as ``benchmarks/preference_learning.py`` does)."""
-    kwargs, path = saved_model_kwargs(config, "rapl", {"model", "camera"}, "RaplModel")
-    return RaplSource(RaplModel.load(path), kwargs.get("camera", "front"))
+    """``reward: {source: rapl, kwargs: {model: PATH, camera: front, refit_every: 500, epochs: 3}}``: a model fitted
+    and saved beforehand (``RaplModel.fit`` / ``save``, as ``benchmarks/preference_learning.py`` does), refitted
+    every ``refit_every`` env steps on new triplets of the run's preference store (0, the default: never)."""
+    kwargs, path = saved_model_kwargs(config, "rapl", {"model", "camera", "refit_every", "epochs"}, "RaplModel")
+    refit_every = int(kwargs.get("refit_every", 0))
+    store = None
+    if refit_every:
+        from hilrl.feedback.preferences.source import require_run_dir
+        from hilrl.feedback.preferences.store import PreferenceStore
+
+        store = PreferenceStore.for_run(require_run_dir(context, "rapl"))
+    return RaplSource(RaplModel.load(path), kwargs.get("camera", "front"), store, refit_every,
+                      int(kwargs.get("epochs", 3)), getattr(context, "env_config", None))

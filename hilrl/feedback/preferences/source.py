@@ -4,14 +4,33 @@ PEBBLE (Lee et al. 2021, "PEBBLE: Feedback-Efficient Interactive Reinforcement L
 Relabeling Experience and Unsupervised Pre-training"; rll-research/BPref ``train_PEBBLE.py``): from
 ``first_query_at`` env steps on, every ``query_every`` steps a session asks ``queries_per_session``
 queries over segments cut from the online buffer, chosen from ``candidates`` times as many at
-random by ``selection`` (``feed_type``: uniform, ensemble disagreement, entropy), until
-``max_queries``. Each label lands in the run's :class:`~hilrl.feedback.preferences.store.PreferenceStore`;
-the ensemble is refitted on every label so far and the source's ``version`` bumped, so the buffers
-relabel every stored row in bulk (PEBBLE's relabelling). Without a ``teacher`` a person labels on
+random by ``selection`` (``feed_type``: uniform, ensemble disagreement, entropy; a K-way ranking is
+scored over the pairs it expands to), until ``max_queries``. Each label lands in the run's
+:class:`~hilrl.feedback.preferences.store.PreferenceStore`; the ensemble is refitted on every label
+so far and the source's ``version`` bumped, so the buffers relabel every stored row in bulk
+(PEBBLE's relabelling). Without a ``teacher`` a person labels on
 the page (``hilrl label RUN``) while the run trains: the source writes its queries as pending,
 checks the store every ``label_check_every`` steps and refits when new labels came. Before the
-first fit the reward is 0 (PEBBLE's unsupervised state-entropy pre-training is not implemented;
-``train.random_steps`` explores instead).
+first fit the reward is 0.
+
+PEBBLE's unsupervised pre-training (``unsupervised_steps`` > 0; BPref's ``num_unsup_steps``, 9000 of
+its 1M-step runs): until that many env steps the reward is the state entropy of
+:mod:`hilrl.feedback.preferences.entropy` (the k-th nearest-neighbour distance of a row's resulting
+state among the stored ones, k = ``entropy_k``, over a running std), refreshed every
+``entropy_refresh`` steps; at step ``unsupervised_steps`` the source switches to the learned reward
+(0 before the first fit) and bumps its version, so every stored row is relabelled (PEBBLE's
+relabelling after pre-training). Queries may be asked during pre-training (``first_query_at``
+below ``unsupervised_steps``); their fits take effect at the switch. BPref also re-initialises the
+critic at the switch (``agent.reset_critic``); this source does not reach into the learner, so
+SAC's critic carries on from its pre-training values.
+
+Each refit trains a fresh ensemble on every label so far, its inputs standardised on their segments
+(``warm_start: true`` keeps training the previous one, as BPref does). Warm starts with the
+standardisation of the first fit failed on Push: the first segments come from an arm that has not
+yet moved the cube, so the cube's orientation had a spread below the 1e-3 floor there; once the
+cube moved, its standardised values reached ~700 and saturated the members' tanh (training accuracy
+stuck near 0.89, Spearman with the true return falling from 0.89 to 0.51 over 500 labels, where a
+fresh fit on the same labels reached 0.99 and 0.93).
 
 The reward of a row is the ensemble's mean on (next_obs keys, action), scaled by its std over the
 online buffer at each refit and shifted so that the buffer's best row gets 0, times ``reward_scale``
@@ -70,11 +89,19 @@ class PreferenceSettings(BaseModel):
     lr: float = Field(3e-4, gt=0)
     epochs: int = Field(50, ge=1, description="passes over the labels per refit (PEBBLE: reward_update)")
     batch_size: int = Field(128, ge=1)
+    warm_start: bool = Field(False, description="True = BPref's: each refit trains the previous ensemble further "
+                             "(inputs standardised once, at the first fit); False = a fresh ensemble on every label")
     obs_keys: list[str] | None = Field(None, description="next_obs keys the model reads; None = every state key")
     reward_scale: float = Field(1.0, gt=0, description="the standardised reward times this")
     label_check_every: int = Field(100, ge=1, description="person labelling: env steps between looks at the store")
     render_states: bool | None = Field(None, description="keep MuJoCo states for the page's videos; None = when "
                                        "a person labels")
+    unsupervised_steps: int = Field(0, ge=0, description="PEBBLE's unsupervised pre-training: env steps "
+                                    "rewarded by state entropy before the learned reward takes over (BPref: "
+                                    "num_unsup_steps 9000 of 1M); 0 = off")
+    entropy_k: int = Field(5, ge=1, description="pre-training: the k of the k-NN state entropy (PEBBLE: 5)")
+    entropy_refresh: int = Field(100, ge=1, description="pre-training: env steps between re-rewarding the "
+                                 "stored rows against the grown buffer (a version bump)")
     agreement_pairs: int = Field(200, ge=0, description="random held-out pairs scored against the true reward "
                                  "at each refit (logged as reward/agreement)")
 
@@ -146,10 +173,18 @@ class PreferenceSource:
         self.segments: dict[str, Segment] = {}
         self.fitted_labels = -1
         self.last: dict[str, float] = {}
+        self.entropy = None
+        if settings.unsupervised_steps:
+            from hilrl.feedback.preferences.entropy import StateEntropy
+
+            self.entropy = StateEntropy(settings.entropy_k, seed=seed)
+        self.pretraining = self.entropy is not None  # PEBBLE's unsupervised phase (module docstring)
 
     # ---- the reward -------------------------------------------------------------------------
 
     def __call__(self, batch) -> np.ndarray:
+        if self.pretraining:
+            return self.entropy(state_features(batch.next_obs, self._keys(batch.next_obs)))
         if self.model is None:
             return np.zeros(len(batch), np.float32)
         keys = self._keys(batch.next_obs)
@@ -166,6 +201,7 @@ class PreferenceSource:
     def after_step(self, transition: dict, replay: Any, env_steps: int) -> dict[str, float] | None:
         s = self.settings
         online = replay.online
+        pretraining_scalars = self._pretraining_step(online, env_steps) if self.entropy is not None else None
         if self.wants_sim_state and "sim_state" in transition:
             slot = (online.pos - 1) % online.capacity
             key = (int(online.extras["episode"][slot]), int(online.extras["step"][slot]))
@@ -183,7 +219,24 @@ class PreferenceSource:
                 self.refit(online, labels)
             elif self.fitted_labels < 0:
                 self.fitted_labels = 0
-            return dict(self.last)
+            return {**self.last, **(pretraining_scalars or {})}
+        return pretraining_scalars
+
+    def _pretraining_step(self, online, env_steps: int) -> dict[str, float] | None:
+        """PEBBLE's unsupervised phase: refresh the entropy reward's reference states, and end the phase."""
+        s = self.settings
+        if self.pretraining and env_steps >= s.unsupervised_steps:
+            self.pretraining = False  # the learned reward from now on (0 until the first fit)
+            self.version += 1
+            return {"pretraining": 0.0, "version": float(self.version)}
+        if self.pretraining and (env_steps % s.entropy_refresh == 0 or not len(self.entropy.reference)):
+            if len(online):
+                keys = self._keys({k: v[:1] for k, v in online.obs.items()})
+                rows = np.arange(len(online))
+                self.entropy.refresh(state_features(online.reward_batch(rows).next_obs, keys))
+                self.version += 1
+                return {"pretraining": 1.0, "version": float(self.version),
+                        "entropy_std": float(self.entropy.stats.std)}
         return None
 
     def query_session(self, online) -> None:
@@ -196,14 +249,10 @@ class PreferenceSource:
         pool = cut_segments(online, count * s.candidates * s.ranking_size, s.segment_length, keys, self.rng,
                             self.states if self.wants_sim_state else None, index)
         groups = [pool[i:i + s.ranking_size] for i in range(0, len(pool), s.ranking_size)]
-        if s.ranking_size == 2:
-            from hilrl.feedback.preferences.models import select_queries
+        from hilrl.feedback.preferences.models import select_rankings
 
-            first = np.stack([g[0].features for g in groups])
-            second = np.stack([g[1].features for g in groups])
-            chosen = select_queries(self.model, first, second, count, s.selection, self.rng)
-        else:  # K-way rankings are drawn uniformly
-            chosen = self.rng.choice(len(groups), size=count, replace=False)
+        chosen = select_rankings(self.model, np.stack([[seg.features for seg in g] for g in groups]), count,
+                                 s.selection, self.rng)
         for g in chosen:
             sids = []
             for segment in groups[int(g)]:
@@ -246,7 +295,7 @@ class PreferenceSource:
             return
         x1 = np.stack([seg.features for seg in first])
         x2 = np.stack([seg.features for seg in second])
-        if self.model is None:
+        if self.model is None or not s.warm_start:  # a fresh ensemble, standardised on every label's segments
             self.model = RewardEnsemble(x1.shape[-1], s.members, s.hidden, s.lr, seed=self.seed)
             self.model.set_normalisation(np.concatenate([x1, x2]).reshape(-1, x1.shape[-1]))
         deltas = None
@@ -284,6 +333,12 @@ class PreferenceSource:
     def __repr__(self) -> str:
         return (f"PreferenceSource(loss={self.settings.loss!r}, selection={self.settings.selection!r}, "
                 f"labels={self.fitted_labels}, version={self.version})")
+
+
+def state_features(next_obs, keys) -> np.ndarray:
+    """The states the entropy reward compares: the model's observation keys of ``next_obs``, ``(n, D)``."""
+    n = len(next(iter(next_obs.values())))
+    return np.concatenate([np.asarray(next_obs[k], np.float32).reshape(n, -1) for k in keys], axis=1)
 
 
 def agreement_with_true(model, segments: list[Segment]) -> dict[str, float]:

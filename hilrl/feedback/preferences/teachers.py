@@ -126,7 +126,7 @@ def make_teacher(spec: dict | None, seed: int, value: Callable | None = None):
         discount = spec.pop("discount", 1.0)
         spec.pop("critic", None)
         if value is None:
-            raise HilrlError("teacher kind 'regret' needs teacher.critic: a reference critic's run folder "
-                             "(benchmarks/train_reference_critic.py)")
+            raise HilrlError("teacher kind 'regret' needs teacher.value: 'module:function' returning V*(obs_rows), "
+                             "e.g. from a reference critic (benchmarks/train_reference_critic.py)")
         return RegretTeacher(value, discount=discount, seed=seed, **spec)
     raise HilrlError(f"teacher.kind {kind!r}: use partial_return or regret")
