@@ -22,10 +22,12 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from machine import describe_machine
 from train_reference_critic import OBS_KEYS, ensure_reference
 
+FEW_DEMOS = Path(__file__).resolve().parents[1] / "sim_configs/pick_cube_few_demos.yaml"
 METHODS = ("rlif", "hil_serl", "hg_dagger", "dagger", "bc", "sac_dense")
 
 
@@ -34,14 +36,19 @@ def method_config(method: str, task: str, noise: float, steps: int, seed: int, q
     demos = {"episodes": 10, "noise": noise}
     train = {"steps": steps, "seed": seed, "learning_starts": 500, "eval_episodes": 50,
              "checkpoint_every": steps, "video": False}
-    sac = {"name": "sac", "num_critics": 2, "utd": 2, "gamma": 0.97, "init_temperature": 0.05, "obs_keys": OBS_KEYS}
+    # the RL methods learn with the few-demo recipe that learns PickCube from 10 demos (its algo section, and its
+    # demo cut and BC rollouts); not its add_successes, which would read the task's success flag that RLIF discards
+    recipe = yaml.safe_load(FEW_DEMOS.read_text())
+    sac = {**recipe["algo"], "obs_keys": OBS_KEYS}
+    rl_demos = {**demos, "keep_after_success": recipe["demos"]["keep_after_success"],
+                "bc_rollouts": recipe["demos"]["bc_rollouts"]}
     value_gate = {"source": "value", "q_ref": q_ref, "expert_noise": noise, "beta": 0.97}
     bc_like = {"obs_keys": OBS_KEYS, "round_steps": max(steps // 10, 100), "updates_per_round": 500}
     if method == "rlif":
-        return {"env": env, "demos": demos, "algo": {**sac, "backup_entropy": False},
+        return {"env": env, "demos": rl_demos, "algo": {**sac, "backup_entropy": False},
                 "intervention": {**value_gate, "learn_from": "rlif"}, "train": train}
     if method == "hil_serl":
-        return {"env": {**env, "reward_type": "sparse"}, "demos": demos, "algo": sac,
+        return {"env": {**env, "reward_type": "sparse"}, "demos": rl_demos, "algo": sac,
                 "intervention": {**value_gate, "learn_from": "hil_serl"}, "train": train}
     if method == "hg_dagger":
         return {"env": env, "demos": demos, "algo": {"name": "hg_dagger", **bc_like},
@@ -85,14 +92,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20000)
     parser.add_argument("--reference-steps", type=int, default=8000, help="env steps of the reference critic's SAC "
                         "(the value gate's Q_ref; the configs' q_ref_steps default)")
+    parser.add_argument("--experts", nargs="+", type=float, default=None, metavar="SUCCESS",
+                        help="expert qualities to run, by their success (keys of NOISE_FOR_SUCCESS, e.g. 0.4); "
+                        "default all")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("runs/rlif_vs_dagger"))
     args = parser.parse_args()
 
+    for task in args.tasks:
+        unknown = sorted(set(args.experts or ()) - set(NOISE_FOR_SUCCESS[task]))
+        if unknown:
+            parser.error(f"--experts {unknown}: {task} has experts of success {sorted(NOISE_FOR_SUCCESS[task])}")
+    qualities = {task: sorted(args.experts or NOISE_FOR_SUCCESS[task], reverse=True) for task in args.tasks}
     jobs = []
     for task in args.tasks:
         q_ref = str(ensure_reference(task, args.reference_steps, Path("artifacts") / f"qref_{task.lower()}"))
-        for quality, noise in sorted(NOISE_FOR_SUCCESS[task].items(), reverse=True):
+        for quality in qualities[task]:
+            noise = NOISE_FOR_SUCCESS[task][quality]
             for method in args.methods:
                 for seed in args.seeds:
                     out = args.out / f"{task}_{quality:.0%}_{method}_s{seed}"
@@ -104,7 +120,7 @@ def main() -> None:
           "env steps | interventions | wall s |")
     print("|---|---|---|---|---|---|---|")
     for task in args.tasks:
-        for quality in sorted(NOISE_FOR_SUCCESS[task], reverse=True):
+        for quality in qualities[task]:
             for method in args.methods:
                 group = [r for r in rows if (r["task"], r["quality"], r["method"]) == (task, quality, method)]
                 success = np.array([r["success"] for r in group])
@@ -116,7 +132,7 @@ def main() -> None:
         print("\n| task | expert success | RLIF - HG-DAgger (mean success) | seeds (rlif / hg_dagger) |")
         print("|---|---|---|---|")
         for task in args.tasks:
-            for quality in sorted(NOISE_FOR_SUCCESS[task], reverse=True):
+            for quality in qualities[task]:
                 per = {m: sorted((r["seed"], r["success"]) for r in rows
                                  if (r["task"], r["quality"], r["method"]) == (task, quality, m))
                        for m in ("rlif", "hg_dagger")}
