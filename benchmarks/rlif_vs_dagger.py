@@ -27,7 +27,9 @@ import yaml
 from machine import describe_machine
 from train_reference_critic import OBS_KEYS, ensure_reference
 
-FEW_DEMOS = Path(__file__).resolve().parents[1] / "sim_configs/pick_cube_few_demos.yaml"
+# the RL methods learn with the few-demo recipe that learns PickCube from 10 demos (its algo section, and its
+# demo cut and BC rollouts); not its add_successes, which would read the task's success flag that RLIF discards
+FEW_DEMOS = yaml.safe_load((Path(__file__).resolve().parents[1] / "sim_configs/pick_cube_few_demos.yaml").read_text())
 METHODS = ("rlif", "hil_serl", "hg_dagger", "dagger", "bc", "sac_dense")
 
 
@@ -36,12 +38,9 @@ def method_config(method: str, task: str, noise: float, steps: int, seed: int, q
     demos = {"episodes": 10, "noise": noise}
     train = {"steps": steps, "seed": seed, "learning_starts": 500, "eval_episodes": 50,
              "checkpoint_every": steps, "video": False}
-    # the RL methods learn with the few-demo recipe that learns PickCube from 10 demos (its algo section, and its
-    # demo cut and BC rollouts); not its add_successes, which would read the task's success flag that RLIF discards
-    recipe = yaml.safe_load(FEW_DEMOS.read_text())
-    sac = {**recipe["algo"], "obs_keys": OBS_KEYS}
-    rl_demos = {**demos, "keep_after_success": recipe["demos"]["keep_after_success"],
-                "bc_rollouts": recipe["demos"]["bc_rollouts"]}
+    sac = {**FEW_DEMOS["algo"], "obs_keys": OBS_KEYS}
+    rl_demos = {**demos, "keep_after_success": FEW_DEMOS["demos"]["keep_after_success"],
+                "bc_rollouts": FEW_DEMOS["demos"]["bc_rollouts"]}
     value_gate = {"source": "value", "q_ref": q_ref, "expert_noise": noise, "beta": 0.97}
     bc_like = {"obs_keys": OBS_KEYS, "round_steps": max(steps // 10, 100), "updates_per_round": 500}
     if method == "rlif":
