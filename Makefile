@@ -44,7 +44,7 @@ demo: install
 LLM ?= scripted
 demo-llm: install
 	@if [ "$(LLM)" = local ]; then $(PY) -m pip install -q -e ".[llm-local]"; fi
-	$(PY) -m hilrl.runtime.llm_demo --llm $(LLM) --out runs/demo-llm-$(LLM)
+	$(PY) -m hilrl.apps.llm_demo --llm $(LLM) --out runs/demo-llm-$(LLM)
 
 # Fast suite (CI); `make test-all` adds the slow tests.
 test: install

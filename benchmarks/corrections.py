@@ -1,7 +1,7 @@
 """Corrections a person must give per task, in two rounds, with and without the knowledge base (DROC).
 
 A sequence of task variants (:mod:`hilrl.envs.tasks.variants`) is run twice (round 2 on other seeds: the
-objects start elsewhere). A scripted person (:class:`hilrl.runtime.corrections.ScriptedPerson`) gives the
+objects start elsewhere). A scripted person (:class:`hilrl.apps.correction_sessions.ScriptedPerson`) gives the
 right correction for each failure it sees, from a table; the LLM is the rule-based DROC responder behind a
 loopback OpenAI-compatible server (the real ``openai`` SDK over HTTP). Three set-ups:
 
@@ -34,7 +34,7 @@ from hilrl.llm.droc.knowledge import KnowledgeBase  # noqa: E402
 from hilrl.llm.droc.planner import DrocPlanner  # noqa: E402
 from hilrl.llm.droc.retrieval import MiniLM  # noqa: E402
 from hilrl.llm.droc.scripted import scripted_llm  # noqa: E402
-from hilrl.runtime.corrections import CorrectionSession, ScriptedPerson, make_session_env  # noqa: E402
+from hilrl.apps.correction_sessions import CorrectionSession, ScriptedPerson, make_session_env  # noqa: E402
 
 TASKS = ("pick_cube", "pick_tall", "pick_taller", "peg_insert", "push_ice")
 SETUPS = {"no KB": None, "KB, text": "text", "KB, text+visual": "text+visual"}

@@ -8,7 +8,7 @@
    whose cores other jobs keep busy, parallel workers cannot go faster than the CPU share they get). The candidates' results must be
    identical across backends (same seeds); the table says whether they were.
 2. Search quality. The scripted server answers with four programs of known quality for Reach-v0
-   (:data:`hilrl.runtime.llm_demo.KNOWN_PROGRAMS`: good, shaped wrong, crashing, unparsable); one iteration of
+   (:data:`hilrl.apps.llm_demo.KNOWN_PROGRAMS`: good, shaped wrong, crashing, unparsable); one iteration of
    ``--quality-steps`` env steps per candidate, then the best reward is retrained with ``--seeds`` seeds
    beside the sparse reward and the task's own dense reward (the "human" reward). Goals: the good
    program is found, and its retrained success beats the sparse reward's; the human-normalised score
@@ -34,10 +34,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from machine import describe_machine  # noqa: E402
 
-from hilrl.runtime.llm_demo import DEMO_BASE, KNOWN_PROGRAMS, scripted_turn  # noqa: E402
+from hilrl.apps.llm_demo import DEMO_BASE, KNOWN_PROGRAMS, scripted_turn  # noqa: E402
 from hilrl.llm.providers import LLMConfig, make_llm  # noqa: E402
 from hilrl.llm.scripted_server import ScriptedServer  # noqa: E402
-from hilrl.runtime.reward_search import SearchSettings, reward_search  # noqa: E402
+from hilrl.apps.reward_search import SearchSettings, reward_search  # noqa: E402
 
 # four valid programs for the parallel part: the good one, two variants of it, and the shaped-wrong one
 VARIANTS = [KNOWN_PROGRAMS["good"], KNOWN_PROGRAMS["shaped_wrong"],

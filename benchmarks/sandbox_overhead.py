@@ -50,7 +50,7 @@ def compute_reward(obs, action, next_obs):
 def push_batch(rows: int, seed: int = 0) -> RewardBatch:
     """``rows`` Push-v0 transitions under random actions, as the buffers hand them to a source."""
     from hilrl.config import EnvConfig
-    from hilrl.runtime.reward_search import probe_batch
+    from hilrl.apps.reward_search import probe_batch
 
     obs, actions, next_obs = probe_batch(EnvConfig(id="hilrl/Push-v0"), rows, seed)
     zeros = np.zeros(rows, bool)

@@ -18,9 +18,9 @@
    every message (arrays are views of the frames). Baseline: raw PUSH/PULL of one
    frame of the same total size, prepared once. Messages/s at the receiver,
    median of ``--repeats`` alternating runs.
-3. Actor -> learner. Our side: the real ``hilrl.runtime.actor.Actor`` link (batch transitions of
+3. Actor -> learner. Our side: the real ``hilrl.runtime.distributed.actor.Actor`` link (batch transitions of
    Reach with a 128x128x3 ``front`` camera + state, encode each batch, append it to the spool in one
-   ``writev``, send on DEALER, handle acks) in one process, the real ``hilrl.runtime.learner.Learner``
+   ``writev``, send on DEALER, handle acks) in one process, the real ``hilrl.runtime.distributed.learner.Learner``
    serve loop (ROUTER receive, decode, vectorised schema/shape/finite checks, append the batch to
    the log in one ``writev``, store in the replay buffer, ack) in another; no env
    steps and no SGD are timed; the actor replays one real episode's observations, chained as a live actor chains them.
@@ -152,7 +152,7 @@ def run_bench_actor(address: str, folder: str, count: int) -> None:
     import torch
 
     from hilrl.config import validate_config
-    from hilrl.runtime.actor import Actor
+    from hilrl.runtime.distributed.actor import Actor
 
     torch.set_num_threads(1)
     actor = Actor(validate_config(actor_learner_config()), folder, address, actor_id="bench")
@@ -177,7 +177,7 @@ def actor_learner_message_bytes() -> int:
     """Bytes of one step as the raw baseline moves it: one observation (image + state) and the small fields."""
     from hilrl.config import validate_config
     from hilrl.envs.make import make_env
-    from hilrl.runtime.transport import WIRE_VERSION
+    from hilrl.runtime.distributed.transport import WIRE_VERSION
 
     env = make_env(validate_config(actor_learner_config()).env)
     obs, _ = env.reset(seed=0)
@@ -221,8 +221,8 @@ def actor_learner_rates(count: int) -> tuple[float, float, float]:
 
     from hilrl.config import validate_config
     from hilrl.data.paging import WINDOW_BYTES
-    from hilrl.runtime.actor import BATCH_MAX_TRANSITIONS, MAX_IN_FLIGHT_BATCHES
-    from hilrl.runtime.learner import Learner
+    from hilrl.runtime.distributed.actor import BATCH_MAX_TRANSITIONS, MAX_IN_FLIGHT_BATCHES
+    from hilrl.runtime.distributed.learner import Learner
 
     torch.set_num_threads(1)
     raw = actor_learner_config()

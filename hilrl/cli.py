@@ -144,7 +144,7 @@ def learner(
 ) -> None:
     """Train from the transitions actors stream; publish weights; ack what is stored. Resumes its folder."""
     from hilrl.config import load_config
-    from hilrl.runtime.learner import run_learner
+    from hilrl.runtime.distributed.learner import run_learner
 
     cfg = load_config(config, {"train.steps": steps} if steps is not None else None)
     run_dir = out_dir or Path("runs") / config.stem
@@ -165,7 +165,7 @@ def actor(
 ) -> None:
     """Act in the env and stream transitions to the learner; keeps acting if it stalls, re-sends after restarts."""
     from hilrl.config import load_config
-    from hilrl.runtime.actor import run_actor
+    from hilrl.runtime.distributed.actor import run_actor
 
     counters = run_actor(load_config(config), out_dir, learner_address, actor_id=actor_id, index=index, steps=steps)
     if not quiet:
@@ -276,8 +276,8 @@ def reward_search(
     import yaml
 
     from hilrl.llm.providers import load_llm_config, make_llm
-    from hilrl.runtime.reward_search import SearchSettings
-    from hilrl.runtime.reward_search import reward_search as search
+    from hilrl.apps.reward_search import SearchSettings
+    from hilrl.apps.reward_search import reward_search as search
 
     base_sections = {}
     if base is not None:
@@ -323,7 +323,7 @@ def correct(
 ) -> None:
     """Teach the arm with language corrections (DROC): plan, run skill by skill, correct it in words, keep what it learns."""
     from hilrl.llm.droc.config import load_correction_config
-    from hilrl.runtime.corrections import correct_in_terminal
+    from hilrl.apps.correction_sessions import correct_in_terminal
 
     outcome = correct_in_terminal(load_correction_config(config), str(kb) if kb else None)
     if not outcome.success:

@@ -219,7 +219,7 @@ class TrainConfig(_Strict):
 
 class RuntimeConfig(_Strict):
     """Where the online loop runs: one process (``local``), or a learner fed by actor processes over ZMQ
-    (``distributed``, :mod:`hilrl.runtime.learner` and :mod:`hilrl.runtime.actor`). ``runtime: distributed``
+    (``distributed``, :mod:`hilrl.runtime.distributed.learner` and :mod:`hilrl.runtime.distributed.actor`). ``runtime: distributed``
     is short for ``runtime: {mode: distributed}``."""
 
     mode: Literal["local", "distributed"] = "local"

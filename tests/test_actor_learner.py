@@ -22,7 +22,7 @@ import zmq
 from hilrl.data.buffers import ReplayBuffer, shared_next_rows, slice_shared
 from hilrl.config import validate_config
 from hilrl.envs.protocol import encode
-from hilrl.runtime import transport
+from hilrl.runtime.distributed import transport
 
 STEPS = 500
 
@@ -218,7 +218,7 @@ def test_train_distributed_runs_two_actors_and_publishes_weights(tmp_path, curve
 @contextmanager
 def learner_and_raw_dealer(tmp_path):
     """A learner served by hand (``learner._serve``) and a bare DEALER speaking to it, closed afterwards."""
-    from hilrl.runtime.learner import Learner
+    from hilrl.runtime.distributed.learner import Learner
 
     raw = yaml.safe_load(write_config(tmp_path / "exp.yaml").read_text())
     raw["demos"]["episodes"] = 0
@@ -468,8 +468,8 @@ def _in_process_pair(tmp_path, actor_env=None, capacity=None, **env):
     """A Learner and an Actor in this process (Reach, state only unless ``actor_env`` says), linked over loopback."""
     import torch
 
-    from hilrl.runtime.actor import Actor
-    from hilrl.runtime.learner import Learner
+    from hilrl.runtime.distributed.actor import Actor
+    from hilrl.runtime.distributed.learner import Learner
 
     torch.set_num_threads(1)
     raw = yaml.safe_load(write_config(tmp_path / "exp.yaml", max_unacked=1000).read_text())
@@ -634,7 +634,7 @@ def test_a_remote_arm_learner_builds_from_the_actors_hello_and_resumes_without_o
     finally:
         actor.close()
         learner.close()
-    from hilrl.runtime.learner import Learner
+    from hilrl.runtime.distributed.learner import Learner
 
     raw = yaml.safe_load((tmp_path / "exp.yaml").read_text())
     raw["demos"]["episodes"] = 0
@@ -650,7 +650,7 @@ def test_learner_with_curve_keys_serves_allowed_actors_only(tmp_path, curve_keys
     """Off loopback a learner needs keys; with them, an actor whose key is allowed gets its welcome, a stranger nothing."""
     from hilrl.envs import auth
     from hilrl.errors import HilrlError
-    from hilrl.runtime.learner import Learner
+    from hilrl.runtime.distributed.learner import Learner
 
     raw = yaml.safe_load(write_config(tmp_path / "exp.yaml").read_text())
     raw["demos"]["episodes"] = 0

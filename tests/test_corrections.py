@@ -26,7 +26,7 @@ from hilrl.llm.droc.retrieval import MiniLM, retrieve
 from hilrl.llm.droc.scripted import scripted_llm
 from hilrl.llm.providers import LLMConfig, OpenAICompatible
 from hilrl.llm.scripted_server import ScriptedServer
-from hilrl.runtime.corrections import CorrectionSession, ScriptedPerson, make_session_env
+from hilrl.apps.correction_sessions import CorrectionSession, ScriptedPerson, make_session_env
 
 ROOT = Path(__file__).parents[1]
 HILRL = [sys.executable, "-m", "hilrl.cli"]
@@ -149,7 +149,7 @@ from hilrl.envs.tasks.variants import variant
 from hilrl.llm.droc.knowledge import KnowledgeBase
 from hilrl.llm.droc.planner import DrocPlanner
 from hilrl.llm.droc.scripted import scripted_llm
-from hilrl.runtime.corrections import CorrectionSession, ScriptedPerson, make_session_env
+from hilrl.apps.correction_sessions import CorrectionSession, ScriptedPerson, make_session_env
 
 class WordCounts:
     def encode(self, texts):

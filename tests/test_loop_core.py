@@ -342,8 +342,8 @@ def test_a_person_beside_the_actor_takes_over_and_the_learner_stores_it(tmp_path
     """`hilrl actor` with a device: the same step source, so the learner's buffer holds the person's steps."""
     import time
 
-    from hilrl.runtime.actor import Actor
-    from hilrl.runtime.learner import Learner
+    from hilrl.runtime.distributed.actor import Actor
+    from hilrl.runtime.distributed.learner import Learner
 
     config = validate_config({
         "env": {"id": "hilrl/Reach-v0"}, "demos": {"episodes": 0}, "algo": REACH_SAC,

@@ -200,7 +200,7 @@ def test_reward_code_in_a_config_is_checked_and_a_refused_file_stops_hilrl_train
 
 def test_icpl_asks_the_llm_how_successive_preferred_rewards_differ_and_carries_the_summaries(tmp_path):
     from hilrl.llm.providers import LLMConfig, make_llm
-    from hilrl.runtime.reward_search import RewardSearch, SearchSettings
+    from hilrl.apps.reward_search import RewardSearch, SearchSettings
 
     traces = {"window": 60, "components": {"distance": [0.3, 0.2]}, "success_rate": [0.0, 0.5],
               "episode_length": [50.0, 30.0], "reward": [-0.3, -0.2]}

@@ -16,10 +16,10 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from hilrl.config import ConfigError, validate_config
 from hilrl.data.episode import EpisodeBuilder
 from hilrl.errors import HilrlError
-from hilrl.feedback.intervention import InterventionWrapper, RandomInterventionist
+from hilrl.feedback.interventions import InterventionWrapper, RandomInterventionist
 from hilrl.policies.registry import make_algorithm
 from hilrl.policies.sb3 import DemoMixedFlatReplayBuffer, DemoMixedReplayBuffer, SB3Agent
-from hilrl.runtime.sb3_loop import make_training_env
+from hilrl.runtime.strategies.sb3_loop import make_training_env
 from hilrl.runtime.train import train
 
 ROOT = Path(__file__).parents[1]

@@ -20,7 +20,7 @@ from hilrl.config import EnvConfig
 from hilrl.data.hdf5 import DemoFile
 from hilrl.envs.make import make_env
 from hilrl.feedback.experts import make_expert
-from hilrl.feedback.intervention import InterventionWrapper
+from hilrl.feedback.interventions import InterventionWrapper
 from hilrl.feedback.teleop import (
     SCREEN_TO_BASE,
     DeviceInterventionist,

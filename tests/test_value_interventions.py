@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hilrl.config import validate_config
-from hilrl.feedback.intervention import ValueInterventionist
+from hilrl.feedback.interventions import ValueInterventionist
 from hilrl.runtime.train import train
 
 

@@ -3,5 +3,5 @@ transformers model, replay from a call log), the sandbox for LLM-written code (:
 reward code as a reward source (:mod:`~hilrl.llm.reward_code`), the tasks' texts (:mod:`~hilrl.llm.tasks`),
 prompts as files (``prompts/``) and a scripted OpenAI-protocol server for offline runs
 (:mod:`~hilrl.llm.scripted_server`). The searches themselves (Eureka, ICPL) are in
-:mod:`hilrl.runtime.reward_search`. Importing this package imports neither torch nor the openai SDK.
+:mod:`hilrl.apps.reward_search`. Importing this package imports neither torch nor the openai SDK.
 """

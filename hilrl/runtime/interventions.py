@@ -11,7 +11,7 @@ import numpy as np
 from hilrl.config import InterventionConfig
 from hilrl.errors import HilrlError
 from hilrl.feedback.experts import make_expert
-from hilrl.feedback.intervention import (
+from hilrl.feedback.interventions import (
     DistanceInterventionist,
     InterventionSource,
     RandomInterventionist,

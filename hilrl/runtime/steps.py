@@ -1,7 +1,7 @@
 """The step source and the storage rule: how every loop turns env steps into stored transitions.
 
 :func:`make_training_env` builds what a loop steps: the task (local or a remote arm), and when
-``intervention.source`` is set, the :class:`~hilrl.feedback.intervention.InterventionWrapper` with
+``intervention.source`` is set, the :class:`~hilrl.feedback.interventions.InterventionWrapper` with
 the simulated person or the teleop device (door 1); a person in simulation sees the arm in a
 MuJoCo viewer when there is a display.
 
@@ -33,7 +33,7 @@ from hilrl.data.buffers import Replay, shared_next_rows, slice_shared
 from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
 from hilrl.envs.wrappers import RealTime
-from hilrl.feedback.intervention import InterventionWrapper
+from hilrl.feedback.interventions import InterventionWrapper
 from hilrl.runtime.seeds import Seeds
 
 COUNTERS = ("env_steps", "episodes", "successes", "interventions", "intervened_steps", "updates")

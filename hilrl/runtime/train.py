@@ -2,10 +2,10 @@
 
 Every strategy is built from the same core (:mod:`hilrl.runtime.run` for the folder, checkpoints,
 resume and metrics; :mod:`hilrl.runtime.steps` for acting and storing; :mod:`hilrl.runtime.seeds`
-for seeds): ``online`` (:mod:`hilrl.runtime.online`, or a learner with actor processes
-with ``runtime: distributed``, :mod:`hilrl.runtime.learner`), ``offline``
-(:mod:`hilrl.runtime.offline`), ``dagger`` (:mod:`hilrl.runtime.dagger`) and ``sb3``
-(:mod:`hilrl.runtime.sb3_loop`). The run folder's layout is in :mod:`hilrl.runtime.run`.
+for seeds): ``online`` (:mod:`hilrl.runtime.strategies.online`, or a learner with actor processes
+with ``runtime: distributed``, :mod:`hilrl.runtime.distributed.learner`), ``offline``
+(:mod:`hilrl.runtime.strategies.offline`), ``dagger`` (:mod:`hilrl.runtime.strategies.dagger_loop`) and ``sb3``
+(:mod:`hilrl.runtime.strategies.sb3_loop`). The run folder's layout is in :mod:`hilrl.runtime.run`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
     spec = algorithm_spec(config.algo.name)
     distributed = config.runtime.mode == "distributed"
     if spec.loop == "sb3":
-        from hilrl.runtime.sb3_loop import check_sb3_experiment
+        from hilrl.runtime.strategies.sb3_loop import check_sb3_experiment
 
         check_sb3_experiment(config, out)  # before any demo is recorded
     if reward_source is not None and (spec.loop != "online" or distributed):
@@ -43,21 +43,21 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
     torch.set_num_threads(config.train.threads)
     episodes = run.demo_episodes(show_progress)
     if spec.loop == "offline":
-        from hilrl.runtime.offline import train_offline
+        from hilrl.runtime.strategies.offline import train_offline
 
         return train_offline(config, run, episodes, show_progress)
     if spec.loop == "dagger":
-        from hilrl.runtime.dagger import train_dagger
+        from hilrl.runtime.strategies.dagger_loop import train_dagger
 
         return train_dagger(config, run, episodes, show_progress)
     if spec.loop == "sb3":
-        from hilrl.runtime.sb3_loop import train_sb3
+        from hilrl.runtime.strategies.sb3_loop import train_sb3
 
         return train_sb3(config, run, episodes, show_progress, device=device)
     if distributed:
-        from hilrl.runtime.learner import train_distributed
+        from hilrl.runtime.distributed.learner import train_distributed
 
         return train_distributed(config, run, episodes, show_progress)
-    from hilrl.runtime.online import train_online
+    from hilrl.runtime.strategies.online import train_online
 
     return train_online(config, run, episodes, show_progress, reward_source=reward_source, device=device)

@@ -18,7 +18,7 @@ from hilrl.feedback.teleop.base import (
 )
 from hilrl.feedback.teleop.episode import teleop_episode
 from hilrl.feedback.teleop.expert import ExpertDevice
-from hilrl.feedback.teleop.intervention import DEFAULT_DEAD_ZONE, DeviceInterventionist
+from hilrl.feedback.teleop.takeover import DEFAULT_DEAD_ZONE, DeviceInterventionist
 
 HUMAN_DEVICES = ("keyboard", "gamepad", "spacemouse")
 

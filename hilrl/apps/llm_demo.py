@@ -50,7 +50,7 @@ def scripted_turn(order: tuple[str, ...]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     from hilrl.llm.providers import LLMConfig, make_llm, smollm2_gguf
-    from hilrl.runtime.reward_search import SearchSettings, reward_search
+    from hilrl.apps.reward_search import SearchSettings, reward_search
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--llm", choices=("scripted", "local"), default="scripted")

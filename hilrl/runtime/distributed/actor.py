@@ -2,7 +2,7 @@
 
 ``hilrl actor CONFIG --learner tcp://HOST:PORT --out ACTOR_DIR``. Each env step is one transition
 with the executed action and the intervention marks. Steps travel in ``transitions`` messages
-(:mod:`hilrl.runtime.transport`) of up to ``BATCH_MAX_TRANSITIONS`` consecutive steps, and a batch
+(:mod:`hilrl.runtime.distributed.transport`) of up to ``BATCH_MAX_TRANSITIONS`` consecutive steps, and a batch
 is encoded once: the same frames are appended to the spool ``ACTOR_DIR/spool/`` (one ``writev``, also
 fsynced with ``runtime.fsync``), kept in memory until the learner acks them, sent, and re-sent after a
 silence of ``runtime.ack_timeout_s`` or when the learner reports a gap.
@@ -38,7 +38,7 @@ from hilrl.envs import auth
 from hilrl.envs.protocol import ProtocolError, encode
 from hilrl.errors import HilrlError
 from hilrl.policies.registry import make_algorithm
-from hilrl.runtime import transport
+from hilrl.runtime.distributed import transport
 from hilrl.runtime.progress import console
 from hilrl.runtime.seeds import Seeds
 from hilrl.runtime.steps import StepSource, fresh_counters, make_training_env
@@ -71,7 +71,7 @@ class Actor:
 
     def __init__(self, config: ExperimentConfig, out: str | os.PathLike, learner: str, actor_id: str = "actor0",
                  index: int = 0, steps: int | None = None, device: Any = None) -> None:
-        from hilrl.runtime.learner import check_distributable
+        from hilrl.runtime.distributed.learner import check_distributable
 
         check_distributable(config)
         if not actor_id or not actor_id.isprintable():

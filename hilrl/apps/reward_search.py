@@ -55,7 +55,7 @@ from hilrl.llm.providers import LLM
 from hilrl.llm.reward_code import extract_code
 from hilrl.llm.sandbox import CodeError, Sandbox, SandboxError, check_code
 from hilrl.llm.tasks import task_text
-from hilrl.runtime.candidates import CandidateJob, run_jobs
+from hilrl.apps.candidates import CandidateJob, run_jobs
 
 __all__ = ["DUMMY_FAILURE", "SearchSettings", "human_normalised", "reward_search"]
 
@@ -217,7 +217,7 @@ class RewardSearch:
     def __init__(self, settings: SearchSettings, llm: LLM, out: str | os.PathLike, backend: str = "local",
                  workers: int | None = None, show_progress: bool = True,
                  choose: Callable[[list[dict[str, Any]]], tuple[int, int]] | None = None) -> None:
-        from hilrl.runtime.candidates import BACKENDS
+        from hilrl.apps.candidates import BACKENDS
 
         if backend not in BACKENDS:
             raise HilrlError(f"--backend {backend!r}: allowed values are {', '.join(BACKENDS)}")

@@ -1,11 +1,11 @@
-"""A teleop device as an :class:`~hilrl.feedback.intervention.InterventionSource` (HIL-SERL semantics).
+"""A teleop device as an :class:`~hilrl.feedback.interventions.InterventionSource` (HIL-SERL semantics).
 
 HIL-SERL (Luo et al. 2024, rail-berkeley/hil-serl): the device's action replaces the policy's when
 the device moves beyond a tiny dead-zone or a button is pressed. Here that is: the mapped
 translation/rotation has norm above ``dead_zone``, or ``intervene`` is held, or the
 person changed the gripper command. Otherwise the policy acts. The person's ``success`` and
 ``failure`` buttons end the episode (:attr:`DeviceInterventionist.verdict`, read by
-:class:`~hilrl.feedback.intervention.InterventionWrapper`).
+:class:`~hilrl.feedback.interventions.InterventionWrapper`).
 """
 
 from __future__ import annotations

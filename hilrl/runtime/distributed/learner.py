@@ -1,7 +1,7 @@
 """The learner process: stores the transitions actors stream to it, trains SAC, publishes actor weights.
 
 ``hilrl learner CONFIG --bind tcp://HOST:PORT --out RUN`` (or ``hilrl train`` with ``runtime: distributed``,
-which also starts the actors). Protocol in :mod:`hilrl.runtime.transport`. Per ``transitions`` message
+which also starts the actors). Protocol in :mod:`hilrl.runtime.distributed.transport`. Per ``transitions`` message
 (a batch of an actor's consecutive steps), in this order:
 
 1. check it (schema, shapes, finite numbers; one numpy call per stacked field) against the task's spaces;
@@ -52,7 +52,7 @@ from hilrl.envs.remote import _stream_address
 from hilrl.errors import HilrlError
 from hilrl.feedback.rewards import make_reward_source
 from hilrl.policies.registry import make_algorithm
-from hilrl.runtime import transport
+from hilrl.runtime.distributed import transport
 from hilrl.runtime.evaluate import EvalResult
 from hilrl.runtime.progress import console, make_progress
 from hilrl.runtime.run import RunFolder
