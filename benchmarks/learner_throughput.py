@@ -33,15 +33,15 @@ ours with 2 critics at utd 1 (the work the algorithm needs; SB3 does a little mo
 The matmul probe and every learner are timed in turn within each repeat (best of
 ``--repeats`` each), so on a shared machine all rows see the same conditions.
 
-Our rows come eager, with ``SACConfig.fused_layer_norm`` (the C++ kernel of
-``hilrl.policies.kernels``, built on first use; ``--no-fused`` leaves those rows out), and with
-``SACConfig.cpu_fused_update`` (the whole update as one C++ call, ``hilrl.policies.fused_update``,
-no autograd; ``--no-cpp-update`` leaves those rows out).
+Our rows come eager, with ``algo.execution.fused_layer_norm`` (the C++ kernel ``csrc/layer_norm.cpp`` of
+``hilrl.policies.sac``, built on first use; ``--no-fused`` leaves those rows out), and with
+``algo.execution.cpu_fused_update`` (the whole update as one C++ call, ``csrc/sac_update.cpp``,
+no autograd; ``--no-cpp-update`` leaves those rows out); ``hilrl.policies.sac.fast`` runs both.
 
 ``--levers`` times instead what each speed lever gives our update (2 critics at utd 1 and ``--utd``,
 10 critics at utd 1), in turn with the eager reference: the ``foreach`` Adam instead of the fused one, the
-fused LayerNorm kernel, the compiled critic ensembles (``SACConfig.compile_critic``), the whole
-update under ``torch.compile`` with compiled autograd, the whole update in C++ (``SACConfig.cpu_fused_update``),
+fused LayerNorm kernel, the compiled critic ensembles (``execution.compile_critic``), the whole
+update under ``torch.compile`` with compiled autograd, the whole update in C++ (``execution.cpu_fused_update``),
 and (10 critics) every member in one batched matmul instead of two at a time (``networks.CPU_MEMBER_CHUNK``).
 
 Run: ``taskset -c 0 python benchmarks/learner_throughput.py [--device cuda] [--threads 1] [--compile]
@@ -232,15 +232,15 @@ def lever_steps(args: argparse.Namespace, device: torch.device, data) -> tuple[d
 
     def whole_update(learner: SAC) -> None:
         torch._dynamo.config.compiled_autograd = True
-        learner._update_tensors = torch.compile(learner._update_tensors, dynamic=False)
+        learner.eager_update = torch.compile(learner.eager_update, dynamic=False)
 
     levers: list[tuple[str, dict, Callable[[SAC], None] | None]] = [
         ("eager (reference)", {}, None),
         ("Adam foreach instead of fused", {}, foreach_adam),
-        ("fused LayerNorm kernel", {"fused_layer_norm": True}, None),
-        ("compiled critic ensembles", {"compile_critic": True}, None),
+        ("fused LayerNorm kernel", {"execution": {"fused_layer_norm": True}}, None),
+        ("compiled critic ensembles", {"execution": {"compile_critic": True}}, None),
         ("whole update compiled", {}, whole_update),
-        ("whole update in C++", {"cpu_fused_update": True}, None),
+        ("whole update in C++", {"execution": {"cpu_fused_update": True}}, None),
     ]
     steps, rows = {}, []
     for critics, utd in ((2, 1), (2, args.utd), (10, 1)):
@@ -283,12 +283,12 @@ def main() -> None:
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also time our update captured as a CUDA graph (rows added to the eager ones)")
     parser.add_argument("--compile", action="store_true",
-                        help="also time our learner with SACConfig.compile_critic (rows added; warm-up compiles)")
+                        help="also time our learner with execution.compile_critic (rows added; warm-up compiles)")
     parser.add_argument("--skip-sb3", action="store_true")
     parser.add_argument("--skip-jax", action="store_true", help="leave out the JAX RLPD peer rows")
-    parser.add_argument("--no-fused", action="store_true", help="leave out the rows with SACConfig.fused_layer_norm")
+    parser.add_argument("--no-fused", action="store_true", help="leave out the rows with execution.fused_layer_norm")
     parser.add_argument("--no-cpp-update", action="store_true",
-                        help="leave out the rows with SACConfig.cpu_fused_update")
+                        help="leave out the rows with execution.cpu_fused_update")
     parser.add_argument("--levers", action="store_true",
                         help="time what each speed lever gives our update instead of the comparison table")
     args = parser.parse_args()
@@ -322,19 +322,19 @@ def main() -> None:
             rows.append(("sb3", "stable-baselines3 SAC", 2, 1, 0.0))
         variants: list[tuple[str, dict]] = [("", {})]
         if device.type == "cpu" and not (args.no_fused and args.no_cpp_update):
-            from hilrl.policies.kernels import kernels_buildable
+            from hilrl.policies.sac.fast import kernels_buildable
 
             missing = kernels_buildable()
             if missing is not None:
                 notes.append(f"fused LayerNorm and C++ update rows skipped: the C++ build needs {missing}")
             if missing is None and not args.no_fused:
-                variants.append((" (fused LayerNorm)", {"fused_layer_norm": True}))
+                variants.append((" (fused LayerNorm)", {"execution": {"fused_layer_norm": True}}))
             if missing is None and not args.no_cpp_update:
-                variants.append((" (C++ update)", {"cpu_fused_update": True}))
+                variants.append((" (C++ update)", {"execution": {"cpu_fused_update": True}}))
         if args.compile:
-            variants.append((" (compiled critic)", {"compile_critic": True}))
+            variants.append((" (compiled critic)", {"execution": {"compile_critic": True}}))
         if args.cuda_graph:
-            variants.append((" (CUDA graph)", {"cuda_graph": True}))
+            variants.append((" (CUDA graph)", {"execution": {"cuda_graph": True}}))
         for suffix, overrides in variants:
             for critics in (2, 10):
                 for utd in sorted({1, args.utd}):

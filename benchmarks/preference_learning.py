@@ -61,7 +61,7 @@ def reference_value(run: Path, keys: list[str]):
     """V*(obs_rows) = mean Q(s, π(s)) of a finished run's critic and deterministic policy; rows are the reward
     model's observation keys concatenated (a segment's ``start_obs``/``end_obs``)."""
     from hilrl.errors import HilrlError
-    from hilrl.runtime.evaluate import load_policy
+    from hilrl.runtime.run import load_policy
 
     if not (run / "metrics.json").is_file():
         raise HilrlError(f"the regret variants read V* from the true-reward run {run}, which is not there; put "
@@ -112,7 +112,7 @@ def run_rl(task: str, variant: str, queries: int, selection: str, steps: int, se
     scalars = last_scalars(run) if variant != "true" else {}
     test = float("nan")
     if test_episodes:  # the run's policy again on more unseen episodes: 20 leave a standard error near 0.11
-        from hilrl.runtime.evaluate import evaluate_run
+        from hilrl.runtime.run import evaluate_run
 
         test = evaluate_run(run, episodes=test_episodes, show_progress=False).success_rate
     return {"success": result.success_rate, "test_success": test, "agreement": scalars.get("reward/agreement", float("nan")),

@@ -1,9 +1,10 @@
 """Train the reference critic Q_ref for RLIF's value-based interventionist (Luo et al., RLIF; pd-perry/RLIF).
 
 The recipe is :func:`hilrl.runtime.reference.reference_experiment`: SAC from expert demos
-on the task's dense reward (a task with a ready RLPD experiment in ``sim_configs/``, PickCube:
-``pick_cube_rlpd.yaml``, runs that one); the run folder is the artifact ``intervention.q_ref``
-points at. ``hilrl train`` builds a missing one itself on first use; rebuild by hand with:
+on the task's dense reward (a task with a ready RLPD experiment, PickCube: the one of
+``sim_configs/pick_cube_rlpd.yaml``, kept in the package, runs that one); the run folder is the artifact
+``intervention.q_ref`` points at. ``hilrl train`` builds a missing one itself before the run starts
+(:func:`hilrl.runtime.train.ensure_reference_critic`); rebuild by hand with:
 
     python benchmarks/train_reference_critic.py --task Push --steps 8000 --out artifacts/qref_push
     python benchmarks/train_reference_critic.py --task PickCube --steps 20000 --out artifacts/qref_pickcube
@@ -16,7 +17,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from hilrl.runtime.reference import OBS_KEYS, ensure_reference_critic, reference_experiment
+from hilrl.runtime.reference import OBS_KEYS, reference_experiment
+from hilrl.runtime.train import ensure_reference_critic
 
 __all__ = ["OBS_KEYS", "ensure_reference", "reference_config"]  # what rlif_vs_dagger.py and older scripts import
 reference_config = reference_experiment

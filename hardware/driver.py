@@ -13,12 +13,14 @@ from typing import Any
 
 import numpy as np
 
+from hilrl.errors import HilrlError
 
-class DriverFault(RuntimeError):
+
+class DriverFault(HilrlError, RuntimeError):
     """The arm or its controller failed; the server latches a fault until ``clear_error``."""
 
 
-class NotReady(RuntimeError):
+class NotReady(HilrlError, RuntimeError):
     """The driver cannot take this command yet (e.g. ``step`` before the first ``reset``); nothing latches."""
 
 

@@ -14,13 +14,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hilrl.envs.protocol import Request
+from hilrl.errors import HilrlError
 
 
-class ConfigError(ValueError):
+class RobotConfigError(HilrlError, ValueError):
     """The robot config file is wrong; the text names the file, the field and the fix."""
 
 
-class CommandRejected(ValueError):
+class CommandRejected(HilrlError, ValueError):
     """A command that breaks a limit; the arm holds and the client gets this text as the error."""
 
 
@@ -129,22 +130,22 @@ class RobotConfig(_Strict):
 
 
 def load_config(path: str | Path) -> RobotConfig:
-    """Read and validate a robot config; raise :class:`ConfigError` naming the file and field."""
+    """Read and validate a robot config; raise :class:`RobotConfigError` naming the file and field."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError(f"robot config {path} not found; pass --config hardware/configs/NAME.yaml") from None
+        raise RobotConfigError(f"robot config {path} not found; pass --config hardware/configs/NAME.yaml") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"robot config {path} is not valid YAML: {exc}") from None
+        raise RobotConfigError(f"robot config {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"robot config {path} must be a YAML mapping of fields")
+        raise RobotConfigError(f"robot config {path} must be a YAML mapping of fields")
     try:
         return RobotConfig(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise ConfigError(f"robot config {path}: field {field!r}: {first['msg']} (input {first.get('input')!r})") from None
+        raise RobotConfigError(f"robot config {path}: field {field!r}: {first['msg']} (input {first.get('input')!r})") from None
 
 
 # Clipping into the box can add a rounding error to a delta that was exactly at the limit.

@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 
 from hardware.driver import ArmCommand, ArmDriver, ArmState, DriverFault, NotReady
-from hardware.limits import CommandRejected, ConfigError, RobotConfig, SafetyLimits, load_config, safe_target
+from hardware.limits import CommandRejected, RobotConfigError, RobotConfig, SafetyLimits, load_config, safe_target
 from hilrl.envs import auth
 from hilrl.envs.protocol import (
     MODE_ESTOP,
@@ -73,7 +73,7 @@ def make_driver(config: RobotConfig) -> ArmDriver:
     workspace = (config.limits.workspace_low, config.limits.workspace_high)
     section = getattr(config, config.driver)
     if section is None:
-        raise ConfigError(f"driver {config.driver!r} needs a '{config.driver}:' section (host, home_joints, ...) in the robot config")
+        raise RobotConfigError(f"driver {config.driver!r} needs a '{config.driver}:' section (host, home_joints, ...) in the robot config")
     if config.driver == "franka":
         from hardware.drivers.franka import FrankaArmDriver
 
@@ -113,7 +113,7 @@ class RobotServer:
         try:
             validate_reward_term_names(description.get("reward_terms", []))
         except ProtocolError as exc:
-            raise ConfigError(f"driver {self.driver.name!r} describes bad reward terms: {exc}") from None
+            raise RobotConfigError(f"driver {self.driver.name!r} describes bad reward terms: {exc}") from None
         return description
 
     # ---------------------------------------------------------------- loop
@@ -400,7 +400,7 @@ def _stream_address(bind: str) -> str:
     """The state stream binds next to the command socket: port + 1, or another free port for ``*``."""
     base, _, port = bind.rpartition(":")
     if not base.startswith("tcp://"):
-        raise ConfigError(f"--bind {bind!r}: give --pub-bind too for non-tcp addresses")
+        raise RobotConfigError(f"--bind {bind!r}: give --pub-bind too for non-tcp addresses")
     return f"{base}:*" if port in ("*", "0") else f"{base}:{int(port) + 1}"
 
 
@@ -410,7 +410,7 @@ def _tcp_bind(socket: zmq.Socket, address: str, what: str) -> str:
     try:
         socket.bind(address)
     except zmq.ZMQError as exc:
-        raise ConfigError(f"cannot bind the {what} socket to {address}: {exc}; pick another --bind/--pub-bind") from None
+        raise RobotConfigError(f"cannot bind the {what} socket to {address}: {exc}; pick another --bind/--pub-bind") from None
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
 
@@ -437,7 +437,7 @@ def _load(args: argparse.Namespace) -> RobotConfig:
         config = config.model_copy(update={"driver": args.driver})
     if args.task:
         if config.driver != "sim":
-            raise ConfigError(f"--task {args.task} is for the sim driver; the {config.driver} driver runs no task")
+            raise RobotConfigError(f"--task {args.task} is for the sim driver; the {config.driver} driver runs no task")
         config = config.model_copy(update={"sim": config.sim.model_copy(update={"task": args.task, "tasks": [args.task]})})
     return config
 
@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream_bind = stream_bind or _stream_address(args.bind)
         curve = args.require_auth or args.server_key is not None or not (auth.is_loopback(args.bind) and auth.is_loopback(stream_bind))
         if curve and (args.server_key is None or args.allow_keys is None):
-            raise ConfigError(
+            raise RobotConfigError(
                 f"binding {args.bind} / {stream_bind} needs CurveZMQ: pass --server-key SERVER.key_secret and "
                 "--allow-keys DIR (create keys with `hilrl keys generate`), or bind to 127.0.0.1"
             )
@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         server.serve_forever()
         print(f"[robot-server] stopped; arm holding ({server.counts['requests']} requests served)", file=sys.stderr)
         return 0
-    except (ConfigError, auth.KeyFileError) as exc:
+    except (RobotConfigError, auth.KeyFileError) as exc:
         print(f"robot server: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -4,16 +4,23 @@ One model per concern, shared by every task (no per-task copies): an experiment 
 ``env`` + ``demos`` + ``algo`` + ``intervention`` + ``reward`` + ``train`` + ``runtime``.
 ``algo.name`` picks the algorithm from the registry (:mod:`hilrl.policies.registry`,
 robomimic-style), and the keys allowed under ``algo:`` are that algorithm's config dataclass
-fields. Rules across sections (which algorithms take interventions, run distributed, keep
-their best checkpoint, train on a reward source) are read from the algorithm's registration.
+fields (a field that is itself a dataclass is a section, e.g. ``algo.variants.bc_coef`` of SAC).
+Rules across sections (which algorithms take interventions, run distributed, keep their best
+checkpoint, train on a reward source) are read from the algorithm's registration.
 Every validation problem becomes a :class:`ConfigError` naming the file, the field and what is
 allowed. Importing this module imports neither torch nor any algorithm.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import os
+import re
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -118,33 +125,75 @@ class InterventionConfig(_Strict):
     intervention gets -1; see the ``reward:`` section).
     """
 
-    source: Literal["none", "value", "distance", "random", "device"] = "none"
+    source: str = Field("none", description="none, or a registered intervention source: value, distance, random, "
+                        "device, or a plugin's (hilrl.feedback.interventions.INTERVENTIONISTS)")
     learn_from: Literal["hil_serl", "rlif"] = "hil_serl"
-    device: Literal["keyboard", "gamepad", "spacemouse"] | None = Field(
-        None, description="source: device: the person's teleop device (README, Teleoperation)")
+    device: str | None = Field(None, description="source: device: the person's teleop device, a registered one: "
+                               "keyboard, gamepad, spacemouse, or a plugin's (README, Teleoperation)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="settings of an intervention source that "
+                                   "registered a config class (a plugin's); validated by it. The built-ins take none")
     dead_zone: float = Field(0.05, ge=0.0, description="source: device: motion (action units) below which the policy "
                              "keeps control (HIL-SERL's near-zero threshold; 0.05 ignores a resting hand)")
     expert_noise: float = Field(0.0, ge=0.0, le=1.0, description="quality of the intervening expert")
     duration: int | None = Field(None, ge=1, description="expert steps per intervention; None = 4 (value) or 1")
     beta: float = Field(0.97, gt=0.0, description="value gate: Q(s,a_pi) < beta * Q(s,a_ref) (RLIF, Pen)")
     q_ref: str | None = Field(None, description="run folder whose SAC critic is Q_ref (value source); built there "
-                              "on first use when missing (hilrl.runtime.reference)")
+                              "before the run when missing (hilrl.runtime.train.ensure_reference_critic)")
     q_ref_steps: int = Field(8000, ge=1, description="env steps of the SAC run that builds a missing q_ref")
     threshold: float = Field(1.0, gt=0.0, description="distance gate: ||a_exp - a_pi||_1 >= threshold (HG-DAgger)")
     probability: float = Field(0.1, ge=0.0, le=1.0, description="random source: chance per step")
     p_intervene: float = Field(0.95, ge=0.0, le=1.0)
 
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, value: str) -> str:
+        from hilrl.feedback.interventions import INTERVENTIONISTS
+
+        if value != "none" and value not in INTERVENTIONISTS:
+            raise ValueError(INTERVENTIONISTS.unknown(value, also=("none",)))
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _registered_device(cls, value: str | None) -> str | None:
+        from hilrl.feedback.teleop import TELEOP_DEVICES
+
+        if value is not None and value not in TELEOP_DEVICES.names(human=True):
+            raise ValueError(TELEOP_DEVICES.unknown(value, human=True))
+        return value
+
     @model_validator(mode="after")
     def _device_with_source(self) -> InterventionConfig:
-        if self.source == "device" and self.device is None:
-            raise ValueError("intervention.source 'device' needs intervention.device: keyboard, gamepad or spacemouse")
-        if self.device is not None and self.source != "device":
+        from hilrl.feedback.interventions import INTERVENTIONISTS
+        from hilrl.feedback.teleop import human_device_names
+
+        entry = INTERVENTIONISTS.entry(self.source) if self.source != "none" else None
+        if entry is not None and entry["device"] and self.device is None:
+            raise ValueError(f"intervention.source {self.source!r} needs intervention.device: one of "
+                             f"{', '.join(human_device_names())}")
+        if self.device is not None and not (entry is not None and entry["device"]):
             raise ValueError(f"intervention.device {self.device!r} is used with intervention.source: device (got "
                              f"source {self.source!r}); set source: device or remove device")
-        if self.source == "value" and not self.q_ref:
-            raise ValueError("intervention.source 'value' needs intervention.q_ref: a run folder of a SAC run on the "
-                             "task's dense reward (built there on first use)")
+        if entry is not None and entry["reference_critic"] and not self.q_ref:
+            raise ValueError(f"intervention.source {self.source!r} needs intervention.q_ref: a run folder of a SAC run "
+                             "on the task's dense reward (built there on first use)")
+        if self.kwargs and (entry is None or entry.config is None):
+            raise ValueError(f"intervention.kwargs: source {self.source!r} takes no settings there (only a source "
+                             "registered with a config class does); remove kwargs")
+        if entry is not None and entry.config is not None:
+            try:
+                entry.config(**self.kwargs)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"intervention.kwargs of source {self.source!r}: {exc}") from None
         return self
+
+    @property
+    def settings(self) -> Any:
+        """``kwargs`` as the source's registered config class (``None`` for a source without one)."""
+        from hilrl.feedback.interventions import INTERVENTIONISTS
+
+        entry = INTERVENTIONISTS.entry(self.source) if self.source != "none" else None
+        return entry.config(**self.kwargs) if entry is not None and entry.config is not None else None
 
     @property
     def learning_rule(self) -> Literal["hil_serl", "rlif"] | None:
@@ -253,6 +302,9 @@ class RuntimeConfig(_Strict):
 
 
 class ExperimentConfig(_Strict):
+    plugins: list[str] = Field(default_factory=list, description="modules imported before the rest is validated, "
+                               "so the parts they register can be named: dotted module names on PYTHONPATH or .py "
+                               "files (relative to the current directory); see hilrl.plugins")
     env: EnvConfig
     demos: DemosConfig = Field(default_factory=DemosConfig)
     algo: Any = Field(default_factory=lambda: tagged_config("bc")())
@@ -262,6 +314,14 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _import_plugins(cls, value: Any) -> Any:
+        """Import ``plugins:`` first: the names the other sections use may be registered there."""
+        if isinstance(value, dict):
+            import_config_plugins(value.get("plugins"), "plugins")
+        return value
+
     @field_validator("algo", mode="before")
     @classmethod
     def _algorithm_config(cls, value: Any) -> Any:
@@ -269,7 +329,7 @@ class ExperimentConfig(_Strict):
         if not isinstance(value, dict):
             return value
         try:
-            return parse_algo(value)
+            return parse_algo(value, recorded=True)  # (validate_config parses a file's algo section first)
         except ValidationError as exc:
             raise ValueError("; ".join(_explain(e, ("algo",)) for e in exc.errors())) from None
 
@@ -324,8 +384,29 @@ class ExperimentConfig(_Strict):
         return self
 
 
-def parse_algo(raw: Any) -> Any:
+def import_config_plugins(names: Any, where: str) -> None:
+    """Import the modules of a config's ``plugins:`` list (:func:`hilrl.plugins.import_plugins`); ``where`` names
+    the list in errors (:class:`ConfigError`)."""
+    from hilrl.plugins import PluginError, import_plugins
+
+    if names is None:
+        return
+    if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+        raise ConfigError(f"{where}: a list of module names or .py files, got {names!r}")
+    try:
+        import_plugins(names, where)
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def parse_algo(raw: Any, recorded: bool = False) -> Any:
     """The ``algo:`` section as the registered config of its ``name`` (a strict pydantic dataclass).
+
+    Keys are those of the config dataclass; a nested dataclass field is a section of its own
+    (``algo.variants.bc_coef``), validated the same way. A key the config class lists in ``MOVED_KEYS``
+    (old key -> new dotted key, e.g. SAC's flat keys before its sections) is refused naming its new
+    spelling, unless ``recorded``: a config written by an earlier run (a checkpoint's experiment), whose
+    keys the class's ``upgrade_keys`` moves.
 
     Raises ``ValidationError`` (locations relative to ``algo``) or ``HilrlError``/``ValueError`` from the
     config's own range checks.
@@ -337,12 +418,29 @@ def parse_algo(raw: Any) -> Any:
     if name not in algorithm_names():
         raise ValueError(f"field 'algo.name': unknown algorithm {name!r}; allowed: "
                          f"{', '.join(repr(n) for n in algorithm_names())}")
+    config = algorithm_spec(name).config
+    moved = getattr(config, "MOVED_KEYS", {})
+    if recorded and any(key in moved for key in raw):
+        raw = config.upgrade_keys(raw)
+    stale = [f"algo.{key} moved: write algo.{moved[key]}" for key in raw if key in moved]
+    if stale:
+        raise ValueError("; ".join(stale))
     return TypeAdapter(tagged_config(name)).validate_python({**raw, "name": name})
 
 
 def _fields(cls: Any) -> dict[str, Any]:
-    """Pydantic fields of a model or a pydantic dataclass ({} for anything else)."""
-    return getattr(cls, "__pydantic_fields__", None) or {}
+    """``{name: annotation}`` of a model's, a pydantic dataclass's or a dataclass's fields ({} for anything else):
+    the keys allowed in that section."""
+    found = getattr(cls, "__pydantic_fields__", None)
+    if found:
+        return {name: field.annotation for name, field in found.items()}
+    if isinstance(cls, type) and dataclasses.is_dataclass(cls):
+        try:
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):  # an annotation that does not resolve here: the names are enough
+            hints = {}
+        return {field.name: hints.get(field.name) for field in dataclasses.fields(cls)}
+    return {}
 
 
 def _flatten_types(annotation: Any) -> list[Any]:
@@ -350,14 +448,15 @@ def _flatten_types(annotation: Any) -> list[Any]:
     return [annotation, *(t for arg in get_args(annotation) for t in _flatten_types(arg))]
 
 
-def _owner_at(loc: tuple[Any, ...]) -> Any:
-    """The model (or dataclass) owning the field at ``loc``, to list its allowed keys."""
-    current: Any = ExperimentConfig
+def _owner_at(loc: tuple[Any, ...], start: Any = None) -> Any:
+    """The model (or dataclass) owning the field at ``loc`` (from ``start``, else the experiment), to list its
+    allowed keys."""
+    current: Any = ExperimentConfig if start is None else start
     for part in loc:
-        field = _fields(current).get(part)
-        if field is None:
+        known = _fields(current)
+        if part not in known:
             continue
-        with_fields = [m for m in _flatten_types(field.annotation) if _fields(m)]
+        with_fields = [m for m in _flatten_types(known[part]) if _fields(m)]
         current = (with_fields or [None])[0]
     return current
 
@@ -368,8 +467,8 @@ def _explain(error: dict[str, Any], prefix: tuple[str, ...] = (), owner: Any = N
     loc = (*prefix, *error["loc"])
     where = ".".join(str(p) for p in loc) or "(top level)"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-        parent = owner if owner is not None and len(error["loc"]) == 1 else _owner_at(loc[:-1])
+    if error["type"] in _UNKNOWN_KEY:
+        parent = _owner_at(loc[:-1]) if owner is None else _owner_at(tuple(error["loc"][:-1]), start=owner)
         allowed = sorted(_fields(parent)) if parent else []
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
@@ -383,8 +482,134 @@ def _explain(error: dict[str, Any], prefix: tuple[str, ...] = (), owner: Any = N
     return f"field {where!r}: {message}{shown}"
 
 
-def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read and validate an experiment YAML; ``overrides`` maps dotted keys to values (CLI flags)."""
+@dataclass(frozen=True)
+class Override:
+    """One change to an experiment file made from outside it: a ``--set KEY=VALUE`` or a flag of a command.
+
+    :param key: dotted path of the value, e.g. ``train.steps`` or ``algo.utd`` (a list item by its index,
+        ``reward.parts.0.weight``); sections that are missing are made
+    :param value: the new value, already parsed (:func:`parse_override` reads the text as YAML)
+    :param origin: how the person wrote it, e.g. ``--set train.steps=-5`` or ``--steps -5``: an error this
+        value causes starts with it instead of the file's name
+    """
+
+    key: str
+    value: Any
+    origin: str
+
+
+# a section a YAML file may give as one string, and the key that string stands for (the ``mode="before"``
+# validators of RewardConfig and RuntimeConfig): ``--set runtime.actors=2`` on ``runtime: distributed`` keeps it
+_SHORTHAND_KEYS = {"reward": "source", "runtime": "mode"}
+# numbers YAML 1.2 reads as floats but PyYAML (YAML 1.1) leaves as strings: an exponent without a dot or sign
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)[eE][-+]?\d+")
+# pydantic's error types for a key the model does not have (a model's extra key, a dataclass's keyword)
+_UNKNOWN_KEY = ("extra_forbidden", "unexpected_keyword_argument")
+
+
+def parse_override(text: str, flag: str = "--set") -> Override:
+    """``KEY=VALUE`` as an :class:`Override`: a dotted key, and a value read as YAML, as the file's values are
+    (``500`` an int, ``true`` a bool, ``[front, wrist]`` a list, ``null`` None, ``1e-3`` a float, else a string).
+
+    :param text: what follows the flag, e.g. ``algo.utd=4``
+    :param flag: the flag's name, for errors (``--set algo.utd=four: ...``)
+    """
+    origin = f"{flag} {text}"
+    key, equals, value_text = text.partition("=")
+    key = key.strip()
+    if not equals or not key:
+        raise ConfigError(f"{origin}: expected KEY=VALUE with a dotted key, e.g. {flag} train.steps=500")
+    if not all(part and part.strip() == part for part in key.split(".")):
+        raise ConfigError(f"{origin}: {key!r} is not a dotted key (names joined by '.', e.g. algo.utd)")
+    try:
+        value = yaml.safe_load(value_text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: the value is not valid YAML ({getattr(exc, 'problem', None) or exc}); quote "
+                          f"it to pass a string, e.g. {flag} '{key}=\"{value_text}\"'") from None
+    if isinstance(value, str) and value == value_text.strip() and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)  # PyYAML follows YAML 1.1, where 1e-3 is a string; YAML 1.2 reads a float
+    return Override(key, value, origin)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[Override], source: str = "<config>") -> dict[str, Any]:
+    """A copy of the mapping ``raw`` with each override's value put at its dotted key, in order (a later
+    one wins); missing sections are made, and a section given as a shorthand string becomes a mapping."""
+    raw = copy.deepcopy(raw)
+    for override in overrides:
+        parts = override.key.split(".")
+        node: Any = raw
+        for depth, part in enumerate(parts):
+            here = ".".join(parts[:depth])
+            slot: Any = part
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{override.origin}: {here!r} is a list of {len(node)} in {source}; index it "
+                                      f"with 0..{len(node) - 1}, or set {here!r} as a whole")
+                slot = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{override.origin}: {here!r} is {node!r} in {source}, not a section with keys; "
+                                  f"set {here!r} as a whole")
+            if depth == len(parts) - 1:
+                node[slot] = override.value
+                break
+            child = node[slot] if isinstance(node, list) else node.get(slot)
+            if child is None:
+                child = node[slot] = {}
+            elif depth == 0 and isinstance(child, str) and part in _SHORTHAND_KEYS:
+                child = node[slot] = {_SHORTHAND_KEYS[part]: child}
+            node = child
+    return raw
+
+
+def _as_overrides(overrides: Mapping[str, Any] | Iterable[Override] | None) -> list[Override]:
+    """Overrides given as a mapping of dotted keys (the Python API) or as :class:`Override` (the command)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, Mapping):
+        return [Override(key, value, f"override {key}={value!r}") for key, value in overrides.items()]
+    given = list(overrides)
+    for earlier_index, earlier in enumerate(given):
+        for later in given[earlier_index + 1:]:
+            if later.key == earlier.key and later.origin != earlier.origin:
+                raise ConfigError(f"{earlier.origin} and {later.origin} both set {later.key}; give it once")
+    return given
+
+
+def _within(path: str, section: str) -> bool:
+    """Whether dotted ``path`` is ``section`` or lies inside it ("" is the whole config)."""
+    return not section or path == section or path.startswith(section + ".")
+
+
+def _origin(problem: tuple[tuple[str, ...], str, bool], overrides: list[Override], file_problems: set[str],
+            source: str) -> str:
+    """Where a problem of the overridden config came from: the override that put the value there; else the
+    file, when the file alone has it; else the overrides that broke a rule of the section (or of the whole
+    config) the problem is about, with the file named too when the file alone has other problems."""
+    loc, text, unknown_key = problem
+    path = ".".join(loc)
+    setting = [o for o in overrides if _within(path, o.key)]
+    if setting:  # the value (or a section above it) came from an override; the last one wins
+        return setting[-1].origin
+    inside = [o for o in overrides if _within(o.key, path)]
+    if unknown_key and inside:  # an unknown key the override's path made, e.g. --set trian.steps=5
+        return ", ".join(o.origin for o in inside)
+    if text in file_problems:
+        return source
+    named = [o for o in inside if o.key in text] or inside or overrides
+    culprits = ", ".join(o.origin for o in named)
+    return f"{source} with {culprits}" if file_problems else culprits
+
+
+def load_config(path: str | os.PathLike, overrides: Mapping[str, Any] | Iterable[Override] | None = None
+                ) -> ExperimentConfig:
+    """Read and validate an experiment YAML, with values changed from outside it.
+
+    :param path: the experiment YAML
+    :param overrides: :class:`Override` (``--set`` and the command's flags, :func:`parse_override`), or a
+        mapping of dotted keys to values. They are validated with the file, and every problem is named after
+        where its value came from: ``--set train.steps=-5: field 'train.steps': ...`` names the flag, not the
+        file; a rule the overrides broke names both (``FILE with --set ...``).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found; pick one of sim_configs/*.yaml")
@@ -397,36 +622,73 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with keys env, demos, algo, intervention, reward, train, "
                           f"runtime; got {type(raw).__name__}")
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return validate_config(raw, source=str(path))
+    changes = _as_overrides(overrides)
+    if not changes:
+        return validate_config(raw, source=str(path))
+    config, problems = _validated(apply_overrides(raw, changes, str(path)), str(path))
+    if config is not None:
+        return config
+    try:  # which problems the file has on its own, to tell them from the overrides'
+        file_problems = {text for _, text, _ in _validated(raw, str(path))[1]}
+    except ConfigError as exc:
+        file_problems = {str(exc)}
+    lines: dict[str, list[str]] = {}
+    for problem in problems:
+        lines.setdefault(_origin(problem, changes, file_problems, str(path)), []).append(problem[1])
+    raise ConfigError("; ".join(f"{origin}: {'; '.join(texts)}" for origin, texts in lines.items()))
 
 
 def validate_config(raw: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
     """Validate an experiment given as a mapping; every problem is named in one :class:`ConfigError` line."""
+    config, problems = _validated(raw, source)
+    if config is None:
+        raise ConfigError(f"{source}: " + "; ".join(text for _, text, _ in problems))
+    return config
+
+
+def _validated(raw: dict[str, Any], source: str) -> tuple[ExperimentConfig | None,
+                                                          list[tuple[tuple[str, ...], str, bool]]]:
+    """The config, or ``None`` and its problems as (location, sentence, is an unknown key); the location of a
+    rule across sections is ``()``, that of an algorithm config's own range check ``("algo",)``."""
     raw = dict(raw)
     if "task" in raw and "env" not in raw:
         raise ConfigError(f"{source}: a correction-session config (it names a 'task' variant, no 'env'); run it "
                           "with `hilrl correct` (hilrl train takes an experiment with env/algo/train sections)")
+    import_config_plugins(raw.get("plugins"), f"{source}: plugins")  # before algo: a plugin may register it
     algo = raw.get("algo", {"name": "bc"})
     try:
         raw["algo"] = parse_algo(algo) if isinstance(algo, dict) else algo
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw), []
     except ValidationError as exc:
         if raw["algo"] is algo and isinstance(algo, dict):  # the algo section itself failed
             owner = tagged_config(algo.get("name", "bc"))
-            problems = [_explain(e, ("algo",), owner) for e in exc.errors()]
+            prefix, explained = ("algo",), [_explain(e, ("algo",), owner) for e in exc.errors()]
         else:
-            problems = [_explain(e) for e in exc.errors()]
-        raise ConfigError(f"{source}: " + "; ".join(problems)) from None
+            prefix, explained = (), [_explain(e) for e in exc.errors()]
+        return None, [((*prefix, *map(str, e["loc"])), text, e["type"] in _UNKNOWN_KEY)
+                      for e, text in zip(exc.errors(), explained)]
     except (HilrlError, ValueError) as exc:  # an algorithm config's own range checks
-        raise ConfigError(f"{source}: {exc}") from None
+        return None, [(("algo",), str(exc), False)]
 
 
 def dump_config(config: ExperimentConfig, path: str | os.PathLike) -> None:
     """Write the resolved config (every default filled in) next to a run's outputs."""
     Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+
+
+def load_recorded_config(path: str | os.PathLike) -> ExperimentConfig:
+    """The experiment a run folder recorded (its ``config.yaml``), as the run wrote it: keys an earlier hilrl
+    spelt otherwise (SAC's flat keys) are moved to their sections, not refused as in a user's file."""
+    try:
+        return ExperimentConfig.model_validate(yaml.safe_load(Path(path).read_text()))
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + "; ".join(_explain(e) for e in exc.errors())) from None
+
+def load_run_env(run_dir: str | os.PathLike) -> EnvConfig | None:
+    """The env section of a run folder's ``config.yaml``, to render its segments with (the labelling page);
+    ``None`` when the folder has no config or the run drove a remote arm (no MuJoCo states to render)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    env = EnvConfig.model_validate(yaml.safe_load(path.read_text())["env"])
+    return None if env.remote else env

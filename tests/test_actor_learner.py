@@ -409,7 +409,7 @@ def test_next_obs_travels_only_where_it_is_not_the_next_steps_obs_and_is_stored_
 def test_actor_and_learner_processes_learn_reach(tmp_path):
     """`hilrl train` with runtime: distributed (a learner and an actor process on loopback) learns Reach.
 
-    Short (1500 steps): standardised observations (algo.normalize_obs) and fresh weights every 10
+    Short (1500 steps): standardised observations (algo.normalisation.enabled) and fresh weights every 10
     updates with at most 20 steps in flight make it learn fast. Measured on 2 shared, busy cores:
     the untrained policy 5% success / mean return -8.4; after 1500 steps 50% / -1.2 in 85 s
     (with publish_every 50 and max_unacked 100 instead: 15% / -2.5). The untrained policy is the
@@ -424,7 +424,7 @@ def test_actor_and_learner_processes_learn_reach(tmp_path):
     raw = {
         "env": {"id": "hilrl/Reach-v0"},
         "demos": {"episodes": 10},
-        "algo": {"name": "sac", "utd": 4, "gamma": 0.9, "init_temperature": 0.01, "normalize_obs": True,
+        "algo": {"name": "sac", "utd": 4, "gamma": 0.9, "init_temperature": 0.01, "normalisation": {"enabled": True},
                  "obs_keys": ["ee_pos", "object"]},
         "train": {"steps": 1500, "learning_starts": 200, "eval_episodes": 20, "checkpoint_every": 1000,
                   "video": False},
@@ -453,7 +453,8 @@ def test_actor_and_learner_processes_learn_reach(tmp_path):
 @pytest.mark.slow
 def test_hilrl_train_distributed_learns_reach(tmp_path):
     """The shipped config end to end (learner + 2 actor processes). Measured once: 100% eval success (20 episodes)
-    at 5000 steps, 236 s on 2 busy shared cores (45% before normalize_obs and publish_every 10 / max_unacked 20)."""
+    at 5000 steps, 236 s on 2 busy shared cores (45% before algo.normalisation and publish_every 10 / max_unacked
+    20)."""
     run = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "hilrl.cli", "train", "sim_configs/reach_distributed.yaml", "--out",
                            str(run)], capture_output=True, text=True, timeout=1800,

@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).parents[1]
 HILRL = [sys.executable, "-m", "hilrl.cli"]
@@ -112,3 +113,76 @@ def test_every_task_records_with_cameras_and_replays_exactly(tmp_path, task):
     rep = hilrl("replay", demos)
     assert rep.returncode == 0, rep.stdout + rep.stderr
     assert "0 of 2 demos diverged" in rep.stdout
+
+
+# ---------------------------------------------------------------- --set KEY=VALUE (issue 25)
+def installed_hilrl():
+    """The `hilrl` script pip made from pyproject's [project.scripts] (next to this interpreter)."""
+    script = Path(sys.executable).with_name("hilrl")
+    assert script.is_file(), f"{script}: pip install -e . makes the `hilrl` script (pyproject [project.scripts])"
+    return [str(script)]
+
+
+def test_set_changes_what_train_runs_and_the_run_folder_records_it(tmp_path):
+    """`hilrl train sim_configs/reach_hil.yaml --set train.steps=... --out RUN` through the installed script."""
+    run = tmp_path / "run"
+    sets = ["train.steps=300", "train.eval_episodes=1", "train.eval_every=0", "train.video=false",
+            "demos.episodes=2", "algo.utd=1"]
+    trained = subprocess.run([*installed_hilrl(), "train", "sim_configs/reach_hil.yaml",
+                              *[arg for s in sets for arg in ("--set", s)], "--out", str(run)],
+                             capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["env_steps"] == 300 and metrics["episodes"] == 1, metrics
+    assert not (run / "final_policy.mp4").exists()
+    recorded = yaml.safe_load((run / "config.yaml").read_text())
+    assert recorded["train"]["steps"] == 300 and recorded["train"]["eval_episodes"] == 1
+    assert recorded["train"]["video"] is False and recorded["demos"]["episodes"] == 2
+    assert recorded["algo"]["utd"] == 1
+    with h5py.File(run / "demos.hdf5", "r") as f:
+        assert len(f["data"]) == 2
+
+
+def test_set_reaches_record_with_yaml_typed_values(tmp_path):
+    demos = tmp_path / "d.hdf5"
+    rec = hilrl("record", ROOT / "sim_configs/reach.yaml", "--set", "env.max_episode_steps=5", "--set",
+                "env.terminate_on_success=false", "--episodes", 2, "--out", demos)
+    assert rec.returncode == 0, rec.stderr[-2000:]
+    assert "recorded 2 episodes" in rec.stdout and "10 steps" in rec.stdout
+
+
+@pytest.mark.parametrize(
+    "args, starts",
+    [
+        (("train", "{reach}", "--set", "algo.bacth_size=4"),
+         "error: --set algo.bacth_size=4: unknown key 'algo.bacth_size' (did you mean 'batch_size'?)"),
+        (("train", "{reach}", "--set", "trian.steps=5"),
+         "error: --set trian.steps=5: unknown key 'trian' (did you mean 'train'?)"),
+        (("train", "{reach}", "--set", "train.steps=-5"),
+         "error: --set train.steps=-5: field 'train.steps': Input should be greater than or equal to 1 (got -5)"),
+        (("train", "{reach}", "--steps", "-5"), "error: --steps -5: field 'train.steps': Input should be greater"),
+        (("train", "{reach}", "--set", "env.cameras=[front, side]"),
+         "error: --set env.cameras=[front, side]: field 'env.cameras.1': Input should be 'front' or 'wrist'"),
+        (("train", "{reach}", "--set", "train.video=maybe"), "error: --set train.video=maybe: field 'train.video'"),
+        (("train", "{reach}", "--set", "train.steps"), "error: --set train.steps: expected KEY=VALUE"),
+        (("train", "{reach}", "--set", "train.steps=[1"), "error: --set train.steps=[1: the value is not valid YAML"),
+        (("train", "{reach}", "--set", "train.steps=5", "--steps", "6"),
+         "error: --set train.steps=5 and --steps 6 both set train.steps; give it once"),
+        (("record", "{reach}", "--set", "env.contol_hz=5", "--out", "{tmp}/d.hdf5"),
+         "error: --set env.contol_hz=5: unknown key 'env.contol_hz' (did you mean 'control_hz'?)"),
+        (("learner", "{reach}", "--set", "train.stpes=5", "--out", "{tmp}/run"),
+         "error: --set train.stpes=5: unknown key 'train.stpes' (did you mean 'steps'?)"),
+        (("learner", "{reach}", "--steps", "0", "--out", "{tmp}/run"), "error: --steps 0: field 'train.steps'"),
+        (("actor", "{reach}", "--set", "runtime.actor=2", "--learner", "tcp://127.0.0.1:1", "--out", "{tmp}/a"),
+         "error: --set runtime.actor=2: unknown key 'runtime.actor' (did you mean 'actors'?)"),
+    ],
+)
+def test_a_bad_override_is_one_line_that_names_the_flag(tmp_path, args, starts):
+    reach = ROOT / "sim_configs/reach.yaml"
+    result = hilrl(*[a.format(reach=reach, tmp=tmp_path) for a in args])
+    assert result.returncode == 2, (args, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(starts), result.stderr
+    assert str(reach) not in result.stderr, "the value came from the flag, not the file"
+    assert not list(tmp_path.iterdir()), "nothing ran"

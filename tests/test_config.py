@@ -79,3 +79,39 @@ def test_a_correction_session_config_given_to_train_points_to_hilrl_correct():
 
     with pytest.raises(ConfigError, match="run it with `hilrl correct`"):
         load_config(Path(__file__).parents[1] / "sim_configs" / "correct_pick_tall.yaml")
+
+
+def test_overrides_read_values_as_yaml_and_name_themselves_in_errors(tmp_path):
+    """`--set KEY=VALUE` (hilrl.cli): dotted keys, YAML values, validated with the file, errors naming the flag."""
+    from hilrl.config import Override, parse_override
+
+    values = {text: parse_override(text).value for text in
+              ("train.steps=500", "algo.hidden=[64, 64]", "train.video=false", "demos.path=null", "algo.lr=1e-3",
+               "env.id='1e-3'", "env.id=hilrl/Reach-v0")}
+    assert list(values.values()) == [500, [64, 64], False, None, 1e-3, "1e-3", "hilrl/Reach-v0"]
+    for bad, needle in (("train.steps", "expected KEY=VALUE"), ("train..steps=1", "not a dotted key"),
+                        ("train.steps=[1", "not valid YAML")):
+        with pytest.raises(ConfigError, match=needle):
+            parse_override(bad)
+
+    path = write(tmp_path, GOOD + "reward: env\n")
+    cfg = load_config(path, [parse_override("reward.weight=0.5"), parse_override("runtime.actors=2"),
+                             Override("train.seed", 4, "--seed 4")])
+    assert (cfg.reward.source, cfg.reward.weight, cfg.runtime.actors, cfg.train.seed) == ("env", 0.5, 2, 4)
+
+    def message(overrides, text=GOOD):
+        with pytest.raises(ConfigError) as info:
+            load_config(write(tmp_path, text), overrides)
+        assert "\n" not in str(info.value)
+        return str(info.value)
+
+    assert message([Override("train.steps", -5, "--steps -5")]).startswith("--steps -5: field 'train.steps'")
+    assert message([parse_override("algo.bacth_size=4")]).startswith(
+        "--set algo.bacth_size=4: unknown key 'algo.bacth_size' (did you mean 'batch_size'?)")
+    assert message([parse_override("train.steps.x=1")]).startswith("--set train.steps.x=1: 'train.steps' is 10")
+    assert message([parse_override("demos.episodes=0")]).startswith("--set demos.episodes=0: demos: algo 'bc'")
+    assert message([parse_override("train.seed=1"), parse_override("train.seed=2")]) == (
+        "--set train.seed=1 and --set train.seed=2 both set train.seed; give it once")
+    # the file's own mistake still names the file, next to the flag's
+    both = message([parse_override("train.log_every=0")], GOOD.replace("steps: 10", "stpes: 10"))
+    assert "exp.yaml: unknown key 'train.stpes'" in both and "--set train.log_every=0: field 'train.log_every'" in both

@@ -12,7 +12,13 @@ import numpy as np
 import pytest
 
 from hilrl.data.episode import Episode, EpisodeBuilder
-from hilrl.data.hdf5 import DatasetError, DemoFile, DemoWriter, read_episodes
+from hilrl.data.hdf5 import DatasetError, DemoFile, DemoWriter
+
+
+def read_episodes(path, filter_key=None):
+    """Every episode of a demo file (or those under ``mask/<filter_key>``), as a user reads them with DemoFile."""
+    with DemoFile(path) as demos:
+        return [demos.episode(n) for n in (demos.filter(filter_key) if filter_key else demos.demo_names)]
 
 
 def make_episode(steps: int, seed: int, image: bool = True) -> Episode:

@@ -138,11 +138,12 @@ def test_two_tabs_get_different_queries_and_a_second_label_of_one_query_is_refus
 
 def test_labels_from_the_page_reach_the_training_run_when_it_continues(tmp_path):
     """README's flow: train (queries wait), label them (here: the terminal fallback), train on: the model fits them."""
+    from hilrl.config import load_run_env
     from hilrl.feedback.ui.terminal import label_in_terminal
 
     run = pending_run(tmp_path / "run", queries=4)
     answers = iter(["f", "s", "u", "e", "2", "k"])
-    made = label_in_terminal(run, who="bob", read=lambda prompt: next(answers), write=lambda line: None)
+    made = label_in_terminal(run, load_run_env(run), who="bob", read=lambda prompt: next(answers), write=lambda line: None)
     store = PreferenceStore.for_run(run)
     assert made == 4 and [lab.label for lab in sorted(store.labels().values(), key=lambda x: x.id)] == [
         "first", "equal", "second", "skip"]

@@ -100,7 +100,7 @@ def test_resume_after_stop_keeps_counters_and_keeps_learning(tmp_path):
 def test_keep_best_makes_the_best_evaluated_checkpoint_the_runs_policy(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from hilrl.runtime.evaluate import evaluate_run
+    from hilrl.runtime.run import evaluate_run
 
     cfg = validate_config(experiment(train={"steps": 400, "eval_every": 100, "eval_episodes": 5, "keep_best": True}))
     run = tmp_path / "run"
@@ -135,9 +135,9 @@ def test_keep_best_outside_the_online_sac_loop_is_refused(tmp_path):
 def test_kl_to_bc_runs_from_a_config_and_its_prior_travels_with_the_checkpoint(tmp_path):
     import torch
 
-    from hilrl.runtime.evaluate import load_policy
+    from hilrl.runtime.run import load_policy
 
-    config = validate_config(experiment(algo={"kl_coef": 0.5, "bc_prior_updates": 200}))
+    config = validate_config(experiment(algo={"variants": {"kl_coef": 0.5, "bc_prior_updates": 200}}))
     result = train(config, tmp_path / "run", show_progress=False)
     assert 0.0 <= result.success_rate <= 1.0
     _, sac, _ = load_policy(tmp_path / "run")
@@ -153,9 +153,10 @@ def test_kl_to_bc_runs_from_a_config_and_its_prior_travels_with_the_checkpoint(t
 def test_bc_proposals_run_from_a_config_and_the_loaded_policy_acts_with_them(tmp_path):
     import torch
 
-    from hilrl.runtime.evaluate import load_policy
+    from hilrl.runtime.run import load_policy
 
-    config = validate_config(experiment(demos={"episodes": 10}, algo={"bc_proposal": True, "bc_prior_updates": 1500}))
+    config = validate_config(experiment(demos={"episodes": 10},
+                                        algo={"variants": {"bc_proposal": True, "bc_prior_updates": 1500}}))
     train(config, tmp_path / "run", show_progress=False)
     _, sac, _ = load_policy(tmp_path / "run")
     assert sac.bc_prior is not None and sac.bc_prior.is_fitted and sac.bc_policy is None
@@ -179,3 +180,28 @@ def test_a_run_folder_is_not_resumed_under_another_config(tmp_path):
     with pytest.raises(HilrlError, match=r"env.relative_positions: False -> True.*new --out"):
         train(validate_config(other), run, show_progress=False)
     assert (run / "config.yaml").read_text() == recorded  # the record of what ran is kept
+
+
+def test_one_rule_finds_a_runs_newest_checkpoint_and_an_older_hilrls_is_named(tmp_path):
+    import torch
+
+    from hilrl.errors import HilrlError
+    from hilrl.runtime.run import latest_checkpoint, load_policy
+
+    run = tmp_path / "run"
+    raw = experiment(train={"steps": 150, "checkpoint_every": 150})
+    train(validate_config(raw), run, show_progress=False)
+    path, state = latest_checkpoint(run)
+    assert path.name == "step_150.pt" and load_policy(run)[2] == path  # resumed from and evaluated: the same one
+
+    del state["stream"]  # a checkpoint of a format this hilrl no longer reads
+    torch.save(state, path)
+    with pytest.raises(HilrlError, match="older hilrl.*new --out folder"):
+        train(validate_config({**raw, "train": {**raw["train"], "steps": 300}}), run, show_progress=False)
+
+    for name in state["replay"].values():  # a run copied without its buffers: no complete checkpoint
+        (run / "checkpoints" / name).unlink()
+    assert latest_checkpoint(run) is None
+    with pytest.raises(HilrlError, match="no complete checkpoint.*step_150.pt"):
+        load_policy(run)
+    assert load_policy(path)[2] == path  # the file itself still loads

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from hardware.limits import CommandRejected, ConfigError, SafetyLimits, load_config, safe_target
+from hardware.limits import CommandRejected, RobotConfigError, SafetyLimits, load_config, safe_target
 from hilrl.envs import auth
 from hilrl.envs.protocol import (
     EXT_FRAME,
@@ -242,7 +242,7 @@ def test_sim_config_lists_the_tasks_a_client_may_ask_for(tmp_path):
     path = tmp_path / "robot.yaml"
     path.write_text("limits: {workspace_low: [0, 0, 0], workspace_high: [1, 1, 1], max_translation_per_step: 0.05}\n"
                     "sim: {task: hilrl/Push-v0, tasks: [hilrl/Reach-v0]}\n")
-    with pytest.raises(ConfigError, match=r"sim.task 'hilrl/Push-v0' is not in sim.tasks \['hilrl/Reach-v0'\]"):
+    with pytest.raises(RobotConfigError, match=r"sim.task 'hilrl/Push-v0' is not in sim.tasks \['hilrl/Reach-v0'\]"):
         load_config(path)
 
 
@@ -306,15 +306,15 @@ def test_shipped_configs_load():
 def test_config_errors_name_file_and_field(tmp_path):
     path = tmp_path / "robot.yaml"
     path.write_text("driver: sim\nlimits:\n  workspace_low: [0, 0, 0]\n  workspace_high: [1, 1, -1]\n  max_translation_per_step: 0.05\n")
-    with pytest.raises(ConfigError, match=r"robot.yaml: field 'limits'.*below workspace_high"):
+    with pytest.raises(RobotConfigError, match=r"robot.yaml: field 'limits'.*below workspace_high"):
         load_config(path)
     path.write_text("driver: sim\nwatchdog_timeout_s: -1\nlimits: {}\n")
-    with pytest.raises(ConfigError, match="field 'watchdog_timeout_s'"):
+    with pytest.raises(RobotConfigError, match="field 'watchdog_timeout_s'"):
         load_config(path)
     path.write_text("speed: 3\n")
-    with pytest.raises(ConfigError, match="field 'limits'"):
+    with pytest.raises(RobotConfigError, match="field 'limits'"):
         load_config(path)
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(RobotConfigError, match="not found"):
         load_config(tmp_path / "missing.yaml")
 
 

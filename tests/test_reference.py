@@ -6,6 +6,7 @@ import time
 import pytest
 
 from hilrl.runtime import reference
+from hilrl.runtime.train import ensure_reference_critic
 
 STEPS = 300
 
@@ -28,7 +29,7 @@ def tiny_reference(monkeypatch):
 @pytest.fixture
 def built(tiny_reference, tmp_path_factory, capsys):
     path = tmp_path_factory.mktemp("qref") / "qref_push"
-    assert reference.ensure_reference_critic(path, "hilrl/Push-v0", STEPS, show_progress=False) == path
+    assert ensure_reference_critic(path, "hilrl/Push-v0", STEPS, show_progress=False) == path
     return path, capsys.readouterr().err
 
 
@@ -43,7 +44,7 @@ def test_reference_experiment_is_the_recipe_and_deterministic():
 
 
 def test_first_use_builds_a_loadable_sac_run_and_says_so(built, capsys):
-    from hilrl.runtime.evaluate import load_policy
+    from hilrl.runtime.run import load_policy
 
     path, said = built
     assert "reference critic" in said and "first use" in said and str(path) in said and f"{STEPS} env steps" in said
@@ -53,7 +54,7 @@ def test_first_use_builds_a_loadable_sac_run_and_says_so(built, capsys):
 
     stamp = (path / "metrics.json").stat().st_mtime_ns
     started = time.perf_counter()
-    assert reference.ensure_reference_critic(path, "Push", STEPS) == path
+    assert ensure_reference_critic(path, "Push", STEPS) == path
     assert time.perf_counter() - started < 1.0
     assert (path / "metrics.json").stat().st_mtime_ns == stamp
     assert capsys.readouterr().err == ""  # nothing to build, nothing said
@@ -69,7 +70,7 @@ def test_a_reference_killed_mid_way_is_finished_not_restarted(built, tmp_path, c
     (half / "metrics.json").unlink()
     first = (half / "checkpoints" / "step_100.pt").stat().st_mtime_ns
 
-    reference.ensure_reference_critic(half, "Push", STEPS, show_progress=False)
+    ensure_reference_critic(half, "Push", STEPS, show_progress=False)
     said = capsys.readouterr().err
     assert "half-built" in said and f"step_{STEPS}.pt" in said  # resumed from the last checkpoint
     assert json.loads((half / "metrics.json").read_text())["env_steps"] == STEPS
@@ -80,4 +81,4 @@ def test_unknown_task_names_are_refused(tmp_path):
     from hilrl.errors import HilrlError
 
     with pytest.raises(HilrlError, match="Push"):
-        reference.ensure_reference_critic(tmp_path / "q", "gym/Push v0", 100)
+        ensure_reference_critic(tmp_path / "q", "gym/Push v0", 100)

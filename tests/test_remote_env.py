@@ -153,6 +153,14 @@ def test_no_server_gives_a_clear_connection_error():
         RemoteArmEnv("tcp://127.0.0.1:9", timeout_s=0.3)
 
 
+def test_a_stream_bound_to_all_interfaces_is_reached_at_the_host_already_used():
+    from hilrl.envs.remote import stream_address
+
+    assert stream_address("tcp://10.0.0.2:5560", "tcp://0.0.0.0:5561") == "tcp://10.0.0.2:5561"
+    assert stream_address("tcp://arm.local:5560", "tcp://[::]:6000") == "tcp://arm.local:6000"
+    assert stream_address("tcp://10.0.0.2:5560", "tcp://10.0.0.3:5561") == "tcp://10.0.0.3:5561"  # as reported
+
+
 def test_record_through_the_server_then_replay_locally(tmp_path):
     """Issue 3 acceptance: `hilrl serve-robot --driver sim` + `hilrl record <remote config>` + `hilrl replay`."""
     import subprocess

@@ -33,7 +33,7 @@ SHAPED_WRONG = program("    distance = np.linalg.norm(next_obs['ee_pos'] - next_
 # a small RLPD run that reaches the goal sometimes in 600 env steps with the good reward (~25 s on one core)
 BASE = {"demos": {"episodes": 10},
         "algo": {"name": "sac", "hidden": [64, 64], "batch_size": 64, "utd": 4, "gamma": 0.9, "init_temperature": 0.01,
-                 "normalize_obs": True, "obs_keys": ["ee_pos", "object"]},
+                 "normalisation": {"enabled": True}, "obs_keys": ["ee_pos", "object"]},
         "train": {"learning_starts": 100, "eval_episodes": 10, "video": False}}
 
 

@@ -331,16 +331,16 @@ def test_franka_adapter_sends_validated_absolute_targets(monkeypatch):
 
 
 def test_real_drivers_explain_missing_sdks(monkeypatch):
-    from hardware.limits import ConfigError, load_config
+    from hardware.limits import RobotConfigError, load_config
     from hardware.server import make_driver
 
     monkeypatch.setitem(sys.modules, "franky", None)
     monkeypatch.setitem(sys.modules, "rtde_control", None)
     for name, package in (("franka", "franky-control"), ("ur", "ur-rtde")):
-        with pytest.raises(ConfigError, match=f"pip install 'hilrl\\[real\\]' \\({package}\\)"):
+        with pytest.raises(RobotConfigError, match=f"pip install 'hilrl\\[real\\]' \\({package}\\)"):
             make_driver(load_config(CONFIG_DIR / f"{name}.yaml"))
     config = load_config(CONFIG_DIR / "franka.yaml").model_copy(update={"franka": None})
-    with pytest.raises(ConfigError, match="needs a 'franka:' section"):
+    with pytest.raises(RobotConfigError, match="needs a 'franka:' section"):
         make_driver(config)
 
 
@@ -498,12 +498,12 @@ def test_task_requests_the_robot_config_does_not_allow_are_refused():
 
 
 def test_task_option_pins_the_sim_task():
-    from hardware.limits import ConfigError
+    from hardware.limits import RobotConfigError
     from hardware.server import _load, build_parser
 
     config = _load(build_parser().parse_args(["--driver", "sim", "--task", "hilrl/PickCube-v0"]))
     assert config.sim.task == "hilrl/PickCube-v0" and config.sim.tasks == ["hilrl/PickCube-v0"]
-    with pytest.raises(ConfigError, match="--task hilrl/PickCube-v0 is for the sim driver"):
+    with pytest.raises(RobotConfigError, match="--task hilrl/PickCube-v0 is for the sim driver"):
         _load(build_parser().parse_args(["--driver", "kinematic", "--task", "hilrl/PickCube-v0"]))
 
 

@@ -1,5 +1,7 @@
 """SAC/RLPD learner: ensemble maths, target, sampling, UTD, checkpoints, learning, images, KL prior."""
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ from hilrl.data.buffers import ReplayBuffer, mixed_sample
 from hilrl.errors import HilrlError
 from hilrl.policies.encoders import random_shift
 from hilrl.policies.networks import CriticEnsemble
-from hilrl.policies.sac import SAC, SACConfig, batch_to_torch
+from hilrl.policies.sac import SAC, SACConfig, SACExecution, batch_to_torch
+from hilrl.policies.sac.update import regulariser
 
 STATE_SPACE = gym.spaces.Dict({
     "ee_pos": gym.spaces.Box(-1, 1, (3,), np.float32),
@@ -86,12 +89,12 @@ def test_layer_norm_has_no_saved_constant_and_old_checkpoints_load():
 
 
 def test_compile_critic_needs_a_compiler_and_not_a_cuda_graph(monkeypatch):
-    import hilrl.policies.kernels as kernels_module
+    from hilrl.policies.sac import fast
 
-    monkeypatch.setattr(kernels_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(fast.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     with pytest.raises(HilrlError, match="C\\+\\+ compiler"):
-        SAC(STATE_SPACE, ACT_SPACE, SACConfig(compile_critic=True, **SMALL))
+        SAC(STATE_SPACE, ACT_SPACE, SACConfig(execution={"compile_critic": True}, **SMALL))
     SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL))  # eager needs none
 
 
@@ -100,7 +103,7 @@ def test_compiled_critic_update_matches_eager():
     """``compile_critic`` is speed only: from the same state, same batch and noise, the same update."""
     config = dict(num_critics=5, utd=2, **SMALL)
     eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
-    compiled = SAC(STATE_SPACE, ACT_SPACE, SACConfig(compile_critic=True, **config), seed=2)
+    compiled = SAC(STATE_SPACE, ACT_SPACE, SACConfig(execution={"compile_critic": True}, **config), seed=2)
     assert_same_updates(eager, compiled)
 
 
@@ -198,13 +201,13 @@ def test_update_matches_a_plain_rlpd_update_written_out(num_critics, serl):
 def test_fused_layer_norm_update_matches_eager(num_critics):
     """``fused_layer_norm`` is speed only: from the same state, batch and noise, the same update as the eager
     reference, through the critic step, the actor step (constant critic weights) and the target's subset."""
-    from hilrl.policies.kernels import kernels_buildable
+    from hilrl.policies.sac.fast import kernels_buildable
 
     if kernels_buildable() is not None:
         pytest.skip(f"the fused kernel needs {kernels_buildable()}")
     config = dict(num_critics=num_critics, utd=2, **SMALL)
     eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
-    fused = SAC(STATE_SPACE, ACT_SPACE, SACConfig(fused_layer_norm=True, **config), seed=2)
+    fused = SAC(STATE_SPACE, ACT_SPACE, SACConfig(execution={"fused_layer_norm": True}, **config), seed=2)
     assert fused.critic["q"].fused and not eager.critic["q"].fused
     buf = assert_same_updates(eager, fused)
     obs = {k: torch.as_tensor(v) for k, v in buf.sample(8, np.random.default_rng(2))["obs"].items()}
@@ -213,7 +216,7 @@ def test_fused_layer_norm_update_matches_eager(num_critics):
 
 
 def needs_cpp_update() -> None:
-    from hilrl.policies.kernels import kernels_buildable
+    from hilrl.policies.sac.fast import kernels_buildable
 
     if kernels_buildable() is not None:
         pytest.skip(f"the C++ update needs {kernels_buildable()}")
@@ -221,8 +224,9 @@ def needs_cpp_update() -> None:
 
 @pytest.mark.parametrize("num_critics, utd, extra", [
     (2, 1, {}), (2, 2, {}), (10, 1, {}), (10, 2, {}),
-    (4, 2, dict(bc_coef=0.5)),  # TD3+BC's demo term, and the two target members drawn from four
-    (2, 2, dict(backup_entropy=False, learn_temperature=False, normalize_obs=True, init_temperature=0.1)),
+    (4, 2, dict(variants={"bc_coef": 0.5})),  # TD3+BC's demo term, and the two target members drawn from four
+    (2, 2, dict(backup_entropy=False, learn_temperature=False, normalisation={"enabled": True},
+                init_temperature=0.1)),
 ])
 def test_cpu_fused_update_matches_eager(num_critics, utd, extra):
     """``cpu_fused_update`` is speed only: from the same state, batch and noise, the same update as the eager
@@ -230,14 +234,14 @@ def test_cpu_fused_update_matches_eager(num_critics, utd, extra):
     needs_cpp_update()
     config = dict(num_critics=num_critics, utd=utd, **extra, **SMALL)
     eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
-    fast = SAC(STATE_SPACE, ACT_SPACE, SACConfig(cpu_fused_update=True, **config), seed=2)
-    if extra.get("normalize_obs"):  # a fitted standardisation that clips some features
+    fast = SAC(STATE_SPACE, ACT_SPACE, SACConfig(execution={"cpu_fused_update": True}, **config), seed=2)
+    if "normalisation" in extra:  # a fitted standardisation that clips some features
         buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 50)
         fill(buf, 50, np.random.default_rng(5))
         for learner in (eager, fast):
             learner.encoder.fit_state_normalizer({k: 0.2 * v[:50] for k, v in buf.obs.items()}, 0.05, 1.5)
             learner.target["encoder"].load_state_dict(learner.encoder.state_dict())
-    assert_same_updates(eager, fast, demo_rows=6 if "bc_coef" in extra else 0)
+    assert_same_updates(eager, fast, demo_rows=6 if "variants" in extra else 0)
     torch.testing.assert_close(fast.log_temperature, eager.log_temperature, rtol=1e-4, atol=1e-6)
     assert all(p.grad is None for p in fast.critic.parameters())  # its gradients live in its own buffers
 
@@ -253,7 +257,7 @@ def test_cpu_fused_update_continues_an_eager_checkpoint_and_refuses_what_it_does
     one does; configurations the C++ update does not write out are refused with the option to change."""
     needs_cpp_update()
     eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL, utd=2), seed=4)
-    fast = SAC(STATE_SPACE, ACT_SPACE, SACConfig(cpu_fused_update=True, **SMALL, utd=2), seed=9)
+    fast = SAC(STATE_SPACE, ACT_SPACE, SACConfig(execution={"cpu_fused_update": True}, **SMALL, utd=2), seed=9)
     assert_same_updates(eager, SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL, utd=2), seed=4))  # 3 eager updates
     fast.train_on_batch(batch_to_torch(fill_and_sample(), "cpu"), fast.draw_noise(16))  # its own state first
     fast.load_state_dict(eager.state_dict())
@@ -261,11 +265,12 @@ def test_cpu_fused_update_continues_an_eager_checkpoint_and_refuses_what_it_does
     for mine, theirs in zip(fast.critic_params, eager.critic_params):
         assert int(fast.critic_optimizer.state[mine]["step"]) == int(eager.critic_optimizer.state[theirs]["step"]) == 12
     image_space = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
-    for space, extra in ((STATE_SPACE, dict(kl_coef=0.1)), (STATE_SPACE, dict(bc_proposal=True)),
+    for space, extra in ((STATE_SPACE, dict(variants={"kl_coef": 0.1})),
+                         (STATE_SPACE, dict(variants={"bc_proposal": True})),
                          (STATE_SPACE, dict(max_grad_norm=1.0)), (STATE_SPACE, dict(actor_batch="whole")),
                          (STATE_SPACE, dict(critic_layer_norm=False)), (image_space, {})):
         with pytest.raises(HilrlError, match="cpu_fused_update=False"):
-            SAC(space, ACT_SPACE, SACConfig(cpu_fused_update=True, **extra, **SMALL))
+            SAC(space, ACT_SPACE, SACConfig(execution={"cpu_fused_update": True}, **extra, **SMALL))
 
 
 @pytest.mark.parametrize("backup_entropy", [True, False])
@@ -308,23 +313,30 @@ def test_truncated_steps_bootstrap_and_members_are_distinct():
     assert members.min() >= 0 and members.max() < 10
 
 
+def batches_seen(sac: SAC) -> list[dict]:
+    """Every batch ``sac.train_step`` hands to its update from now on, as numpy arrays."""
+    seen, update = [], sac.train_on_batch
+
+    def spy(batch, noise=None):
+        seen.append({k: v.cpu().numpy() for k, v in batch.items() if not isinstance(v, dict)})
+        return update(batch, noise)
+
+    sac.train_on_batch = spy
+    return seen
+
+
 def test_train_step_samples_half_online_half_demo_per_slice():
     sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(utd=3, **SMALL))
     rng = np.random.default_rng(0)
     online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 200), ReplayBuffer(STATE_SPACE, ACT_SPACE, 200)
     fill(online, 100, rng, source=0)
     fill(demo, 30, rng, source=1)
-    seen = []
-
-    def relabel(batch):
-        seen.append(batch["source"].copy())
-        return batch["rewards"]
-
-    sac.train_step(online, demo, relabel=relabel)
-    sources = seen[0].reshape(3, 16)
+    seen = batches_seen(sac)
+    sac.train_step(online, demo)
+    sources = seen[0]["source"].reshape(3, 16)
     np.testing.assert_array_equal(sources.sum(1), [8, 8, 8])
-    sac.train_step(online, ReplayBuffer(STATE_SPACE, ACT_SPACE, 10), relabel=relabel)
-    assert seen[1].sum() == 0 and seen[1].shape == (48,)
+    sac.train_step(online, ReplayBuffer(STATE_SPACE, ACT_SPACE, 10))
+    assert seen[1]["source"].sum() == 0 and seen[1]["source"].shape == (48,)
 
 
 def test_utd_runs_utd_critic_steps_per_actor_step(monkeypatch):
@@ -346,7 +358,6 @@ def test_utd_runs_utd_critic_steps_per_actor_step(monkeypatch):
         sac.train_step(buf)
     assert calls == {"critic": 15, "actor": 3, "temperature": 3}
     assert (sac.num_updates, sac.critic_updates, sac.actor_updates) == (3, 15, 3)
-    assert SACConfig(utd=2).critic_actor_ratio == 2
     # Polyak: the target moved, by much less than the online critic
     moved = max((a - b).abs().max().item() for a, b in zip(sac.target.parameters(), target_before))
     assert 0 < moved < 0.1
@@ -458,8 +469,8 @@ def test_random_shift_shape_identity_and_translation():
 
 @pytest.mark.parametrize("freeze", [True, False])
 def test_image_encoder_trains_only_through_the_critic_and_can_be_frozen(freeze):
-    config = SACConfig(hidden=(32, 32), batch_size=8, image_latent_dim=8, image_channels=(8, 8),
-                       image_strides=(2, 1), freeze_encoder=freeze)
+    config = SACConfig(hidden=(32, 32), batch_size=8,
+                       images={"latent_dim": 8, "channels": (8, 8), "strides": (2, 1), "freeze_encoder": freeze})
     sac = SAC(IMAGE_SPACE, ACT_SPACE, config)
     assert sac.encoder.feature_dim == 8 + 1
     buf = ReplayBuffer(IMAGE_SPACE, ACT_SPACE, 50)
@@ -499,14 +510,14 @@ class GaussianPrior(torch.nn.Module):
 
 def test_kl_regularisation_pulls_the_policy_to_the_prior():
     prior = GaussianPrior([0.6, -0.3], 0.2)
-    config = SACConfig(hidden=(32, 32), batch_size=32, kl_coef=1.0, gamma=0.5)
+    config = SACConfig(hidden=(32, 32), batch_size=32, variants={"kl_coef": 1.0}, gamma=0.5)
     sac = SAC(STATE_SPACE, ACT_SPACE, config, bc_policy=prior)
     buf = ReplayBuffer(STATE_SPACE, ACT_SPACE, 500)
     fill(buf, 400, np.random.default_rng(0), reward=0.0)  # no reward: only the KL term shapes the policy
     obs = {k: torch.zeros(3, *s.shape) for k, s in STATE_SPACE.items()}
     actions, log_prob = torch.zeros(3, 2), torch.ones(3)
     expected = 1.0 * (log_prob - prior.log_prob(obs, actions))
-    torch.testing.assert_close(sac._regulariser(obs, actions, log_prob, sac.temperature), expected)
+    torch.testing.assert_close(regulariser(sac, obs, actions, log_prob, sac.temperature), expected)
     temperature = sac.temperature.clone()
     for _ in range(300):
         sac.train_step(buf)
@@ -519,7 +530,7 @@ def test_kl_regularisation_pulls_the_policy_to_the_prior():
 
 def test_kl_prior_of_its_own_is_fitted_on_the_demo_buffer_and_checkpointed():
     rng = np.random.default_rng(0)
-    config = SACConfig(hidden=(32, 32), batch_size=32, kl_coef=1.0, bc_prior_updates=300)
+    config = SACConfig(hidden=(32, 32), batch_size=32, variants={"kl_coef": 1.0, "bc_prior_updates": 300})
     online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 500), ReplayBuffer(STATE_SPACE, ACT_SPACE, 500)
     fill(online, 200, rng, reward=0.0)
     sac = SAC(STATE_SPACE, ACT_SPACE, config)
@@ -548,7 +559,8 @@ def test_kl_prior_of_its_own_is_fitted_on_the_demo_buffer_and_checkpointed():
 
 def test_bc_proposal_acts_and_bootstraps_with_whichever_action_the_critic_values_more():
     rng = np.random.default_rng(0)
-    config = SACConfig(hidden=(32, 32), batch_size=32, bc_proposal=True, bc_prior_updates=300, init_temperature=0.01)
+    config = SACConfig(hidden=(32, 32), batch_size=32, variants={"bc_proposal": True, "bc_prior_updates": 300},
+                       init_temperature=0.01)
     online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 500), ReplayBuffer(STATE_SPACE, ACT_SPACE, 500)
     fill(online, 200, rng)
     obs = {k: rng.uniform(-1, 1, (300, *s.shape)).astype(np.float32) for k, s in STATE_SPACE.items()}
@@ -591,7 +603,7 @@ def test_observation_normaliser_is_fitted_once_from_both_buffers_and_saved(tmp_p
     demo.obs["ee_pos"][:40] = demo.obs["ee_pos"][:40] * 0.1 + 0.5
     online.obs["gripper"][:60] = 0.3  # constant key: its std is floored, not zero
     demo.obs["gripper"][:40] = 0.3
-    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(normalize_obs=True, obs_norm_min_std=0.05, **SMALL))
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(normalisation={"enabled": True, "min_std": 0.05}, **SMALL))
     raw = {"ee_pos": torch.tensor([[0.5, 0.6, 0.4]]), "gripper": torch.tensor([[0.3]])}
     torch.testing.assert_close(sac.encoder(raw), torch.cat([raw["ee_pos"], raw["gripper"]], -1))  # identity before
     sac.train_step(online, demo)
@@ -603,7 +615,7 @@ def test_observation_normaliser_is_fitted_once_from_both_buffers_and_saved(tmp_p
     np.testing.assert_allclose(features[:, :3].std(0, unbiased=False).numpy(), 1.0, atol=1e-4)
     np.testing.assert_allclose(features[:, 3].numpy(), 0.0, atol=1e-5)
     far = sac.encoder({"ee_pos": torch.tensor([[50.0, 0.5, 0.5]]), "gripper": torch.tensor([[0.3]])})
-    assert far[0, 0] == sac.config.obs_norm_clip
+    assert far[0, 0] == sac.config.normalisation.clip
     # fitted once: later samples from elsewhere do not move the statistics
     offset = sac.encoder.state_offset.clone()
     fill(online, 100, rng)
@@ -618,7 +630,7 @@ def test_observation_normaliser_is_fitted_once_from_both_buffers_and_saved(tmp_p
     assert not off.encoder.is_normalizer_fitted
     with pytest.raises(HilrlError, match="empty"):
         empty = ReplayBuffer(STATE_SPACE, ACT_SPACE, 5)
-        SAC(STATE_SPACE, ACT_SPACE, SACConfig(normalize_obs=True, **SMALL)).fit_normalizer([empty])
+        SAC(STATE_SPACE, ACT_SPACE, SACConfig(normalisation={"enabled": True}, **SMALL)).fit_normalizer([empty])
 
 
 def test_bc_term_pulls_the_policy_to_demo_actions_on_demo_rows_only():
@@ -631,10 +643,10 @@ def test_bc_term_pulls_the_policy_to_demo_actions_on_demo_rows_only():
     fill(online, 300, rng, reward=1.0)
     fill(demo, 300, rng, reward=1.0, source=1)
     demo.actions[:300] = (0.7, -0.5)
-    seen = []
-    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(bc_coef=1.0, hidden=(32, 32), batch_size=32, utd=2, gamma=0.5,
-                                                init_temperature=0.01, learn_temperature=False))
-    sac.train_step(online, demo, relabel=lambda b: seen.append(b) or b["rewards"])
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(variants={"bc_coef": 1.0}, hidden=(32, 32), batch_size=32, utd=2,
+                                                gamma=0.5, init_temperature=0.01, learn_temperature=False))
+    seen = batches_seen(sac)
+    sac.train_step(online, demo)
     np.testing.assert_array_equal(seen[0]["demo_mask"], seen[0]["source"].astype(np.float32))
     assert seen[0]["demo_mask"].sum() == 32  # half of each of the two slices
     for _ in range(300):
@@ -645,7 +657,7 @@ def test_bc_term_pulls_the_policy_to_demo_actions_on_demo_rows_only():
     plain = SAC(STATE_SPACE, ACT_SPACE, SACConfig(hidden=(32, 32), batch_size=32, utd=2))
     assert float(plain.train_step(online, demo)["bc_loss"]) == 0.0
     with pytest.raises(HilrlError, match="bc_coef"):
-        SACConfig(bc_coef=-1.0)
+        SACConfig(variants={"bc_coef": -1.0})
 
 
 def test_bad_configuration_and_spaces_are_reported():
@@ -657,8 +669,6 @@ def test_bad_configuration_and_spaces_are_reported():
         SAC(STATE_SPACE, ACT_SPACE, SACConfig(obs_keys=("wrist",)))
     with pytest.raises(HilrlError, match="lacks keys"):
         SAC(STATE_SPACE, ACT_SPACE).act({"ee_pos": np.zeros(3, np.float32)})
-    assert SACConfig.rlif().num_critics == 10 and not SACConfig.rlif().backup_entropy
-    assert SACConfig.hil_serl().gamma == 0.97
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -666,9 +676,10 @@ def test_bad_configuration_and_spaces_are_reported():
 def test_cuda_graph_update_matches_eager(with_images):
     """From the same state, a replayed CUDA-graph update equals the eager update on the same batch and noise."""
     space = IMAGE_SPACE if with_images else STATE_SPACE
-    config = SACConfig(num_critics=10, utd=3, batch_size=16, hidden=(64, 64), image_channels=(8, 8),
-                       image_strides=(2, 1), image_latent_dim=8)
-    graph = SAC(space, ACT_SPACE, config, device="cuda", seed=1, cuda_graph=True)
+    config = SACConfig(num_critics=10, utd=3, batch_size=16, hidden=(64, 64),
+                       images={"channels": (8, 8), "strides": (2, 1), "latent_dim": 8})
+    graphed = dataclasses.replace(config, execution=SACExecution(cuda_graph=True))
+    graph = SAC(space, ACT_SPACE, graphed, device="cuda", seed=1)
     buf = ReplayBuffer(space, ACT_SPACE, 200)
     fill(buf, 200, np.random.default_rng(0))
     rng = np.random.default_rng(1)
@@ -678,7 +689,7 @@ def test_cuda_graph_update_matches_eager(with_images):
 
     for _ in range(5):  # three eager warm-ups, capture, one replay
         graph.train_on_batch(draw())
-    assert graph._graph is not None
+    assert graph.graphed is not None and graph.graphed.graph is not None
     eager = SAC(space, ACT_SPACE, config, device="cuda", seed=7)
     eager.load_state_dict(graph.state_dict())
     for _ in range(3):
@@ -698,7 +709,8 @@ def test_policy_weights_carry_everything_acting_needs_including_the_bc_proposals
     online, demo = ReplayBuffer(STATE_SPACE, ACT_SPACE, 300), ReplayBuffer(STATE_SPACE, ACT_SPACE, 300)
     fill(online, 200, rng)
     fill(demo, 200, rng, source=1)
-    config = SACConfig(bc_proposal=True, bc_prior_updates=50, normalize_obs=True, **SMALL)
+    config = SACConfig(variants={"bc_proposal": True, "bc_prior_updates": 50}, normalisation={"enabled": True},
+                       **SMALL)
     learner = SAC(STATE_SPACE, ACT_SPACE, config, seed=0)
     for _ in range(3):
         learner.train_step(online, demo)  # fits the normaliser and the prior, then trains
@@ -707,7 +719,7 @@ def test_policy_weights_carry_everything_acting_needs_including_the_bc_proposals
     assert not np.allclose(actor.act(states, deterministic=True), learner.act(states, deterministic=True))
     actor.load_policy_weights(learner.policy_weights())
     np.testing.assert_array_equal(actor.act(states, deterministic=True), learner.act(states, deterministic=True))
-    assert actor._bc_prior_ready and any(k.startswith("bc_prior.") for k in learner.policy_weights())
+    assert actor.bc_prior_ready and any(k.startswith("bc_prior.") for k in learner.policy_weights())
     with pytest.raises(HilrlError, match="same config"):
         SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL)).load_policy_weights(learner.policy_weights())
 
@@ -732,3 +744,95 @@ def test_xavier_init_and_actor_layer_norm_build_serls_networks():
     assert torch.count_nonzero(default.critic["q"].head.bias) > 0  # PyTorch's default init keeps its biases
     with pytest.raises(HilrlError, match="init must be torch or xavier"):
         SACConfig(init="orthogonal")
+
+
+# ---- the config in sections ----------------------------------------------------------------------
+
+def test_flat_keys_of_the_earlier_layout_are_refused_with_their_new_place_and_sections_validate_like_algo():
+    from hilrl.config import ConfigError, validate_config
+
+    base = {"env": {"id": "hilrl/Reach-v0"}, "demos": {"episodes": 2}}
+    with pytest.raises(ConfigError, match="algo.bc_coef moved: write algo.variants.bc_coef; "
+                                          "algo.normalize_obs moved: write algo.normalisation.enabled"):
+        validate_config({**base, "algo": {"name": "sac", "bc_coef": 0.4, "normalize_obs": True}})
+    with pytest.raises(ConfigError, match="unknown key 'algo.variants.bc_cof' \\(did you mean 'bc_coef'\\?\\); "
+                                          "allowed here: bc_coef, bc_prior_min_std"):
+        validate_config({**base, "algo": {"name": "sac", "variants": {"bc_cof": 0.4}}})
+    config = validate_config({**base, "algo": {"name": "sac", "utd": 4, "variants": {"bc_coef": 0.4},
+                                               "execution": {"cpu_fused_update": True}}})
+    assert config.algo.utd == 4 and config.algo.variants.bc_coef == 0.4 and config.algo.execution.cpu_fused_update
+    for old, new in SACConfig.MOVED_KEYS.items():  # every old key has a place now
+        section, key = new.split(".")
+        assert key in {f.name for f in dataclasses.fields(type(getattr(SACConfig(), section)))}, old
+
+
+def test_configs_recorded_with_flat_keys_still_load():
+    """Checkpoints and experiments written before the sections existed: their keys are moved, not refused."""
+    from hilrl.config import ExperimentConfig, validate_config
+
+    recorded = validate_config({"env": {"id": "hilrl/Reach-v0"}, "algo": {"name": "sac"}}).model_dump(mode="json")
+    recorded["algo"] = {"name": "sac", "utd": 3, "bc_coef": 0.4, "normalize_obs": True, "image_channels": [8, 8]}
+    algo = ExperimentConfig.model_validate(recorded).algo
+    assert (algo.utd, algo.variants.bc_coef, algo.normalisation.enabled, algo.images.channels) == (3, 0.4, True, (8, 8))
+
+    sac = SAC(STATE_SPACE, ACT_SPACE, SACConfig(variants={"bc_coef": 0.4}, **SMALL), seed=0)
+    state = sac.state_dict()
+    flat = {k: v for k, v in state["config"].items() if k not in ("variants", "normalisation", "images", "execution")}
+    state["config"] = {**flat, "bc_coef": 0.4, "image_latent_dim": 50, "augment": True}
+    assert SACConfig.from_dict(state["config"]) == sac.config
+    SAC(STATE_SPACE, ACT_SPACE, SACConfig(variants={"bc_coef": 0.4}, **SMALL), seed=1).load_state_dict(state)
+    state["config"]["image_latent_dim"] = 8
+    with pytest.raises(HilrlError, match="images.latent_dim=8"):
+        SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL)).load_state_dict(state)
+
+
+
+def test_a_run_folder_recorded_with_flat_keys_is_still_the_same_run(tmp_path):
+    """A run started before the sections existed resumes under the new spelling; another setting is still refused."""
+    import yaml
+
+    from hilrl.config import validate_config
+    from hilrl.runtime.run import check_same_run
+
+    config = validate_config({"env": {"id": "hilrl/Reach-v0"},
+                              "algo": {"name": "sac", "utd": 3, "variants": {"bc_coef": 0.4}}})
+    recorded = config.model_dump(mode="json")
+    recorded["algo"] = {"name": "sac", "utd": 3, "bc_coef": 0.4}
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "step_00000100.pt").write_bytes(b"")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    check_same_run(config, tmp_path)
+    other = validate_config({"env": {"id": "hilrl/Reach-v0"},
+                             "algo": {"name": "sac", "utd": 3, "variants": {"bc_coef": 0.5}}})
+    with pytest.raises(HilrlError, match=r"algo.variants.bc_coef: 0.4 -> 0.5"):
+        check_same_run(other, tmp_path)
+
+def test_every_rule_between_settings_is_the_configs():
+    """The exclusions are checked when the config is built, before any learner or C++ build."""
+    for bad in (dict(variants={"kl_coef": 0.1}), dict(variants={"bc_proposal": True}), dict(max_grad_norm=1.0),
+                dict(critic_layer_norm=False), dict(actor_layer_norm=True), dict(actor_batch="whole")):
+        with pytest.raises(HilrlError, match="set execution.cpu_fused_update=False"):
+            SACConfig(execution={"cpu_fused_update": True}, **bad)
+    with pytest.raises(HilrlError, match="do not combine"):
+        SACConfig(execution={"fused_layer_norm": True, "compile_critic": True})
+    with pytest.raises(HilrlError, match="do not combine"):
+        SACConfig(execution={"cuda_graph": True, "compile_critic": True})
+    with pytest.raises(HilrlError, match="not cpu"):
+        SACConfig(device="cpu", execution={"cuda_graph": True})
+    with pytest.raises(HilrlError, match="unknown keys \\['bc_cof'\\]"):
+        SACConfig(variants={"bc_cof": 1.0})
+
+
+def test_the_cpp_sources_ship_with_the_package():
+    import tomllib
+    from pathlib import Path
+
+    from hilrl.policies.sac import fast
+
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert pyproject["tool"]["setuptools"]["package-data"]["hilrl.policies.sac"] == ["csrc/*.cpp", "csrc/*.h"]
+
+    assert {p.name for p in fast.CSRC.iterdir()} >= {"ln_relu_rows.h", "layer_norm.cpp", "sac_update.cpp"}
+    for source in ("layer_norm.cpp", "sac_update.cpp"):  # the row kernels are written once, included by both
+        text = (fast.CSRC / source).read_text()
+        assert '#include "ln_relu_rows.h"' in text and "inline void ln_relu_row" not in text

@@ -116,9 +116,17 @@ def test_keyboard_keys_make_deltas_gripper_and_buttons():
     assert kb.read().buttons == frozenset() and kb.read().gripper is None
 
 
-def test_keyboard_handles_pynput_key_objects(monkeypatch):
+def test_keyboard_handles_pynput_key_objects(monkeypatch, request):
     if not os.environ.get("DISPLAY"):
         monkeypatch.setenv("PYNPUT_BACKEND", "dummy")  # key classes without an X server; no listener is started
+        loaded = set(sys.modules)  # forget the dummy-backed modules afterwards: a later keyboard must find no backend
+
+        def forget() -> None:
+            for name in set(sys.modules) - loaded:
+                if name.split(".")[0] == "pynput":
+                    del sys.modules[name]
+
+        request.addfinalizer(forget)
     keyboard = pytest.importorskip("pynput.keyboard")
     kb = KeyboardDevice(listen=False)
     kb.on_press(keyboard.KeyCode.from_char("R"))

@@ -15,14 +15,14 @@ from typing import Any
 from hardware.driver import ArmCommand, ArmDriver, ArmState, DriverFault
 from hardware.drivers.real import arm_state, real_arm_description
 from hardware.drivers.rotations import rotate_by_rpy
-from hardware.limits import ConfigError, FrankaDriverConfig
+from hardware.limits import RobotConfigError, FrankaDriverConfig
 
 
 def _import_franky() -> Any:
     try:
         return importlib.import_module("franky")
     except ImportError:
-        raise ConfigError("the franka driver needs franky: pip install 'hilrl[real]' (franky-control)") from None
+        raise RobotConfigError("the franka driver needs franky: pip install 'hilrl[real]' (franky-control)") from None
 
 
 class FrankaArmDriver(ArmDriver):

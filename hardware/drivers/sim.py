@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from hardware.driver import ArmCommand, ArmDriver, ArmState, NotReady
-from hardware.limits import CommandRejected, ConfigError, SimDriverConfig
+from hardware.limits import CommandRejected, RobotConfigError, SimDriverConfig
 from hilrl.envs.protocol import space_to_wire
 
 
@@ -39,16 +39,16 @@ class SimArmDriver(ArmDriver):
         self.tasks = tuple(config.tasks) if config.tasks is not None else tuple(dict.fromkeys([*hilrl_ids, config.task]))
         unknown = [task for task in self.tasks if task not in gym.registry]
         if unknown:
-            raise ConfigError(f"sim.task/sim.tasks name unregistered ids {unknown}; the hilrl tasks are {', '.join(hilrl_ids)}")
+            raise RobotConfigError(f"sim.task/sim.tasks name unregistered ids {unknown}; the hilrl tasks are {', '.join(hilrl_ids)}")
         kwargs = dict(config.env_kwargs)
         if kwargs.setdefault("control_hz", self.control_hz) != self.control_hz:
-            raise ConfigError(
+            raise RobotConfigError(
                 f"sim.env_kwargs.control_hz={kwargs['control_hz']} differs from control_hz={control_hz}; remove it from env_kwargs"
             )
         try:
             self.env = self._make(config.task, kwargs)
         except CommandRejected as exc:
-            raise ConfigError(f"sim.task={config.task!r}: {exc}") from None
+            raise RobotConfigError(f"sim.task={config.task!r}: {exc}") from None
         self._task_id = config.task
         self._kwargs = kwargs
         self.period = 1.0 / control_hz

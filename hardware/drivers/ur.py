@@ -18,14 +18,14 @@ import numpy as np
 from hardware.driver import ArmCommand, ArmDriver, ArmState, DriverFault
 from hardware.drivers.real import arm_state, real_arm_description
 from hardware.drivers.rotations import axis_angle_from_quat, quat_from_axis_angle, rotate_by_rpy
-from hardware.limits import ConfigError, URDriverConfig
+from hardware.limits import RobotConfigError, URDriverConfig
 
 
 def _import_rtde() -> tuple[Any, Any]:
     try:
         return importlib.import_module("rtde_control"), importlib.import_module("rtde_receive")
     except ImportError:
-        raise ConfigError("the ur driver needs ur_rtde: pip install 'hilrl[real]' (ur-rtde)") from None
+        raise RobotConfigError("the ur driver needs ur_rtde: pip install 'hilrl[real]' (ur-rtde)") from None
 
 
 class URArmDriver(ArmDriver):

@@ -163,14 +163,14 @@ def load_result(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 def _progress_of(job: CandidateJob) -> str:
     """``N steps, success S`` of a running candidate, read from its run folder."""
+    from hilrl.runtime.run import BEST_CHECKPOINT, load_checkpoint, step_checkpoints
+
     run = Path(job.folder) / "run"
-    steps = [int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt")]
-    text = f"{max(steps)} steps" if steps else "started"
-    best = run / "checkpoints" / "best.pt"
+    steps = step_checkpoints(run)
+    text = f"{int(steps[-1].stem.split('_')[1])} steps" if steps else "started"
+    best = run / "checkpoints" / BEST_CHECKPOINT
     if best.is_file():
         try:
-            from hilrl.runtime.run import load_checkpoint
-
             text += f", success so far {load_checkpoint(best)['best']['success_rate']:.0%}"
         except Exception:  # noqa: BLE001 (being written)
             pass

@@ -39,7 +39,7 @@ KNOWN_PROGRAMS = {
 # a small RLPD on state obs: the good reward reaches the goal some of the time in 600 env steps
 DEMO_BASE = {"demos": {"episodes": 10},
              "algo": {"name": "sac", "hidden": [64, 64], "batch_size": 64, "utd": 4, "gamma": 0.9,
-                      "init_temperature": 0.01, "normalize_obs": True, "obs_keys": ["ee_pos", "object"]},
+                      "init_temperature": 0.01, "normalisation": {"enabled": True}, "obs_keys": ["ee_pos", "object"]},
              "train": {"learning_starts": 100, "eval_episodes": 10, "video": False}}
 
 

@@ -66,7 +66,7 @@ PROMPTS = Path(__file__).parents[1] / "llm" / "prompts"
 DEFAULT_BASE: dict[str, Any] = {
     "demos": {"episodes": 5},
     "algo": {"name": "sac", "hidden": [64, 64], "batch_size": 64, "gamma": 0.9, "init_temperature": 0.01,
-             "normalize_obs": True},
+             "normalisation": {"enabled": True}},
     "train": {"learning_starts": 200, "eval_episodes": 5, "video": False},
 }
 

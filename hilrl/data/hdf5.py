@@ -264,10 +264,3 @@ def _attr(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.decode()
     return value
-
-
-def read_episodes(path: str | os.PathLike, filter_key: str | None = None) -> list[Episode]:
-    """Load every episode of a robomimic-layout file (or those under ``mask/<filter_key>``)."""
-    with DemoFile(path) as demos:
-        names = demos.filter(filter_key) if filter_key else demos.demo_names
-        return [demos.episode(n) for n in names]

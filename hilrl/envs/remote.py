@@ -177,8 +177,15 @@ class StateSubscriber:
         self.socket.close(linger=0)
 
 
-def _stream_address(command_address: str, reported: str) -> str:
-    """A server bound to all interfaces reports 0.0.0.0; reach its stream at the host we already use."""
+def stream_address(command_address: str, reported: str) -> str:
+    """Where to connect to a stream a server reports (``reported``: the ``LAST_ENDPOINT`` of its PUB socket),
+    given the address we reach its command socket at (``command_address``).
+
+    A socket bound to all interfaces reports ``0.0.0.0`` (or ``*``, ``[::]``): reach its stream at the host
+    we already use. The robot server's hello reports its state stream so; the distributed learner names
+    its weights stream with this from its own two sockets, and each actor resolves the address its
+    ``welcome`` names with it (:mod:`hilrl.runtime.distributed`).
+    """
     host = command_address.rpartition(":")[0]
     reported_host, _, port = reported.rpartition(":")
     if reported_host in ("tcp://0.0.0.0", "tcp://*", "tcp://[::]"):

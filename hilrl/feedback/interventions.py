@@ -14,19 +14,84 @@ Simulated interventionists (RLIF, Luo et al. 2023, pd-perry/RLIF @ d177b9b):
 * :class:`DistanceInterventionist` (HG-DAgger): intervene when
   ``||a_expert - a_pi||_1 >= threshold`` (with probability 0.95).
 * :class:`RandomInterventionist`: intervene with a fixed probability for a fixed duration.
+
+A person on a teleop device is :class:`~hilrl.feedback.teleop.DeviceInterventionist` (HIL-SERL).
+
+Which one a run uses is ``intervention.source``, a name of :data:`INTERVENTIONISTS` (a
+:class:`hilrl.plugins.Registry`, the one mechanism of every door). Each registers with a decorator next
+to its class and builds itself with ``from_config(intervention_config, context)`` from the
+:class:`InterventionContext` the runtime supplies (the env, seeds, an open device, the reference critic),
+so this package never imports the runtime. A new interventionist is one file::
+
+    @register_interventionist("every_tenth", config_cls=EveryTenthSettings)  # validates intervention.kwargs
+    class EveryTenth:
+        @classmethod
+        def from_config(cls, config, context): return cls(context.expert(config.expert_noise))
+        def reset(self): ...
+        def __call__(self, obs, policy_action): ...
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
 
+from hilrl.errors import HilrlError
+from hilrl.plugins import Registry
+
 Obs = dict[str, np.ndarray]
 ExpertFn = Callable[[Obs], np.ndarray]
 QFn = Callable[[Obs, np.ndarray], float]
+
+# intervention.source -> a class with from_config(config, context) (or a factory called so). ``reference_critic``:
+# it reads RLIF's reference critic, which the runtime trains before the run (intervention.q_ref) and hands over
+# in the context. ``device``: it reads the person's teleop device named by intervention.device.
+INTERVENTIONISTS = Registry("intervention source", defaults={"reference_critic": False, "device": False})
+register_interventionist = INTERVENTIONISTS.register
+
+
+@dataclass
+class InterventionContext:
+    """What building an interventionist may need of the run, supplied by the runtime.
+
+    Attributes:
+        env: the training env (its expert, its observation space).
+        expert_seed: seed of the scripted expert a simulated person drives.
+        gate_seed: seed of the gate's decisions.
+        device: an open :class:`~hilrl.feedback.teleop.TeleopDevice` the caller owns (``None``: open the
+            configured one).
+        reference_q: loads ``Q_ref(obs, action) -> float``, RLIF's reference critic (``intervention.q_ref``,
+            trained before the run by :func:`hilrl.runtime.train.train`); ``None`` when the config names none.
+    """
+
+    env: gym.Env
+    expert_seed: int | None = None
+    gate_seed: int | None = None
+    device: Any = None
+    reference_q: Callable[[], QFn] | None = None
+
+    def expert(self, noise: float = 0.0) -> ExpertFn:
+        """The env's scripted expert at ``noise``, seeded with :attr:`expert_seed`."""
+        from hilrl.feedback.experts import make_expert
+
+        return make_expert(self.env, noise=noise, seed=self.expert_seed)
+
+
+def make_interventionist(config: Any, context: InterventionContext) -> InterventionSource:
+    """The interventionist ``config.source`` names (a :class:`hilrl.config.InterventionConfig`), built with
+    ``context``; ``source: none`` builds nothing (the loop adds no wrapper)."""
+    if config.source == "none":
+        raise HilrlError("intervention.source 'none': nothing intervenes; the loop builds no wrapper for it")
+    factory = INTERVENTIONISTS.get(config.source)
+    source = getattr(factory, "from_config", factory)(config, context)
+    if not (callable(source) and callable(getattr(source, "reset", None))):
+        raise HilrlError(f"intervention source {config.source!r} built {source!r}, which is no interventionist: it "
+                         "needs reset() and __call__(obs, policy_action) -> action or None")
+    return source
 
 
 class InterventionSource(Protocol):
@@ -70,31 +135,7 @@ class _HoldingInterventionist:
         return None
 
 
-class RandomInterventionist(_HoldingInterventionist):
-    """Intervene with probability ``probability`` per step (RLIF's random baseline: 0.3/0.5/0.7/0.85)."""
-
-    def __init__(self, expert: ExpertFn, probability: float, duration: int = 1, seed: int | None = None):
-        super().__init__(expert, duration, seed)
-        self.probability = probability
-
-    def _should_start(self, obs: Obs, policy_action: np.ndarray, expert_action: np.ndarray) -> bool:
-        return bool(self.rng.random() < self.probability)
-
-
-class DistanceInterventionist(_HoldingInterventionist):
-    """HG-DAgger's gate: intervene (p=0.95) when ``||a_expert - a_pi||_1 >= threshold``."""
-
-    def __init__(self, expert: ExpertFn, threshold: float, duration: int = 1, p_intervene: float = 0.95,
-                 seed: int | None = None):
-        super().__init__(expert, duration, seed)
-        self.threshold = threshold
-        self.p_intervene = p_intervene
-
-    def _should_start(self, obs: Obs, policy_action: np.ndarray, expert_action: np.ndarray) -> bool:
-        far = float(np.abs(expert_action - policy_action).sum()) >= self.threshold
-        return far and bool(self.rng.random() < self.p_intervene)
-
-
+@register_interventionist("value", reference_critic=True)
 class ValueInterventionist(_HoldingInterventionist):
     """RLIF's value-based gate with a reference critic ``q_ref(obs, action) -> float``.
 
@@ -110,6 +151,14 @@ class ValueInterventionist(_HoldingInterventionist):
         self.p_low_value = p_low_value
         self.p_otherwise = p_otherwise
 
+    @classmethod
+    def from_config(cls, config: Any, context: InterventionContext) -> ValueInterventionist:
+        if context.reference_q is None:
+            raise HilrlError("intervention.source 'value' reads a reference critic, and none was given: set "
+                             "intervention.q_ref (hilrl train builds it there before the run)")
+        return cls(context.expert(config.expert_noise), context.reference_q(), beta=config.beta,
+                   duration=config.duration or 4, p_low_value=config.p_intervene, seed=context.gate_seed)
+
     def _should_start(self, obs: Obs, policy_action: np.ndarray, expert_action: np.ndarray) -> bool:
         q_policy = self.q_ref(obs, policy_action)
         q_expert = self.q_ref(obs, expert_action)
@@ -117,6 +166,47 @@ class ValueInterventionist(_HoldingInterventionist):
         threshold = self.beta * q_expert if q_expert >= 0 else (2.0 - self.beta) * q_expert
         p = self.p_low_value if q_policy < threshold else self.p_otherwise
         return bool(self.rng.random() < p)
+
+
+@register_interventionist("distance")
+class DistanceInterventionist(_HoldingInterventionist):
+    """HG-DAgger's gate: intervene (p=0.95) when ``||a_expert - a_pi||_1 >= threshold``."""
+
+    def __init__(self, expert: ExpertFn, threshold: float, duration: int = 1, p_intervene: float = 0.95,
+                 seed: int | None = None):
+        super().__init__(expert, duration, seed)
+        self.threshold = threshold
+        self.p_intervene = p_intervene
+
+    @classmethod
+    def from_config(cls, config: Any, context: InterventionContext) -> DistanceInterventionist:
+        return cls(context.expert(config.expert_noise), config.threshold, duration=config.duration or 1,
+                   p_intervene=config.p_intervene, seed=context.gate_seed)
+
+    def _should_start(self, obs: Obs, policy_action: np.ndarray, expert_action: np.ndarray) -> bool:
+        far = float(np.abs(expert_action - policy_action).sum()) >= self.threshold
+        return far and bool(self.rng.random() < self.p_intervene)
+
+
+@register_interventionist("random")
+class RandomInterventionist(_HoldingInterventionist):
+    """Intervene with probability ``probability`` per step (RLIF's random baseline: 0.3/0.5/0.7/0.85)."""
+
+    def __init__(self, expert: ExpertFn, probability: float, duration: int = 1, seed: int | None = None):
+        super().__init__(expert, duration, seed)
+        self.probability = probability
+
+    @classmethod
+    def from_config(cls, config: Any, context: InterventionContext) -> RandomInterventionist:
+        return cls(context.expert(config.expert_noise), config.probability, duration=config.duration or 1,
+                   seed=context.gate_seed)
+
+    def _should_start(self, obs: Obs, policy_action: np.ndarray, expert_action: np.ndarray) -> bool:
+        return bool(self.rng.random() < self.probability)
+
+
+# a person on a teleop device (HIL-SERL); its class and from_config live with the devices
+register_interventionist("device", "hilrl.feedback.teleop.takeover:DeviceInterventionist", device=True)
 
 
 class InterventionWrapper(gym.Wrapper):

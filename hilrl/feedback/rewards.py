@@ -15,19 +15,22 @@ bumps ``version``, and every stored row is recomputed in bulk before the next ba
 grow. Learners never know which source they were given.
 
 Sources here: the env's own reward, RLIF's relabelling, one of the task's named reward terms, and
-weighted sums; the ``reward:`` section of a config picks one (:func:`make_reward_source`), and
-``reward: {source: "my_module:make_source", kwargs: {...}}`` plugs in any other.
+weighted sums; the ``reward:`` section of a config picks one by name (:func:`make_reward_source`), and
+``reward: {source: "my_module:make_source", kwargs: {...}}`` plugs in any other callable.
 
-Named sources that live elsewhere in hilrl (learned reward models, LLM-written reward code) are
-registered here by import path (:func:`register_reward_source`, imported only when a run asks for
-them) and built with the run's :class:`SourceContext`. A source that learns while the robot trains
+Every name lives in :data:`REWARD_SOURCES`, a :class:`hilrl.plugins.Registry` (the same mechanism as
+algorithms, interventionists and teleop devices): a source registers with a decorator next to its
+class (:func:`register_reward_source`; a plugin package or a file in the config's ``plugins:`` list does
+the same), and is built as ``factory(reward_config, context)`` with the run's :class:`SourceContext`
+(a class registers its ``from_config`` classmethod as that factory). Named sources that live elsewhere
+in hilrl (learned reward models, LLM-written reward code) are registered here by import path,
+imported only when a run asks for them. A source that learns while the robot trains
 (a preference model, PEBBLE-style) also implements :class:`TrainableRewardSource`: the online loop
 calls its ``after_step`` once per stored env step and logs what it returns under ``reward/``.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +40,11 @@ import numpy as np
 
 from hilrl.data.buffers import RewardBatch
 from hilrl.errors import HilrlError
+from hilrl.plugins import Registry, import_object
 
-__all__ = ["BUILTIN_SOURCES", "EnvReward", "RLIFReward", "RewardBatch", "RewardSource", "SourceContext",
-           "TermReward", "TrainableRewardSource", "WeightedSum", "make_reward_source", "register_reward_source",
-           "reward_source_names"]
+__all__ = ["BUILTIN_SOURCES", "REWARD_SOURCES", "EnvReward", "RLIFReward", "RewardBatch", "RewardSource",
+           "SourceContext", "TermReward", "TrainableRewardSource", "WeightedSum", "make_reward_source",
+           "register_reward_source", "reward_source_names"]
 
 
 @runtime_checkable
@@ -81,27 +85,42 @@ class SourceContext:
 
 
 BUILTIN_SOURCES = ("env", "rlif", "term", "sum")
-# name -> "module:factory"; factory(config: RewardConfig, context: SourceContext) -> RewardSource
-_REGISTERED: dict[str, str] = {}
+# name -> factory(config: RewardConfig, context: SourceContext) -> RewardSource (a class: its from_config)
+REWARD_SOURCES = Registry("reward source")
 
 
-def register_reward_source(name: str, factory: str) -> None:
-    """Make ``reward: {source: NAME}`` build ``factory`` (``"module:function"``, imported on first use and
-    called as ``factory(reward_config, context)``)."""
+def register_reward_source(name: str, factory: str | Callable[..., Any] | None = None) -> Any:
+    """Make ``reward: {source: NAME}`` build ``factory``: called as ``factory(reward_config, context)``.
+
+    ``factory`` is a callable, a class with a ``from_config(reward_config, context)`` classmethod, or
+    ``"module:function"`` imported on first use. Without it, a decorator::
+
+        @register_reward_source("height")
+        class HeightReward:
+            version = 0
+            @classmethod
+            def from_config(cls, config, context): return cls()
+            def __call__(self, batch): return batch.next_obs["ee_pos"][:, 2]
+    """
     if name in BUILTIN_SOURCES or ":" in name:
         raise HilrlError(f"reward source name {name!r} is taken or has a ':'; pick another name")
-    _REGISTERED[name] = factory
+    return REWARD_SOURCES.register(name, factory)
 
 
 def reward_source_names() -> tuple[str, ...]:
-    """Every name ``reward.source`` accepts besides ``module:factory`` paths."""
-    return (*BUILTIN_SOURCES, *_REGISTERED)
+    """Every name ``reward.source`` accepts besides ``module:factory`` paths (in the order registered)."""
+    return tuple(REWARD_SOURCES.names())
 
 
+@REWARD_SOURCES.register("env")
 class EnvReward:
     """The env's own reward, as stored."""
 
     version = 0
+
+    @classmethod
+    def from_config(cls, config: Any, context: SourceContext) -> EnvReward:
+        return cls()
 
     def __call__(self, batch: RewardBatch) -> np.ndarray:
         return batch.env_rewards.astype(np.float32)
@@ -110,6 +129,7 @@ class EnvReward:
         return "EnvReward()"
 
 
+@REWARD_SOURCES.register("rlif")
 class RLIFReward:
     """RLIF's reward (Luo et al. 2023, "RLIF: Interactive Imitation Learning as Reinforcement Learning";
     pd-perry/RLIF): the env's reward is discarded; the transition immediately before an intervention
@@ -125,6 +145,10 @@ class RLIFReward:
 
     version = 0
 
+    @classmethod
+    def from_config(cls, config: Any, context: SourceContext) -> RLIFReward:
+        return cls()
+
     def __call__(self, batch: RewardBatch) -> np.ndarray:
         return np.where(batch.next_intervened & ~batch.intervened, -1.0, 0.0).astype(np.float32)
 
@@ -132,6 +156,7 @@ class RLIFReward:
         return "RLIFReward()"
 
 
+@REWARD_SOURCES.register("term")
 class TermReward:
     """One of the task's named reward terms (``info["reward_terms"][name]``, stored with every step)."""
 
@@ -139,6 +164,10 @@ class TermReward:
 
     def __init__(self, name: str) -> None:
         self.name = name
+
+    @classmethod
+    def from_config(cls, config: Any, context: SourceContext) -> TermReward:
+        return cls(config.term)
 
     def __call__(self, batch: RewardBatch) -> np.ndarray:
         if self.name not in batch.reward_terms:
@@ -156,6 +185,7 @@ class TermReward:
         return f"TermReward({self.name!r})"
 
 
+@REWARD_SOURCES.register("sum")
 class WeightedSum:
     """``sum_i weight_i * source_i(batch)``; its version moves whenever a part's does."""
 
@@ -163,6 +193,10 @@ class WeightedSum:
         if not parts:
             raise HilrlError("a reward sum needs at least one part")
         self.parts = [(float(weight), source) for weight, source in parts]
+
+    @classmethod
+    def from_config(cls, config: Any, context: SourceContext) -> WeightedSum:
+        return cls([(part.weight, _make_one(part, context)) for part in config.parts])
 
     @property
     def version(self) -> int:
@@ -192,28 +226,13 @@ def trainable_parts(source: RewardSource) -> list[TrainableRewardSource]:
     return [source] if callable(getattr(source, "after_step", None)) else []
 
 
-def _import(path: str, what: str) -> Callable[..., Any]:
-    module, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise HilrlError(f"{what} {path!r} cannot be imported ({exc}); give an importable 'module:factory' "
-                         "(on PYTHONPATH), or install the extra it needs") from None
-
-
 def _make_one(config: Any, context: SourceContext) -> RewardSource:
-    if config.source == "env":
-        return EnvReward()
-    if config.source == "rlif":
-        return RLIFReward()
-    if config.source == "term":
-        return TermReward(config.term)
-    if config.source == "sum":
-        return WeightedSum([(part.weight, _make_one(part, context)) for part in config.parts])
-    if config.source in _REGISTERED:
-        source = _import(_REGISTERED[config.source], f"reward source {config.source!r}'s factory")(config, context)
+    if ":" in config.source:
+        source = import_object(config.source, "reward source", "give an importable 'module:factory' (on "
+                               "PYTHONPATH), or install the extra it needs")(**config.kwargs)
     else:
-        source = _import(config.source, "reward source")(**config.kwargs)
+        factory = REWARD_SOURCES.get(config.source)
+        source = getattr(factory, "from_config", factory)(config, context)
     if not isinstance(source, RewardSource):
         raise HilrlError(f"reward source {config.source!r} returned {source!r}, which is not a reward source: it "
                          "must be callable on a RewardBatch and have an int 'version'")

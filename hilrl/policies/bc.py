@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from hilrl.data.episode import Episode
+from hilrl.errors import HilrlError
 from hilrl.policies.configs import BCConfig
 from hilrl.policies.encoders import split_observation_keys
 
@@ -57,7 +58,7 @@ class BC:
     def set_dataset(self, episodes: Sequence[Episode]) -> int:
         """Use these episodes for training; fits the input normaliser. Returns the sample count."""
         if not episodes:
-            raise ValueError("BC needs at least one demo episode")
+            raise HilrlError("BC needs at least one demo episode")
         inputs = np.concatenate([flatten_state(ep.obs, self.keys) for ep in episodes])
         targets = np.concatenate([ep.actions for ep in episodes])
         return self.set_samples(inputs, targets)
@@ -80,7 +81,7 @@ class BC:
         demo = replay.demo
         if self._inputs is None or len(self._inputs) != len(demo):
             if len(demo) == 0:
-                raise ValueError("BC needs at least one demo transition; set demos.episodes > 0 or demos.path")
+                raise HilrlError("BC needs at least one demo transition; set demos.episodes > 0 or demos.path")
             n = len(demo)
             self.set_samples(flatten_state({k: v[:n] for k, v in demo.obs.items()}, self.keys), demo.actions[:n])
         return self.train_step()

@@ -1,9 +1,9 @@
 """The behaviour prior pi_BC of Demonstration-Regularized RL: a tanh-Gaussian fitted to demo actions.
 
-SAC with ``kl_coef > 0`` replaces ``alpha * log pi`` by ``kl_coef * (log pi - log pi_BC)``
+SAC with ``variants.kl_coef > 0`` replaces ``alpha * log pi`` by ``kl_coef * (log pi - log pi_BC)``
 (Tiapkin et al. 2023, "Demonstration-Regularized RL", arXiv:2310.17303). The prior here is
 fitted by maximum likelihood on the demo buffer at the learner's first update, and
-travels in the learner's checkpoints. SAC with ``bc_proposal`` uses the same prior's mean action
+travels in the learner's checkpoints. SAC with ``variants.bc_proposal`` uses the same prior's mean action
 as IBRL's imitation proposal.
 
 Demo actions often sit on the action box's edge (saturated translations, the gripper's
@@ -75,9 +75,9 @@ class GaussianBCPrior(nn.Module):
         """Maximum likelihood on ``(obs, actions)`` pairs; returns the final mean negative log-likelihood."""
         n = len(actions)
         if n == 0:
-            raise HilrlError("the BC prior (SACConfig.kl_coef > 0 or bc_proposal) is fitted on the demo buffer, which "
-                             "is empty; record or load demos (demos.episodes > 0 or demos.path), or set kl_coef to 0 "
-                             "and bc_proposal to false")
+            raise HilrlError("the BC prior (SACConfig.variants.kl_coef > 0 or bc_proposal) is fitted on the demo "
+                             "buffer, which is empty; record or load demos (demos.episodes > 0 or demos.path), or set "
+                             "variants.kl_coef to 0 and variants.bc_proposal to false")
         missing = [k for k in self.keys if k not in obs]
         if missing:
             raise HilrlError(f"BC prior: the samples lack observation keys {missing}")

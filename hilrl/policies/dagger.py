@@ -18,6 +18,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from hilrl.errors import HilrlError
 from hilrl.policies.bc import BC, flatten_state
 from hilrl.policies.configs import DAggerConfig
 
@@ -49,7 +50,7 @@ class DAgger(BC):
         if not self._agg_inputs:
             n = len(replay.demo)
             if n == 0:
-                raise ValueError("DAgger starts from behaviour cloning: set demos.episodes > 0 or demos.path")
+                raise HilrlError("DAgger starts from behaviour cloning: set demos.episodes > 0 or demos.path")
             self.aggregate({k: v[:n] for k, v in replay.demo.obs.items()}, replay.demo.actions[:n])
         return self.refit()
 

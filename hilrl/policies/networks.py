@@ -9,9 +9,9 @@ indexing those stacked tensors, so the unchosen members cost nothing.
 Speed on CPU (``benchmarks/learner_throughput.py``): at hidden 256 the
 per-member LayerNorm, its affine map and the ReLU are memory-bound passes over
 ``(N, B, 256)`` activations that cost about as much as the matmuls. Eager
-PyTorch runs each as its own pass; ``SACConfig.fused_layer_norm`` runs bias, LayerNorm,
-affine and ReLU as one C++ pass each way (:mod:`hilrl.policies.kernels`), and
-``SACConfig.compile_critic`` lets inductor fuse them (slower than eager on the CPUs
+PyTorch runs each as its own pass; ``SACConfig.execution.fused_layer_norm`` runs bias, LayerNorm,
+affine and ReLU as one C++ pass each way (:func:`hilrl.policies.sac.fast.fused_bias_layer_norm_relu`), and
+``SACConfig.execution.compile_critic`` lets inductor fuse them (slower than eager on the CPUs
 measured here). ``param_grads=False`` drops the weights from the autograd graph where
 only input gradients are wanted (the actor step), so no pass is spent on them.
 """
@@ -85,12 +85,12 @@ class CriticEnsemble(nn.Module):
                  fused: bool = False):
         super().__init__()
         self.num_members = num_members
-        # fused: each hidden layer's bias, LayerNorm, affine and ReLU in one C++ pass (hilrl.policies.kernels)
+        # fused: each hidden layer's bias, LayerNorm, affine and ReLU in one C++ pass (hilrl.policies.sac.fast)
         self.fused = fused and layer_norm
         if self.fused:
-            from hilrl.policies.kernels import load_kernels
+            from hilrl.policies.sac.fast import load_layer_norm
 
-            load_kernels()
+            load_layer_norm()  # built now, not inside the first update
         self.linears = nn.ModuleList()
         self.norms = nn.ModuleList()
         width = input_dim
@@ -135,7 +135,7 @@ class CriticEnsemble(nn.Module):
             if x.dim() == 2:
                 x = x.unsqueeze(0).expand(weight.shape[0], -1, -1)
             if fused:
-                from hilrl.policies.kernels import fused_bias_layer_norm_relu
+                from hilrl.policies.sac.fast import fused_bias_layer_norm_relu
 
                 x = fused_bias_layer_norm_relu(torch.bmm(x, weight), bias, norm_weight, norm_bias, norm.eps)
                 continue

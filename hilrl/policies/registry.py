@@ -19,31 +19,35 @@ After that ``algo: {name: toy, lr: 0.01}`` validates in any experiment YAML (unk
 with the allowed ones listed) and ``hilrl train`` runs it: one file adds an algorithm. The config
 union of :mod:`hilrl.config` and the dispatch of :func:`make_algorithm` are both read from here.
 
-Built-in algorithms are registered in :mod:`hilrl.policies.configs` with their implementation named
-by import path (``"hilrl.policies.sac:SAC"``), so that validating a config never imports torch;
-the class is imported when :func:`make_algorithm` first builds one.
+The registry is a :class:`hilrl.plugins.Registry` (:data:`ALGORITHMS`), the one mechanism of every door:
+an algorithm of an installed plugin (entry-point group ``hilrl.plugins``) or of a file named in a config's
+``plugins:`` list registers the same way. Built-in algorithms are registered with their config (in
+:mod:`hilrl.policies.configs`, which the package :mod:`hilrl.policies` imports, so the registry is complete
+whenever this module is importable) and their implementation named by import path
+(``"hilrl.policies.sac:SAC"``): validating a config never imports torch; the class is imported when
+:func:`make_algorithm` first builds one.
 
-This module imports neither torch nor any algorithm.
+This module imports neither torch nor any algorithm (nor the configs that register them).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
 from hilrl.errors import HilrlError
+from hilrl.plugins import Registry
 
 LOOPS = ("online", "offline", "dagger", "sb3")
 
 
-@runtime_checkable
 class Algorithm(Protocol):
-    """What every loop of :mod:`hilrl.runtime` needs from an algorithm.
+    """What every loop of :mod:`hilrl.runtime` needs from an algorithm (documentation: nothing checks it
+    at run time; a loop calls what its strategy needs).
 
     ``update`` is called by the loop the registration names (``loop``): the online loop calls it
     once per env step after ``train.learning_starts`` (each call is one RLPD update of SAC: ``utd``
@@ -102,16 +106,13 @@ class AlgorithmSpec:
         """The algorithm class (imported now if registered by path)."""
         if not isinstance(self.implementation, str):
             return self.implementation
-        module, _, attr = self.implementation.partition(":")
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except ImportError as exc:
-            raise HilrlError(f"algorithm {self.name!r} cannot be loaded ({exc}); install what it needs "
-                             f"(see the README's algorithm table)") from None
+        return ALGORITHMS.get(self.name)
 
 
-_REGISTRY: dict[str, AlgorithmSpec] = {}
+ALGORITHMS = Registry("algorithm", load_hint="install what it needs (see the README's algorithm table)")
+_SPEC_FIELDS = ("loop", "interventions", "reward_sources", "distributed", "keep_best", "fixed")
 _TAGGED: dict[str, type] = {}
+ALGORITHMS.on_change(_TAGGED.clear)  # a new name may join an existing config's class
 
 
 def register_algorithm(name: str, config: type, *, implementation: str | None = None, loop: str = "online",
@@ -126,40 +127,27 @@ def register_algorithm(name: str, config: type, *, implementation: str | None = 
     """
     if loop not in LOOPS:
         raise HilrlError(f"register_algorithm({name!r}): loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    if interventions not in ("optional", "required", "ignored"):
+        raise HilrlError(f"register_algorithm({name!r}): interventions must be optional, required or ignored, "
+                         f"got {interventions!r}")
     if not dataclasses.is_dataclass(config):
         raise HilrlError(f"register_algorithm({name!r}): config must be a dataclass, got {config!r}")
-
-    def add(target: type | str) -> None:
-        _REGISTRY[name] = AlgorithmSpec(name, config, target, loop, interventions, reward_sources, distributed,
-                                        keep_best, dict(fixed or {}))
-        _TAGGED.clear()  # a new name may join an existing config's class
-
+    meta = dict(loop=loop, interventions=interventions, reward_sources=reward_sources, distributed=distributed,
+                keep_best=keep_best, fixed=dict(fixed or {}))
     if implementation is not None:
-        add(implementation)
-
-    def decorate(cls: type) -> type:
-        add(cls)
-        return cls
-
-    return decorate
-
-
-def _load_builtins() -> None:
-    import hilrl.policies.configs  # noqa: F401  (registers the built-in algorithms)
+        ALGORITHMS.register(name, implementation, config, **meta)
+    return ALGORITHMS.register(name, None, config, **meta)
 
 
 def algorithm_names(distributed: bool | None = None) -> list[str]:
-    """Registered names; ``distributed=True`` only those that run as a learner fed by actors."""
-    _load_builtins()
-    return sorted(n for n, spec in _REGISTRY.items() if distributed is None or spec.distributed == distributed)
+    """Registered names (sorted); ``distributed=True`` only those that run as a learner fed by actors."""
+    return sorted(ALGORITHMS.names() if distributed is None else ALGORITHMS.names(distributed=distributed))
 
 
 def algorithm_spec(name: str) -> AlgorithmSpec:
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise HilrlError(f"unknown algorithm {name!r}; allowed: {', '.join(sorted(_REGISTRY))}") from None
+    """The registration of ``name``; an unknown name is a :class:`HilrlError` listing the registered ones."""
+    entry = ALGORITHMS.entry(name)
+    return AlgorithmSpec(entry.name, entry.config, entry.target, **{key: entry[key] for key in _SPEC_FIELDS})
 
 
 def tagged_config(name: str) -> type:
@@ -175,7 +163,8 @@ def tagged_config(name: str) -> type:
 
     spec = algorithm_spec(name)
     # names that share a config and its fixed settings share one class (sb3.sac, sb3.td3, ... take any of them)
-    siblings = tuple(n for n, s in sorted(_REGISTRY.items()) if s.config is spec.config and s.fixed == spec.fixed)
+    siblings = tuple(sorted(entry.name for entry in ALGORITHMS.entries()
+                            if entry.config is spec.config and entry["fixed"] == spec.fixed))
     fields: list[tuple[str, Any, Any]] = [("name", Literal[siblings], dataclasses.field(default=name))]
     for key, value in spec.fixed.items():
         fields.append((key, Literal[value], dataclasses.field(default=value)))
@@ -190,4 +179,4 @@ def tagged_config(name: str) -> type:
 
 def make_algorithm(config: Any, observation_space: Any, action_space: Any, seed: int = 0) -> Any:
     """Build the algorithm named by ``config.name`` for these spaces."""
-    return algorithm_spec(config.name).resolve()(observation_space, action_space, config, seed=seed)
+    return ALGORITHMS.get(config.name)(observation_space, action_space, config, seed=seed)

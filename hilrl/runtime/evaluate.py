@@ -1,24 +1,25 @@
-"""Evaluate a trained policy: success rate, return, optional mp4."""
+"""Evaluate a policy it is given: success rate, return, optional mp4.
+
+Nothing here reads a run folder: :mod:`hilrl.runtime.run` finds and loads a run's policy
+(:func:`~hilrl.runtime.run.load_policy`, :func:`~hilrl.runtime.run.evaluate_run` for ``hilrl eval``)
+and records the results strategies hand it (:meth:`~hilrl.runtime.run.RunFolder.finish`).
+
+Evaluations during training (and ``train.keep_best``'s choice among them) run on ``VALIDATION_SEED``
+on, so the final evaluation's seeds (``TEST_SEED`` on) stay unseen by the choice (:mod:`hilrl.runtime.seeds`).
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
-
-import torch
 
 from hilrl.config import ExperimentConfig
 from hilrl.data.video import VideoWriter
 from hilrl.envs.make import make_env
-from hilrl.errors import HilrlError
-from hilrl.policies.registry import make_algorithm
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.rollout import ActFn, RolloutStats, run_episode
-from hilrl.runtime.run import BEST_CHECKPOINT, load_checkpoint, step_checkpoints
-from hilrl.runtime.seeds import TEST_SEED, VALIDATION_SEED
+from hilrl.runtime.seeds import TEST_SEED
 
 
 @dataclass
@@ -71,91 +72,13 @@ def evaluate_policy(
     )
 
 
-def final_evaluation(config: ExperimentConfig, act: ActFn, out: str | os.PathLike, checkpoint: str | os.PathLike,
-                     show_progress: bool = True) -> EvalResult:
-    """The end of every training loop: ``train.eval_episodes`` test episodes of ``act`` (with ``train.video``, the
-    first ones go to ``OUT/final_policy.mp4``), labelled with the ``checkpoint`` the policy came from."""
-    tc = config.train
-    result = evaluate_policy(config.env, act, tc.eval_episodes, video=Path(out) / "final_policy.mp4" if tc.video else None,
-                             show_progress=show_progress)
+def final_evaluation(config: ExperimentConfig, algo: Any, checkpoint: str | os.PathLike,
+                     video: str | os.PathLike | None = None, show_progress: bool = True) -> EvalResult:
+    """The end of every strategy: ``train.eval_episodes`` test episodes of ``algo``'s deterministic policy
+    (``algo.act(obs, deterministic=True)``), the first ones to ``video`` when given, labelled with the
+    ``checkpoint`` the policy came from. The strategy hands the result to the run folder
+    (:meth:`hilrl.runtime.run.RunFolder.finish`)."""
+    result = evaluate_policy(config.env, lambda obs: algo.act(obs, deterministic=True), config.train.eval_episodes,
+                             video=video, show_progress=show_progress)
     result.checkpoint = str(checkpoint)
-    return result
-
-
-def write_metrics(out: str | os.PathLike, result: EvalResult | None, counters: dict[str, Any] | None = None,
-                  **facts: Any) -> dict[str, Any]:
-    """Write ``OUT/metrics.json`` (temp file + rename): the final evaluation, the run's facts and its counters.
-
-    The training loop's episode counter is written as ``train_episodes`` so that
-    ``episodes`` always means the evaluation's episode count.
-    """
-    counters = dict(counters or {})
-    if "episodes" in counters:
-        counters["train_episodes"] = counters.pop("episodes")
-    summary = {**(result.to_dict() if result is not None else {}), **facts, **counters}
-    path = Path(out) / "metrics.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, path)
-    return summary
-
-
-# Evaluations during training (and train.keep_best's choice among them) run on VALIDATION_SEED on, so
-# the final evaluation's seeds (TEST_SEED on) stay unseen by the choice (hilrl.runtime.seeds).
-__all__ = ["BEST_CHECKPOINT", "TEST_SEED", "VALIDATION_SEED", "EvalResult", "evaluate_policy", "evaluate_run",
-           "final_evaluation", "latest_checkpoint", "load_policy", "policy_checkpoint", "write_metrics"]
-
-
-def policy_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
-    """The checkpoint that is a run's policy: ``checkpoints/best.pt`` if the run kept its best
-    (``train.keep_best``), else the newest ``step_N.pt``; a checkpoint file is itself."""
-    path = Path(run_or_checkpoint)
-    best = path / "checkpoints" / BEST_CHECKPOINT
-    return best if path.is_dir() and best.is_file() else latest_checkpoint(path)
-
-
-def latest_checkpoint(run_or_checkpoint: str | os.PathLike) -> Path:
-    """A checkpoint file itself, or the newest one in ``RUN_DIR/checkpoints``."""
-    path = Path(run_or_checkpoint)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise HilrlError(f"{path}: no such run folder or checkpoint")
-    candidates = step_checkpoints(path)
-    if not candidates:
-        raise HilrlError(f"{path}: no checkpoints in {path / 'checkpoints'}; was the run trained with `hilrl train`?")
-    return candidates[-1]
-
-
-def load_policy(run_or_checkpoint: str | os.PathLike) -> tuple[ExperimentConfig, Any, Path]:
-    """Rebuild the experiment config and the trained algorithm from a run folder (:func:`policy_checkpoint`)
-    or a checkpoint."""
-    ckpt_path = policy_checkpoint(run_or_checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    config = ExperimentConfig.model_validate(ckpt["experiment"])
-    env = make_env(config.env)
-    try:
-        algo = make_algorithm(config.algo, env.observation_space, env.action_space, seed=config.train.seed)
-    finally:
-        env.close()
-    algo.load_state_dict(ckpt["state"])
-    return config, algo, ckpt_path
-
-
-def evaluate_run(
-    run_or_checkpoint: str | os.PathLike,
-    episodes: int = 50,
-    seed: int = TEST_SEED,
-    video: str | os.PathLike | None = None,
-    video_episodes: int = 5,
-    show_progress: bool = True,
-) -> EvalResult:
-    """`hilrl eval`: load the run's policy checkpoint (:func:`policy_checkpoint`) and evaluate it deterministically."""
-    torch.set_num_threads(1)
-    config, algo, ckpt_path = load_policy(run_or_checkpoint)
-    result = evaluate_policy(
-        config.env, lambda obs: algo.act(obs, deterministic=True), episodes, seed=seed, video=video,
-        video_episodes=video_episodes, show_progress=show_progress,
-    )
-    result.checkpoint = str(ckpt_path)
     return result

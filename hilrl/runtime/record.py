@@ -1,6 +1,6 @@
 """Record demonstrations from a device (the scripted expert or a person's teleop device) into a robomimic-layout file.
 
-With a human device (``keyboard``, ``gamepad``, ``spacemouse``; see ``hilrl.feedback.teleop``)
+With a human device (``keyboard``, ``gamepad``, ``spacemouse``, or a plugin's; see ``hilrl.feedback.teleop``)
 the device acts on every step, in real time at the env's ``control_hz``; its ``success``/``failure``
 buttons end the episode with that label and ``rerecord`` discards the episode in progress, which
 is then recorded again with the same seed.
@@ -15,11 +15,14 @@ from hilrl.config import EnvConfig
 from hilrl.data.hdf5 import DemoWriter
 from hilrl.envs.make import make_env
 from hilrl.feedback.experts import make_expert
-from hilrl.feedback.teleop import HUMAN_DEVICES, TeleopDevice, make_device, teleop_episode
+from hilrl.feedback.teleop import TeleopDevice, human_device_names, make_device, teleop_episode
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.rollout import RolloutStats, run_episode
 
-DEVICES = ("expert", *HUMAN_DEVICES)
+
+def device_names() -> tuple[str, ...]:
+    """Who can record: ``expert`` (the scripted one), or a person on a registered device (plugins' too)."""
+    return ("expert", *human_device_names())
 
 
 def record_demos(
@@ -38,13 +41,13 @@ def record_demos(
 
     Episode ``i`` is reset with seed ``seed + i``. With ``only_successes`` failed
     episodes are not written (they are still counted in the returned stats).
-    ``device`` is a name from ``DEVICES`` or an open :class:`TeleopDevice` (the caller closes it).
+    ``device`` is a name from :func:`device_names` or an open :class:`TeleopDevice` (the caller closes it).
     ``realtime`` paces a human device at the env's ``control_hz``.
     """
-    if isinstance(device, str) and device not in DEVICES:
+    if isinstance(device, str) and device not in device_names():
         from hilrl.errors import HilrlError
 
-        raise HilrlError(f"unknown device {device!r}; allowed: {', '.join(DEVICES)}")
+        raise HilrlError(f"unknown device {device!r}; allowed: {', '.join(device_names())}")
     if isinstance(device, str) and device != "expert":
         teleop, owned = make_device(device), True  # opened first: a missing device fails before the env starts
     else:
@@ -87,35 +90,3 @@ def record_demos(
             teleop.close()
     return stats
 
-
-def record_bc_rollouts(env_config: EnvConfig, demo_episodes: list, out: str | os.PathLike, episodes: int,
-                       obs_keys: Any = None, seed: int = 0, train_seed: int = 0, bc_steps: int = 3000,
-                       show_progress: bool = True) -> RolloutStats:
-    """Fit :class:`~hilrl.policies.bc.BC` on ``demo_episodes`` (``bc_steps`` steps) and record ``episodes`` of it.
-
-    Episode ``i`` is reset with seed ``seed + i``; every episode is written, failed ones too (RLPD's BC
-    data keeps them: they show where imitation leaves the demos). The BC policy acts deterministically.
-    """
-    from hilrl.policies.bc import BC
-    from hilrl.policies.configs import BCConfig
-
-    env = make_env(env_config)
-    try:
-        bc = BC(env.observation_space, env.action_space, BCConfig(obs_keys=obs_keys), seed=train_seed)
-        bc.set_dataset(demo_episodes)
-        for _ in range(bc_steps):
-            bc.train_step()
-        stats = RolloutStats.empty()
-        env_kwargs: dict[str, Any] = env_config.make_kwargs()
-        env_kwargs["cameras"] = list(env_kwargs["cameras"])
-        with DemoWriter(out, env_config.id, env_kwargs) as writer, make_progress(not show_progress) as bar:
-            task = bar.add_task(f"BC rollouts {env_config.id}", total=episodes, stats="")
-            for i in range(episodes):
-                episode = run_episode(env, bc.act, seed=seed + i)
-                episode.attrs["device"] = "bc"
-                stats.add(episode)
-                writer.add(episode)
-                bar.update(task, advance=1, stats=f"success {stats.success_rate:.0%}")
-    finally:
-        env.close()
-    return stats

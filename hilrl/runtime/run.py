@@ -1,10 +1,11 @@
-"""The run folder every loop writes: one layout, one resume, one checkpoint format per algorithm.
+"""The run folder every strategy writes, and the one place that reads run folders.
 
 ::
 
     OUT/config.yaml            the resolved config (every default filled in); a folder holding a started run
                                of another config is refused (:func:`check_same_run`)
     OUT/demos.hdf5             demos recorded for this run (when the config names no file)
+    OUT/bc_rollouts.hdf5       with demos.bc_rollouts: the BC policy's episodes the online strategy recorded
     OUT/tb/                    TensorBoard scalars
     OUT/checkpoints/step_N.pt  {"algo": name, "experiment": config, "state": algorithm state, "counters": ...,
                                "replay": {"online": file, "demo": file}, loop state...}; written to a temp
@@ -12,23 +13,40 @@
     OUT/checkpoints/replay_{online,demo}_N.npz   the buffers at step N (only the newest are kept)
     OUT/checkpoints/best.pt    with train.keep_best: the best evaluated policy
     OUT/metrics.json           final evaluation, counters and facts of the run
-    OUT/final_policy.mp4       the final policy's first test episodes
+    OUT/final_policy.mp4       the final policy's first test episodes (train.video)
 
-The same layout whichever loop wrote it (local, distributed learner, DAgger, offline, SB3), so
-``hilrl eval`` and :func:`hilrl.runtime.evaluate.load_policy` read any run. A run resumes from
-its newest *complete* checkpoint (every file it names exists).
+The same layout whichever strategy wrote it (online, distributed learner, DAgger, offline, SB3). One rule
+says which checkpoint is a run's newest, for resuming and for loading its policy alike
+(:func:`latest_checkpoint`): the newest *complete* one, every file it names there. A run's policy is
+``best.pt`` where the run kept its best, else that checkpoint (:func:`policy_checkpoint`);
+:func:`load_policy` rebuilds it and :func:`evaluate_run` (``hilrl eval``) evaluates it.
+
+Writing and evaluating are apart: a strategy evaluates its final policy
+(:func:`hilrl.runtime.evaluate.final_evaluation`) and hands the result to :meth:`RunFolder.finish`,
+the one end of every strategy (scalars, ``metrics.json``). This module imports
+:mod:`hilrl.runtime.evaluate`, never the other way round.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hilrl.config import ExperimentConfig, dump_config, load_config
+from hilrl.config import ExperimentConfig, dump_config, load_recorded_config
 from hilrl.errors import HilrlError
+from hilrl.runtime.seeds import TEST_SEED
+
+if TYPE_CHECKING:
+    from hilrl.runtime.evaluate import EvalResult
 
 BEST_CHECKPOINT = "best.pt"
+BC_ROLLOUTS = "bc_rollouts.hdf5"
+FINAL_VIDEO = "final_policy.mp4"
+OLDER_HILRL = ("was written by an older hilrl; train afresh in a new --out folder, or resume it with the hilrl "
+               "version that wrote it")
 
 
 def save_checkpoint(path: str | os.PathLike, algo: Any, experiment: dict[str, Any], **extra: Any) -> Path:
@@ -61,6 +79,78 @@ def step_checkpoints(run: str | os.PathLike) -> list[Path]:
     return sorted((Path(run) / "checkpoints").glob("step_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
 
 
+def latest_checkpoint(run: str | os.PathLike) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete ``RUN/checkpoints/step_N.pt`` (every replay file it names is there), loaded; ``None``
+    when the run has none.
+
+    The one rule for "the run's newest checkpoint": a run resumes from it and its policy is read from it
+    (:func:`policy_checkpoint`), so ``hilrl eval`` never evaluates a step the run would not continue from.
+    """
+    folder = Path(run) / "checkpoints"
+    for path in reversed(step_checkpoints(run)):
+        state = load_checkpoint(path)
+        names = state.get("replay")
+        if names is None or all((folder / name).is_file() for name in names.values()):
+            return path, state
+    return None
+
+
+def policy_checkpoint(run_or_checkpoint: str | os.PathLike) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint that is a run's policy, loaded: ``checkpoints/best.pt`` if the run kept its best
+    (``train.keep_best``), else :func:`latest_checkpoint`; a checkpoint file is itself."""
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path, load_checkpoint(path)
+    if not path.exists():
+        raise HilrlError(f"{path}: no such run folder or checkpoint")
+    best = path / "checkpoints" / BEST_CHECKPOINT
+    if best.is_file():
+        return best, load_checkpoint(best)
+    found = latest_checkpoint(path)
+    if found is not None:
+        return found
+    steps = step_checkpoints(path)
+    if steps:
+        raise HilrlError(f"{path}: no complete checkpoint (the replay files {steps[-1].name} names are gone); "
+                         f"pass a checkpoint file itself, e.g. {steps[-1]}")
+    raise HilrlError(f"{path}: no checkpoints in {path / 'checkpoints'}; was the run trained with `hilrl train`?")
+
+
+def load_policy(run_or_checkpoint: str | os.PathLike) -> tuple[ExperimentConfig, Any, Path]:
+    """Rebuild the experiment config and the trained algorithm of a run folder (:func:`policy_checkpoint`) or
+    a checkpoint file; returns ``(config, algorithm, checkpoint path)``."""
+    from hilrl.envs.make import make_env
+    from hilrl.policies.registry import make_algorithm
+
+    path, state = policy_checkpoint(run_or_checkpoint)
+    config = ExperimentConfig.model_validate(state["experiment"])
+    env = make_env(config.env)
+    try:
+        algo = make_algorithm(config.algo, env.observation_space, env.action_space, seed=config.train.seed)
+    finally:
+        env.close()
+    algo.load_state_dict(state["state"])
+    return config, algo, path
+
+
+def evaluate_run(run_or_checkpoint: str | os.PathLike, episodes: int = 50, seed: int = TEST_SEED,
+                 video: str | os.PathLike | None = None, video_episodes: int = 5,
+                 show_progress: bool = True) -> EvalResult:
+    """``hilrl eval``: the run's policy (:func:`load_policy`) evaluated deterministically on ``episodes`` test
+    episodes from ``seed``; an :class:`~hilrl.runtime.evaluate.EvalResult` labelled with its checkpoint."""
+    import torch
+
+    from hilrl.runtime.evaluate import evaluate_policy
+
+    torch.set_num_threads(1)
+    config, algo, path = load_policy(run_or_checkpoint)
+    result = evaluate_policy(config.env, lambda obs: algo.act(obs, deterministic=True), episodes,
+                             seed=seed, video=video, video_episodes=video_episodes,
+                             show_progress=show_progress)
+    result.checkpoint = str(path)
+    return result
+
+
 def _changed_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two dumped configs."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -80,7 +170,7 @@ def check_same_run(config: ExperimentConfig, out: Path) -> None:
     started = bool(step_checkpoints(out)) or (out / "log").is_dir()
     if not saved.is_file() or not started:
         return
-    old = load_config(saved).model_dump(mode="json")
+    old = load_recorded_config(saved).model_dump(mode="json")
     new = config.model_dump(mode="json")
     old["train"]["steps"] = new["train"]["steps"]
     changed = _changed_settings(old, new)
@@ -136,39 +226,38 @@ class RunFolder:
             fix = ("point demos.path at a file recorded with these settings (hilrl record CONFIG --out FILE)"
                    if demos.path else f"delete {path} to record the config's demos, or pass a new --out folder")
             raise HilrlError(f"{path} holds demos that do not match the config: {'; '.join(problems)}; {fix}")
-        if demos.keep_after_success is not None:
-            episodes = [episode.cut_after_success(demos.keep_after_success) for episode in episodes]
-        return episodes
+        return self._cut(episodes)
 
-    def bc_rollouts(self, demo_episodes: list, show_progress: bool = True) -> list:
-        """``demos.bc_rollouts`` episodes of a BC policy fitted on ``demo_episodes``, cut after success like the demos.
+    def record_bc_rollouts(self, episodes: Iterable) -> None:
+        """Write ``episodes`` (as they come: each is flushed when it arrives) to ``OUT/bc_rollouts.hdf5``, the
+        file :meth:`bc_rollouts` reads. Who fits and rolls out the BC policy is the online strategy's business
+        (:func:`hilrl.runtime.strategies.online.roll_out_bc`)."""
+        from hilrl.data.hdf5 import DemoWriter
 
-        RLPD's few-demo setting (Ball et al. 2023, ikostrikov/rlpd ``include_bc_data``) adds such rollouts
-        to the offline data, so the critic sees the states just off the demos, where a policy from few demos
-        drifts first. Recorded once into ``OUT/bc_rollouts.hdf5`` (seeds after the demos'; a resumed run
-        reads the file) with :class:`~hilrl.policies.bc.BC` on the learner's state keys, 3000 steps.
-        """
+        env_kwargs = self.config.env.make_kwargs()
+        env_kwargs["cameras"] = list(env_kwargs["cameras"])
+        with DemoWriter(self.out / BC_ROLLOUTS, self.config.env.id, env_kwargs) as writer:
+            for episode in episodes:
+                writer.add(episode)
+
+    def bc_rollouts(self) -> list | None:
+        """The ``demos.bc_rollouts`` episodes this run recorded (:meth:`record_bc_rollouts`), cut after success
+        like the demos; ``None`` when it has not recorded them yet. A file of another count is refused."""
         from hilrl.data.hdf5 import DemoFile
-        from hilrl.runtime.record import record_bc_rollouts
-        from hilrl.runtime.seeds import Seeds
 
-        demos = self.config.demos
-        if not demos.bc_rollouts:
-            return []
-        path = self.out / "bc_rollouts.hdf5"
+        path, wanted = self.out / BC_ROLLOUTS, self.config.demos.bc_rollouts
         if not path.exists():
-            record_bc_rollouts(self.config.env, demo_episodes, path, demos.bc_rollouts,
-                               obs_keys=getattr(self.config.algo, "obs_keys", None),
-                               seed=Seeds(self.config.train.seed).demo(len(demo_episodes)),
-                               train_seed=self.config.train.seed, show_progress=show_progress)
+            return None
         with DemoFile(path) as file:
             episodes = [file.episode(name) for name in file.demo_names]
-        if len(episodes) != demos.bc_rollouts:
-            raise HilrlError(f"{path} holds {len(episodes)} BC rollouts, the config asks for {demos.bc_rollouts}; "
+        if len(episodes) != wanted:
+            raise HilrlError(f"{path} holds {len(episodes)} BC rollouts, the config asks for {wanted}; "
                              "delete the file to record them again, or pass a new --out folder")
-        if demos.keep_after_success is not None:
-            episodes = [episode.cut_after_success(demos.keep_after_success) for episode in episodes]
-        return episodes
+        return self._cut(episodes)
+
+    def _cut(self, episodes: list) -> list:
+        keep = self.config.demos.keep_after_success
+        return episodes if keep is None else [episode.cut_after_success(keep) for episode in episodes]
 
     def _demo_mismatches(self, stored: dict[str, Any], episodes: list, own: bool) -> list[str]:
         """What differs between the config and a demo file (its ``env_args`` and episodes)."""
@@ -228,28 +317,20 @@ class RunFolder:
                     old.unlink(missing_ok=True)
         return path
 
-    def latest_checkpoint(self) -> tuple[Path, dict[str, Any]] | None:
-        """The newest ``step_N.pt`` whose replay files (if it names any) are all there, loaded."""
-        for path in reversed(step_checkpoints(self.out)):
-            state = load_checkpoint(path)
-            names = state.get("replay")
-            if names is None or all((self.ckpt_dir / name).is_file() for name in names.values()):
-                return path, state
-        return None
-
-    def resume(self, algo: Any, replay: Any = None) -> dict[str, Any] | None:
-        """Load the newest complete checkpoint into ``algo`` (and ``replay``); returns it, or ``None`` (fresh run)."""
-        found = self.latest_checkpoint()
+    def resume(self, algo: Any, replay: Any = None, loop_state: tuple[str, ...] = ()) -> dict[str, Any] | None:
+        """Load the newest complete checkpoint (:func:`latest_checkpoint`) into ``algo`` (and ``replay``); returns
+        it with its ``path``, or ``None`` (a fresh run). ``loop_state``: the keys the strategy reads back from it;
+        a checkpoint without them (an older hilrl's) is refused, as is one that names no buffers to resume."""
+        found = latest_checkpoint(self.out)
         if found is None:
             return None
         path, state = found
+        missing = [key for key in ("counters", *loop_state) if key not in state]
+        if missing:
+            raise HilrlError(f"{path} {OLDER_HILRL} (it holds no {', '.join(missing)})")
         if replay is not None and state.get("replay") is None:
-            # the files the local loop wrote before checkpoints named their buffers
-            legacy = {"online": "replay_online.npz", "demo": "replay_demo.npz"}
-            if not all((self.ckpt_dir / name).is_file() for name in legacy.values()):
-                raise HilrlError(f"{path} names no replay buffers to resume from (an offline or SB3 run); pass a "
-                                 "new --out folder")
-            state["replay"] = legacy
+            raise HilrlError(f"{path} names no replay buffers to resume from (an offline or SB3 run's, or an "
+                             "older hilrl's); pass a new --out folder")
         algo.load_state_dict(state["state"])
         if replay is not None:
             replay.load(self.ckpt_dir, state["replay"])
@@ -267,20 +348,39 @@ class RunFolder:
     def save_best(self, algo: Any, counters: dict[str, Any], best: dict[str, Any]) -> None:
         save_checkpoint(self.best_path, algo, self.experiment, counters=dict(counters), best=best)
 
+    def load_best(self, algo: Any) -> Path:
+        """Load ``checkpoints/best.pt``'s networks into ``algo``; returns its path."""
+        algo.load_state_dict(load_checkpoint(self.best_path)["state"])
+        return self.best_path
+
     # ---------------------------------------------------------------- the end
 
-    def finish(self, algo: Any, checkpoint: Path, counters: dict[str, Any] | None, step: int,
-               show_progress: bool = True, evaluate: bool = True, **facts: Any) -> Any:
-        """The end of every loop: the final evaluation of ``algo`` on test seeds (``train.eval_episodes``, video
-        with ``train.video``), its scalars, and ``OUT/metrics.json`` with ``counters`` and ``facts``."""
-        from hilrl.runtime.evaluate import final_evaluation, write_metrics
+    @property
+    def final_video(self) -> Path | None:
+        """Where the final evaluation's video goes: ``OUT/final_policy.mp4`` with ``train.video``, else ``None``."""
+        return self.out / FINAL_VIDEO if self.config.train.video else None
 
-        result = None
-        if evaluate:
-            result = final_evaluation(self.config, lambda o: algo.act(o, deterministic=True), self.out, checkpoint,
-                                      show_progress)
-            prefix = "eval/best_policy_" if checkpoint.name == BEST_CHECKPOINT else "eval/"
+    def finish(self, result: EvalResult | None, counters: dict[str, Any] | None, step: int,
+               **facts: Any) -> EvalResult | None:
+        """The end of every strategy: the final evaluation ``result`` it made
+        (:func:`hilrl.runtime.evaluate.final_evaluation`; ``None`` where it evaluated none) as scalars at
+        ``step`` (``eval/``, or ``eval/best_policy_`` for ``best.pt``'s), then ``OUT/metrics.json`` (temp file +
+        rename): the result, the algorithm and env, ``facts`` and ``counters``. Returns ``result``.
+
+        The training loop's episode counter is written as ``train_episodes`` so that ``episodes`` always
+        means the evaluation's episode count.
+        """
+        if result is not None:
+            prefix = "eval/best_policy_" if Path(result.checkpoint).name == BEST_CHECKPOINT else "eval/"
             self.scalars(step, {"success_rate": result.success_rate, "mean_return": result.mean_return}, prefix)
         self.close()
-        write_metrics(self.out, result, counters, algo=self.config.algo.name, env=self.config.env.id, **facts)
+        counters = dict(counters or {})
+        if "episodes" in counters:
+            counters["train_episodes"] = counters.pop("episodes")
+        summary = {**(result.to_dict() if result is not None else {}), "algo": self.config.algo.name,
+                   "env": self.config.env.id, **facts, **counters}
+        path = self.out / "metrics.json"
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, path)
         return result

@@ -33,7 +33,13 @@ from hilrl.data.buffers import Replay, shared_next_rows, slice_shared
 from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
 from hilrl.envs.wrappers import RealTime
-from hilrl.feedback.interventions import InterventionWrapper
+from hilrl.feedback.interventions import (
+    INTERVENTIONISTS,
+    InterventionContext,
+    InterventionWrapper,
+    make_interventionist,
+)
+from hilrl.runtime.reference import reference_q
 from hilrl.runtime.seeds import Seeds
 
 COUNTERS = ("env_steps", "episodes", "successes", "interventions", "intervened_steps", "updates")
@@ -47,20 +53,27 @@ def fresh_counters(*extra: str) -> dict[str, int]:
 def make_training_env(config: Any, seeds: Seeds, device: Any = None) -> gym.Env:
     """The env a training loop steps: the task, wrapped with the configured interventionist (if any).
 
-    ``device``: an open :class:`~hilrl.feedback.teleop.TeleopDevice` for ``intervention.source: device``
-    (the caller owns it); ``None`` opens ``intervention.device`` (closed with the env).
+    The interventionist is the one ``intervention.source`` names in
+    :data:`~hilrl.feedback.interventions.INTERVENTIONISTS`, built with an
+    :class:`~hilrl.feedback.interventions.InterventionContext`: this stream's expert and gate seeds, ``device``
+    (an open :class:`~hilrl.feedback.teleop.TeleopDevice` for ``intervention.source: device``, which the caller
+    owns; ``None`` opens ``intervention.device``, closed with the env) and a loader of ``intervention.q_ref``
+    (the reference critic :func:`hilrl.runtime.train.train` built before the run).
     """
-    from hilrl.runtime.interventions import make_interventionist
-
-    ic = config.intervention
-    person = ic.source == "device"
+    intervention = config.intervention
+    entry = INTERVENTIONISTS.entry(intervention.source) if intervention.source != "none" else None
+    person = entry is not None and entry["device"]
     # a person in simulation needs to see the arm: a MuJoCo viewer, when there is a display
     viewer = person and not config.env.remote and bool(os.environ.get("DISPLAY"))
     env = make_env(config.env, **({"render_mode": "human"} if viewer else {}))
-    if ic.source == "none":
+    if entry is None:
         return env
+    q_ref = intervention.q_ref
+    context = InterventionContext(
+        env=env, expert_seed=seeds.expert, gate_seed=seeds.gate, device=device,
+        reference_q=(lambda: reference_q(q_ref, env.observation_space)) if q_ref else None)
     try:
-        source = make_interventionist(ic, env, config.env.id, seeds, device=device)
+        source = make_interventionist(intervention, context)
     except BaseException:
         env.close()
         raise

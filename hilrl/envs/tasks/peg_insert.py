@@ -58,9 +58,6 @@ class PegInsertEnv(ArmEnv):
         q[self._peg_qadr + 3 : self._peg_qadr + 7] = (np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2))
         self.data.mocap_pos[self._hole_mocap] = (hole_xy[0], hole_xy[1], 0.0)
 
-    def hole_top(self) -> np.ndarray:
-        return self._mocap_pos[self._hole_mocap] + (0.0, 0.0, self.block_height)
-
     def _write_object_obs(self, out: np.ndarray) -> None:
         out[0:7] = self._qpos[self._peg_qadr : self._peg_qadr + 7]
         out[7:10] = self._mocap_pos[self._hole_mocap]

@@ -53,6 +53,9 @@ from hilrl.errors import HilrlError
 from hilrl.feedback.preferences.segments import EpisodeIndex, Segment, batch_features, cut_segments, feature_keys
 from hilrl.feedback.preferences.store import PreferenceStore
 from hilrl.feedback.preferences.teachers import make_teacher
+from hilrl.plugins import import_object
+
+_ON_PATH = "give 'module:function' on PYTHONPATH"
 
 
 class TeacherSettings(BaseModel):
@@ -121,16 +124,6 @@ def parse_settings(cls: type[BaseModel], kwargs: dict[str, Any], source: str) ->
         raise HilrlError(f"reward source {source!r}: " + "; ".join(problems)) from None
 
 
-def import_callable(path: str, what: str) -> Any:
-    import importlib
-
-    module, _, attr = path.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise HilrlError(f"{what} {path!r} cannot be imported ({exc}); give 'module:function' on PYTHONPATH") from None
-
-
 def require_run_dir(context: Any, name: str) -> Any:
     if context is None or context.run_dir is None:
         raise HilrlError(f"reward source {name!r} learns while the robot trains and keeps its labels in the run "
@@ -154,7 +147,7 @@ class PreferenceSource:
         self.rng = np.random.default_rng(seed + 7919)
         teacher_value = value
         if settings.teacher is not None and settings.teacher.value and teacher_value is None:
-            teacher_value = import_callable(settings.teacher.value, "teacher.value")()
+            teacher_value = import_object(settings.teacher.value, "teacher.value", _ON_PATH)()
         self.teacher = make_teacher(settings.teacher.model_dump(exclude={"value"}) if settings.teacher else None,
                                     seed=seed, value=teacher_value)
         self.value = value
@@ -162,7 +155,7 @@ class PreferenceSource:
             if not settings.value:
                 raise HilrlError("reward.kwargs.loss 'regret' needs reward.kwargs.value: 'module:function' returning "
                                  "V(obs_rows) (a reference critic), the V of Knox et al.'s regret")
-            self.value = import_callable(settings.value, "reward.kwargs.value")()
+            self.value = import_object(settings.value, "reward.kwargs.value", _ON_PATH)()
         keep = settings.render_states if settings.render_states is not None else self.teacher is None
         self.wants_sim_state = bool(keep)
         self.states: dict[tuple[int, int], np.ndarray] = {}

@@ -1,7 +1,10 @@
 """Teleop devices (keyboard, gamepad, SpaceMouse, the scripted expert) and their intervention source.
 
 Each hardware backend imports its package lazily (extra ``hilrl[teleop]``), so importing
-this package needs none of them.
+this package needs none of them. Devices are registered by name in :data:`TELEOP_DEVICES` (a
+:class:`hilrl.plugins.Registry`) with :func:`register_device` next to their class; importing this package
+registers the built-in ones, and a plugin's device (entry-point group ``hilrl.plugins``, or a file in the
+config's ``plugins:`` list) joins them the same way.
 """
 
 from __future__ import annotations
@@ -11,36 +14,33 @@ from typing import Any
 from hilrl.feedback.teleop.base import (
     BUTTONS,
     SCREEN_TO_BASE,
+    TELEOP_DEVICES,
     FrameMap,
     TeleopCommand,
     TeleopDevice,
     TeleopError,
+    human_device_names,
+    make_device,
+    register_device,
 )
 from hilrl.feedback.teleop.episode import teleop_episode
-from hilrl.feedback.teleop.expert import ExpertDevice
+
+# the built-in devices register on import, in the order they are listed to users
+from hilrl.feedback.teleop.keyboard import KeyboardDevice  # isort: skip
+from hilrl.feedback.teleop.gamepad import GamepadDevice  # isort: skip
+from hilrl.feedback.teleop.spacemouse import SpaceMouseDevice  # isort: skip
+from hilrl.feedback.teleop.expert import ExpertDevice  # isort: skip
 from hilrl.feedback.teleop.takeover import DEFAULT_DEAD_ZONE, DeviceInterventionist
 
-HUMAN_DEVICES = ("keyboard", "gamepad", "spacemouse")
 
-
-def make_device(name: str, **kwargs: Any) -> TeleopDevice:
-    """Open the human device ``name`` (one of :data:`HUMAN_DEVICES`); ``kwargs`` go to its constructor."""
-    if name == "keyboard":
-        from hilrl.feedback.teleop.keyboard import KeyboardDevice
-
-        return KeyboardDevice(**kwargs)
-    if name == "gamepad":
-        from hilrl.feedback.teleop.gamepad import GamepadDevice
-
-        return GamepadDevice(**kwargs)
-    if name == "spacemouse":
-        from hilrl.feedback.teleop.spacemouse import SpaceMouseDevice
-
-        return SpaceMouseDevice(**kwargs)
-    raise TeleopError(f"unknown teleop device {name!r}; allowed: {', '.join(HUMAN_DEVICES)}")
+def __getattr__(name: str) -> Any:
+    if name == "HUMAN_DEVICES":  # read from the registry when asked, so a plugin's device is in it
+        return human_device_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
-    "BUTTONS", "DEFAULT_DEAD_ZONE", "HUMAN_DEVICES", "SCREEN_TO_BASE", "DeviceInterventionist", "ExpertDevice",
-    "FrameMap", "TeleopCommand", "TeleopDevice", "TeleopError", "make_device", "teleop_episode",
+    "BUTTONS", "DEFAULT_DEAD_ZONE", "HUMAN_DEVICES", "SCREEN_TO_BASE", "TELEOP_DEVICES", "DeviceInterventionist",
+    "ExpertDevice", "FrameMap", "GamepadDevice", "KeyboardDevice", "SpaceMouseDevice", "TeleopCommand",
+    "TeleopDevice", "TeleopError", "human_device_names", "make_device", "register_device", "teleop_episode",
 ]

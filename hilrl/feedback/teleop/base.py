@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from hilrl.errors import HilrlError
+from hilrl.plugins import Registry
 
 BUTTONS = ("intervene", "success", "failure", "rerecord")
 EPISODE_EVENTS = ("success", "failure", "rerecord")
@@ -200,3 +201,34 @@ class TeleopDevice(ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# the device names intervention.device and `hilrl record --device` accept (a hilrl.plugins.Registry, the one
+# mechanism of every door). ``human``: a person's device (False: the scripted expert, which drives itself).
+TELEOP_DEVICES = Registry("teleop device", error=TeleopError, defaults={"human": True},
+                          load_hint="install the teleop extra: pip install 'hilrl[teleop]'")
+
+
+def register_device(name: str, human: bool = True) -> Any:
+    """Register a :class:`TeleopDevice` subclass under ``name``; a class decorator. ``make_device(name, **kwargs)``
+    then opens it as ``cls(**kwargs)``, and ``intervention.device: NAME`` / ``hilrl record --device NAME`` accept it
+    (when ``human``). The class's ``name`` is set to ``name`` unless it sets its own."""
+
+    def decorate(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, TeleopDevice)):
+            raise TeleopError(f"register_device({name!r}) decorates a TeleopDevice subclass, got {cls!r}")
+        if cls.name == TeleopDevice.name:
+            cls.name = name
+        return TELEOP_DEVICES.register(name, cls, human=human)
+
+    return decorate
+
+
+def human_device_names() -> tuple[str, ...]:
+    """The registered devices a person holds (``intervention.device``, ``hilrl record --device``), plugins' too."""
+    return tuple(TELEOP_DEVICES.names(human=True))
+
+
+def make_device(name: str, **kwargs: Any) -> TeleopDevice:
+    """Open the human device ``name`` (one of :func:`human_device_names`); ``kwargs`` go to its constructor."""
+    return TELEOP_DEVICES.get(name, human=True)(**kwargs)

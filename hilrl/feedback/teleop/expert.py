@@ -6,11 +6,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hilrl.feedback.teleop.base import FrameMap, TeleopCommand, TeleopDevice, TeleopError
+from hilrl.feedback.teleop.base import FrameMap, TeleopCommand, TeleopDevice, TeleopError, register_device
 
 Obs = dict[str, np.ndarray]
 
 
+@register_device("expert", human=False)
 class ExpertDevice(TeleopDevice):
     """Reports the expert's action for the last observed state as a device reading.
 

@@ -37,6 +37,7 @@ from hilrl.feedback.teleop.base import (
     TeleopDevice,
     TeleopError,
     missing_package,
+    register_device,
 )
 
 
@@ -59,6 +60,7 @@ class GamepadLayout:
                 raise TeleopError(f"gamepad button {index} -> {action!r}: allowed actions are {', '.join(ACTIONS)}")
 
 
+@register_device("gamepad")
 class GamepadDevice(TeleopDevice):
     """A pygame joystick; sticks within ``stick_dead_zone`` of centre read 0 (sticks drift).
 

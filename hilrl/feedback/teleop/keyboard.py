@@ -38,6 +38,7 @@ from hilrl.feedback.teleop.base import (
     TeleopDevice,
     TeleopError,
     missing_package,
+    register_device,
 )
 
 # key name -> (delta index, sign); indices 0-2 translation xyz, 3-5 rotation xyz
@@ -64,6 +65,7 @@ def key_name(key: Any) -> str | None:
     return str(name).lower() if name else None
 
 
+@register_device("keyboard")
 class KeyboardDevice(TeleopDevice):
     """Keys held now -> delta; keys bound to actions -> gripper latch and buttons.
 

@@ -32,6 +32,7 @@ from hilrl.feedback.teleop.base import (
     TeleopDevice,
     TeleopError,
     missing_package,
+    register_device,
 )
 
 VENDOR_IDS = (0x046D, 0x256F)  # Logitech (older 3Dconnexion devices), 3Dconnexion
@@ -39,6 +40,7 @@ FULL_SCALE = 350.0
 DEFAULT_BUTTONS: dict[int, str] = {0: "close", 1: "open"}
 
 
+@register_device("spacemouse")
 class SpaceMouseDevice(TeleopDevice):
     """Parses SpaceMouse HID reports, read on a background thread so the state is always the latest.
 

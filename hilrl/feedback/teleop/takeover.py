@@ -10,9 +10,11 @@ person changed the gripper command. Otherwise the policy acts. The person's ``su
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from hilrl.feedback.teleop.base import FrameMap, TeleopCommand, TeleopDevice, TeleopError
+from hilrl.feedback.teleop.base import FrameMap, TeleopCommand, TeleopDevice, TeleopError, make_device
 
 # In action units (1.0 = one action_scale step). HIL-SERL uses a near-zero threshold on the
 # SpaceMouse; 0.05 (17 raw counts of 350) keeps a resting hand or a drifting stick from taking over.
@@ -42,6 +44,15 @@ class DeviceInterventionist:
         self.last_command: TeleopCommand | None = None
         self._last_gripper: float | None = None
         self.owns_device = owns_device
+
+    @classmethod
+    def from_config(cls, config: Any, context: Any) -> DeviceInterventionist:
+        """``intervention.source: device`` (registered in :mod:`hilrl.feedback.interventions`): the caller's open
+        device (``context.device``, which the caller closes), else ``config.device`` opened here and closed with
+        the env."""
+        if context.device is not None:
+            return cls(context.device, dead_zone=config.dead_zone)
+        return cls(make_device(config.device), dead_zone=config.dead_zone, owns_device=True)
 
     def close(self) -> None:
         """Release the device if this source opened it (``owns_device``); the env's ``close`` calls this."""

@@ -126,22 +126,13 @@ class VideoCache:
         self.render_thread.shutdown()
 
 
-def load_env_config(run_dir: Path) -> Any:
-    """The env section of the run's ``config.yaml`` (``None`` when there is none or it is a remote arm)."""
-    import yaml
+def create_app(run_dir: str | Path, env_config: Any = None, token: str | None = None, lease_s: float = 120.0,
+               prefetch: int = 4, video_size: int = 128) -> Any:
+    """The FastAPI app of the labelling page for ``run_dir`` (module docstring).
 
-    from hilrl.config import EnvConfig
-
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    env = EnvConfig.model_validate(yaml.safe_load(path.read_text())["env"])
-    return None if env.remote else env
-
-
-def create_app(run_dir: str | Path, token: str | None = None, lease_s: float = 120.0, prefetch: int = 4,
-               video_size: int = 128) -> Any:
-    """The FastAPI app of the labelling page for ``run_dir`` (module docstring)."""
+    ``env_config``: the run's env section (:func:`hilrl.config.load_run_env`) to render segment videos with;
+    ``None`` shows no videos (a real arm's run, or text pairs).
+    """
     from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
@@ -150,7 +141,7 @@ def create_app(run_dir: str | Path, token: str | None = None, lease_s: float = 1
         raise HilrlError(f"{run_dir} has no preference queries yet ({run_dir}/preferences/queries.jsonl); train it "
                          "with reward: {source: preferences} (no teacher) until its first query session")
     store = PreferenceStore.for_run(run_dir)
-    videos = VideoCache(store, load_env_config(run_dir), video_size, prefetch)
+    videos = VideoCache(store, env_config, video_size, prefetch)
     leases: dict[str, tuple[str, float]] = {}
     leases_lock = threading.Lock()
     app = FastAPI(title="hilrl labelling")
@@ -244,14 +235,15 @@ def create_app(run_dir: str | Path, token: str | None = None, lease_s: float = 1
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8765, token: str | None = None) -> None:
-    """Serve the page until interrupted; off loopback a token is required."""
+def serve(run_dir: str | Path, env_config: Any = None, host: str = "127.0.0.1", port: int = 8765,
+          token: str | None = None) -> None:
+    """Serve the page (:func:`create_app`) until interrupted; off loopback a token is required."""
     import uvicorn
 
     if not is_loopback(host) and not token:
         raise HilrlError(f"--host {host} is off loopback: people's labels need a credential there; pass --token "
                          "SECRET (and open the printed URL), or bind 127.0.0.1")
-    app = create_app(run_dir, token=token)
+    app = create_app(run_dir, env_config, token=token)
     url = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
     print(f"labelling page for {run_dir}: {url}", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

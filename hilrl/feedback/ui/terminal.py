@@ -8,20 +8,25 @@ ranking is its item numbers best first (``2 1 3``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from hilrl.feedback.preferences.store import LabelRefused, PreferenceStore
-from hilrl.feedback.ui.app import VideoCache, load_env_config
+from hilrl.feedback.ui.app import VideoCache
 
 PAIR_KEYS = {"1": "first", "f": "first", "2": "second", "s": "second", "e": "equal", "k": "skip"}
 
 
-def label_in_terminal(run_dir: str | Path, who: str = "person", read: Callable[[str], str] = input,
-                      write: Callable[[str], None] = print, videos: bool = True) -> int:
-    """Ask for a label of each pending query until none is left or the person quits; returns labels made."""
+def label_in_terminal(run_dir: str | Path, env_config: Any = None, who: str = "person",
+                      read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> int:
+    """Ask for a label of each pending query until none is left or the person quits; returns labels made.
+
+    ``env_config``: the run's env section (:func:`hilrl.config.load_run_env`) to write segment videos with;
+    ``None`` writes none.
+    """
     run_dir = Path(run_dir)
     store = PreferenceStore.for_run(run_dir)
-    cache = VideoCache(store, load_env_config(run_dir) if videos else None, prefetch=2)
+    cache = VideoCache(store, env_config, prefetch=2)
     made = 0
     try:
         while True:
@@ -34,7 +39,7 @@ def label_in_terminal(run_dir: str | Path, who: str = "person", read: Callable[[
             write(f"query {query['id']} ({query['kind']}; {progress['pending']} pending, {progress['labelled']} "
                   "labelled)")
             for i, sid in enumerate(query["segments"], 1):
-                path = cache.path(sid) if videos else None
+                path = cache.path(sid) if env_config is not None else None
                 write(f"  {i}: {path if path else 'segment ' + sid + ' (no video)'}")
             prompt = ("[1/f] first  [2/s] second  [e] equal  [k] skip  [u] undo  [q] quit: " if query["kind"] == "pair"
                       else f"order best first (e.g. {' '.join(str(i) for i in range(1, len(query['segments']) + 1))}),"

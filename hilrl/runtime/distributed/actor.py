@@ -36,9 +36,10 @@ import zmq
 from hilrl.config import ExperimentConfig
 from hilrl.envs import auth
 from hilrl.envs.protocol import ProtocolError, encode
+from hilrl.envs.remote import stream_address
 from hilrl.errors import HilrlError
 from hilrl.policies.registry import make_algorithm
-from hilrl.runtime.distributed import transport
+from hilrl.runtime.distributed import check_distributable, transport
 from hilrl.runtime.progress import console
 from hilrl.runtime.seeds import Seeds
 from hilrl.runtime.steps import StepSource, fresh_counters, make_training_env
@@ -71,8 +72,6 @@ class Actor:
 
     def __init__(self, config: ExperimentConfig, out: str | os.PathLike, learner: str, actor_id: str = "actor0",
                  index: int = 0, steps: int | None = None, device: Any = None) -> None:
-        from hilrl.runtime.distributed.learner import check_distributable
-
         check_distributable(config)
         if not actor_id or not actor_id.isprintable():
             raise HilrlError(f"--id {actor_id!r}: give each actor a non-empty printable name")
@@ -242,10 +241,12 @@ class Actor:
                 self.welcomed = True
                 self._acked(message["acked"])
                 self._load_weights(message["version"], message["weights"])
-                if message["weights_address"] != self.weights_address:
+                # a learner bound to all interfaces names 0.0.0.0: its weights are at the host we reach it at
+                weights_address = stream_address(self.learner, message["weights_address"])
+                if weights_address != self.weights_address:
                     if self.weights_address:
                         self.sub.disconnect(self.weights_address)
-                    self.weights_address = message["weights_address"]
+                    self.weights_address = weights_address
                     self.sub.connect(self.weights_address)
             elif kind == "ack":
                 self._acked(message["acked"])
@@ -312,8 +313,9 @@ class Actor:
     def act(self) -> None:
         """One env step of the step source (the policy acts, or the person takes over), held for the learner."""
         self._take(self.steps.step())
-        c = self.counters
-        self.state.update(steps=c["env_steps"], episodes=c["episodes"], successes=c["successes"])
+        counters = self.counters
+        self.state.update(steps=counters["env_steps"], episodes=counters["episodes"],
+                          successes=counters["successes"])
 
     def run(self) -> dict[str, Any]:
         """Act until the learner says it is done, ``steps`` were taken, or SIGTERM/SIGINT; returns the counters."""

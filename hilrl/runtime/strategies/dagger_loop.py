@@ -17,7 +17,7 @@ from hilrl.config import ExperimentConfig
 from hilrl.data.buffers import Replay
 from hilrl.feedback.experts import make_expert
 from hilrl.policies.registry import make_algorithm
-from hilrl.runtime.evaluate import EvalResult
+from hilrl.runtime.evaluate import EvalResult, final_evaluation
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.run import RunFolder
 from hilrl.runtime.seeds import Seeds
@@ -27,9 +27,9 @@ from hilrl.runtime.steps import StepSource, fresh_counters, make_training_env
 def train_dagger(config: ExperimentConfig, run: RunFolder, demo_episodes: list,
                  show_progress: bool = True) -> EvalResult:
     """``train.steps`` env steps of DAgger (label every state) or HG-DAgger (label interventions)."""
-    tc, algo_cfg = config.train, config.algo
+    training, algo_cfg = config.train, config.algo
     hg = algo_cfg.label == "interventions"
-    seeds = Seeds(tc.seed)
+    seeds = Seeds(training.seed)
     env = make_training_env(config, seeds)
     labeller = None if hg else make_expert(env, noise=config.intervention.expert_noise, seed=seeds.expert)
     algo = make_algorithm(algo_cfg, env.observation_space, env.action_space, seed=seeds.network)
@@ -44,8 +44,8 @@ def train_dagger(config: ExperimentConfig, run: RunFolder, demo_episodes: list,
     started = time.perf_counter()
     try:
         with make_progress(not show_progress) as bar:
-            task = bar.add_task(f"{algo_cfg.name} {config.env.id}", total=tc.steps, stats="")
-            while counters["env_steps"] < tc.steps:
+            task = bar.add_task(f"{algo_cfg.name} {config.env.id}", total=training.steps, stats="")
+            while counters["env_steps"] < training.steps:
                 transition = steps.step()
                 if labeller is not None:
                     if transition["episode_start"]:
@@ -56,7 +56,7 @@ def train_dagger(config: ExperimentConfig, run: RunFolder, demo_episodes: list,
                     round_obs.append(transition["obs"])
                     round_labels.append(transition["action"])  # what the expert executed
                 step = counters["env_steps"]
-                if step % algo_cfg.round_steps == 0 or step == tc.steps:
+                if step % algo_cfg.round_steps == 0 or step == training.steps:
                     if round_obs:
                         algo.aggregate({k: np.stack([o[k] for o in round_obs]) for k in round_obs[0]},
                                        np.stack(round_labels))
@@ -68,6 +68,7 @@ def train_dagger(config: ExperimentConfig, run: RunFolder, demo_episodes: list,
                     bar.update(task, completed=step, stats=f"{steps.stats()}  labels {algo.num_samples}")
     finally:
         env.close()
-    checkpoint = run.checkpoint(tc.steps, algo, counters)
-    return run.finish(algo, checkpoint, counters, tc.steps, show_progress,
-                      train_seconds=round(time.perf_counter() - started, 2))
+    checkpoint = run.checkpoint(training.steps, algo, counters)
+    train_seconds = time.perf_counter() - started
+    result = final_evaluation(config, algo, checkpoint, run.final_video, show_progress)
+    return run.finish(result, counters, training.steps, train_seconds=round(train_seconds, 2))

@@ -11,21 +11,30 @@ counters, the stream's episode marks and the loop's RNG come back.
 Logged besides the learner's ``train/`` metrics: ``rollout/`` figures, the learned reward sources'
 ``reward/`` figures, and ``value/{online,demo}_{q_start,return_start,overestimation}``: the critic's
 Q(s0, a0) against the discounted return of the last finished episodes (:mod:`hilrl.runtime.diagnostics`).
+
+RLPD's BC rollouts (``demos.bc_rollouts``) are made here, the one strategy that takes them (the config
+refuses the others): :func:`roll_out_bc` fits a BC policy on the demos and rolls it out, and the run
+folder keeps the episodes (:meth:`~hilrl.runtime.run.RunFolder.record_bc_rollouts`), so a resumed run
+reads them back instead of fitting again (:func:`bc_rollouts`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from hilrl.config import ExperimentConfig
+from hilrl.config import EnvConfig, ExperimentConfig
 from hilrl.data.buffers import Replay
+from hilrl.data.episode import Episode
+from hilrl.envs.make import make_env
 from hilrl.feedback.rewards import SourceContext, make_reward_source, trainable_parts
 from hilrl.policies.registry import make_algorithm
 from hilrl.runtime.diagnostics import start_values
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, final_evaluation
 from hilrl.runtime.progress import console, make_progress
-from hilrl.runtime.run import RunFolder, load_checkpoint
+from hilrl.runtime.rollout import RolloutStats, run_episode
+from hilrl.runtime.run import RunFolder
 from hilrl.runtime.seeds import VALIDATION_SEED, Seeds
 from hilrl.runtime.steps import StepSource, TransitionStorage, fresh_counters, make_training_env
 
@@ -37,38 +46,41 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     ``reward_source`` replaces the config's ``reward:`` (any :class:`~hilrl.feedback.rewards.RewardSource`);
     ``device`` is an open teleop device for ``intervention.source: device`` (else the configured one is opened).
     """
-    tc, ic = config.train, config.intervention
-    seeds = Seeds(tc.seed)
+    training, intervention = config.train, config.intervention
+    seeds = Seeds(training.seed)
     env = make_training_env(config, seeds, device=device)
     algo = make_algorithm(config.algo, env.observation_space, env.action_space, seed=seeds.network)
-    replay = Replay.create(env.observation_space, env.action_space, tc.buffer_capacity)
+    replay = Replay.create(env.observation_space, env.action_space, training.buffer_capacity)
     if reward_source is None:
         try:
             reward_source = make_reward_source(config.reward_config, SourceContext(
-                run_dir=run.out, env_config=config.env, seed=tc.seed, env=env))
+                run_dir=run.out, env_config=config.env, seed=training.seed, env=env))
         except BaseException:
             env.close()
             raise
     replay.set_reward_source(reward_source)
     learned = trainable_parts(reward_source)  # reward models that learn while the robot trains (PEBBLE)
     counters = fresh_counters()
-    steps = StepSource(env, algo.act, seeds, counters, random_steps=tc.random_steps,
+    steps = StepSource(env, algo.act, seeds, counters, random_steps=training.random_steps,
                        sim_state=any(getattr(source, "wants_sim_state", False) for source in learned))
-    storage = TransitionStorage(replay, copy_interventions=ic.learning_rule == "hil_serl",
+    storage = TransitionStorage(replay, copy_interventions=intervention.learning_rule == "hil_serl",
                                 copy_successes=config.demos.add_successes,
                                 keep_after_success=config.demos.keep_after_success)
 
-    resumed = run.resume(algo, replay)
-    if resumed is None:
-        replay.add_demos(demo_episodes + run.bc_rollouts(demo_episodes, show_progress))
-    else:
+    try:
+        resumed = run.resume(algo, replay, loop_state=("rng", "stream"))
+        if resumed is None:
+            replay.add_demos(demo_episodes + bc_rollouts(config, run, demo_episodes, show_progress))
+    except BaseException:
+        env.close()
+        raise
+    if resumed is not None:
         counters.update(resumed["counters"])
         steps.rng.bit_generator.state = resumed["rng"]
-        if "stream" in resumed:  # (runs checkpointed before episode ids start their next step as a new episode)
-            storage.load_state(resumed["stream"])
+        storage.load_state(resumed["stream"])
         console.print(f"resuming {run.out} from {resumed['path'].name}: {counters['env_steps']} env steps, "
                       f"{len(replay.online)} online + {len(replay.demo)} demo transitions")
-    best = run.best() if tc.keep_best else None
+    best = run.best() if training.keep_best else None
 
     def checkpoint() -> None:
         run.checkpoint(counters["env_steps"], algo, counters, replay, rng=steps.rng.bit_generator.state,
@@ -80,19 +92,19 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     reward_metrics: dict[str, Any] = {}  # the learned reward sources' latest figures
     try:
         with make_progress(not show_progress) as bar:
-            task = bar.add_task(f"{config.algo.name} {config.env.id}", total=tc.steps,
+            task = bar.add_task(f"{config.algo.name} {config.env.id}", total=training.steps,
                                 completed=counters["env_steps"], stats="")
-            while counters["env_steps"] < tc.steps:
+            while counters["env_steps"] < training.steps:
                 transition = steps.step()
                 storage.add(transition)
                 for source in learned:
                     reward_metrics.update(source.after_step(transition, replay, counters["env_steps"]) or {})
-                if counters["env_steps"] >= tc.learning_starts and len(replay.online) > 0:
+                if counters["env_steps"] >= training.learning_starts and len(replay.online) > 0:
                     metrics = algo.update(replay)
                     counters["updates"] += 1
 
                 step = counters["env_steps"]
-                if step % tc.log_every == 0 or step == tc.steps:
+                if step % training.log_every == 0 or step == training.steps:
                     rate = (counters["updates"] - start_updates) / max(time.perf_counter() - started, 1e-9)
                     run.scalars(step, metrics, "train/")
                     run.scalars(step, reward_metrics, "reward/")
@@ -105,15 +117,16 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                                        "interventions": counters["interventions"]}, "rollout/")
                     bar.update(task, completed=step, stats=f"{steps.stats()}  {rate:.0f} updates/s")
                 # with keep_best the last iterate competes too, so it is evaluated like the others
-                if tc.eval_every and step % tc.eval_every == 0 and (step < tc.steps or tc.keep_best):
+                if (training.eval_every and step % training.eval_every == 0
+                        and (step < training.steps or training.keep_best)):
                     result = evaluate_policy(config.env, lambda o: algo.act(o, deterministic=True),
-                                             tc.eval_episodes, seed=VALIDATION_SEED, show_progress=False)
+                                             training.eval_episodes, seed=VALIDATION_SEED, show_progress=False)
                     run.scalars(step, {"success_rate": result.success_rate, "mean_return": result.mean_return},
                                 "eval/")
-                    if tc.keep_best and (best is None or result.success_rate > best["success_rate"]):
+                    if training.keep_best and (best is None or result.success_rate > best["success_rate"]):
                         best = {"step": step, "success_rate": result.success_rate, "mean_return": result.mean_return}
                         run.save_best(algo, counters, best)
-                if step % tc.checkpoint_every == 0 or step == tc.steps:
+                if step % training.checkpoint_every == 0 or step == training.steps:
                     checkpoint()
     finally:
         for source in learned:
@@ -121,11 +134,61 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
         env.close()
     train_seconds = time.perf_counter() - started
 
-    last = run.ckpt_dir / f"step_{counters['env_steps']}.pt"
-    if best is not None:  # the run's policy is the best evaluated one, judged here on unseen seeds
-        algo.load_state_dict(load_checkpoint(run.best_path)["state"])
-    return run.finish(algo, run.best_path if best is not None else last, counters, tc.steps, show_progress,
-                      demo_episodes=len(demo_episodes), train_seconds_this_session=round(train_seconds, 2),
-                      intervention_source=ic.source, learn_from=ic.learning_rule,
+    # with keep_best the run's policy is the best evaluated one, judged here on unseen seeds
+    policy = run.load_best(algo) if best is not None else run.ckpt_dir / f"step_{counters['env_steps']}.pt"
+    result = final_evaluation(config, algo, policy, run.final_video, show_progress)
+    return run.finish(result, counters, training.steps, demo_episodes=len(demo_episodes),
+                      train_seconds_this_session=round(train_seconds, 2), intervention_source=intervention.source,
+                      learn_from=intervention.learning_rule,
                       reward=repr(replay.online.reward_source), **({"best_validation": best} if best else {}))
 
+
+def bc_rollouts(config: ExperimentConfig, run: RunFolder, demo_episodes: list, show_progress: bool = True) -> list:
+    """``demos.bc_rollouts`` episodes of a BC policy fitted on ``demo_episodes``, cut after success like the demos.
+
+    RLPD's few-demo setting (Ball et al. 2023, ikostrikov/rlpd ``include_bc_data``) adds such rollouts
+    to the offline data, so the critic sees the states just off the demos, where a policy from few demos
+    drifts first. Rolled out once (:func:`roll_out_bc`, seeds after the demos', the learner's state keys)
+    into the run folder; a resumed run reads them from there.
+    """
+    count = config.demos.bc_rollouts
+    if not count:
+        return []
+    episodes = run.bc_rollouts()
+    if episodes is None:
+        run.record_bc_rollouts(roll_out_bc(config.env, demo_episodes, count,
+                                           obs_keys=getattr(config.algo, "obs_keys", None),
+                                           seed=Seeds(config.train.seed).demo(len(demo_episodes)),
+                                           train_seed=config.train.seed, show_progress=show_progress))
+        episodes = run.bc_rollouts()
+    return episodes
+
+
+def roll_out_bc(env_config: EnvConfig, demo_episodes: list, episodes: int, obs_keys: Any = None, seed: int = 0,
+                train_seed: int = 0, bc_steps: int = 3000, show_progress: bool = True) -> Iterator[Episode]:
+    """Fit :class:`~hilrl.policies.bc.BC` on ``demo_episodes`` (``bc_steps`` steps) and yield ``episodes`` of it.
+
+    Episode ``i`` is reset with seed ``seed + i``; every episode is yielded, failed ones too (RLPD's BC
+    data keeps them: they show where imitation leaves the demos), marked ``device: bc``. The BC policy
+    acts deterministically.
+    """
+    from hilrl.policies.bc import BC
+    from hilrl.policies.configs import BCConfig
+
+    env = make_env(env_config)
+    try:
+        bc = BC(env.observation_space, env.action_space, BCConfig(obs_keys=obs_keys), seed=train_seed)
+        bc.set_dataset(demo_episodes)
+        for _ in range(bc_steps):
+            bc.train_step()
+        stats = RolloutStats.empty()
+        with make_progress(not show_progress) as bar:
+            task = bar.add_task(f"BC rollouts {env_config.id}", total=episodes, stats="")
+            for i in range(episodes):
+                episode = run_episode(env, bc.act, seed=seed + i)
+                episode.attrs["device"] = "bc"
+                stats.add(episode)
+                yield episode
+                bar.update(task, advance=1, stats=f"success {stats.success_rate:.0%}")
+    finally:
+        env.close()

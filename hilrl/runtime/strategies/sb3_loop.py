@@ -5,8 +5,9 @@ SB3's own ``learn()`` drives the env, which is built as for every loop of ours
 simulated or real person, with the same seeds), then the agent's mapping to the policy's keys,
 SB3's ``Monitor`` and ``DummyVecEnv``. A callback keeps the run folder
 (:class:`~hilrl.runtime.run.RunFolder`): TensorBoard scalars in ``tb/`` (SB3's ``train/*`` plus
-our ``rollout/*``), ``checkpoints/step_N.pt`` in the one checkpoint layout, then the final
-evaluation, video and ``metrics.json`` — so `hilrl eval RUN_DIR` works unchanged.
+our ``rollout/*``) and ``checkpoints/step_N.pt`` in the one checkpoint layout; after ``learn()`` the final
+evaluation goes to the run folder as every strategy's (``eval/*``, video, ``metrics.json``), so
+`hilrl eval RUN_DIR` works unchanged.
 
 Interventions follow ``intervention.learn_from: hil_serl``: the executed action
 is stored (:class:`~hilrl.policies.sb3.ExecutedActionMixin`) and intervened
@@ -35,7 +36,7 @@ from hilrl.envs.make import make_env
 from hilrl.errors import HilrlError
 from hilrl.policies.registry import make_algorithm
 from hilrl.policies.sb3 import SB3Agent
-from hilrl.runtime.evaluate import EvalResult, evaluate_policy
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, final_evaluation
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.run import RunFolder, step_checkpoints
 from hilrl.runtime.seeds import VALIDATION_SEED, Seeds
@@ -67,7 +68,7 @@ class _RunFolderCallback(BaseCallback):
         self.last_checkpoint = step
 
     def _on_step(self) -> bool:
-        tc = self.config.train
+        training = self.config.train
         for info, done in zip(self.locals["infos"], self.locals["dones"]):
             intervened = bool(info.get("intervened", False))
             self.counters["interventions"] += int(bool(info.get("intervention_start", False)))
@@ -80,7 +81,7 @@ class _RunFolderCallback(BaseCallback):
                 self.recent_success.append(success)
         self.counters["env_steps"] = step = int(self.num_timesteps)
 
-        if step % tc.log_every == 0 or step == tc.steps:
+        if step % training.log_every == 0 or step == training.steps:
             success = float(np.mean(self.recent_success)) if self.recent_success else 0.0
             intervention_rate = float(np.mean(self.recent_intervened)) if self.recent_intervened else 0.0
             self.logger.record("rollout/success_rate", success)
@@ -90,14 +91,14 @@ class _RunFolderCallback(BaseCallback):
             self.bar.update(self.task, completed=step,
                             stats=f"success {success:.0%}  intervened {intervention_rate:.0%}  "
                                   f"{self.model._n_updates} updates")
-        if tc.eval_every and step % tc.eval_every == 0 and step < tc.steps:
+        if training.eval_every and step % training.eval_every == 0 and step < training.steps:
             result = evaluate_policy(self.config.env, lambda o: self.agent.act(o, deterministic=True),
-                                     tc.eval_episodes, seed=VALIDATION_SEED, show_progress=False)
+                                     training.eval_episodes, seed=VALIDATION_SEED, show_progress=False)
             self.logger.record("eval/success_rate", result.success_rate)
             self.logger.record("eval/mean_return", result.mean_return)
             self.logger.dump(step)
         # SB3 updates after this callback; the last checkpoint is written after learn() returns
-        if step % tc.checkpoint_every == 0 and step < tc.steps:
+        if step % training.checkpoint_every == 0 and step < training.steps:
             self.checkpoint()
         return True
 
@@ -115,34 +116,30 @@ def train_sb3(config: ExperimentConfig, run: RunFolder, demo_episodes: list, sho
               device: Any = None) -> EvalResult:
     """Run ``train.steps`` env steps of the configured SB3 algorithm and write the run folder
     (:func:`hilrl.runtime.train.train` has refused a folder this cannot resume: :func:`check_sb3_experiment`)."""
-    tc, ic = config.train, config.intervention
+    training, intervention = config.train, config.intervention
 
     probe = make_env(config.env)
-    agent = make_algorithm(config.algo, probe.observation_space, probe.action_space, seed=Seeds(tc.seed).network)
+    agent = make_algorithm(config.algo, probe.observation_space, probe.action_space, seed=Seeds(training.seed).network)
     probe.close()
     vec_env = make_training_env(config, agent, device=device)
-    agent.start_training(vec_env, tc.buffer_capacity, tc.learning_starts, demo_episodes,
-                         copy_interventions=ic.learning_rule == "hil_serl")
+    agent.start_training(vec_env, training.buffer_capacity, training.learning_starts, demo_episodes,
+                         copy_interventions=intervention.learning_rule == "hil_serl")
     agent.model.set_logger(configure(str(run.out / "tb"), ["tensorboard"]))
 
     started = time.perf_counter()
     with make_progress(not show_progress) as bar:
-        task = bar.add_task(f"{config.algo.name} {config.env.id}", total=tc.steps, stats="")
+        task = bar.add_task(f"{config.algo.name} {config.env.id}", total=training.steps, stats="")
         callback = _RunFolderCallback(agent, config, run, bar, task)
         # log_interval=None: SB3 dumps nothing itself; the callback dumps every train.log_every steps
-        agent.model.learn(tc.steps, callback=callback, log_interval=None)
+        agent.model.learn(training.steps, callback=callback, log_interval=None)
         callback.checkpoint()  # after SB3's last update (and any overshoot of train_freq in episodes)
     vec_env.close()
     train_seconds = time.perf_counter() - started
 
-    result = run.finish(agent, run.ckpt_dir / f"step_{callback.last_checkpoint}.pt", callback.counters,
-                        callback.last_checkpoint, show_progress, demo_episodes=len(demo_episodes),
-                        online_transitions=int(agent.replay_buffer.size()),
-                        demo_transitions=int(agent.replay_buffer.demo.size()),
-                        train_seconds=round(train_seconds, 2), intervention_source=ic.source,
-                        learn_from=ic.learning_rule)
-    agent.model.logger.record("eval/success_rate", result.success_rate)
-    agent.model.logger.record("eval/mean_return", result.mean_return)
-    agent.model.logger.dump(callback.last_checkpoint)
-    agent.model.logger.close()
-    return result
+    result = final_evaluation(config, agent, run.ckpt_dir / f"step_{callback.last_checkpoint}.pt", run.final_video,
+                              show_progress)
+    agent.model.logger.close()  # SB3's scalars are all written; the final evaluation's go through the run folder
+    return run.finish(result, callback.counters, callback.last_checkpoint, demo_episodes=len(demo_episodes),
+                      online_transitions=int(agent.replay_buffer.size()),
+                      demo_transitions=int(agent.replay_buffer.demo.size()), train_seconds=round(train_seconds, 2),
+                      intervention_source=intervention.source, learn_from=intervention.learning_rule)

@@ -1,52 +1,11 @@
-"""The whole RLPD update of :class:`~hilrl.policies.sac.SAC` as one C++ call on a CPU (``SACConfig.cpu_fused_update``).
-
-The eager update (``SAC._update_tensors``) spends about half its time on one CPU core outside the matmuls:
-Python, the dispatcher and autograd around some 300 small ops, and the memory passes of the LayerNorm,
-ReLU, tanh-Gaussian and loss terms (``benchmarks/learner_throughput.py``; the JAX RLPD peer removes the
-same overhead by tracing the update into one XLA program). This module computes the same update with
-no autograd and no Python in the loop:
-
-* forward and backward of the critic ensemble and the actor written out, the GEMMs through MKL's
-  ``sgemm`` (the BLAS torch's own ``mm`` calls) on activation and gradient buffers kept between calls,
-  except the products with a handful of outputs (the actor's mean/log-std head, the critic's gradient to
-  the action), which MKL runs at a tenth of its rate and which are dot products here;
-* one critic member at a time through the whole MLP, forward then backward, so its activations stay in
-  cache, with bias, LayerNorm (biased variance, ``eps`` inside the square root, as
-  ``torch.nn.functional.layer_norm``), affine and ReLU one pass per row each way;
-* the critic target (min over the drawn target members, entropy backup, ``1 - terminated`` mask), the
-  MSE gradient, the actor loss through the critic to the action only (no critic weight gradients), the
-  tanh-squashed Gaussian and its log-probability (``squashed_log_prob``'s stable form, ``softplus`` with
-  torch's threshold 20), the clipped log-std (gradient where ``min <= log_std <= max``, as ``clamp``), and
-  TD3+BC's demo term with its ``mean|Q|`` scale;
-* the optimisers' own steps: ``torch._foreach_add_`` on the step counts and ``torch._fused_adam_`` on the
-  ``torch.optim.Adam(fused=True)`` state of :class:`SAC`'s optimisers (the kernel ``Adam.step`` runs, so
-  checkpoints and the eager path share that state), Polyak by ``torch._foreach_lerp_``, and the analytic
-  temperature gradient of the eager path.
-
-It consumes the noise of :meth:`SAC.draw_noise` as the eager path does, so from the same state, batch
-and noise both give the same update up to float rounding (``tests/test_sac.py``). Elementwise work runs
-on one thread (the target is a single core); the GEMMs use as many threads as torch is given.
-
-Built with ``torch.utils.cpp_extension.load_inline`` on first use (about a minute, cached like
-:mod:`hilrl.policies.kernels`; ``make install`` builds it ahead), so it needs a C++ compiler and ninja.
-"""
-
-from __future__ import annotations
-
-import threading
-from typing import TYPE_CHECKING, Any
-
-import torch
-
-from hilrl.errors import HilrlError
-from hilrl.policies.kernels import kernels_buildable
-
-if TYPE_CHECKING:
-    from hilrl.policies.sac import SAC, TensorTree
-
-__all__ = ["FusedCPUUpdate", "load_update_kernel", "unsupported"]
-
-_SOURCE = r"""
+// The whole RLPD update of hilrl's SAC as one C++ call on a CPU (SACConfig.execution.cpu_fused_update); the
+// Python side is CppUpdate in hilrl/policies/sac/fast.py, the reference it reproduces hilrl/policies/sac/update.py.
+//
+// Forward and backward of the critic ensemble and the actor written out (no autograd), GEMMs through MKL's sgemm,
+// one critic member at a time through the whole MLP so its activations stay in cache, the bias + LayerNorm +
+// affine + ReLU rows of ln_relu_rows.h (shared with layer_norm.cpp), and the optimisers' own fused Adam kernel
+// on torch.optim.Adam(fused=True)'s state. Everything it reads comes in four named structs (Networks,
+// Optimisers, Inputs, Hyper) that fast.py fills from the learner's explicit interface (SAC.update_parts).
 #include <torch/extension.h>
 #include <cmath>
 #include <cstdlib>
@@ -54,14 +13,54 @@ _SOURCE = r"""
 #include <memory>
 #include <vector>
 
+#include "ln_relu_rows.h"
+
 // MKL's Fortran sgemm, exported by libtorch_cpu (what at::mm calls for float32 on CPU).
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc);
 
-namespace {
-
 using torch::Tensor;
+
+// The tensors of a critic ensemble (hilrl.policies.networks.CriticEnsemble): per hidden layer l the stacked
+// linear weight (N, d[l], d[l+1]) and bias (N, 1, d[l+1]) then the head's (N, d[L], 1) and (N, 1, 1) in weights
+// and biases; the LayerNorm gains and shifts (N, 1, d[l+1]) in norm_weights and norm_biases.
+struct EnsembleTensors { std::vector<Tensor> weights, biases, norm_weights, norm_biases; };
+
+// The actor MLP's nn.Linear layers (weight (out, in), bias (out)), the last one the (mean, log_std) head.
+struct MlpTensors { std::vector<Tensor> weights, biases; };
+
+// One torch.optim.Adam(fused=True) parameter group: what Adam.step hands its fused kernel.
+struct AdamTensors { std::vector<Tensor> params, grads, exp_avgs, exp_avg_sqs, steps; };
+
+// The learner's networks and the gradient buffers the update writes (critic_grads, actor_grads: same shapes).
+struct Networks {
+  EnsembleTensors critic, target, critic_grads;
+  MlpTensors actor, actor_grads;
+  std::vector<Tensor> polyak_target, polyak_online;  // target <- lerp(target, online, tau), pairwise
+};
+
+struct Optimisers { AdamTensors critic, actor, temperature; };
+
+// One update's batch (utd * B rows), noise (SAC.draw_noise) and the encoders' state standardisation.
+struct Inputs {
+  std::vector<Tensor> obs, next_obs;                      // state keys in the encoder's order, each (T, width)
+  Tensor online_offset, online_scale, online_clip;        // ObservationEncoder buffers of the online encoder
+  Tensor target_offset, target_scale, target_clip;        // and of the target encoder
+  Tensor actions, rewards, terminated, next_eps, actor_eps, members, demo_mask;  // demo_mask: empty when none
+  Tensor log_temperature, temperature_grad;
+};
+
+struct AdamHyper { double lr = 0, beta1 = 0, beta2 = 0, weight_decay = 0, eps = 0; };
+
+// The settings the update reads (SACConfig, the optimisers' param groups, the LayerNorm eps).
+struct Hyper {
+  double gamma = 0, tau = 0, layer_norm_eps = 0, log_std_min = 0, log_std_max = 0, target_entropy = 0, bc_coef = 0;
+  bool all_members = false, backup_entropy = true, learn_temperature = true, use_bc = false;
+  AdamHyper critic_adam, actor_adam, temperature_adam;
+};
+
+namespace {
 constexpr float kLog2 = 0.693147180559945309f;
 constexpr float kHalfLog2Pi = 0.918938533204672742f;
 
@@ -102,8 +101,8 @@ struct Critic {
   std::vector<int> d;
   std::vector<float*> W, b, g, beta;
   float *Wh = nullptr, *bh = nullptr;
-  Critic(const std::vector<Tensor>& w, const std::vector<Tensor>& bias, const std::vector<Tensor>& gain,
-         const std::vector<Tensor>& shift) {
+  explicit Critic(const EnsembleTensors& t) {
+    const std::vector<Tensor>&w = t.weights, &bias = t.biases, &gain = t.norm_weights, &shift = t.norm_biases;
     L = (int)gain.size();
     N = (int)w[0].size(0);
     d.push_back((int)w[0].size(1));
@@ -131,58 +130,6 @@ Saved take_saved(const Critic& c, int B, bool for_backward) {
   return s;
 }
 
-// io (a row of x @ W) -> relu(layer_norm(io + b) * g + beta) in place; xhat and rstd saved when xhat != nullptr.
-inline void ln_relu_row(float* io, const float* b, const float* g, const float* beta, int F, float eps, float* xhat,
-                        float* rstd) {
-  float sum = 0.f;
-  #pragma omp simd reduction(+:sum)
-  for (int f = 0; f < F; ++f) { const float z = io[f] + b[f]; io[f] = z; sum += z; }
-  const float mean = sum / F;
-  float sq = 0.f;
-  #pragma omp simd reduction(+:sq)
-  for (int f = 0; f < F; ++f) { const float dv = io[f] - mean; sq += dv * dv; }
-  const float r = 1.f / std::sqrt(sq / F + eps);
-  if (xhat != nullptr) {
-    *rstd = r;
-    #pragma omp simd
-    for (int f = 0; f < F; ++f) {
-      const float h = (io[f] - mean) * r; xhat[f] = h;
-      const float v = h * g[f] + beta[f]; io[f] = v > 0.f ? v : 0.f;
-    }
-  } else {
-    #pragma omp simd
-    for (int f = 0; f < F; ++f) { const float v = (io[f] - mean) * r * g[f] + beta[f]; io[f] = v > 0.f ? v : 0.f; }
-  }
-}
-
-// Backward of ln_relu_row: g_io holds dL/dy of the row on entry and dL/d(x @ W + b) on exit; the parameter
-// gradients are added to db, dg, dbeta when they are not null.
-inline void ln_relu_row_backward(float* g_io, const float* y, const float* h, float r, const float* g, int F,
-                                 float* tmp, float* db, float* dg, float* dbeta) {
-  float s1 = 0.f, s2 = 0.f;
-  if (dg != nullptr) {
-    #pragma omp simd reduction(+:s1,s2)
-    for (int f = 0; f < F; ++f) {
-      const float gy = y[f] > 0.f ? g_io[f] : 0.f;
-      dg[f] += gy * h[f]; dbeta[f] += gy;
-      const float v = gy * g[f]; tmp[f] = v; s1 += v; s2 += v * h[f];
-    }
-  } else {
-    #pragma omp simd reduction(+:s1,s2)
-    for (int f = 0; f < F; ++f) {
-      const float v = (y[f] > 0.f ? g_io[f] : 0.f) * g[f]; tmp[f] = v; s1 += v; s2 += v * h[f];
-    }
-  }
-  const float m1 = s1 / F, m2 = s2 / F;
-  if (db != nullptr) {
-    #pragma omp simd
-    for (int f = 0; f < F; ++f) { const float dz = r * (tmp[f] - m1 - h[f] * m2); g_io[f] = dz; db[f] += dz; }
-  } else {
-    #pragma omp simd
-    for (int f = 0; f < F; ++f) g_io[f] = r * (tmp[f] - m1 - h[f] * m2);
-  }
-}
-
 // out (R, O) (+)= x (R, K) @ W^T (+ bias) for W (O, K) row-major and a few outputs O, as dot products.
 void dot_rows(const float* x, int R, int K, const float* W, const float* bias, int O, bool accumulate, float* out) {
   for (int i = 0; i < R; ++i) {
@@ -206,8 +153,8 @@ void critic_forward(const Critic& c, int n, const float* x, int B, float eps, co
     gemm(false, false, B, F, di, in, di, c.w(l, n), F, false, s.y[l], F);
     const float *b = c.b[l] + (size_t)n * F, *g = c.g[l] + (size_t)n * F, *beta = c.beta[l] + (size_t)n * F;
     for (int i = 0; i < B; ++i)
-      ln_relu_row(s.y[l] + (size_t)i * F, b, g, beta, F, eps, s.xhat[l] ? s.xhat[l] + (size_t)i * F : nullptr,
-                  s.rstd[l] ? s.rstd[l] + i : nullptr);
+      hilrl::ln_relu_row(s.y[l] + (size_t)i * F, b, g, beta, F, eps, s.y[l] + (size_t)i * F,
+                         s.xhat[l] ? s.xhat[l] + (size_t)i * F : nullptr, s.rstd[l] ? s.rstd[l] + i : nullptr);
     in = s.y[l];
   }
   const int H = c.d[c.L];
@@ -256,8 +203,8 @@ void critic_backward(const Critic& c, int n, const float* x, int B, const Saved&
     }
     const float* gain = c.g[l] + (size_t)n * F;
     for (int i = 0; i < B; ++i)
-      ln_relu_row_backward(gy + (size_t)i * F, s.y[l] + (size_t)i * F, s.xhat[l] + (size_t)i * F, s.rstd[l][i], gain,
-                           F, tmp, db, dg, dbeta);
+      hilrl::ln_relu_row_backward(gy + (size_t)i * F, s.y[l] + (size_t)i * F, s.xhat[l] + (size_t)i * F, s.rstd[l][i],
+                                  gain, F, tmp, gy + (size_t)i * F, db, dg, dbeta);
     const float* in = l == 0 ? x : s.y[l - 1];
     if (gc != nullptr) gemm(true, false, di, F, B, in, di, gy, F, false, gc->W[l] + (size_t)n * di * F, F);
     if (l > 0) {
@@ -274,7 +221,8 @@ void critic_backward(const Critic& c, int n, const float* x, int B, const Saved&
 struct Actor {
   std::vector<float*> W, b;
   std::vector<int> d;
-  Actor(const std::vector<Tensor>& w, const std::vector<Tensor>& bias) {
+  explicit Actor(const MlpTensors& t) {
+    const std::vector<Tensor>&w = t.weights, &bias = t.biases;
     d.push_back((int)w[0].size(1));
     for (size_t l = 0; l < w.size(); ++l) {
       W.push_back(mptr(w[l])); b.push_back(mptr(bias[l])); d.push_back((int)w[l].size(0));
@@ -345,35 +293,42 @@ void features(const std::vector<Tensor>& parts, const Tensor& offset, const Tens
   }
 }
 
-void adam(const std::vector<std::vector<Tensor>>& opt, const std::vector<double>& hyper) {
-  // opt: params, grads, exp_avgs, exp_avg_sqs, steps; hyper: lr, beta1, beta2, weight_decay, eps (Adam.step, fused)
-  at::_foreach_add_(opt[4], 1);
-  at::_fused_adam_(opt[0], opt[1], opt[2], opt[3], {}, opt[4], hyper[0], hyper[1], hyper[2], hyper[3], hyper[4],
-                   false, false);
+// Adam.step of a fused torch.optim.Adam group: count the step, then the fused kernel.
+void adam(const AdamTensors& opt, const AdamHyper& h) {
+  at::_foreach_add_(opt.steps, 1);
+  at::_fused_adam_(opt.params, opt.grads, opt.exp_avgs, opt.exp_avg_sqs, {}, opt.steps, h.lr, h.beta1, h.beta2,
+                   h.weight_decay, h.eps, false, false);
 }
 
 }  // namespace
 
-// One RLPD update (see hilrl/policies/fused_update.py for the argument layout). Returns the metrics.
-Tensor update(const std::vector<std::vector<Tensor>>& nets, const std::vector<std::vector<Tensor>>& obs_parts,
-              const std::vector<Tensor>& in, const std::vector<std::vector<std::vector<Tensor>>>& opts,
-              const std::vector<std::vector<Tensor>>& polyak, const std::vector<double>& s,
-              const std::vector<bool>& flags) {
+// One RLPD update: utd critic steps (each with Adam and Polyak), one actor step, one temperature step.
+// Returns the metrics (critic_loss, q, target_q, actor_loss, entropy, temperature, temperature_loss, bc_loss, and
+// q_demo, q_online when a demo mask is given).
+Tensor update(const Networks& nets, const Optimisers& opts, const Inputs& in, const Hyper& hyper) {
   arena.next = 0;
-  const Critic critic(nets[0], nets[1], nets[2], nets[3]), target(nets[4], nets[5], nets[6], nets[7]);
-  const Critic grads(nets[8], nets[9], nets[10], nets[11]);
-  const Actor actor(nets[12], nets[13]), actor_grads(nets[14], nets[15]);
-  for (size_t i = 0; i < in.size(); ++i)  // raw row-major float32 reads below (members: int64)
-    TORCH_CHECK(in[i].is_contiguous() && in[i].scalar_type() == (i == 11 ? at::kLong : at::kFloat),
-                "cpu_fused_update: input ", i, " must be a contiguous ", i == 11 ? "int64" : "float32", " tensor");
-  const Tensor &actions = in[6], &rewards = in[7], &terminated = in[8], &next_eps = in[9], &actor_eps = in[10];
-  const Tensor &members = in[11], &demo_mask = in[12], &log_temperature = in[13], &temperature_grad = in[14];
-  const double gamma = s[0], tau = s[1];
-  const float ln_eps = (float)s[2], lo = (float)s[3], hi = (float)s[4];
-  const double target_entropy = s[5], bc_coef = s[6];
-  const std::vector<double> critic_hyper(s.begin() + 7, s.begin() + 12), actor_hyper(s.begin() + 12, s.begin() + 17),
-      temperature_hyper(s.begin() + 17, s.begin() + 22);
-  const bool all_members = flags[0], backup_entropy = flags[1], learn_temperature = flags[2], use_bc = flags[3];
+  const Critic critic(nets.critic), target(nets.target), grads(nets.critic_grads);
+  const Actor actor(nets.actor), actor_grads(nets.actor_grads);
+  const std::vector<std::pair<const char*, const Tensor*>> checked = {
+      {"online_offset", &in.online_offset}, {"online_scale", &in.online_scale}, {"online_clip", &in.online_clip},
+      {"target_offset", &in.target_offset}, {"target_scale", &in.target_scale}, {"target_clip", &in.target_clip},
+      {"actions", &in.actions}, {"rewards", &in.rewards}, {"terminated", &in.terminated},
+      {"next_eps", &in.next_eps}, {"actor_eps", &in.actor_eps}, {"members", &in.members},
+      {"demo_mask", &in.demo_mask}, {"log_temperature", &in.log_temperature},
+      {"temperature_grad", &in.temperature_grad}};
+  for (const auto& [name, t] : checked) {  // raw row-major float32 reads below (members: int64)
+    const bool is_members = t == &in.members;
+    TORCH_CHECK(t->is_contiguous() && t->scalar_type() == (is_members ? at::kLong : at::kFloat),
+                "cpu_fused_update: ", name, " must be a contiguous ", is_members ? "int64" : "float32", " tensor");
+  }
+  const Tensor &actions = in.actions, &rewards = in.rewards, &terminated = in.terminated, &next_eps = in.next_eps;
+  const Tensor &actor_eps = in.actor_eps, &members = in.members, &demo_mask = in.demo_mask;
+  const Tensor &log_temperature = in.log_temperature, &temperature_grad = in.temperature_grad;
+  const double gamma = hyper.gamma, tau = hyper.tau;
+  const float ln_eps = (float)hyper.layer_norm_eps, lo = (float)hyper.log_std_min, hi = (float)hyper.log_std_max;
+  const double target_entropy = hyper.target_entropy, bc_coef = hyper.bc_coef;
+  const bool all_members = hyper.all_members, backup_entropy = hyper.backup_entropy;
+  const bool learn_temperature = hyper.learn_temperature, use_bc = hyper.use_bc;
   const bool has_demo = demo_mask.numel() > 0;
 
   const int T = (int)actions.size(0), A = (int)actions.size(1), utd = (int)members.size(0);
@@ -392,11 +347,11 @@ Tensor update(const std::vector<std::vector<Tensor>>& nets, const std::vector<st
   float* next_f = arena.take((size_t)T * F);     // online features of s' (the actor's input)
   float* next_x = arena.take((size_t)B * Din);   // [target features(s') | a'] of one slice
   float* next_tf = arena.take((size_t)T * F);    // target features of s'
-  features(obs_parts[0], in[0], in[1], in[2], T, obs_x, Din);
+  features(in.obs, in.online_offset, in.online_scale, in.online_clip, T, obs_x, Din);
   for (int i = 0; i < T; ++i)
     for (int j = 0; j < A; ++j) obs_x[(size_t)i * Din + F + j] = act[(size_t)i * A + j];
-  features(obs_parts[1], in[0], in[1], in[2], T, next_f, F);
-  features(obs_parts[1], in[3], in[4], in[5], T, next_tf, F);
+  features(in.next_obs, in.online_offset, in.online_scale, in.online_clip, T, next_f, F);
+  features(in.next_obs, in.target_offset, in.target_scale, in.target_clip, T, next_tf, F);
 
   // a' ~ pi(s') for every slice at once (the actor does not change during the critic steps)
   float* next_a = arena.take((size_t)T * A);
@@ -440,8 +395,8 @@ Tensor update(const std::vector<std::vector<Tensor>>& nets, const std::vector<st
       }
       critic_backward(critic, n, obs_x + r0 * Din, B, fwd, dq, &grads, nullptr, A, n == 0, buf0, buf1, tmp);
     }
-    adam(opts[0], critic_hyper);
-    at::_foreach_lerp_(polyak[0], polyak[1], tau);
+    adam(opts.critic, hyper.critic_adam);
+    at::_foreach_lerp_(nets.polyak_target, nets.polyak_online, tau);
   }
 
   // actor step on the last slice: pi(s) with the actor noise, the critic's mean Q at (s, pi(s)) back to the action
@@ -527,12 +482,12 @@ Tensor update(const std::vector<std::vector<Tensor>>& nets, const std::vector<st
       g = next_g;
     }
   }
-  adam(opts[1], actor_hyper);
+  adam(opts.actor, hyper.actor_adam);
 
   const double temperature_loss = temperature * (entropy - target_entropy);
   if (learn_temperature) {
     temperature_grad.fill_(temperature_loss);
-    adam(opts[2], temperature_hyper);
+    adam(opts.temperature, hyper.temperature_adam);
   }
   Tensor metrics = torch::empty({has_demo ? 10 : 8}, actions.options());
   float* m = mptr(metrics);
@@ -551,124 +506,58 @@ Tensor update(const std::vector<std::vector<Tensor>>& nets, const std::vector<st
   }
   return metrics;
 }
-"""
 
-_lock = threading.Lock()
-_module: Any = None
-
-
-def load_update_kernel() -> Any:
-    """The compiled update module, built on first use and cached by torch (see the module docstring)."""
-    global _module
-    with _lock:
-        if _module is None:
-            missing = kernels_buildable()
-            if missing is not None:
-                raise HilrlError(f"SACConfig.cpu_fused_update=True builds a C++ update and needs {missing}; install "
-                                 "it or set cpu_fused_update=False (the eager update computes the same)")
-            from torch.utils.cpp_extension import load_inline
-
-            _module = load_inline("hilrl_cpu_fused_update_v1", cpp_sources=_SOURCE, functions=["update"],
-                                  extra_cflags=["-O3", "-march=native", "-fopenmp-simd"], verbose=False)
-    return _module
-
-
-def unsupported(config: Any) -> str | None:
-    """What of ``config`` the fused update does not compute (``None``: all of it); the observation space
-    (no images) and the device (CPU) are checked by :class:`SAC`."""
-    reasons = [(config.kl_coef > 0, "kl_coef > 0 (the KL term to a BC prior)"),
-               (config.bc_proposal, "bc_proposal (IBRL's proposals)"),
-               (config.max_grad_norm is not None, "max_grad_norm (gradient clipping)"),
-               (not config.critic_layer_norm, "critic_layer_norm=False"),
-               (config.actor_layer_norm, "actor_layer_norm (SERL's actor)"),
-               (config.actor_batch != "last_slice", f"actor_batch={config.actor_batch!r}"),
-               (config.compile_critic, "compile_critic"), (config.cuda_graph, "cuda_graph")]
-    found = [text for bad, text in reasons if bad]
-    return ", ".join(found) if found else None
-
-
-def _adam_state(optimizer: torch.optim.Adam) -> list[list[torch.Tensor]]:
-    """``[params, grads, exp_avgs, exp_avg_sqs, steps]`` of a one-group fused Adam, its state made as
-    ``Adam._init_group`` makes it for ``fused=True`` (torch/optim/adam.py) when the optimiser has not stepped."""
-    params = optimizer.param_groups[0]["params"]
-    lists: list[list[torch.Tensor]] = [list(params), [], [], [], []]
-    for p in params:
-        state = optimizer.state[p]
-        if not state:
-            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        lists[2].append(state["exp_avg"])
-        lists[3].append(state["exp_avg_sq"])
-        lists[4].append(state["step"])
-    return lists
-
-
-def _hyper(optimizer: torch.optim.Adam) -> list[float]:
-    group = optimizer.param_groups[0]
-    return [float(group["lr"]), *map(float, group["betas"]), float(group["weight_decay"]), float(group["eps"])]
-
-
-class FusedCPUUpdate:
-    """``SAC._update_tensors`` for a state-based learner on the CPU, as one call of the C++ update.
-
-    Gradient buffers are made once and handed to the optimisers' fused Adam kernel (the parameters'
-    ``.grad`` stay ``None``); the optimiser state lists are re-read after :meth:`reset` (the SAC calls it
-    when a checkpoint replaces that state).
-    """
-
-    def __init__(self, sac: SAC):
-        self.sac = sac
-        self.kernel = load_update_kernel()
-        q, target_q = sac.critic["q"], sac.target["q"]
-        self.grads = {p: torch.zeros_like(p) for p in [*sac.critic_params, *sac.actor_params]}
-        self.temperature_grad = torch.zeros_like(sac.log_temperature)
-
-        def ensemble(module: torch.nn.Module, of: Any) -> list[list[torch.Tensor]]:
-            return [[of(lin.weight) for lin in module.linears] + [of(module.head.weight)],
-                    [of(lin.bias) for lin in module.linears] + [of(module.head.bias)],
-                    [of(norm.weight) for norm in module.norms], [of(norm.bias) for norm in module.norms]]
-
-        linears = [layer for layer in sac.actor.net if isinstance(layer, torch.nn.Linear)]
-        self.nets = (ensemble(q, lambda p: p) + ensemble(target_q, lambda p: p) + ensemble(q, self.grads.get)
-                     + [[lin.weight for lin in linears], [lin.bias for lin in linears],
-                        [self.grads[lin.weight] for lin in linears], [self.grads[lin.bias] for lin in linears]])
-        self.polyak = [list(pair) for pair in sac._polyak_pairs]
-        self.layer_norm_eps = float(q.norms[0].eps)  # one eps for every hidden layer (EnsembleLayerNorm's)
-        self.opts: list[list[list[torch.Tensor]]] | None = None
-
-    def reset(self) -> None:
-        """Forget the optimiser state lists (a loaded checkpoint replaced them)."""
-        self.opts = None
-
-    def __call__(self, batch: TensorTree, noise: TensorTree) -> TensorTree:
-        sac, cfg = self.sac, self.sac.config
-        if self.opts is None:
-            self.opts = []
-            for optimizer in (sac.critic_optimizer, sac.actor_optimizer, sac.temperature_optimizer):
-                lists = _adam_state(optimizer)
-                lists[1] = [self.grads.get(p, self.temperature_grad) for p in lists[0]]
-                self.opts.append(lists)
-        rows = batch["actions"].shape[0]
-        keys = sac.encoder.state_keys
-        parts = [[batch[part][k].reshape(rows, -1).float().contiguous() for k in keys]
-                 for part in ("obs", "next_obs")]
-        online, target = sac.encoder, sac.target["encoder"]
-        demo_mask = batch.get("demo_mask")
-        rows_in = [batch["actions"], batch["rewards"], batch["terminated"], noise["next_eps"], noise["actor_eps"],
-                   noise["members"], demo_mask if demo_mask is not None else torch.empty(0)]
-        inputs = [online.state_offset, online.state_scale, online.state_clip, target.state_offset,
-                  target.state_scale, target.state_clip, *(t.contiguous() for t in rows_in), sac.log_temperature,
-                  self.temperature_grad]
-        scalars = [cfg.gamma, cfg.tau, self.layer_norm_eps, cfg.log_std_min, cfg.log_std_max, sac.target_entropy,
-                   cfg.bc_coef, *_hyper(sac.critic_optimizer), *_hyper(sac.actor_optimizer),
-                   *_hyper(sac.temperature_optimizer)]
-        flags = [cfg.num_min_critics == cfg.num_critics, cfg.backup_entropy, cfg.learn_temperature,
-                 cfg.bc_coef > 0]
-        with torch.no_grad():
-            values = self.kernel.update(self.nets, parts, inputs, self.opts, self.polyak, scalars, flags)
-        names = _METRICS if demo_mask is None else _METRICS + ("q_demo", "q_online")
-        return dict(zip(names, values.unbind()))
-
-
-_METRICS = ("critic_loss", "q", "target_q", "actor_loss", "entropy", "temperature", "temperature_loss", "bc_loss")
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace py = pybind11;
+  py::class_<EnsembleTensors>(m, "EnsembleTensors")
+      .def(py::init<>())
+      .def_readwrite("weights", &EnsembleTensors::weights).def_readwrite("biases", &EnsembleTensors::biases)
+      .def_readwrite("norm_weights", &EnsembleTensors::norm_weights)
+      .def_readwrite("norm_biases", &EnsembleTensors::norm_biases);
+  py::class_<MlpTensors>(m, "MlpTensors")
+      .def(py::init<>())
+      .def_readwrite("weights", &MlpTensors::weights).def_readwrite("biases", &MlpTensors::biases);
+  py::class_<AdamTensors>(m, "AdamTensors")
+      .def(py::init<>())
+      .def_readwrite("params", &AdamTensors::params).def_readwrite("grads", &AdamTensors::grads)
+      .def_readwrite("exp_avgs", &AdamTensors::exp_avgs).def_readwrite("exp_avg_sqs", &AdamTensors::exp_avg_sqs)
+      .def_readwrite("steps", &AdamTensors::steps);
+  py::class_<Networks>(m, "Networks")
+      .def(py::init<>())
+      .def_readwrite("critic", &Networks::critic).def_readwrite("target", &Networks::target)
+      .def_readwrite("critic_grads", &Networks::critic_grads).def_readwrite("actor", &Networks::actor)
+      .def_readwrite("actor_grads", &Networks::actor_grads).def_readwrite("polyak_target", &Networks::polyak_target)
+      .def_readwrite("polyak_online", &Networks::polyak_online);
+  py::class_<Optimisers>(m, "Optimisers")
+      .def(py::init<>())
+      .def_readwrite("critic", &Optimisers::critic).def_readwrite("actor", &Optimisers::actor)
+      .def_readwrite("temperature", &Optimisers::temperature);
+  py::class_<Inputs>(m, "Inputs")
+      .def(py::init<>())
+      .def_readwrite("obs", &Inputs::obs).def_readwrite("next_obs", &Inputs::next_obs)
+      .def_readwrite("online_offset", &Inputs::online_offset).def_readwrite("online_scale", &Inputs::online_scale)
+      .def_readwrite("online_clip", &Inputs::online_clip).def_readwrite("target_offset", &Inputs::target_offset)
+      .def_readwrite("target_scale", &Inputs::target_scale).def_readwrite("target_clip", &Inputs::target_clip)
+      .def_readwrite("actions", &Inputs::actions).def_readwrite("rewards", &Inputs::rewards)
+      .def_readwrite("terminated", &Inputs::terminated).def_readwrite("next_eps", &Inputs::next_eps)
+      .def_readwrite("actor_eps", &Inputs::actor_eps).def_readwrite("members", &Inputs::members)
+      .def_readwrite("demo_mask", &Inputs::demo_mask).def_readwrite("log_temperature", &Inputs::log_temperature)
+      .def_readwrite("temperature_grad", &Inputs::temperature_grad);
+  py::class_<AdamHyper>(m, "AdamHyper")
+      .def(py::init<>())
+      .def_readwrite("lr", &AdamHyper::lr).def_readwrite("beta1", &AdamHyper::beta1)
+      .def_readwrite("beta2", &AdamHyper::beta2).def_readwrite("weight_decay", &AdamHyper::weight_decay)
+      .def_readwrite("eps", &AdamHyper::eps);
+  py::class_<Hyper>(m, "Hyper")
+      .def(py::init<>())
+      .def_readwrite("gamma", &Hyper::gamma).def_readwrite("tau", &Hyper::tau)
+      .def_readwrite("layer_norm_eps", &Hyper::layer_norm_eps).def_readwrite("log_std_min", &Hyper::log_std_min)
+      .def_readwrite("log_std_max", &Hyper::log_std_max).def_readwrite("target_entropy", &Hyper::target_entropy)
+      .def_readwrite("bc_coef", &Hyper::bc_coef).def_readwrite("all_members", &Hyper::all_members)
+      .def_readwrite("backup_entropy", &Hyper::backup_entropy)
+      .def_readwrite("learn_temperature", &Hyper::learn_temperature).def_readwrite("use_bc", &Hyper::use_bc)
+      .def_readwrite("critic_adam", &Hyper::critic_adam).def_readwrite("actor_adam", &Hyper::actor_adam)
+      .def_readwrite("temperature_adam", &Hyper::temperature_adam);
+  m.def("update", &update, "one RLPD update (utd critic steps, actor, temperature)", py::arg("networks"),
+        py::arg("optimisers"), py::arg("inputs"), py::arg("hyper"));
+}
