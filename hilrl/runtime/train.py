@@ -23,12 +23,13 @@ from typing import Any
 import torch
 
 from hilrl.config import ExperimentConfig, validate_config
+from hilrl.errors import HilrlError
 from hilrl.feedback.interventions import INTERVENTIONISTS
 from hilrl.policies.registry import algorithm_spec
 from hilrl.runtime import reference
 from hilrl.runtime.evaluate import EvalResult
 from hilrl.runtime.progress import console
-from hilrl.runtime.run import RunFolder
+from hilrl.runtime.run import RunFolder, step_checkpoints
 
 
 def ensure_reference_critic(path: str | os.PathLike, task_id: str, steps: int, seed: int = 0,
@@ -47,7 +48,7 @@ def ensure_reference_critic(path: str | os.PathLike, task_id: str, steps: int, s
     config = validate_config(reference.reference_experiment(task, steps, seed), source=f"reference critic for {task}")
     command = ["python", "benchmarks/train_reference_critic.py", "--task", task, "--steps", str(steps),
                *(["--seed", str(seed)] if seed else []), "--out", str(path)]
-    state = "finishing the half-built one" if any((path / "checkpoints").glob("step_*.pt")) else "building it"
+    state = "finishing the half-built one" if step_checkpoints(path) else "building it"
     console.print(f"RLIF's value gate needs a reference critic and {path} holds none yet: {state} now, on first "
                   f"use (SAC, {steps} env steps on {task}'s dense reward); the same as: {shlex.join(command)}",
                   markup=False, highlight=False, soft_wrap=True)
@@ -80,7 +81,7 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
 
         check_sb3_experiment(config, out)  # before any demo is recorded
     if reward_source is not None and (spec.loop != "online" or distributed):
-        raise ValueError("train(reward_source=...) drives the local online loop; use the config's reward: section "
+        raise HilrlError("train(reward_source=...) drives the local online loop; use the config's reward: section "
                          "for the others")
     run = RunFolder(config, out)
     prepare(config, show_progress)
