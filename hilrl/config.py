@@ -344,19 +344,19 @@ class ExperimentConfig(_Strict):
     def _fits_the_algorithm(self) -> ExperimentConfig:
         """Rules across sections, read from the algorithm's registration (:class:`AlgorithmSpec`)."""
         name, spec = self.algo.name, algorithm_spec(self.algo.name)
-        tc, ic = self.train, self.intervention
+        training, intervention = self.train, self.intervention
         distributed = self.runtime.mode == "distributed"
         if distributed and not spec.distributed:
             names = ", ".join(algorithm_names(distributed=True))
             raise ValueError(f"runtime.mode: distributed trains algo.name {names}, not {name!r}; use runtime: local "
                              "for it")
-        if tc.keep_best and not (spec.keep_best and not distributed and tc.eval_every):
+        if training.keep_best and not (spec.keep_best and not distributed and training.eval_every):
             raise ValueError("train.keep_best works in the online SAC loop (algo.name: sac, runtime: local) with "
                              "train.eval_every > 0; remove it or change those settings")
-        if spec.interventions == "required" and ic.source == "none":
+        if spec.interventions == "required" and intervention.source == "none":
             raise ValueError(f"intervention.source: algo {name!r} learns from interventions; set it (e.g. distance)")
-        if spec.interventions == "ignored" and ic.source != "none":
-            raise ValueError(f"intervention.source {ic.source!r}: algo {name!r} trains offline on the demos and never "
+        if spec.interventions == "ignored" and intervention.source != "none":
+            raise ValueError(f"intervention.source {intervention.source!r}: algo {name!r} trains offline on the demos and never "
                              "acts during training; remove the intervention section")
         reward = self.reward_config
         if reward.source != "env" and not spec.reward_sources:
@@ -364,10 +364,10 @@ class ExperimentConfig(_Strict):
                     else f"reward source {reward.source!r}")
             raise ValueError(f"{what} is not supported with algo {name!r} (it trains on the env reward, it cannot "
                              "relabel rewards); use learn_from: hil_serl, or algo: sac for RLIF and reward sources")
-        if reward.uses("rlif") and ic.source == "none":
+        if reward.uses("rlif") and intervention.source == "none":
             raise ValueError("reward: rlif learns from interventions (-1 before each), but intervention.source is "
                              "none; set intervention.source or another reward source")
-        if spec.loop == "sb3" and tc.random_steps:
+        if spec.loop == "sb3" and training.random_steps:
             raise ValueError(f"train.random_steps is not used by {name!r}: SB3 acts uniformly at random for the first "
                              "train.learning_starts steps; set random_steps: 0 and tune learning_starts")
         if self.demos.bc_rollouts and (spec.loop != "online" or distributed or not (self.demos.path or
