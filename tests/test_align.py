@@ -263,6 +263,89 @@ def test_two_rounds_of_iterate_label_into_the_store_and_report_win_rates(tmp_pat
     assert [json.loads(line)["round"] for line in (tmp_path / "rounds.jsonl").read_text().splitlines()] == [0, 1]
 
 
+def held_out_scalar(out, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (folder,) = {events.parent for events in out.rglob("events.out.tfevents.*")}  # one TensorBoard folder
+    assert folder == out / "tensorboard"
+    scalars = EventAccumulator(str(folder))
+    scalars.Reload()
+    return scalars.Scalars(tag)[-1].value
+
+
+@needs_trl
+def test_align_dpo_counts_held_out_pairs_says_what_it_loads_first_and_keeps_one_tensorboard_folder(tmp_path,
+                                                                                                     tokenizer):
+    """10 held-out pairs (TRL would evaluate them in batches of 8 and 2 and average the two batch means): the
+    accuracy is k/10 for the k pairs whose chosen answer's implicit reward is higher, recounted here from the
+    saved model; a status line comes before training starts, the steps as they go."""
+    from transformers import AutoModelForCausalLM
+
+    from hilrl.llm.align.sampling import completion_logps
+
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(RuleTask(conversational=False).pairs(4), data)  # 48 pairs: 38 trained on, 10 held out
+    out = tmp_path / "dpo"
+    command = [sys.executable, "-m", "hilrl.cli", "align", "dpo", "--model", "tiny", "--data", str(data), "--steps",
+               "1", "--batch", "8", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          env=env) as run:
+        first = run.stderr.readline()
+        training_started = (out / "tensorboard").exists()  # made when the trainer begins
+        shown, status = run.communicate(timeout=300)
+    assert run.returncode == 0, status[-2000:]
+    assert first.startswith(f"loading the pairs in {data}") and not training_started, first
+    # then the steps (a line when training begins, at most one every 5 s, the last), then the held-out scoring
+    steps = [line.split("  ")[1] for line in status.splitlines() if line.startswith("DPO (sigmoid, reverse_kl)  ")]
+    assert steps[0] == "0/1" and steps[-1] == "1/1", status
+    assert status.index("1/1") < status.index("scoring the 10 held-out pairs, one at a time")
+
+    summary = json.loads((out / "summary.json").read_text())
+    pairs, correct = summary["held_out_pairs"], summary["held_out_reward_correct"]
+    assert pairs == 10 and summary["held_out_reward_accuracy"] == correct / pairs
+    assert f"{correct}/{pairs} = {correct / pairs:.2f}" in shown
+    # recount from the saved model against the policy before training (tiny, seed 0): β·log π/π_ref per pair
+    _, held = split_rows(load_preferences(data), 0.2, seed=0)
+    trained = AutoModelForCausalLM.from_pretrained(out / "model")
+    reference = tiny(tokenizer)
+
+    def reward(key):
+        return 0.1 * (completion_logps(trained, tokenizer, held, key) - completion_logps(reference, tokenizer, held, key))
+
+    chosen, rejected = reward("chosen"), reward("rejected")
+    assert int(np.sum(chosen > rejected)) == correct
+    margin = float(np.mean(chosen - rejected))
+    assert summary["held_out_reward_margin"] == pytest.approx(margin, rel=1e-3, abs=1e-6)
+    assert held_out_scalar(out, "eval/rewards/accuracies") == pytest.approx(correct / pairs)
+    assert not (out / "runs").exists()
+
+
+@needs_trl
+def test_align_reward_model_counts_held_out_pairs(tmp_path, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+    from typer.testing import CliRunner
+
+    from hilrl.cli import app
+    from hilrl.llm.align.reward_model import RewardScorer
+
+    data = tmp_path / "pairs.jsonl"
+    write_jsonl(RuleTask(conversational=False).pairs(4), data)
+    out = tmp_path / "rm"
+    done = CliRunner().invoke(app, ["align", "reward-model", "--model", "tiny", "--data", str(data), "--steps", "2",
+                                    "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    summary = json.loads((out / "summary.json").read_text())
+    pairs, correct = summary["held_out_pairs"], summary["held_out_reward_correct"]
+    assert pairs == 10 and summary["held_out_reward_accuracy"] == correct / pairs
+    assert f"{correct}/{pairs} = {correct / pairs:.2f}" in done.output
+    _, held = split_rows(load_preferences(data), 0.2, seed=0)
+    chosen, rejected = RewardScorer(AutoModelForSequenceClassification.from_pretrained(out / "model"),
+                                    tokenizer).score_pairs(held)
+    assert sum(c > r for c, r in zip(chosen, rejected)) == correct
+    assert held_out_scalar(out, "eval/accuracy") == pytest.approx(correct / pairs)
+
+
 @pytest.mark.slow
 @needs_trl
 def test_align_dpo_and_iterate_commands_run_offline_as_the_readme_shows(tmp_path):

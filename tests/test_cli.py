@@ -23,6 +23,7 @@ def test_envs_lists_the_four_tasks():
     assert result.returncode == 0, result.stderr
     for task in ("Reach", "Push", "PickCube", "PegInsert"):
         assert f"hilrl/{task}-v0" in result.stdout
+    assert "add `cameras: [front, wrist]` under `env:`" in result.stdout, "the value is part of the hint"
 
 
 def test_record_then_state_replay_is_exact(tmp_path):
@@ -30,10 +31,14 @@ def test_record_then_state_replay_is_exact(tmp_path):
     rec = hilrl("record", ROOT / "sim_configs/reach.yaml", "--device", "expert", "--episodes", 3, "--out", demos)
     assert rec.returncode == 0, rec.stderr
     assert "recorded 3 episodes" in rec.stdout
+    with h5py.File(demos, "r") as f:
+        total = int(f["data"].attrs["total"])
+    assert f"mean length {total / 3:.1f} steps ({total} steps in all)" in rec.stdout, rec.stdout
     rep = hilrl("replay", demos, "--mode", "states", "--video", tmp_path / "replay.mp4")
     assert rep.returncode == 0, rep.stdout + rep.stderr
     assert "0 of 3 demos diverged" in rep.stdout
     assert (tmp_path / "replay.mp4").stat().st_size > 1000
+    assert f"video: {tmp_path / 'replay.mp4'}" in rep.stdout
 
     # a tampered state must be caught, and the command must fail
     with h5py.File(demos, "a") as f:
@@ -44,6 +49,35 @@ def test_record_then_state_replay_is_exact(tmp_path):
 
     actions = hilrl("replay", demos, "--mode", "actions")
     assert actions.returncode == 0 and "actions replay" in actions.stdout
+
+
+def test_a_replay_video_shows_each_demo_to_its_final_state_and_marks_where_it_ends(tmp_path):
+    """States mode renders the state before each action and then the one the last action led to (the success);
+    each frame is captioned and each demo's last frame held for a second (10 frames at Reach's 10 Hz)."""
+    import imageio.v3 as iio
+
+    demos, video = tmp_path / "d.hdf5", tmp_path / "replay.mp4"
+    assert hilrl("record", ROOT / "sim_configs/reach.yaml", "--episodes", 2, "--out", demos).returncode == 0
+    with h5py.File(demos, "r") as f:
+        lengths = [len(f[f"data/demo_{i}/actions"]) for i in range(2)]
+    for mode in ("states", "actions"):
+        rep = hilrl("replay", demos, "--mode", mode, "--video", video)
+        assert rep.returncode == 0, rep.stdout + rep.stderr
+        assert f"video: {video}" in rep.stdout
+        frames = iio.imread(video)
+        assert len(frames) == sum(n + 1 for n in lengths) + 2 * 10, (mode, len(frames), lengths)
+    end = lengths[0] + 1  # demo_0's last frame (its final state), then held
+    held = frames[end - 1:end + 10, 20:].astype(int)  # below the caption, which says "end" on the held ones
+    assert np.abs(held - held[0]).mean(axis=(1, 2, 3)).max() < 0.5, "the last frame is held"
+    assert np.abs(frames[end + 10, 20:].astype(int) - held[0]).mean() > 2, "then demo_1 starts"
+    strip = frames[0, :12].astype(int)
+    assert strip.mean() < 60 and (strip.max(axis=-1) > 180).mean() > 0.01, "a dark caption strip with text"
+
+    # the final transition is checked too: a changed last action is caught by the state replay
+    with h5py.File(demos, "a") as f:
+        f["data/demo_1/actions"][-1] = -f["data/demo_1/actions"][-1] + 0.5
+    bad = hilrl("replay", demos)
+    assert bad.returncode == 1 and "1 of 2 demos diverged" in bad.stdout, bad.stdout
 
 
 def test_user_errors_are_one_line(tmp_path):
@@ -113,6 +147,40 @@ def test_every_task_records_with_cameras_and_replays_exactly(tmp_path, task):
     rep = hilrl("replay", demos)
     assert rep.returncode == 0, rep.stdout + rep.stderr
     assert "0 of 2 demos diverged" in rep.stdout
+
+
+def test_steps_is_the_runs_total_and_a_run_that_has_them_has_nothing_to_train(tmp_path):
+    """`hilrl train CONFIG --out RUN --steps N` on a finished run: says what it adds, or that there is nothing to do."""
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({
+        "env": {"id": "hilrl/Reach-v0"}, "demos": {"episodes": 2},
+        "algo": {"name": "sac", "hidden": [32, 32], "batch_size": 32, "obs_keys": ["ee_pos", "object"]},
+        "train": {"steps": 150, "learning_starts": 100, "eval_episodes": 2, "checkpoint_every": 150, "video": False}}))
+    run = tmp_path / "run"
+    first = hilrl("train", config, "--out", run)
+    assert first.returncode == 0, first.stderr[-2000:]
+    metrics = (run / "metrics.json").read_text()
+
+    for args, asked in [(("--steps", 10), "--steps 10"), ((), "train.steps 150")]:
+        again = hilrl("train", config, "--out", run, *args)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert f"{run} already has 150 env steps >= {asked}: nothing to train" in again.stdout, again.stdout
+        assert f"hilrl eval {run}" in again.stdout
+        assert "resuming" not in again.stderr and "eval" not in again.stderr, "nothing is trained or evaluated"
+        assert (run / "metrics.json").read_text() == metrics
+        assert [p.name for p in sorted((run / "checkpoints").glob("step_*.pt"))] == ["step_150.pt"]
+
+    more = hilrl("train", config, "--out", run, "--steps", 200)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert f"resuming {run} at 150 env steps: 50 more to 200" in more.stderr, more.stderr[-2000:]
+    assert json.loads((run / "metrics.json").read_text())["env_steps"] == 200
+
+    # stopped after its last checkpoint, before its final evaluation: that evaluation is what is left to do
+    (run / "metrics.json").unlink()
+    finish = hilrl("train", config, "--out", run, "--steps", 200)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    assert "at 200 env steps: nothing more to train (train.steps 200), its final evaluation follows" in finish.stderr
+    assert json.loads((run / "metrics.json").read_text())["env_steps"] == 200
 
 
 # ---------------------------------------------------------------- --set KEY=VALUE (issue 25)

@@ -65,6 +65,15 @@ def test_vague_and_exact_sizes_follow_the_documented_rule():
     assert value == 0.1 and "clipped" in note
 
 
+def test_a_correction_note_says_what_the_number_is_and_its_unit():
+    note = corrected_value("grasp", "height_offset", 0.0, "increase", "small")[1]
+    assert note.startswith("grasp.height_offset: 0 -> 0.02 m (+0.02 m, small: 0.5 x its 0.04 m step); "
+                           "grasp point height above the object's centre"), note
+    note = corrected_value("push", "speed", 1.0, "decrease", "small")[1]
+    assert note.startswith("push.speed: 1 -> 0.707 (x0.707, small: 0.5 to the power 0.5); fraction of the arm's "
+                           "top speed"), note
+
+
 def test_a_skill_level_correction_raises_the_grasp_and_the_tall_block_is_lifted(llm):
     person = ScriptedPerson()
     outcome = session("pick_tall", llm, person=person).run(variant("pick_tall"), seed=0)
@@ -227,11 +236,19 @@ def test_hilrl_correct_in_a_terminal_completes_the_task_after_a_correction(tmp_p
     os.close(fd)
     assert os.waitstatus_to_exitcode(status) == 0, shown
     assert "task done after 1 correction(s)" in shown
+    assert "grasp.height_offset: 0 -> 0.02 m (+0.02 m" in shown, "the note gives the unit"
     listed = subprocess.run([*HILRL, "kb", "list", "--kb", str(kb)], capture_output=True, text=True, cwd=ROOT)
-    assert "grasp(block): height_offset=0.02" in listed.stdout and "1 entries" in listed.stdout
+    assert "grasp(block): height_offset=0.02" in listed.stdout and f"1 entry in {kb}" in listed.stdout
     shown_entry = subprocess.run([*HILRL, "kb", "show", "k0001", "--kb", str(kb)], capture_output=True, text=True,
                                  cwd=ROOT)
     assert json.loads(shown_entry.stdout)["source"]["corrections"] == ["grasp it a bit higher"]
+
+    # the second run retrieves what the first taught (MiniLM loads now): no correction, and no stray loading bar
+    second = subprocess.run([*HILRL, "correct", str(config), "--kb", str(kb)], capture_output=True, text=True,
+                            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "knowledge applied: k0001" in second.stdout and "task done after 0 correction(s)" in second.stdout
+    assert "Loading weights" not in second.stdout + second.stderr, second.stderr
 
 
 def test_one_plan_runs_through_the_robot_server_and_its_mujoco_driver(tmp_path, llm):

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,25 +44,34 @@ def request(url, body=None):
         return exc.code, json.loads(exc.read())
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A run with 6 pending queries, and `hilrl label RUN --port P` serving it in a subprocess."""
-    run = pending_run(tmp_path_factory.mktemp("label") / "run", queries=10)
+@contextmanager
+def label_server(run):
+    """`hilrl label RUN --port P` serving ``run`` in a subprocess; yields its URL."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "hilrl.cli", "label", str(run), "--port", str(port)],
                               env={**os.environ, "MUJOCO_GL": "egl"}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            urllib.request.urlopen(url + "/api/progress", timeout=1)
-            break
-        except OSError:
-            assert server.poll() is None, server.stdout.read()
-            time.sleep(0.1)
-    yield run, url
-    server.terminate()
-    server.wait(10)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(url + "/api/progress", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A run with 10 pending queries, and `hilrl label RUN --port P` serving it in a subprocess."""
+    run = pending_run(tmp_path_factory.mktemp("label") / "run", queries=10)
+    with label_server(run) as url:
+        yield run, url
 
 
 def test_a_person_labels_by_click_and_key_and_undoes_one_in_chromium(served):
@@ -105,6 +115,53 @@ def test_a_person_labels_by_click_and_key_and_undoes_one_in_chromium(served):
     assert labels[first_shown].label == "first"
     assert len(store.pending()) == 7
     assert (ARTIFACTS / "label_page.png").stat().st_size > 0
+
+
+def test_each_query_names_the_task_in_one_line_and_what_better_means(served):
+    """The payload carries the task's description (hilrl.llm.tasks) and the criterion (issue 29: the page said only
+    "Which segment is better?")."""
+    from hilrl.feedback.preferences.source import DEFAULT_CRITERION
+    from hilrl.llm.tasks import task_text
+
+    run, url = served
+    _, reply = request(url + "/api/next?client=api-reader")
+    assert reply["query"]["kind"] == "pair"
+    assert reply["query"]["task"] == task_text("hilrl/Reach-v0").description
+    assert reply["query"]["criterion"] == DEFAULT_CRITERION
+
+
+def test_the_page_shows_the_runs_own_task_text_and_criterion_and_a_pair_the_pair_keys(tmp_path):
+    """``reward.kwargs.task_text`` / ``criterion`` of the run on the page; a pair shows the pair keys (not the
+    ranking's "1…K"), and 2 and = label it."""
+    from playwright.sync_api import sync_playwright
+
+    run = pending_run(tmp_path / "run", queries=3, task_text="Touch the red dot with the gripper",
+                      criterion="Better: the gripper ends nearer the dot")
+    store = PreferenceStore.for_run(run)
+    with label_server(run) as url:
+        _, reply = request(url + "/api/query/" + store.pending()[0]["id"])
+        assert reply["query"]["task"] == "Touch the red dot with the gripper"
+        assert reply["query"]["criterion"] == "Better: the gripper ends nearer the dot"
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--autoplay-policy=no-user-gesture-required"])
+            page = browser.new_page(viewport={"width": 900, "height": 700})
+            page.goto(url + "/?who=cy")
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            assert page.inner_text("#task") == "Task: Touch the red dot with the gripper"
+            assert page.inner_text("#criterion") == "Better: the gripper ends nearer the dot"
+            hint = page.inner_text("#keys")
+            assert "press 1" in hint and "2" in hint and "=" in hint and "1…K" not in hint, hint
+            shown = [page.locator("#current").get_attribute("data-query")]
+            page.keyboard.press("2")
+            page.wait_for_function("window.hilrlLabelled >= 1", timeout=60_000)
+            shown.append(page.locator("#current").get_attribute("data-query"))
+            page.keyboard.press("=")
+            page.wait_for_function("window.hilrlLabelled >= 2", timeout=60_000)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "label_page_task.png"))
+            browser.close()
+    labels = store.labels()
+    assert [labels[q].label for q in shown] == ["second", "equal"] and labels[shown[0]].who == "cy"
 
 
 def test_malformed_requests_get_a_4xx_with_a_reason_and_change_nothing(served):

@@ -330,6 +330,91 @@ def test_a_run_learns_a_reward_agreeing_with_the_true_one_from_a_synthetic_teach
     assert "PreferenceSource" in json.loads((tmp_path / "run" / "metrics.json").read_text())["reward"]
 
 
+def human_run(tmp_path, name, steps=300, **reward_kwargs):
+    """``hilrl train`` (the installed command, as a user runs it) on a preference run without a teacher."""
+    sys.path.insert(0, os.path.dirname(__file__))
+    from preference_helpers import human_config
+
+    config = human_config(steps=steps, queries=6, **reward_kwargs)
+    config["train"]["log_every"] = 50
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run = tmp_path / name
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "hilrl"), "train", str(path), "--out",
+                           str(run)], capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "egl"},
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return run, done.stdout + done.stderr
+
+
+def test_a_run_without_a_teacher_says_once_how_to_label_and_shows_labels_and_pending(tmp_path):
+    """Issue 29: the run says queries wait, with the exact `hilrl label RUN`, once; progress and TensorBoard count."""
+    run, output = human_run(tmp_path, "run")
+    assert output.count(f"hilrl label {run}`") == 1, output
+    assert "6 preference queries wait for a person" in output
+    assert "labels 0  pending 6  reward v0 (0 until labels)" in output, output
+    scalars = reward_scalars(run)
+    assert scalars["reward/pending"][-1] == 6 and scalars["reward/labels"][-1] == 0
+    assert scalars["reward/version"][-1] == 0
+    assert "reward='zero'" in json.loads((run / "metrics.json").read_text())["reward"]
+
+
+def test_wait_for_labels_trains_on_the_env_reward_until_n_labels_then_on_the_learned_one(tmp_path):
+    """``wait_for_labels: 2``: the env's reward before 2 labels (said on screen and in metrics.json), learned after."""
+    run, output = human_run(tmp_path, "run", wait_for_labels=2)
+    assert "(env until 2 labels)" in output and "until 2 labels are in it trains on the env reward" in output
+    assert "reward='env until 2 labels'" in json.loads((run / "metrics.json").read_text())["reward"]
+    store = PreferenceStore.for_run(run)
+    for query in store.pending()[:2]:
+        store.add_label(query["id"], "first", "ann")
+    config = tmp_path / "run.yaml"
+    result = runner.invoke(app, ["train", str(config), "--out", str(run), "--steps", "340"])
+    assert result.exit_code == 0, result.output
+    reward = json.loads((run / "metrics.json").read_text())["reward"]
+    assert "labels=2" in reward and "version=1" in reward and "reward='learned'" in reward, reward
+
+
+def test_wait_for_labels_rewards_rows_with_the_fallback_until_then():
+    """Stored rows: the env's reward (or PEBBLE's state entropy, with unsupervised_steps) until N labels are fitted."""
+    import tempfile
+
+    import gymnasium as gym
+
+    import hilrl.envs  # noqa: F401
+    from hilrl.data.buffers import Replay
+    from hilrl.feedback.preferences.source import PreferenceSettings, PreferenceSource
+    from hilrl.runtime.seeds import Seeds
+    from hilrl.runtime.steps import StepSource, TransitionStorage, fresh_counters
+
+    for unsupervised in (0, 50):
+        env = gym.make("hilrl/Reach-v0", max_episode_steps=20)
+        replay = Replay.create(env.observation_space, env.action_space, 1000)
+        settings = PreferenceSettings(segment_length=5, first_query_at=100, query_every=100, queries_per_session=20,
+                                      max_queries=40, epochs=20, wait_for_labels=40, unsupervised_steps=unsupervised,
+                                      obs_keys=["ee_pos", "object"], teacher={"kind": "partial_return"})
+        source = PreferenceSource(settings, PreferenceStore(tempfile.mkdtemp()), seed=0)
+        replay.set_reward_source(source)
+        counters = fresh_counters()
+        steps = StepSource(env, lambda o: env.action_space.sample(), Seeds(0), counters, random_steps=1000)
+        storage = TransitionStorage(replay, copy_interventions=False)
+        seen = {}
+        for _ in range(202):
+            storage.add(transition := steps.step())
+            source.after_step(transition, replay, counters["env_steps"])
+            if counters["env_steps"] in (150, 202):
+                seen[counters["env_steps"]] = (replay.online.gather(np.arange(50))["rewards"].copy(),
+                                               source.reward_phase())
+        env.close()
+        true = replay.online.rewards[:50]
+        rewards, phase = seen[150]
+        if unsupervised:  # 20 labels of 40 at step 150: pre-training goes on past its 50 steps
+            assert phase == "entropy until 40 labels" and (rewards > 0).all() and not np.allclose(rewards, true)
+        else:
+            assert phase == "env until 40 labels" and np.allclose(rewards, true), "the env's reward meanwhile"
+        rewards, phase = seen[202]
+        assert phase == "learned" and (rewards <= 1e-6).all() and not np.allclose(rewards, true)
+
+
 def test_a_refit_mid_run_moves_the_rewards_of_rows_stored_before_it():
     import gymnasium as gym
 

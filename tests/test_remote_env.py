@@ -149,8 +149,26 @@ def test_refusals_and_bad_actions_are_named(tmp_path):
 
 
 def test_no_server_gives_a_clear_connection_error():
-    with pytest.raises(RobotConnectionError, match="no reply to 'hello'.*hardware.server"):
+    with pytest.raises(RobotConnectionError, match="no reply to 'hello'.*`hilrl serve-robot --driver sim`"):
         RemoteArmEnv("tcp://127.0.0.1:9", timeout_s=0.3)
+
+
+def test_a_remote_config_without_a_server_names_the_readmes_command(tmp_path):
+    """`hilrl record sim_configs/pick_cube_remote.yaml` before `hilrl serve-robot --driver sim` was started."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    experiment = yaml.safe_load((root / "sim_configs/pick_cube_remote.yaml").read_text())
+    experiment["env"]["remote"] = "tcp://127.0.0.1:9"  # nothing listens there
+    config = tmp_path / "remote.yaml"
+    config.write_text(yaml.safe_dump(experiment))
+    rec = subprocess.run([sys.executable, "-m", "hilrl.cli", "record", str(config), "--episodes", "1", "--out",
+                          str(tmp_path / "d.hdf5")], capture_output=True, text=True, timeout=120)
+    assert rec.returncode == 2, rec.stdout + rec.stderr
+    assert len(rec.stderr.strip().splitlines()) == 1, rec.stderr
+    assert "no reply to 'hello'" in rec.stderr and "`hilrl serve-robot --driver sim`" in rec.stderr, rec.stderr
+    assert "python -m hardware.server" not in rec.stderr
 
 
 def test_a_stream_bound_to_all_interfaces_is_reached_at_the_host_already_used():

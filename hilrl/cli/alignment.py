@@ -41,6 +41,22 @@ def _fmt(value: Any, spec: str = ".3f") -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
+def _count(summary: dict[str, Any]) -> str:
+    """The held-out accuracy as the count it is: ``7/10 = 0.70`` (``-`` without held-out pairs)."""
+    if summary.get("held_out_reward_correct") is None:
+        return "-"
+    return (f"{summary['held_out_reward_correct']}/{summary['held_out_pairs']} = "
+            f"{summary['held_out_reward_accuracy']:.2f}")
+
+
+def _progress(quiet: bool) -> Any:
+    """The house progress display (status lines and training steps on stderr: a live bar in a terminal, plain
+    lines in a pipe or a log); with ``quiet``, a display that shows nothing."""
+    from hilrl.runtime.progress import make_progress
+
+    return make_progress(disable=quiet)
+
+
 @align_app.command("example-data")
 def align_example_data(
     out_file: Path = typer.Option(..., "--out", help="TRL preference JSONL to write"),
@@ -79,19 +95,21 @@ def align_dpo(
     from hilrl.llm.align.jobs import dpo_job
 
     settings = _dpo_settings(model, loss, divergence, alpha, beta, lr, epochs, steps, batch, lora, held_out, seed)
-    summary = dpo_job(model, data, settings, out_dir, progress=not quiet)
+    with _progress(quiet) as bar:
+        summary = dpo_job(model, data, settings, out_dir, progress=None if quiet else bar)
     table = Table(title=f"{loss} / {divergence} on {summary['model']}: held-out pairs")
     for column in ("pairs train/held", "steps", "reward acc.", "margin", "chosen", "rejected", "lik. acc. →",
                    "train s"):
         table.add_column(column)
     table.add_row(f"{summary['train_pairs']}/{summary['held_out_pairs']}", str(summary["steps"]),
-                  _fmt(summary["held_out_reward_accuracy"], ".2f"), _fmt(summary["held_out_reward_margin"], ".2f"),
+                  _count(summary), _fmt(summary["held_out_reward_margin"], ".2f"),
                   _fmt(summary["held_out_chosen_reward"], ".2f"), _fmt(summary["held_out_rejected_reward"], ".2f"),
                   f"{_fmt(summary['likelihood_accuracy_before'], '.2f')}→"
                   f"{_fmt(summary['likelihood_accuracy_after'], '.2f')}", f"{summary['train_wall_s']:.0f}")
     _wide_print(table)
-    out.print("reward: TRL's implicit reward β·log π/π_ref on held-out pairs (accuracy: chosen above rejected); "
-              "lik. acc.: the policy's own log-likelihood preference before → after")
+    out.print("reward: the implicit reward β·log π/π_ref of each held-out pair's answers; reward acc.: the pairs "
+              "whose chosen answer's reward is above the rejected one's / held-out pairs; margin, chosen, rejected: "
+              "means over the pairs; lik. acc.: the policy's own log-likelihood preference before → after")
     out.print(f"model: {summary['saved']}  (TensorBoard: {out_dir / 'tensorboard'})")
 
 
@@ -114,15 +132,17 @@ def align_reward_model(
 
     settings = RewardSettings(learning_rate=_align_lr(lr, model, False), epochs=epochs, max_steps=steps,
                               batch_size=batch, held_out=held_out, seed=seed)
-    summary = reward_model_job(model, data, settings, out_dir, progress=not quiet)
+    with _progress(quiet) as bar:
+        summary = reward_model_job(model, data, settings, out_dir, progress=None if quiet else bar)
     table = Table(title=f"reward model on {summary['model']}: held-out pairs")
     for column in ("pairs train/held", "steps", "accuracy", "margin", "train s"):
         table.add_column(column)
     table.add_row(f"{summary['train_pairs']}/{summary['held_out_pairs']}", str(summary["steps"]),
-                  _fmt(summary["held_out_reward_accuracy"], ".2f"), _fmt(summary["held_out_reward_margin"], ".2f"),
-                  f"{summary['train_wall_s']:.0f}")
+                  _count(summary), _fmt(summary["held_out_reward_margin"], ".2f"), f"{summary['train_wall_s']:.0f}")
     _wide_print(table)
-    out.print(f"model: {summary['saved']}")
+    out.print("accuracy: the held-out pairs the model scores chosen above rejected / held-out pairs; margin: the mean "
+              "over the pairs of chosen − rejected")
+    out.print(f"model: {summary['saved']}  (TensorBoard: {out_dir / 'tensorboard'})")
 
 
 @align_app.command("iterate")
@@ -159,7 +179,9 @@ def align_iterate(
             out.print(f"round {result.round}: {result.decisive} of {result.pairs} pairs decisive, {result.steps} DPO "
                       f"steps, win rate vs previous {result.win_rate:.2f}")
 
-    summary = iterate_job(model, labeller, settings, out_dir, judge_llm=llm, progress=not quiet, on_round=show)
+    with _progress(quiet) as bar:
+        summary = iterate_job(model, labeller, settings, out_dir, judge_llm=llm, progress=None if quiet else bar,
+                              on_round=show)
     table = Table(title=f"iterate on {summary['model']} ({labeller} labels)")
     for column in ("round", "pairs (decisive)", "DPO steps", "win rate vs previous (W/T/L)", "rule kept", "s"):
         table.add_column(column)

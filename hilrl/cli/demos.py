@@ -29,13 +29,15 @@ def record(
     cfg = load_experiment(config, sets)
     stats = record_demos(cfg.env, out_file, episodes, device=device, noise=noise, seed=seed, append=append)
     out.print(f"recorded {stats.episodes} episodes to {out_file}: success {stats.success_rate:.0%}, "
-              f"mean return {stats.mean_return:.2f}, {sum(stats.lengths)} steps")
+              f"mean return {stats.mean_return:.2f}, mean length {sum(stats.lengths) / stats.episodes:.1f} steps "
+              f"({sum(stats.lengths)} steps in all)", markup=False, highlight=False)
 
 
 def replay(
     file: Path = typer.Argument(..., help="robomimic-layout .hdf5"),
     mode: str = typer.Option("states", help="states (exact, set each recorded state) or actions (open loop)"),
-    video: Optional[Path] = typer.Option(None, help="write the replay to this mp4"),
+    video: Optional[Path] = typer.Option(None, help="write the replay to this mp4: each demo from its first state to "
+                                                    "its last, captioned, its last frame held a second"),
     atol: Optional[float] = typer.Option(None, help="divergence tolerance (default 1e-5 states, 1e-3 actions)"),
 ) -> None:
     """Replay every demo; exits 1 when a state replay diverges."""
@@ -43,7 +45,7 @@ def replay(
 
     import hilrl.envs  # noqa: F401
     from hilrl.data.hdf5 import DemoFile
-    from hilrl.data.replay import replay_actions, replay_states
+    from hilrl.data.replay import CaptionedFrames, replay_actions, replay_states
     from hilrl.data.video import VideoWriter
 
     if mode not in ("states", "actions"):
@@ -58,15 +60,22 @@ def replay(
         if "cameras" in kwargs:
             kwargs["cameras"] = tuple(kwargs["cameras"])
         env = gym.make(env_args["env_name"], **kwargs)
-        writer = VideoWriter(video, fps=env.unwrapped.metadata.get("render_fps", 10)) if video else None
+        fps = env.unwrapped.metadata.get("render_fps", 10)
+        writer = VideoWriter(video, fps=fps) if video else None
+        frames = CaptionedFrames(writer, fps) if writer is not None else None
         table = Table(title=f"{mode} replay of {file}")
         for column in ("demo", "steps", "max obs error", "worst key", "result"):
             table.add_column(column)
         diverged = 0
         total = len(demos)
         try:
-            for name in demos.demo_names:
-                result = replay_fn(demos.episode(name), env, atol=tolerance, on_frame=writer)
+            for index, name in enumerate(demos.demo_names):
+                episode = demos.episode(name)
+                if frames is not None:
+                    frames.start(episode, index, total)
+                result = replay_fn(episode, env, atol=tolerance, on_frame=frames)
+                if frames is not None:
+                    frames.end()
                 diverged += result.diverged
                 table.add_row(name, str(result.steps), f"{result.max_obs_error:.3g}", result.worst_key or "-",
                               "[red]diverged[/red]" if result.diverged else "[green]ok[/green]")
@@ -76,6 +85,8 @@ def replay(
                 writer.close()
     out.print(table)
     out.print(f"{diverged} of {total} demos diverged beyond {tolerance:g}")
+    if video is not None:
+        out.print(f"video: {video}")
     if diverged and mode == "states":
         raise typer.Exit(1)
 

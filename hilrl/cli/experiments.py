@@ -30,21 +30,33 @@ def envs() -> None:
                       str(env.unwrapped.max_episode_steps))
         env.close()
     out.print(table)
-    out.print("Cameras: add `cameras: [front, wrist]` under `env:` for uint8 (H, W, 3) images.")
+    out.print("Cameras: add `cameras: [front, wrist]` under `env:` for uint8 (H, W, 3) images.", markup=False)
 
 
 def train(
     config: Path = typer.Argument(..., help="experiment YAML in sim_configs/"),
     sets: Optional[list[str]] = set_option(),
-    steps: Optional[int] = typer.Option(None, help="shorthand for --set train.steps=N"),
+    steps: Optional[int] = typer.Option(None, help="shorthand for --set train.steps=N: the run's total env steps "
+                                                   "(a stopped or finished run in --out continues up to N)"),
     seed: Optional[int] = typer.Option(None, help="shorthand for --set train.seed=S"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default runs/<config name>)"),
 ) -> None:
-    """Train the config's algorithm; writes config, scalars, checkpoints, metrics.json and a video."""
+    """Train the config's algorithm; writes config, scalars, checkpoints, metrics.json and a video.
+
+    A run already in --out continues from its newest checkpoint up to train.steps env steps in all; one that
+    has them has nothing to train (hilrl eval evaluates it)."""
+    from hilrl.runtime.run import finished_steps
     from hilrl.runtime.train import train as run_training
 
     cfg = load_experiment(config, sets, [("--steps", "train.steps", steps), ("--seed", "train.seed", seed)])
     run_dir = out_dir or Path("runs") / config.stem
+    done = finished_steps(cfg, run_dir)
+    if done is not None:
+        asked = f"--steps {steps}" if steps is not None else f"train.steps {cfg.train.steps}"
+        out.print(f"{run_dir} already has {done} env steps >= {asked}: nothing to train (--steps is the run's "
+                  f"total; pass one above {done} to train more); `hilrl eval {run_dir}` evaluates it again",
+                  markup=False, highlight=False)
+        return
     result = run_training(cfg, run_dir)
     table = Table(title=f"{cfg.algo.name} on {cfg.env.id}")
     for column in ("success rate", "mean return", "episodes", "run folder"):

@@ -101,8 +101,8 @@ def kb_list(kb: Path = KB_OPTION) -> None:
 
     entries = KnowledgeBase(kb, create=False).entries()
     for entry in entries:
-        out.print(entry.summary(), highlight=False)
-    out.print(f"{len(entries)} entries in {kb}")
+        out.print(entry.summary(), markup=False, highlight=False)
+    out.print(f"{len(entries)} {'entry' if len(entries) == 1 else 'entries'} in {kb}", markup=False, highlight=False)
 
 
 @kb_app.command("show")
@@ -121,7 +121,7 @@ def kb_forget(entry_id: str = typer.Argument(..., help="an id from `hilrl kb lis
     from hilrl.llm.droc.knowledge import KnowledgeBase
 
     entry = KnowledgeBase(kb, create=False).forget(entry_id)
-    out.print(f"forgot {entry.summary()}", highlight=False)
+    out.print(f"forgot {entry.summary()}", markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,6 +1,6 @@
 """``RemoteArmEnv``: a gymnasium env whose arm lives behind a robot server.
 
-The server (``python -m hardware.server``, protocol in ``hardware/PROTOCOL.md``)
+The server (``hilrl serve-robot``, which runs ``python -m hardware.server``; protocol in ``hardware/PROTOCOL.md``)
 may run the MuJoCo reference arm or a real one; this env looks the same
 either way. Its spaces come from the server's ``hello`` reply, so they are
 the task's own spaces. An action in ``[-1, 1]`` is scaled here into an
@@ -131,8 +131,9 @@ class RobotClient:
                 f"robot server at {self.address} refused our CurveZMQ key ({self._auth_failure}); add our .key file "
                 "to the server's --allow-keys folder and check server_key is the server's public key"
             )
-        hint = " (is `python -m hardware.server` running there?"
-        hint += " does it require CurveZMQ keys?)" if not self.keys else ")"
+        hint = (" (is a robot server running there? `hilrl serve-robot --driver sim` starts the simulated arm, "
+                "`--driver franka|ur` a real one")
+        hint += "; does it require CurveZMQ keys?)" if not self.keys else ")"
         return f"no reply to {op!r} from the robot server at {self.address} within {self.timeout_s}s{hint}"
 
     def _read_handshake_events(self) -> None:

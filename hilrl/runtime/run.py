@@ -21,6 +21,14 @@ says which checkpoint is a run's newest, for resuming and for loading its policy
 ``best.pt`` where the run kept its best, else that checkpoint (:func:`policy_checkpoint`);
 :func:`load_policy` rebuilds it and :func:`evaluate_run` (``hilrl eval``) evaluates it.
 
+Resuming (the online strategies, local and distributed): ``train.steps`` (``hilrl train --steps N``) is the
+run's total of env steps, never a number more: a run at 800 env steps continued with ``--steps 900`` trains
+100 more, and run again with the same command it has nothing to do. LeRobot's ``--steps`` with ``--resume``
+and CleanRL's ``total_timesteps`` count the same way, and a config file then names the run's length whether or
+not it was stopped on the way (SB3's ``learn(n, reset_num_timesteps=False)`` differs: it trains ``n`` more).
+:func:`finished_steps` says when a folder holds a finished run the config would not add to, so that
+``hilrl train`` says so and stops instead of evaluating it again (``hilrl eval`` does that).
+
 Writing and evaluating are apart: a strategy evaluates its final policy
 (:func:`hilrl.runtime.evaluate.final_evaluation`) and hands the result to :meth:`RunFolder.finish`,
 the one end of every strategy (scalars, ``metrics.json``). This module imports
@@ -160,7 +168,8 @@ def _changed_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def check_same_run(config: ExperimentConfig, out: Path) -> None:
-    """Refuse a folder that holds another experiment's run; only ``train.steps`` may change (``--steps MORE``).
+    """Refuse a folder that holds another experiment's run; only ``train.steps`` may change (``--steps N``:
+    the run's new total, module docstring).
 
     Why: a folder with checkpoints (or a learner's log) is resumed, and its ``config.yaml`` is
     the record of what was run; a different config would mix two experiments in one run and
@@ -178,6 +187,34 @@ def check_same_run(config: ExperimentConfig, out: Path) -> None:
         raise HilrlError(f"{out} holds a run of another config ({'; '.join(changed)}); it would be resumed under "
                          f"the new settings and its config.yaml overwritten. Pass a new --out folder, or put those "
                          f"settings back to continue that run.")
+
+
+def finished_steps(config: ExperimentConfig, out: str | os.PathLike) -> int | None:
+    """The env steps of the finished run in ``out`` when ``config`` has nothing to add to it, else ``None``.
+
+    Finished: the newest complete checkpoint (:func:`latest_checkpoint`) counts at least ``train.steps`` env
+    steps and ``metrics.json`` holds the final evaluation at those steps; only the strategies that resume
+    (``loop="online"``, local or distributed) count, the others train afresh. A folder of another config is
+    refused first (:func:`check_same_run`), so a changed setting is named rather than passed over. ``None``
+    means that training has something to do: steps to add, a final evaluation a stopped run never wrote, or a
+    fresh run.
+    """
+    from hilrl.policies.registry import algorithm_spec
+
+    out = Path(out)
+    metrics = out / "metrics.json"
+    if algorithm_spec(config.algo.name).loop != "online" or not metrics.is_file():
+        return None
+    check_same_run(config, out)
+    found = latest_checkpoint(out)
+    done = None if found is None else found[1].get("counters", {}).get("env_steps")
+    if done is None or done < config.train.steps:
+        return None
+    try:
+        evaluated = json.loads(metrics.read_text())
+    except (OSError, ValueError):
+        return None  # unreadable: the run finishes again and rewrites it
+    return int(done) if isinstance(evaluated, dict) and evaluated.get("env_steps") == done else None
 
 
 class RunFolder:

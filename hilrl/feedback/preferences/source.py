@@ -10,8 +10,18 @@ scored over the pairs it expands to), until ``max_queries``. Each label lands in
 so far and the source's ``version`` bumped, so the buffers relabel every stored row in bulk
 (PEBBLE's relabelling). Without a ``teacher`` a person labels on
 the page (``hilrl label RUN``) while the run trains: the source writes its queries as pending,
-checks the store every ``label_check_every`` steps and refits when new labels came. Before the
-first fit the reward is 0.
+checks the store every ``label_check_every`` steps and refits when new labels came. The first time
+queries wait for a person the run prints the ``hilrl label RUN`` command (:meth:`PreferenceSource.take_notice`),
+and the progress line shows labels, pending queries and the reward's version
+(:meth:`PreferenceSource.progress_stats`). Before the first fit the reward is 0, unless
+``wait_for_labels: N``: until N labels are in and fitted, the reward is a fallback, PEBBLE's state
+entropy when ``unsupervised_steps`` is set (pre-training then lasts until both its steps and the N labels
+are reached) and the env's reward otherwise; SAC keeps updating meanwhile (nothing pauses), and the first
+fit on N labels or more switches to the learned reward and relabels every stored row.
+
+Each query carries the one-line task (``task_text``; by default the task's description of
+:mod:`hilrl.llm.tasks`, else the env id) and the labelling ``criterion`` (what "better" means), which the
+labelling page shows above the clips.
 
 PEBBLE's unsupervised pre-training (``unsupervised_steps`` > 0; BPref's ``num_unsup_steps``, 9000 of
 its 1M-step runs): until that many env steps the reward is the state entropy of
@@ -56,6 +66,17 @@ from hilrl.feedback.preferences.teachers import make_teacher
 from hilrl.plugins import import_object
 
 _ON_PATH = "give 'module:function' on PYTHONPATH"
+DEFAULT_CRITERION = ("Pick the clip that gets closer to doing the task by its end; equal if you cannot tell "
+                     "them apart")
+
+
+def task_description(env_id: str | None) -> str:
+    """The task in one line for a person labelling it: :mod:`hilrl.llm.tasks`' description, else the env id."""
+    from hilrl.llm.tasks import TASKS
+
+    if env_id in TASKS:
+        return TASKS[env_id].description
+    return env_id or ""
 
 
 class TeacherSettings(BaseModel):
@@ -107,6 +128,15 @@ class PreferenceSettings(BaseModel):
                                  "stored rows against the grown buffer (a version bump)")
     agreement_pairs: int = Field(200, ge=0, description="random held-out pairs scored against the true reward "
                                  "at each refit (logged as reward/agreement)")
+    wait_for_labels: int = Field(0, ge=0, description="until this many labels are fitted the reward is a "
+                                 "fallback instead of 0: PEBBLE's state entropy with unsupervised_steps > 0 (its "
+                                 "pre-training lasts until then), else the env's reward; the learner keeps "
+                                 "updating on it; 0 = the learned reward (0 before the first fit) from the start")
+    task_text: str | None = Field(None, max_length=300, description="the task in one line, shown above each query "
+                                  "on the labelling page; None = the task's own description (hilrl.llm.tasks), "
+                                  "else the env id")
+    criterion: str = Field(DEFAULT_CRITERION, min_length=1, max_length=300, description="what 'better' means, "
+                           "shown with each query on the labelling page")
 
 
 def parse_settings(cls: type[BaseModel], kwargs: dict[str, Any], source: str) -> Any:
@@ -139,10 +169,14 @@ class PreferenceSource:
     :param store: where queries and labels live (the run's ``preferences/``).
     :param seed: seeds segment cutting, the teacher and the ensemble.
     :param value: V(obs_rows) for the regret loss / regret teacher (else read from ``settings.value``).
+    :param task: the task in one line for the labelling page (``settings.task_text`` wins; see
+        :func:`task_description`).
     """
 
-    def __init__(self, settings: PreferenceSettings, store: PreferenceStore, seed: int = 0, value: Any = None) -> None:
+    def __init__(self, settings: PreferenceSettings, store: PreferenceStore, seed: int = 0, value: Any = None,
+                 task: str = "") -> None:
         self.settings, self.store, self.seed = settings, store, seed
+        self.task = settings.task_text or task
         self.version = 0
         self.rng = np.random.default_rng(seed + 7919)
         teacher_value = value
@@ -172,12 +206,22 @@ class PreferenceSource:
 
             self.entropy = StateEntropy(settings.entropy_k, seed=seed)
         self.pretraining = self.entropy is not None  # PEBBLE's unsupervised phase (module docstring)
+        self.label_count, self.pending_count = 0, 0  # the store as last read (the progress line)
+        self.notice: str | None = None  # printed once by the loop: queries wait for a person (take_notice)
+        self.hinted = False
+
+    @property
+    def waiting(self) -> bool:
+        """``wait_for_labels``: fewer labels fitted than it asks, so the reward is the fallback (module docstring)."""
+        return max(self.fitted_labels, 0) < self.settings.wait_for_labels
 
     # ---- the reward -------------------------------------------------------------------------
 
     def __call__(self, batch) -> np.ndarray:
         if self.pretraining:
             return self.entropy(state_features(batch.next_obs, self._keys(batch.next_obs)))
+        if self.waiting:  # wait_for_labels without PEBBLE's pre-training: the env's reward meanwhile
+            return np.asarray(batch.env_rewards, np.float32)
         if self.model is None:
             return np.zeros(len(batch), np.float32)
         keys = self._keys(batch.next_obs)
@@ -212,13 +256,53 @@ class PreferenceSource:
                 self.refit(online, labels)
             elif self.fitted_labels < 0:
                 self.fitted_labels = 0
-            return {**self.last, **(pretraining_scalars or {})}
+            self.label_count, self.pending_count = len(labels), max(self.asked - len(labels), 0)
+            if self.teacher is None and self.pending_count and not self.hinted:
+                self.hinted = True
+                self.notice = self.waiting_notice()
+            return {**self.last, "labels": float(self.label_count), "pending": float(self.pending_count),
+                    "queries": float(self.asked), "version": float(self.version), **(pretraining_scalars or {})}
         return pretraining_scalars
+
+    def waiting_notice(self) -> str:
+        """What to do now that queries wait: the exact ``hilrl label RUN`` command, and the reward meanwhile."""
+        import shlex
+
+        run = shlex.quote(str(self.store.folder.parent))
+        if self.waiting:
+            meanwhile = (f"until {self.settings.wait_for_labels} labels are in it trains on "
+                         f"{'the state entropy' if self.entropy is not None else 'the env reward'} (wait_for_labels)")
+        elif self.model is None:
+            meanwhile = ("until the first labels come its learned reward is 0 (reward.kwargs.wait_for_labels: N "
+                         "trains on the env reward meanwhile)")
+        else:
+            meanwhile = f"it trains on the reward model fitted on {self.fitted_labels} labels meanwhile"
+        return (f"{self.pending_count} preference queries wait for a person: run `hilrl label {run}` in another "
+                f"terminal (or `hilrl label {run} --terminal`). Training goes on; {meanwhile}.")
+
+    def take_notice(self) -> str | None:
+        """A message for the person at the run, once (queries wait for labels), else ``None``."""
+        notice, self.notice = self.notice, None
+        return notice
+
+    def progress_stats(self) -> str:
+        """The progress line's figures: labels in, queries pending, the reward's version and what it is now."""
+        text = f"labels {self.label_count}  pending {self.pending_count}  reward v{self.version}"
+        phase = self.reward_phase()
+        return text if phase == "learned" else f"{text} ({'0 until labels' if phase == 'zero' else phase})"
+
+    def reward_phase(self) -> str:
+        """What the reward is now: ``entropy`` (pre-training), ``env`` (waiting for labels), ``zero`` or ``learned``."""
+        if self.pretraining:
+            return "entropy" + (f" until {self.settings.wait_for_labels} labels" if self.waiting else "")
+        if self.waiting:
+            return f"env until {self.settings.wait_for_labels} labels"
+        return "zero" if self.model is None else "learned"
 
     def _pretraining_step(self, online, env_steps: int) -> dict[str, float] | None:
         """PEBBLE's unsupervised phase: refresh the entropy reward's reference states, and end the phase."""
         s = self.settings
-        if self.pretraining and env_steps >= s.unsupervised_steps:
+        if self.pretraining and env_steps >= s.unsupervised_steps and not self.waiting:
             self.pretraining = False  # the learned reward from now on (0 until the first fit)
             self.version += 1
             return {"pretraining": 0.0, "version": float(self.version)}
@@ -253,7 +337,8 @@ class PreferenceSource:
                 self.segments[sid] = segment
                 sids.append(sid)
             qid = self.store.add_query(sids, {"source_version": self.version, "episodes": [x.episode for x in
-                                                                                            groups[int(g)]]})
+                                                                                            groups[int(g)]],
+                                              "task": self.task, "criterion": s.criterion})
             self.asked += 1
             if self.teacher is not None:
                 segments = groups[int(g)]
@@ -325,7 +410,7 @@ class PreferenceSource:
 
     def __repr__(self) -> str:
         return (f"PreferenceSource(loss={self.settings.loss!r}, selection={self.settings.selection!r}, "
-                f"labels={self.fitted_labels}, version={self.version})")
+                f"labels={self.fitted_labels}, version={self.version}, reward={self.reward_phase()!r})")
 
 
 def state_features(next_obs, keys) -> np.ndarray:
@@ -351,4 +436,6 @@ def make_preference_source(config: Any, context: Any) -> PreferenceSource:
     """``reward: {source: preferences, kwargs: {...}}`` (registered in :mod:`hilrl.feedback.rewards`)."""
     settings = parse_settings(PreferenceSettings, config.kwargs, "preferences")
     run_dir = require_run_dir(context, "preferences")
-    return PreferenceSource(settings, PreferenceStore.for_run(run_dir), seed=context.seed)
+    env_id = getattr(context.env_config, "id", None)
+    return PreferenceSource(settings, PreferenceStore.for_run(run_dir), seed=context.seed,
+                            task=task_description(env_id))

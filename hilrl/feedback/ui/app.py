@@ -5,7 +5,9 @@ must carry as ``?token=`` or the ``X-Token`` header). Endpoints:
 
 - ``GET /`` the page; ``GET /api/next?client=C&exclude=q1,q2`` the oldest pending query not shown to
   another client in the last ``lease_s`` seconds (several tabs or people get different queries),
-  with its videos' URLs and the progress; ``GET /api/query/{id}`` one query;
+  with its videos' URLs, the task in one line and the labelling criterion (what "better" means: the run's
+  ``reward.kwargs.task_text`` / ``criterion``, written into each query), and the progress;
+  ``GET /api/query/{id}`` one query;
 - ``POST /api/label`` ``{"query", "label", "who", "order"}``; ``POST /api/undo`` ``{"who"}``;
 - ``GET /video/{segment}.webm`` a segment's video (VP8), rendered from its MuJoCo states.
 
@@ -28,6 +30,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from hilrl.errors import HilrlError
+from hilrl.feedback.preferences.source import DEFAULT_CRITERION, task_description
 from hilrl.feedback.preferences.store import LabelRefused, PreferenceStore
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -154,6 +157,8 @@ def create_app(run_dir: str | Path, env_config: Any = None, token: str | None = 
                                            "(it carries ?token=...)"}, status_code=401)
         return await call_next(request)
 
+    default_task = task_description(getattr(env_config, "id", None))
+
     def describe(query: dict[str, Any]) -> dict[str, Any]:
         if query.get("texts"):  # a text pair or ranking (hilrl align): answers as text, the prompt above them
             items = [{"segment": sid, "video": None, "text": str(text)}
@@ -164,7 +169,10 @@ def create_app(run_dir: str | Path, env_config: Any = None, token: str | None = 
             return {"id": query["id"], "kind": query["kind"], "items": items, "prompt": str(prompt)}
         items = [{"segment": sid, "video": f"/video/{sid}.webm" if videos.has_video(sid) else None}
                  for sid in query["segments"]]
-        return {"id": query["id"], "kind": query["kind"], "items": items}
+        # queries written before they carried their text get the run's task and the default criterion
+        return {"id": query["id"], "kind": query["kind"], "items": items,
+                "task": str(query.get("task") or default_task), "criterion": str(query.get("criterion")
+                                                                              or DEFAULT_CRITERION)}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:

@@ -38,6 +38,9 @@ def label_in_terminal(run_dir: str | Path, env_config: Any = None, who: str = "p
             query = pending[0]
             write(f"query {query['id']} ({query['kind']}; {progress['pending']} pending, {progress['labelled']} "
                   "labelled)")
+            for line in (f"task: {query['task']}" if query.get("task") else "", query.get("criterion", "")):
+                if line:
+                    write(f"  {line}")
             for i, sid in enumerate(query["segments"], 1):
                 path = cache.path(sid) if env_config is not None else None
                 write(f"  {i}: {path if path else 'segment ' + sid + ' (no video)'}")

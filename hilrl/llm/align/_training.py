@@ -1,4 +1,5 @@
-"""What TRL's trainers share here: CPU settings, a rich progress bar and TensorBoard under ``OUT/tensorboard``."""
+"""What TRL's trainers share here: CPU settings, training steps shown in the caller's progress display,
+TensorBoard in one folder (``OUT/tensorboard``), and held-out figures counted per pair."""
 
 from __future__ import annotations
 
@@ -6,20 +7,24 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-__all__ = ["callbacks", "common_args", "quiet_hub", "quiet_trainer", "run_trainer"]
+import numpy as np
+
+__all__ = ["callbacks", "common_args", "full_precision", "pair_figures", "quiet_hub", "quiet_trainer", "run_trainer",
+           "say"]
 
 
 def quiet_hub() -> None:
     """Offline and quiet: the hub stays offline, telemetry off (a config-built model must never be fetched), and
-    the per-stage progress bars of datasets, transformers and TRL are off (our rich bar stays)."""
+    the per-stage progress bars of datasets, transformers and TRL are off (the caller's display stays)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's per-stage bars (reference log-probs...); ours is rich's
+    os.environ.setdefault("TQDM_DISABLE", "1")  # TRL's per-stage bars (reference log-probs...)
     import datasets
     from transformers.utils import logging
 
@@ -29,8 +34,15 @@ def quiet_hub() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
 
 
+def say(progress: Any, text: str) -> None:
+    """One status line (what is loading, what runs next) above ``progress``, a rich ``Progress``; nothing when
+    ``progress`` is None (quiet)."""
+    if progress is not None:
+        progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 def quiet_trainer(trainer: Any) -> None:
-    """No per-step dict printed on stdout (transformers' PrinterCallback); the progress bar and TensorBoard stay."""
+    """No per-step dict printed on stdout (transformers' PrinterCallback); the progress display and TensorBoard stay."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
@@ -47,56 +59,82 @@ def common_args(out: Path, seed: int, batch_size: int, learning_rate: float, epo
             "warmup_steps": 0}
 
 
-def callbacks(out: Path, progress: bool, title: str) -> list[Any]:
-    """TensorBoard scalars under ``out/tensorboard`` and, when ``progress``, a rich progress bar."""
-    from torch.utils.tensorboard import SummaryWriter
+def callbacks(out: Path, progress: Any, title: str) -> list[Any]:
+    """TensorBoard scalars under ``out/tensorboard`` and, when ``progress`` (a rich ``Progress``, e.g.
+    ``hilrl.runtime.progress.make_progress()``) is given, one task in it counting the optimiser steps."""
     from transformers import TrainerCallback
     from transformers.integrations import TensorBoardCallback
 
-    found = [TensorBoardCallback(tb_writer=SummaryWriter(str(out / "tensorboard")))]
-    if not progress:
-        return found
+    # transformers' TensorBoardCallback closes its writer at the end of training and, on a later log (an
+    # evaluate()), opens a new one in its logging_dir, by default OUT/runs/<date>_<host> (integration_utils.py,
+    # default_logdir): naming the folder instead of handing it a writer keeps every event file in one folder
+    tensorboard = TensorBoardCallback()
+    tensorboard.logging_dir = str(out / "tensorboard")
+    if progress is None:
+        return [tensorboard]
 
-    class RichProgress(TrainerCallback):
-        def __init__(self) -> None:
-            self.bar: Any = None
+    class StepProgress(TrainerCallback):
+        """Steps and loss move together: every step logs (``logging_steps=1``), after its ``on_step_end``."""
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-                                TimeRemainingColumn(), transient=False)
-            self.task = self.bar.add_task(title, total=state.max_steps, loss="")
-            self.bar.start()
+            self.task = progress.add_task(title, total=state.max_steps, stats="")
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-            if self.bar is not None and logs and "loss" in logs:
-                self.bar.update(self.task, loss=f"loss {logs['loss']:.4f}")
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.bar is not None:
-                self.bar.update(self.task, completed=state.global_step)
+            if logs and "loss" in logs:
+                progress.update(self.task, completed=state.global_step, stats=f"loss {logs['loss']:.4f}")
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if self.bar is not None:
-                self.bar.stop()
-                self.bar = None
+            progress.update(self.task, completed=state.global_step)
 
-    return [*found, RichProgress()]
+    return [tensorboard, StepProgress()]
 
 
-def run_trainer(trainer: Any, settings: Any, out: Path, evaluate: bool) -> tuple[dict[str, float], float]:
-    """Train quietly, then evaluate on the held-out set when ``evaluate``; writes ``out/metrics.json`` (the
-    settings, held-out metrics without their ``eval_`` prefix, wall time, steps, TRL's log). Returns
-    ``(held-out metrics, training wall seconds)``."""
+def full_precision(model: Any) -> Any:
+    """``model`` (in place) without the bf16 autocast wrapper accelerate puts around the forward of the models a
+    Trainer prepares (TRL's configs default to ``bf16=True``, trl/trainer/base_config.py): the held-out pairs
+    are scored as the saved float32 weights score them, and the returned model runs in float32. (accelerate's
+    ``extract_model_from_parallel`` with ``keep_fp32_wrapper=False``, what ``Accelerator.unwrap_model`` calls.)"""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
+def pair_figures(chosen: Any, rejected: Any) -> dict[str, float]:
+    """Held-out figures counted per pair from each pair's reward of its chosen and its rejected answer:
+    ``pairs`` (n), ``correct`` (k, the pairs whose chosen answer scores strictly above the rejected one),
+    ``accuracy`` = k/n, ``margin`` (the mean over pairs of chosen − rejected) and the mean ``chosen`` and
+    ``rejected`` rewards. TRL's trainers log the mean of per-batch means instead, which is not k/n when the
+    last batch is smaller (10 pairs in batches of 8 and 2)."""
+    chosen, rejected = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
+    correct = int(np.sum(chosen > rejected))
+    return {"pairs": len(chosen), "correct": correct, "accuracy": correct / len(chosen),
+            "margin": float(np.mean(chosen - rejected)), "chosen": float(np.mean(chosen)),
+            "rejected": float(np.mean(rejected))}
+
+
+def run_trainer(trainer: Any, settings: Any, out: Path,
+                held_out: Callable[[Any], tuple[dict[str, float], list[dict[str, float]]]] | None
+                ) -> tuple[dict[str, float], list[dict[str, float]], float]:
+    """Train quietly, then score the held-out pairs with ``held_out(trained model)`` (in full precision: see
+    :func:`full_precision`), which returns the figures and one dict per pair; writes ``out/metrics.json`` (the
+    settings, the held-out figures and pairs, wall time, steps, TRL's log) and the figures to TensorBoard as
+    ``eval/<name>`` at the last step. Returns ``(held-out figures, held-out pairs, training wall seconds)``."""
     quiet_trainer(trainer)
     started = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - started
-    held = {}
-    if evaluate:
-        held = {k.removeprefix("eval_"): float(v) for k, v in trainer.evaluate().items() if isinstance(v, (int, float))}
-    (out / "metrics.json").write_text(json.dumps({"settings": asdict(settings), "held_out": held,
-                                                  "train_wall_s": round(wall, 3), "steps": trainer.state.global_step,
+    figures: dict[str, float] = {}
+    pairs: list[dict[str, float]] = []
+    model = full_precision(trainer.model)
+    if held_out is not None:
+        figures, pairs = held_out(model)
+        from torch.utils.tensorboard import SummaryWriter
+
+        with SummaryWriter(str(out / "tensorboard")) as writer:
+            for name, value in figures.items():
+                writer.add_scalar(f"eval/{name}", value, trainer.state.global_step)
+    (out / "metrics.json").write_text(json.dumps({"settings": asdict(settings), "held_out": figures,
+                                                  "held_out_pairs": pairs, "train_wall_s": round(wall, 3),
+                                                  "steps": trainer.state.global_step,
                                                   "history": trainer.state.log_history}, indent=1, default=str))
-    return held, wall
+    return figures, pairs, wall

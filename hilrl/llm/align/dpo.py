@@ -16,7 +16,8 @@ divergence only at the first training step).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,13 +113,18 @@ class DPOSettings:
 
 @dataclass
 class DPOResult:
-    """What a training returns: the trained model, TRL's held-out metrics and the training log."""
+    """What a training returns: the trained model, the held-out figures (TRL's names, counted per pair: ``pairs``,
+    ``correct``, ``rewards/accuracies`` = correct/pairs, ``rewards/margins``, ``rewards/chosen``,
+    ``rewards/rejected``; empty without held-out pairs), TRL's training log, and per held-out pair its implicit
+    rewards (``chosen``, ``rejected``) and summed log-probabilities under the policy (``logp_chosen``,
+    ``logp_rejected``) and the reference (``ref_logp_chosen``, ``ref_logp_rejected``)."""
 
     model: Any
     held_out: dict[str, float]
     history: list[dict[str, Any]]
     wall_s: float
     steps: int
+    held_out_pairs: list[dict[str, float]] = field(default_factory=list)
 
 
 def _lora_config(settings: DPOSettings, model: Any) -> Any:
@@ -130,35 +136,69 @@ def _lora_config(settings: DPOSettings, model: Any) -> Any:
                       task_type="CAUSAL_LM", fan_in_fan_out="c_attn" in targets)
 
 
+def _held_out_scorer(tokenizer: Any, rows: Sequence[dict[str, Any]], beta: float, reference: Any,
+                     progress: Any) -> Callable[[Any], tuple[dict[str, float], list[dict[str, float]]]]:
+    """Scores the held-out ``rows`` with the trained policy: each pair's implicit rewards β·log π/π_ref of its
+    chosen and rejected answer (Rafailov et al. 2023; TRL's ``rewards/chosen`` and ``rewards/rejected``, here
+    one pair at a time), and the figures counted over pairs. ``reference`` None: the policy's LoRA adapters
+    are switched off for π_ref, as TRL does."""
+
+    def score(trained: Any) -> tuple[dict[str, float], list[dict[str, float]]]:
+        from hilrl.llm.align._training import full_precision, pair_figures, say
+        from hilrl.llm.align.sampling import completion_logps
+
+        say(progress, f"scoring the {len(rows)} held-out pairs, one at a time")
+        policy = {key: completion_logps(trained, tokenizer, rows, key) for key in ("chosen", "rejected")}
+        with trained.disable_adapter() if reference is None else nullcontext():
+            base_model = trained if reference is None else full_precision(reference)
+            base = {key: completion_logps(base_model, tokenizer, rows, key) for key in ("chosen", "rejected")}
+        chosen, rejected = (beta * (policy[key] - base[key]) for key in ("chosen", "rejected"))
+        figures = pair_figures(chosen, rejected)
+        held = {"pairs": figures["pairs"], "correct": figures["correct"], "rewards/accuracies": figures["accuracy"],
+                "rewards/margins": figures["margin"], "rewards/chosen": figures["chosen"],
+                "rewards/rejected": figures["rejected"]}
+        columns = {"chosen": chosen, "rejected": rejected, "logp_chosen": policy["chosen"],
+                   "logp_rejected": policy["rejected"], "ref_logp_chosen": base["chosen"],
+                   "ref_logp_rejected": base["rejected"]}
+        return held, [{name: float(values[i]) for name, values in columns.items()} for i in range(len(rows))]
+
+    return score
+
+
 def train_dpo(model: Any, tokenizer: Any, train_rows: Sequence[dict[str, Any]],
               held_out_rows: Sequence[dict[str, Any]], settings: DPOSettings, out: str | Path,
-              reference: Any = None, progress: bool = False) -> DPOResult:
-    """Train ``model`` on ``train_rows`` with TRL's ``DPOTrainer``; evaluate on ``held_out_rows``.
+              reference: Any = None, progress: Any = None) -> DPOResult:
+    """Train ``model`` on ``train_rows`` with TRL's ``DPOTrainer``, then score each of ``held_out_rows``.
+
+    The held-out figures are counted per pair (:func:`~hilrl.llm.align._training.pair_figures`): the reward
+    accuracy is the number of held-out pairs whose chosen answer's implicit reward is above the rejected
+    one's, over the number of pairs. (TRL's ``evaluate()`` averages per-batch means, not a count.)
 
     :param reference: the reference policy π_ref (default a frozen copy of ``model`` as it is now; with
         LoRA, the model without its adapters).
     :param out: the training folder (TensorBoard under ``out/tensorboard``, ``metrics.json``).
-    :param progress: show a progress bar.
+    :param progress: a rich ``Progress`` (e.g. ``hilrl.runtime.progress.make_progress()``, started) to show
+        what runs and the training steps in; None: nothing shown.
     """
     settings.check()
     from trl import DPOTrainer
 
-    from hilrl.llm.align._training import callbacks, quiet_hub, run_trainer
+    from hilrl.llm.align._training import callbacks, quiet_hub, run_trainer, say
     from hilrl.llm.align.data import to_dataset
 
     quiet_hub()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     peft_config = _lora_config(settings, model) if settings.lora else None
+    say(progress, f"preparing TRL's DPOTrainer: tokenising {len(train_rows)} training pairs"
+                  + (", LoRA adapters" if peft_config is not None else ""))
     if reference is None and peft_config is None:
         # a model built from a config has no hub name: with ref_model=None TRL would try to download it
         reference = copy.deepcopy(model)
     trainer = DPOTrainer(model=model, ref_model=reference, args=settings.trl_config(out),
-                         train_dataset=to_dataset(train_rows),
-                         eval_dataset=to_dataset(held_out_rows) if held_out_rows else None,
-                         processing_class=tokenizer, peft_config=peft_config,
+                         train_dataset=to_dataset(train_rows), processing_class=tokenizer, peft_config=peft_config,
                          callbacks=callbacks(out, progress, f"DPO ({settings.loss}, {settings.divergence})"))
-    held, wall = run_trainer(trainer, settings, out, evaluate=bool(held_out_rows))
+    scorer = _held_out_scorer(tokenizer, held_out_rows, settings.beta, reference, progress) if held_out_rows else None
+    held, pairs, wall = run_trainer(trainer, settings, out, scorer)
     history = [dict(h) for h in trainer.state.log_history]
-    trained = trainer.model
-    return DPOResult(trained, held, history, wall, trainer.state.global_step)
+    return DPOResult(trainer.model, held, history, wall, trainer.state.global_step, pairs)

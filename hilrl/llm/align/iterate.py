@@ -128,7 +128,7 @@ def win_rate(labeller: Any, prompts: Sequence[Any], new: Sequence[str], old: Seq
 
 
 def iterate(model: Any, tokenizer: Any, task: Any, labeller: Any, store: Any, settings: IterateSettings,
-            out: str | Path, check: Callable[[str], bool] | None = None, progress: bool = False,
+            out: str | Path, check: Callable[[str], bool] | None = None, progress: Any = None,
             on_round: Callable[[RoundResult], None] | None = None) -> tuple[Any, list[RoundResult]]:
     """Run the loop (module docstring); returns the last policy and each round's result.
 
@@ -138,6 +138,7 @@ def iterate(model: Any, tokenizer: Any, task: Any, labeller: Any, store: Any, se
         :class:`PageLabelling`.
     :param store: the run's :class:`~hilrl.feedback.preferences.store.PreferenceStore`.
     :param check: when given, the held-out rule-satisfaction rate of each round's policy is measured.
+    :param progress: a started rich ``Progress`` to show each round's DPO steps in; None: nothing shown.
     """
     from hilrl.llm.align.data import add_text_query, store_rows
     from hilrl.llm.align.dpo import train_dpo

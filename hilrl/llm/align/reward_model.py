@@ -3,7 +3,8 @@ best-of-n with it: sample n answers, keep the one it scores highest (the selecti
 2023, "RAFT: Reward rAnked FineTuning for Generative Foundation Model Alignment").
 
 Texts are scored as the trainer saw them: a conversational row through the chat template
-(prompt + the assistant's answer), a standard one as prompt + answer + eos.
+(prompt + the assistant's answer), a standard one as prompt + answer + eos. The held-out accuracy is counted
+per pair: the pairs whose chosen answer scores above the rejected one, over the number of pairs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class RewardSettings:
 
 @dataclass
 class RewardModelResult:
+    """The trained model, the held-out figures counted per pair (``pairs``, ``correct``, ``accuracy`` =
+    correct/pairs, ``margin``, mean ``chosen`` and ``rejected`` rewards; empty without held-out pairs), the
+    training wall time and steps."""
+
     model: Any
     held_out: dict[str, float]
     wall_s: float
@@ -56,12 +61,17 @@ class RewardModelResult:
 
 def train_reward_model(model: Any, tokenizer: Any, train_rows: Sequence[dict[str, Any]],
                        held_out_rows: Sequence[dict[str, Any]], settings: RewardSettings, out: str | Path,
-                       progress: bool = False) -> RewardModelResult:
-    """Fit ``model`` (a sequence classifier with one output) on the pairs with TRL's ``RewardTrainer``."""
+                       progress: Any = None) -> RewardModelResult:
+    """Fit ``model`` (a sequence classifier with one output) on the pairs with TRL's ``RewardTrainer``, then score
+    each held-out pair with it (TRL's ``evaluate()`` would average per-batch means, not count pairs).
+
+    :param progress: a rich ``Progress`` (e.g. ``hilrl.runtime.progress.make_progress()``, started) to show
+        what runs and the training steps in; None: nothing shown.
+    """
     settings.check()
     from trl import RewardConfig, RewardTrainer
 
-    from hilrl.llm.align._training import callbacks, common_args, quiet_hub, run_trainer
+    from hilrl.llm.align._training import callbacks, common_args, pair_figures, quiet_hub, run_trainer, say
     from hilrl.llm.align.data import to_dataset
 
     quiet_hub()
@@ -69,10 +79,16 @@ def train_reward_model(model: Any, tokenizer: Any, train_rows: Sequence[dict[str
     out.mkdir(parents=True, exist_ok=True)
     config = RewardConfig(**common_args(out, settings.seed, settings.batch_size, settings.learning_rate,
                                         settings.epochs, settings.max_steps), max_length=settings.max_length)
+    say(progress, f"preparing TRL's RewardTrainer: tokenising {len(train_rows)} training pairs")
     trainer = RewardTrainer(model=model, args=config, train_dataset=to_dataset(train_rows),
-                            eval_dataset=to_dataset(held_out_rows) if held_out_rows else None,
                             processing_class=tokenizer, callbacks=callbacks(out, progress, "reward model"))
-    held, wall = run_trainer(trainer, settings, out, evaluate=bool(held_out_rows))
+
+    def score(trained: Any) -> tuple[dict[str, float], list[dict[str, float]]]:
+        say(progress, f"scoring the {len(held_out_rows)} held-out pairs, one at a time")
+        chosen, rejected = RewardScorer(trained, tokenizer).score_pairs(held_out_rows)
+        return pair_figures(chosen, rejected), [{"chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+
+    held, _, wall = run_trainer(trainer, settings, out, score if held_out_rows else None)
     return RewardModelResult(trainer.model, held, wall, trainer.state.global_step)
 
 
@@ -92,11 +108,17 @@ class RewardScorer:
         messages = [*prompt, {"role": "assistant", "content": answer}]
         return self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"]
 
-    def score(self, prompt: Any, answers: Sequence[str]) -> list[float]:
-        """The reward of each answer to ``prompt``."""
+    def _row_ids(self, prompt: Any, completion: Any) -> list[int]:
+        """A preference row's answer as TRL's RewardTrainer tokenises it: prompt + completion (+ eos when a
+        standard one lacks it), or the prompt's and completion's messages through the chat template."""
+        if isinstance(prompt, str):
+            eos = self.tokenizer.eos_token
+            return self.tokenizer(prompt + completion + ("" if completion.endswith(eos) else eos))["input_ids"]
+        return self.tokenizer.apply_chat_template([*prompt, *completion], tokenize=True, return_dict=True)["input_ids"]
+
+    def _scores(self, rows: Sequence[list[int]]) -> list[float]:
         import torch
 
-        rows = [self._ids(prompt, a) for a in answers]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
@@ -104,6 +126,16 @@ class RewardScorer:
         self.model.eval()
         with torch.no_grad():
             return self.model(input_ids=ids, attention_mask=mask).logits[:, 0].float().tolist()
+
+    def score(self, prompt: Any, answers: Sequence[str]) -> list[float]:
+        """The reward of each answer to ``prompt``."""
+        return self._scores([self._ids(prompt, a) for a in answers])
+
+    def score_pairs(self, rows: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+        """The rewards of each preference row's chosen and rejected answer, one pair at a time."""
+        scored = [self._scores([self._row_ids(row["prompt"], row[key]) for key in ("chosen", "rejected")])
+                  for row in rows]
+        return [c for c, _ in scored], [r for _, r in scored]
 
 
 def best_of_n(scorer: RewardScorer, prompts: Sequence[Any], candidates: Sequence[Sequence[str]]) -> list[str]:

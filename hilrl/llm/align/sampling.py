@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["completion_logps", "likelihood_accuracy", "render_prompt", "sample"]
+__all__ = ["completion_logps", "likelihood_accuracy", "preference_accuracy", "render_prompt", "sample"]
 
 
 def render_prompt(tokenizer: Any, prompt: Any) -> str:
@@ -75,6 +75,13 @@ def completion_logps(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
     return np.asarray(out)
 
 
+def preference_accuracy(margin: Any) -> tuple[float, float]:
+    """``(accuracy, mean margin)`` of per-pair margins (chosen minus rejected): the share above 0, a tie counting
+    half."""
+    margin = np.asarray(margin, dtype=float)
+    return float(np.mean(margin > 0) + 0.5 * np.mean(margin == 0)), float(np.mean(margin))
+
+
 def likelihood_accuracy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any]],
                         reference: Any = None) -> tuple[float, float]:
     """``(accuracy, mean margin)`` of the policy's preference on ``rows``: the margin of a row is
@@ -84,4 +91,4 @@ def likelihood_accuracy(model: Any, tokenizer: Any, rows: Sequence[dict[str, Any
     if reference is not None:
         margin -= (completion_logps(reference, tokenizer, rows, "chosen")
                    - completion_logps(reference, tokenizer, rows, "rejected"))
-    return float(np.mean(margin > 0) + 0.5 * np.mean(margin == 0)), float(np.mean(margin))
+    return preference_accuracy(margin)

@@ -14,10 +14,15 @@ thing whatever LLM answers:
   increase (speed: step 0.5, so "slower" halves it and "a bit slower" multiplies it by 0.71); an ``amount``
   is the factor itself;
 - the result is clipped to the parameter's bounds, and the note says so.
+
+The note names the unit (an ``add`` parameter is a length in metres; a ``scale`` parameter is a fraction) and
+what the number is (the parameter's description), e.g. ``grasp.height_offset: 0 -> 0.02 m (+0.02 m, small:
+0.5 x its 0.04 m step); grasp point height above the object's centre``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -55,19 +60,25 @@ def corrected_value(skill: str, parameter: str, old: float, direction: str, magn
                          f"{', '.join(p.name for p in SKILLS[skill].params if p.kind == 'number') or 'none'}")
     sign = 1.0 if direction == "increase" else -1.0
     factor = MAGNITUDES[magnitude]
-    if param.change == "add":
+    if param.change == "add":  # a length, in metres
+        unit = " m"
         change = abs(amount) if amount is not None else factor * param.step
         new = old + sign * change
-        how = f"{'+' if sign > 0 else '-'}{change:.3g}"
-    else:
+        how = f"{'+' if sign > 0 else '-'}{change:.3g} m"
+        size = f"{magnitude}: {factor:g} x its {param.step:g} m step"
+    else:  # a fraction, scaled
+        unit = ""
         ratio = abs(amount) if amount is not None else param.step ** factor
         ratio = ratio if ratio <= 1 else 1 / ratio
         new = old / ratio if sign > 0 else old * ratio
         how = f"x{(1 / ratio if sign > 0 else ratio):.3g}"
+        size = f"{magnitude}: {param.step:g} to the power {factor:g}"
     clipped = min(max(new, param.low), param.high)
-    note = f"{skill}.{parameter}: {old:.3g} -> {clipped:.3g} ({how}, {magnitude if amount is None else 'as said'})"
+    what = re.sub(r"\s*\(m\)$", "", param.doc)  # the unit is on the numbers
+    note = (f"{skill}.{parameter}: {old:.3g} -> {clipped:.3g}{unit} ({how}, {size if amount is None else 'as said'}); "
+            f"{what}")
     if clipped != new:
-        note += f"; clipped to its bounds [{param.low}, {param.high}]"
+        note += f"; clipped to its bounds [{param.low:g}, {param.high:g}]{unit}"
     return clipped, note
 
 

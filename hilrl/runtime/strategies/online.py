@@ -9,8 +9,10 @@ are also copied to the demo buffer. A stopped run resumes from its folder: algor
 counters, the stream's episode marks and the loop's RNG come back.
 
 Logged besides the learner's ``train/`` metrics: ``rollout/`` figures, the learned reward sources'
-``reward/`` figures, and ``value/{online,demo}_{q_start,return_start,overestimation}``: the critic's
-Q(s0, a0) against the discounted return of the last finished episodes (:mod:`hilrl.runtime.diagnostics`).
+``reward/`` figures (a preference model's labels, pending queries and version among them; its progress line
+figures too, and a message it has for the person once, e.g. the ``hilrl label RUN`` command), and
+``value/{online,demo}_{q_start,return_start,overestimation}``: the critic's Q(s0, a0) against the discounted
+return of the last finished episodes (:mod:`hilrl.runtime.diagnostics`).
 
 RLPD's BC rollouts (``demos.bc_rollouts``) are made here, the one strategy that takes them (the config
 refuses the others): :func:`roll_out_bc` fits a BC policy on the demos and rolls it out, and the run
@@ -78,8 +80,12 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
         counters.update(resumed["counters"])
         steps.rng.bit_generator.state = resumed["rng"]
         storage.load_state(resumed["stream"])
-        console.print(f"resuming {run.out} from {resumed['path'].name}: {counters['env_steps']} env steps, "
-                      f"{len(replay.online)} online + {len(replay.demo)} demo transitions")
+        done = counters["env_steps"]  # train.steps is the run's total (hilrl.runtime.run): what is left is added
+        plan = (f"{training.steps - done} more to {training.steps}" if done < training.steps
+                else f"nothing more to train (train.steps {training.steps}), its final evaluation follows")
+        console.print(f"resuming {run.out} at {done} env steps: {plan} ({resumed['path'].name}: "
+                      f"{len(replay.online)} online + {len(replay.demo)} demo transitions)",
+                      markup=False, highlight=False, soft_wrap=True)
     best = run.best() if training.keep_best else None
 
     def checkpoint() -> None:
@@ -99,6 +105,9 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                 storage.add(transition)
                 for source in learned:
                     reward_metrics.update(source.after_step(transition, replay, counters["env_steps"]) or {})
+                    notice = source_notice(source)  # e.g. queries wait: the `hilrl label RUN` command, once
+                    if notice:
+                        console.print(notice, markup=False, highlight=False, soft_wrap=True)
                 if counters["env_steps"] >= training.learning_starts and len(replay.online) > 0:
                     metrics = algo.update(replay)
                     counters["updates"] += 1
@@ -115,7 +124,8 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                     run.scalars(step, {"success_rate": steps.success_rate,
                                        "intervention_rate": steps.intervention_rate,
                                        "interventions": counters["interventions"]}, "rollout/")
-                    bar.update(task, completed=step, stats=f"{steps.stats()}  {rate:.0f} updates/s")
+                    bar.update(task, completed=step, stats="  ".join(
+                        [steps.stats(), *(source_stats(source) for source in learned), f"{rate:.0f} updates/s"]))
                 # with keep_best the last iterate competes too, so it is evaluated like the others
                 if (training.eval_every and step % training.eval_every == 0
                         and (step < training.steps or training.keep_best)):
@@ -141,6 +151,19 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                       train_seconds_this_session=round(train_seconds, 2), intervention_source=intervention.source,
                       learn_from=intervention.learning_rule,
                       reward=repr(replay.online.reward_source), **({"best_validation": best} if best else {}))
+
+
+def source_stats(source: Any) -> str:
+    """A learned reward source's figures for the progress line (``progress_stats()``: a preference model's labels,
+    pending queries and version), or its version alone."""
+    stats = getattr(source, "progress_stats", None)
+    return stats() if callable(stats) else f"reward v{source.version}"
+
+
+def source_notice(source: Any) -> str | None:
+    """A message a learned reward source has for the person at the run (``take_notice()``), printed once."""
+    take = getattr(source, "take_notice", None)
+    return take() if callable(take) else None
 
 
 def bc_rollouts(config: ExperimentConfig, run: RunFolder, demo_episodes: list, show_progress: bool = True) -> list:
