@@ -374,33 +374,47 @@ def test_wait_for_labels_trains_on_the_env_reward_until_n_labels_then_on_the_lea
     assert "labels=2" in reward and "version=1" in reward and "reward='learned'" in reward, reward
 
 
-def test_wait_for_labels_rewards_rows_with_the_fallback_until_then():
-    """Stored rows: the env's reward (or PEBBLE's state entropy, with unsupervised_steps) until N labels are fitted."""
+def random_reach_with(settings):
+    """Reach stepped at random into a replay whose reward source is a preference model of ``settings`` (its
+    synthetic teacher labels); returns env, replay, source, counters and ``step()``, which stores one step and
+    hands it to the source (returning the source's scalars)."""
     import tempfile
 
     import gymnasium as gym
 
     import hilrl.envs  # noqa: F401
     from hilrl.data.buffers import Replay
-    from hilrl.feedback.preferences.source import PreferenceSettings, PreferenceSource
+    from hilrl.feedback.preferences.source import PreferenceSource
     from hilrl.runtime.seeds import Seeds
     from hilrl.runtime.steps import StepSource, TransitionStorage, fresh_counters
 
+    env = gym.make("hilrl/Reach-v0", max_episode_steps=20)
+    replay = Replay.create(env.observation_space, env.action_space, 1000)
+    source = PreferenceSource(settings, PreferenceStore(tempfile.mkdtemp()), seed=0)
+    replay.set_reward_source(source)
+    counters = fresh_counters()
+    steps = StepSource(env, lambda o: env.action_space.sample(), Seeds(0), counters, random_steps=1000)
+    storage = TransitionStorage(replay, copy_interventions=False)
+
+    def step():
+        storage.add(transition := steps.step())
+        return source.after_step(transition, replay, counters["env_steps"]) or {}
+
+    return env, replay, source, counters, step
+
+
+def test_wait_for_labels_rewards_rows_with_the_fallback_until_then():
+    """Stored rows: the env's reward (or PEBBLE's state entropy, with unsupervised_steps) until N labels are fitted."""
+    from hilrl.feedback.preferences.source import PreferenceSettings
+
     for unsupervised in (0, 50):
-        env = gym.make("hilrl/Reach-v0", max_episode_steps=20)
-        replay = Replay.create(env.observation_space, env.action_space, 1000)
         settings = PreferenceSettings(segment_length=5, first_query_at=100, query_every=100, queries_per_session=20,
                                       max_queries=40, epochs=20, wait_for_labels=40, unsupervised_steps=unsupervised,
                                       obs_keys=["ee_pos", "object"], teacher={"kind": "partial_return"})
-        source = PreferenceSource(settings, PreferenceStore(tempfile.mkdtemp()), seed=0)
-        replay.set_reward_source(source)
-        counters = fresh_counters()
-        steps = StepSource(env, lambda o: env.action_space.sample(), Seeds(0), counters, random_steps=1000)
-        storage = TransitionStorage(replay, copy_interventions=False)
+        env, replay, source, counters, step = random_reach_with(settings)
         seen = {}
         for _ in range(202):
-            storage.add(transition := steps.step())
-            source.after_step(transition, replay, counters["env_steps"])
+            step()
             if counters["env_steps"] in (150, 202):
                 seen[counters["env_steps"]] = (replay.online.gather(np.arange(50))["rewards"].copy(),
                                                source.reward_phase())
@@ -416,29 +430,14 @@ def test_wait_for_labels_rewards_rows_with_the_fallback_until_then():
 
 
 def test_a_refit_mid_run_moves_the_rewards_of_rows_stored_before_it():
-    import gymnasium as gym
+    from hilrl.feedback.preferences.source import PreferenceSettings
 
-    import hilrl.envs  # noqa: F401
-    from hilrl.data.buffers import Replay
-    from hilrl.feedback.preferences.source import PreferenceSettings, PreferenceSource
-    from hilrl.runtime.seeds import Seeds
-    from hilrl.runtime.steps import StepSource, TransitionStorage, fresh_counters
-
-    env = gym.make("hilrl/Reach-v0", max_episode_steps=20)
-    replay = Replay.create(env.observation_space, env.action_space, 1000)
     settings = PreferenceSettings(segment_length=5, first_query_at=100, query_every=100, queries_per_session=20,
                                   max_queries=40, epochs=20, teacher={"kind": "partial_return"})
-    import tempfile
-
-    source = PreferenceSource(settings, PreferenceStore(tempfile.mkdtemp()), seed=0)
-    replay.set_reward_source(source)
-    counters = fresh_counters()
-    steps = StepSource(env, lambda o: env.action_space.sample(), Seeds(0), counters, random_steps=1000)
-    storage = TransitionStorage(replay, copy_interventions=False)
+    env, replay, source, counters, step = random_reach_with(settings)
     rewards_by_version = {}
     for _ in range(200):
-        storage.add(transition := steps.step())
-        source.after_step(transition, replay, counters["env_steps"])
+        step()
         if counters["env_steps"] in (99, 150, 200):
             rewards_by_version[source.version] = replay.online.gather(np.arange(50))["rewards"].copy()
     env.close()
@@ -469,30 +468,15 @@ def test_pebble_state_entropy_pays_more_for_states_far_from_those_stored():
 
 def test_pebble_pretraining_rewards_state_entropy_then_switches_to_the_learned_reward():
     """``unsupervised_steps``: entropy rewards on every stored row until then, the preference model's after."""
-    import tempfile
+    from hilrl.feedback.preferences.source import PreferenceSettings
 
-    import gymnasium as gym
-
-    import hilrl.envs  # noqa: F401
-    from hilrl.data.buffers import Replay
-    from hilrl.feedback.preferences.source import PreferenceSettings, PreferenceSource
-    from hilrl.runtime.seeds import Seeds
-    from hilrl.runtime.steps import StepSource, TransitionStorage, fresh_counters
-
-    env = gym.make("hilrl/Reach-v0", max_episode_steps=20)
-    replay = Replay.create(env.observation_space, env.action_space, 1000)
     settings = PreferenceSettings(segment_length=5, first_query_at=60, query_every=100, queries_per_session=40,
                                   max_queries=80, epochs=20, obs_keys=["ee_pos", "object"], unsupervised_steps=100,
                                   entropy_refresh=25, teacher={"kind": "partial_return"})
-    source = PreferenceSource(settings, PreferenceStore(tempfile.mkdtemp()), seed=0)
-    replay.set_reward_source(source)
-    counters = fresh_counters()
-    steps = StepSource(env, lambda o: env.action_space.sample(), Seeds(0), counters, random_steps=1000)
-    storage = TransitionStorage(replay, copy_interventions=False)
+    env, replay, source, counters, step = random_reach_with(settings)
     seen, phases, labelled_by = {}, [], {}
     for _ in range(200):
-        storage.add(transition := steps.step())
-        scalars = source.after_step(transition, replay, counters["env_steps"]) or {}
+        scalars = step()
         if "pretraining" in scalars:
             phases.append((counters["env_steps"], scalars["pretraining"]))
         if counters["env_steps"] in (99, 200):
