@@ -206,15 +206,15 @@ def finished_steps(config: ExperimentConfig, out: str | os.PathLike) -> int | No
     if algorithm_spec(config.algo.name).loop != "online" or not metrics.is_file():
         return None
     check_same_run(config, out)
+    try:
+        evaluated = json.loads(metrics.read_text()).get("env_steps")
+    except (OSError, ValueError, AttributeError):
+        return None  # unreadable: the run finishes again and rewrites it
+    if not isinstance(evaluated, int) or evaluated < config.train.steps:
+        return None  # steps to add: the checkpoint is loaded once, by the resume, not here as well
     found = latest_checkpoint(out)
     done = None if found is None else found[1].get("counters", {}).get("env_steps")
-    if done is None or done < config.train.steps:
-        return None
-    try:
-        evaluated = json.loads(metrics.read_text())
-    except (OSError, ValueError):
-        return None  # unreadable: the run finishes again and rewrites it
-    return int(done) if isinstance(evaluated, dict) and evaluated.get("env_steps") == done else None
+    return evaluated if done == evaluated else None
 
 
 class RunFolder:

@@ -9,8 +9,6 @@ config's ``plugins:`` list) joins them the same way.
 
 from __future__ import annotations
 
-from typing import Any
-
 from hilrl.feedback.teleop.base import (
     BUTTONS,
     SCREEN_TO_BASE,
@@ -33,14 +31,8 @@ from hilrl.feedback.teleop.expert import ExpertDevice  # isort: skip
 from hilrl.feedback.teleop.takeover import DEFAULT_DEAD_ZONE, DeviceInterventionist
 
 
-def __getattr__(name: str) -> Any:
-    if name == "HUMAN_DEVICES":  # read from the registry when asked, so a plugin's device is in it
-        return human_device_names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
-    "BUTTONS", "DEFAULT_DEAD_ZONE", "HUMAN_DEVICES", "SCREEN_TO_BASE", "TELEOP_DEVICES", "DeviceInterventionist",
+    "BUTTONS", "DEFAULT_DEAD_ZONE", "SCREEN_TO_BASE", "TELEOP_DEVICES", "DeviceInterventionist",
     "ExpertDevice", "FrameMap", "GamepadDevice", "KeyboardDevice", "SpaceMouseDevice", "TeleopCommand",
     "TeleopDevice", "TeleopError", "human_device_names", "make_device", "register_device", "teleop_episode",
 ]
