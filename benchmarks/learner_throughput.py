@@ -38,6 +38,12 @@ Our rows come eager, with ``algo.execution.fused_layer_norm`` (the C++ kernel ``
 ``algo.execution.cpu_fused_update`` (the whole update as one C++ call, ``csrc/sac_update.cpp``,
 no autograd; ``--no-cpp-update`` leaves those rows out); ``hilrl.policies.sac.fast`` runs both.
 
+The few-demo recipe rows (``sim_configs/pick_cube_few_demos.yaml``'s update: 2 critics, utd 2, IBRL's BC
+proposal in the target, the TD3+BC term on a quarter of demo rows, standardised states, fixed temperature) run
+eager and with the C++ update; a demo buffer (the first ``--buffer // 10`` transitions) joins the online one.
+IBRL adds per critic step one prior forward and the target members at the prior's action to the count
+(``update_flops(ibrl=True)``). ``--recipe-only`` times just these two rows (and the matmul probe).
+
 ``--levers`` times instead what each speed lever gives our update (2 critics at utd 1 and ``--utd``,
 10 critics at utd 1), in turn with the eager reference: the ``foreach`` Adam instead of the fused one, the
 fused LayerNorm kernel, the compiled critic ensembles (``execution.compile_critic``), the whole
@@ -103,13 +109,16 @@ def forward_flops(shapes: list[tuple[int, int]], rows: int) -> float:
 
 
 def update_flops(obs_dim: int, act_dim: int, hidden: tuple[int, ...], batch: int, critics: int, utd: int,
-                 min_critics: int = 2) -> float:
-    """Matmul FLOPs of one RLPD update (see the module docstring for the counting)."""
+                 min_critics: int = 2, ibrl: bool = False) -> float:
+    """Matmul FLOPs of one RLPD update (see the module docstring for the counting); ``ibrl``: with the BC prior's
+    proposal in the target (one prior forward and ``min_critics`` more target members per critic step)."""
     actor = layer_shapes(obs_dim, hidden, 2 * act_dim)
     critic = layer_shapes(obs_dim + act_dim, hidden, 1)
     fa, fq = forward_flops(actor, batch), forward_flops(critic, batch)
     fa1, fq1 = forward_flops(actor[:1], batch), forward_flops(critic[:1], batch)
     per_critic_step = fa + min_critics * fq + critics * (3 * fq - fq1)
+    if ibrl:
+        per_critic_step += fa + min_critics * fq
     actor_step = (3 * fa - fa1) + 2 * critics * fq
     return utd * per_critic_step + actor_step
 
@@ -175,10 +184,18 @@ def sb3_step(args: argparse.Namespace, device: torch.device, data) -> Callable[[
     return lambda: model.train(gradient_steps=args.iterations, batch_size=args.batch)
 
 
+# The update of sim_configs/pick_cube_few_demos.yaml (its algo: section, less obs_keys); the BC prior's fit
+# (in the warm-up, not timed) is shortened to 200 steps.
+FEW_DEMO_RECIPE = dict(gamma=0.97, init_temperature=0.01, learn_temperature=False, normalisation={"enabled": True},
+                       variants={"bc_coef": 1.0, "bc_proposal": True, "bc_prior_updates": 200}, demo_fraction=0.25)
+
+
 def ours_step(args: argparse.Namespace, device: torch.device, data, critics: int, utd: int,
-              overrides: dict | None = None, change: Callable[[SAC], None] | None = None) -> Callable[[], None]:
+              overrides: dict | None = None, change: Callable[[SAC], None] | None = None,
+              demos: int = 0) -> Callable[[], None]:
     """One ``SAC.train_step`` on a filled buffer, after ``--warmup`` updates (which include any compilation);
-    ``change`` alters the learner first (a speed lever of ``--levers``)."""
+    ``change`` alters the learner first (a speed lever of ``--levers``); ``demos``: that many of the transitions
+    also fill a demo buffer."""
     obs, next_obs, actions, rewards, terminated = data
     n = len(obs)
     obs_space = gym.spaces.Dict({"state": gym.spaces.Box(-np.inf, np.inf, (args.obs_dim,), np.float32)})
@@ -190,9 +207,14 @@ def ours_step(args: argparse.Namespace, device: torch.device, data, critics: int
         change(learner)
     online = ReplayBuffer(obs_space, act_space, n)
     online.extend({"state": obs}, actions, rewards, {"state": next_obs}, terminated, np.zeros(n, bool))
+    demo = None
+    if demos:
+        demo = ReplayBuffer(obs_space, act_space, demos)
+        demo.extend({"state": obs[:demos]}, actions[:demos], rewards[:demos], {"state": next_obs[:demos]},
+                    terminated[:demos], np.zeros(demos, bool))
     for _ in range(args.warmup):
-        learner.train_step(online)
-    return lambda: learner.train_step(online)
+        learner.train_step(online, demo)
+    return lambda: learner.train_step(online, demo)
 
 
 def jax_steps(args: argparse.Namespace, data) -> tuple[dict[str, Callable[[], None]], list, float, str]:
@@ -289,6 +311,8 @@ def main() -> None:
     parser.add_argument("--no-fused", action="store_true", help="leave out the rows with execution.fused_layer_norm")
     parser.add_argument("--no-cpp-update", action="store_true",
                         help="leave out the rows with execution.cpu_fused_update")
+    parser.add_argument("--recipe-only", action="store_true",
+                        help="time only the few-demo recipe rows (IBRL + TD3+BC), eager and with the C++ update")
     parser.add_argument("--levers", action="store_true",
                         help="time what each speed lever gives our update instead of the comparison table")
     args = parser.parse_args()
@@ -302,8 +326,8 @@ def main() -> None:
     data = random_transitions(args.buffer, args.obs_dim, args.act_dim, np.random.default_rng(0))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
-    def flops(critics: int, utd: int) -> float:
-        return update_flops(args.obs_dim, args.act_dim, args.hidden, args.batch, critics, utd)
+    def flops(critics: int, utd: int, ibrl: bool = False) -> float:
+        return update_flops(args.obs_dim, args.act_dim, args.hidden, args.batch, critics, utd, ibrl=ibrl)
 
     probe, probe_flops = matmul_probe(args.obs_dim, args.act_dim, args.hidden, args.batch, device)
     steps: dict[str, Callable[[], None]] = {"matmul": probe}
@@ -315,6 +339,8 @@ def main() -> None:
         lever_table, lever_rows = lever_steps(args, device, data)
         steps.update(lever_table)
         rows += lever_rows
+    elif args.recipe_only:
+        pass
     else:
         if not args.skip_sb3:
             steps["sb3"] = sb3_step(args, device, data)
@@ -347,7 +373,18 @@ def main() -> None:
             rows += jax_rows
             notes.append(jax_note)
             iterations["jax-matmul"] = args.iterations * 4
-    rows = [(key, name, critics, utd, flops(critics, utd)) for key, name, critics, utd, _ in rows]
+    if not args.levers and device.type == "cpu":
+        from hilrl.policies.sac.fast import kernels_buildable
+
+        recipes = [("", {})] + ([] if kernels_buildable() or args.no_cpp_update
+                                else [(" (C++ update)", {"execution": {"cpu_fused_update": True}})])
+        for suffix, overrides in recipes:
+            key = f"recipe{suffix}/2/2"
+            steps[key] = ours_step(args, device, data, 2, 2, {**FEW_DEMO_RECIPE, **overrides},
+                                   demos=args.buffer // 10)
+            rows.append((key, f"few-demo recipe{suffix}", 2, 2, 0.0))
+    rows = [(key, name, critics, utd, flops(critics, utd, ibrl=key.startswith("recipe")))
+            for key, name, critics, utd, _ in rows]
     for key in steps:
         iterations.setdefault(key, args.iterations)
     rates = interleaved_best_rates(steps, iterations, args.repeats, device)
@@ -371,21 +408,26 @@ def main() -> None:
     for note in notes:
         print(note)
     header = (f"{'learner':<34}{'critics':>8}{'utd':>5}{'actor upd/s':>13}{'critic upd/s':>14}"
-              f"{'MFLOP/upd':>11}{'of bound':>10}{'vs SB3':>8}{'vs eager' if args.levers else 'vs JAX':>9}")
+              f"{'MFLOP/upd':>11}{'of bound':>10}{'vs SB3':>8}{'vs eager' if args.levers or args.recipe_only else 'vs JAX':>9}")
     print(header)
     print("-" * len(header))
     jax_rates = {(critics, utd): rates[key] for key, _, critics, utd, _ in rows if key.startswith("jax/")}
     reference = {(critics, utd): rates[key] for key, _, critics, utd, _ in rows if key.startswith("lever/eager")}
+    recipe_eager = rates.get("recipe/2/2")
     for key, name, critics, utd, f in rows:
         ups = rates[key]
         own_rate = jax_rate if key.startswith("jax") else rate
         versus_sb3 = f"{ups / sb3:.2f}x" if sb3 and utd == 1 else "-"
         peer = reference if args.levers else jax_rates
         versus_jax = f"{ups / peer[critics, utd]:.2f}x" if (critics, utd) in peer else "-"
+        if key.startswith("recipe"):  # against the recipe's own eager row (the vs-JAX column is 'vs eager' here)
+            versus_jax = f"{ups / recipe_eager:.2f}x"
         print(f"{name:<34}{critics:>8}{utd:>5}{ups:>13.1f}{ups * utd:>14.1f}{f / 1e6:>11.0f}"
               f"{ups / (own_rate / f):>10.2f}{versus_sb3:>8}{versus_jax:>9}")
     if args.levers:
         print("'vs eager': the ratio to the eager reference row with the same utd")
+    if recipe_eager:
+        print("few-demo recipe rows: the last column is the ratio to the recipe's eager row")
     if device.type == "cuda":
         print("note: on a GPU these small GEMMs are launch-bound, so the measured 'matmul rate' is far below peak "
               "and 'of bound' can exceed 1; compare updates/s with SB3 instead.")

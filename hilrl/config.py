@@ -47,17 +47,81 @@ def registered_task_ids() -> list[str]:
     return sorted(k for k in gym.registry if k.startswith("hilrl/"))
 
 
-class EnvConfig(_Strict):
-    """Which task to run and how it is observed and controlled (keywords of every hilrl task)."""
+def is_hilrl_task(env_id: str) -> bool:
+    """Whether ``env_id`` is one of hilrl's own tasks (``hilrl/...``); every other id is a foreign env, run through
+    an env adapter (:mod:`hilrl.envs.adapter`)."""
+    return env_id.startswith("hilrl/")
 
-    id: str = Field(description="gymnasium id, e.g. hilrl/Reach-v0")
-    cameras: list[Literal["front", "wrist"]] = Field(default_factory=list, description="image observations; [] = state only")
-    image_size: int = Field(128, ge=16, le=1024)
-    control_hz: float = Field(10.0, gt=0, le=1000)
-    use_rotation: bool = False
-    max_episode_steps: int | None = Field(None, ge=1)
-    terminate_on_success: bool = True
-    reward_type: Literal["dense", "sparse", "dense_cost"] = "dense"
+
+# keywords of hilrl's own tasks; a foreign env takes its own through env.kwargs
+HILRL_ONLY_KEYS = ("cameras", "image_size", "control_hz", "use_rotation", "terminate_on_success", "reward_type",
+                   "relative_positions", "remote", "client_key", "server_key")
+# keys that only mean something on a foreign env
+FOREIGN_ONLY_KEYS = ("package", "kwargs", "adapter", "success_key", "action_map")
+
+
+class ActionMapConfig(_Strict):
+    """Which action dimensions of a foreign env a person's teleop device (and hilrl's arm-action experts) drive.
+
+    A teleop device makes hilrl's arm action ``[dx, dy, dz, droll, dpitch, dyaw, gripper]`` in [-1, 1] (gripper
+    absolute: -1 closed, +1 open); this map puts each part at the env's dimensions, scaled. Dimensions it does not
+    name are 0.
+    """
+
+    xyz: list[int] = Field(description="the env's action dimensions of the x, y, z motion, e.g. [0, 1, 2]")
+    rotation: list[int] | None = Field(None, description="the env's dimensions of roll, pitch, yaw motion; None = "
+                                       "the env has none (the device's rotation is dropped)")
+    gripper: int | None = Field(None, description="the env's gripper dimension; None = no gripper")
+    gripper_sign: Literal[1, -1] = Field(1, description="+1: the env's gripper action is +1 open, -1 closed (hilrl's);"
+                                         " -1: +1 closes (gym-hil's)")
+    gripper_scale: float = Field(1.0, gt=0, description="multiplies the gripper command (after the sign)")
+    translation_scale: float = Field(1.0, gt=0, description="multiplies the device's xyz motion (the env's units "
+                                     "per unit of device motion, in the adapter's [-1, 1] action)")
+    rotation_scale: float = Field(1.0, gt=0, description="multiplies the device's rotation")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ActionMapConfig:
+        if len(self.xyz) != 3 or (self.rotation is not None and len(self.rotation) != 3):
+            raise ValueError("env.action_map: xyz (and rotation, when given) name 3 action dimensions each")
+        dims = [*self.xyz, *(self.rotation or []), *([] if self.gripper is None else [self.gripper])]
+        if len(set(dims)) != len(dims) or min(dims) < 0:
+            raise ValueError(f"env.action_map: each action dimension once and >= 0, got {dims}")
+        return self
+
+
+class EnvConfig(_Strict):
+    """Which task to run and how it is observed and controlled.
+
+    ``id`` is a hilrl task (``hilrl/...``, whose keywords are this section's: cameras, reward_type, ...) or any
+    registered gymnasium id, a *foreign* env: its keywords go in ``kwargs`` (to ``gymnasium.make``), ``package``
+    names the module that registers it (imported when the id is validated: the id cannot be checked otherwise,
+    and a config naming a package means to run it), and an env adapter (:mod:`hilrl.envs.adapter`) presents it
+    as hilrl sees its own tasks. hilrl-only keys are refused on a foreign env.
+    """
+
+    id: str = Field(description="gymnasium id: a hilrl task, e.g. hilrl/Reach-v0, or any registered id, e.g. "
+                    "gym_hil/PandaPickCubeBase-v0 or Pendulum-v1 (a foreign env)")
+    package: str | None = Field(None, description="foreign env: a module imported before the id is looked up (it "
+                                "registers the id), e.g. gym_hil; default: the id's namespace, if it imports")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="foreign env: keyword arguments of "
+                                   "gymnasium.make, e.g. {image_obs: true}")
+    adapter: str = Field("gymnasium", description="foreign env: the registered env adapter that presents it to hilrl "
+                         "(hilrl.envs.adapter.ENV_ADAPTERS), or a plugin's")
+    success_key: str | None = Field(None, description="foreign env: the info key that says the episode succeeded; "
+                                    "None tries is_success, success, succeed")
+    action_map: ActionMapConfig | None = Field(None, description="foreign env: which action dimensions a teleop "
+                                               "device drives (xyz, rotation, gripper and its sign)")
+    expert: str | None = Field(None, description="a scripted policy 'module:callable', a factory f(env, noise, seed) "
+                               "-> expert with reset() and expert(obs) -> action; records demos and intervenes as a "
+                               "simulated person. None = the registered one for the id (hilrl tasks, gym-hil's pick)")
+    cameras: list[Literal["front", "wrist"]] = Field(default_factory=list, description="image observations; [] = "
+                                                     "state only")
+    image_size: int = Field(128, ge=16, le=1024, description="camera image width and height in pixels")
+    control_hz: float = Field(10.0, gt=0, le=1000, description="policy steps per second")
+    use_rotation: bool = Field(False, description="7-d actions with roll, pitch, yaw motion (else 4-d)")
+    max_episode_steps: int | None = Field(None, ge=1, description="time limit in steps; None = the env's own")
+    terminate_on_success: bool = Field(True, description="end the episode at success")
+    reward_type: Literal["dense", "sparse", "dense_cost"] = Field("dense", description="the task's reward")
     relative_positions: bool = Field(False, description="add obs keys tcp_to_object and object_to_goal "
                                      "(hilrl.envs.wrappers.RelativePositions)")
     remote: str | None = Field(None, description="robot server address, e.g. tcp://127.0.0.1:5555")
@@ -65,8 +129,46 @@ class EnvConfig(_Strict):
                                    "(`hilrl keys generate`; its .key goes to the server's --allow-keys folder)")
     server_key: str | None = Field(None, description="remote arm over CurveZMQ: the robot server's public .key file")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _import_package(cls, value: Any) -> Any:
+        """Import ``package`` (or the id's namespace) first: the id is known to gymnasium only after it."""
+        if isinstance(value, dict) and isinstance(value.get("id"), str) and not is_hilrl_task(value["id"]):
+            from hilrl.envs.adapter import import_env_package
+
+            import_env_package(value["id"], value.get("package"))
+        return value
+
+    @property
+    def foreign(self) -> bool:
+        """Whether the id is not a hilrl task (it runs through an env adapter)."""
+        return not is_hilrl_task(self.id)
+
+    def _changed(self, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` set to other than their default (a dumped config sets every key, to its default)."""
+        fields = type(self).model_fields
+        return [key for key in keys if key in self.model_fields_set
+                and getattr(self, key) != fields[key].get_default(call_default_factory=True)]
+
     @model_validator(mode="after")
     def _keys_need_remote(self) -> EnvConfig:
+        if self.foreign:
+            given = self._changed(HILRL_ONLY_KEYS)
+            if given:
+                raise ValueError(f"env.{', env.'.join(given)}: keyword(s) of hilrl's own tasks, not of {self.id!r}; "
+                                 f"give {self.id}'s own keywords under env.kwargs (passed to gymnasium.make)")
+            from hilrl.envs.adapter import ENV_ADAPTERS
+
+            if self.adapter not in ENV_ADAPTERS:
+                raise ValueError("env.adapter: " + ENV_ADAPTERS.unknown(self.adapter))
+        else:
+            given = self._changed(FOREIGN_ONLY_KEYS)
+            if given:
+                raise ValueError(f"env.{', env.'.join(given)}: for foreign envs (any gymnasium id); {self.id!r} is a "
+                                 "hilrl task: set its keys (cameras, reward_type, use_rotation, ...) directly")
+        if self.expert is not None and ":" not in self.expert:
+            raise ValueError(f"env.expert {self.expert!r}: give a scripted policy as 'module:callable' (a factory "
+                             "f(env, noise, seed) -> expert)")
         if (self.client_key is None) != (self.server_key is None):
             raise ValueError("set both env.client_key (our .key_secret) and env.server_key (the server's .key), "
                              "or neither")
@@ -77,18 +179,36 @@ class EnvConfig(_Strict):
     @field_validator("id")
     @classmethod
     def _known_task(cls, value: str) -> str:
+        if not is_hilrl_task(value):
+            from hilrl.envs.adapter import check_env_id
+
+            check_env_id(value)
+            return value
         ids = registered_task_ids()
         if value not in ids:
-            raise ValueError(f"unknown task {value!r}; allowed: {', '.join(ids)}")
+            raise ValueError(f"unknown task {value!r}; allowed: {', '.join(ids)}, or any registered gymnasium id "
+                             "(a foreign env)")
         return value
 
     def make_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``gymnasium.make(self.id, ...)``."""
-        kwargs = self.model_dump(exclude={"id", "remote", "max_episode_steps", "client_key", "server_key",
-                                          "relative_positions"})
+        if self.foreign:
+            kwargs = dict(self.kwargs)
+            if self.max_episode_steps is not None:
+                kwargs["max_episode_steps"] = self.max_episode_steps
+            return kwargs
+        kwargs = self.model_dump(include={"cameras", "image_size", "control_hz", "use_rotation",
+                                          "terminate_on_success", "reward_type"})
         kwargs["cameras"] = tuple(self.cameras)
         if self.max_episode_steps is not None:
             kwargs["max_episode_steps"] = self.max_episode_steps
+        return kwargs
+
+    def file_kwargs(self) -> dict[str, Any]:
+        """``make_kwargs`` as a demo file's ``env_args['env_kwargs']`` stores them (JSON: lists, no tuples)."""
+        kwargs = self.make_kwargs()
+        if "cameras" in kwargs:
+            kwargs["cameras"] = list(kwargs["cameras"])
         return kwargs
 
 
@@ -114,7 +234,8 @@ class DemosConfig(_Strict):
 class InterventionConfig(_Strict):
     """Who may take over from the policy during training (door 1), and how intervention steps are stored.
 
-    ``source``: a simulated person driving the scripted expert behind a gate (``value``: RLIF's
+    ``source``: a simulated person driving the scripted expert (``person``: one who watches the task and
+    steps in when it stalls or regresses, settings in ``kwargs``; or behind a gate, ``value``: RLIF's
     reference-critic gate; ``distance``: HG-DAgger's action-distance gate; ``random``), or a real
     person on a teleop ``device`` (HIL-SERL: the device takes over when it moves beyond ``dead_zone``,
     a held intervene button, or a gripper change; it needs ``pip install 'hilrl[teleop]'``).
@@ -125,13 +246,13 @@ class InterventionConfig(_Strict):
     intervention gets -1; see the ``reward:`` section).
     """
 
-    source: str = Field("none", description="none, or a registered intervention source: value, distance, random, "
-                        "device, or a plugin's (hilrl.feedback.interventions.INTERVENTIONISTS)")
+    source: str = Field("none", description="none, or a registered intervention source: person, value, distance, "
+                        "random, device, or a plugin's (hilrl.feedback.interventions.INTERVENTIONISTS)")
     learn_from: Literal["hil_serl", "rlif"] = "hil_serl"
     device: str | None = Field(None, description="source: device: the person's teleop device, a registered one: "
                                "keyboard, gamepad, spacemouse, or a plugin's (README, Teleoperation)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="settings of an intervention source that "
-                                   "registered a config class (a plugin's); validated by it. The built-ins take none")
+                                   "registered a config class (person: PersonSettings; a plugin's); validated by it")
     dead_zone: float = Field(0.05, ge=0.0, description="source: device: motion (action units) below which the policy "
                              "keeps control (HIL-SERL's near-zero threshold; 0.05 ignores a resting hand)")
     expert_noise: float = Field(0.0, ge=0.0, le=1.0, description="quality of the intervening expert")
@@ -381,7 +502,35 @@ class ExperimentConfig(_Strict):
         if spec.loop in ("offline", "dagger") and not (self.demos.path or self.demos.episodes):
             raise ValueError(f"demos: algo {name!r} starts from behaviour cloning; set demos.episodes > 0 or "
                              "demos.path")
+        self._foreign_env_rules(name, spec)
         return self
+
+    def _foreign_env_rules(self, name: str, spec: Any) -> None:
+        """What a foreign env (any gymnasium id, through an env adapter) can do: the scripted expert parts need a
+        scripted policy for it; the hilrl-only parts are refused with the reason."""
+        env = self.env
+        if not env.foreign:
+            return
+        from hilrl.feedback.experts import has_expert
+        from hilrl.feedback.interventions import INTERVENTIONISTS
+
+        source = self.intervention.source
+        if source != "none" and INTERVENTIONISTS.entry(source)["device"] and env.action_map is None:
+            raise ValueError(f"intervention.source {source!r}: a person's device drives {env.id!r} through "
+                             "env.action_map; set which of its action dimensions are xyz, rotation and gripper (e.g. "
+                             "action_map: {xyz: [0, 1, 2], gripper: 6, gripper_sign: -1})")
+        if not has_expert(env.id, env.expert):
+            fix = ("set env.expert to your scripted policy 'module:callable' (a factory f(env, noise, seed) -> expert "
+                   "with reset() and expert(obs) -> action)")
+            if not self.demos.path and self.demos.episodes:
+                raise ValueError(f"demos: {self.demos.episodes} demos would be recorded by the scripted expert, and "
+                                 f"{env.id!r} has none; {fix}, or give demos.path (e.g. recorded with `hilrl record "
+                                 "--device keyboard`), or set demos.episodes: 0")
+            if source != "none" and not INTERVENTIONISTS.entry(source)["device"]:
+                raise ValueError(f"intervention.source {source!r}: a simulated person drives the scripted expert, and "
+                                 f"{env.id!r} has none; {fix}, or intervene yourself (source: device)")
+            if spec.loop == "dagger":
+                raise ValueError(f"algo {name!r} asks the scripted expert for labels, and {env.id!r} has none; {fix}")
 
 
 def import_config_plugins(names: Any, where: str) -> None:

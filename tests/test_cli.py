@@ -124,11 +124,20 @@ def test_the_demo_job_runs_rl_with_a_simulated_person(tmp_path):
     trained = hilrl("train", ROOT / "sim_configs/reach_hil.yaml", "--steps", 400, "--out", run)
     assert trained.returncode == 0, trained.stderr[-2000:]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["algo"] == "sac" and metrics["intervention_source"] == "distance"
+    assert metrics["algo"] == "sac" and metrics["intervention_source"] == "person"
     assert metrics["learn_from"] == "hil_serl"
     assert metrics["env_steps"] == 400 and metrics["updates"] == 400 - 200 + 1
     assert 0 < metrics["intervened_steps"] < 400 and metrics["interventions"] > 0
     assert (run / "final_policy.mp4").stat().st_size > 0
+    # the progress line tells the policy's own success apart from the episodes the person finished (issue 27)
+    assert "own success" in trained.stderr and "assisted" in trained.stderr and "intervened" in trained.stderr
+    assert 0 <= metrics["own_successes"] <= metrics["successes"]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert {"rollout/own_success_rate", "rollout/assisted_success_rate",
+            "rollout/intervention_rate"} <= set(events.Tags()["scalars"])
 
 
 @pytest.mark.parametrize("task", ["push", "pick_cube", "peg_insert"])

@@ -61,6 +61,7 @@ def test_missing_file(tmp_path):
 
 
 def test_shipped_configs_validate():
+    import importlib.util
     from pathlib import Path
 
     import yaml
@@ -70,6 +71,8 @@ def test_shipped_configs_validate():
     configs = sorted(Path(__file__).parents[1].joinpath("sim_configs").glob("*.yaml"))
     assert {p.name for p in configs} >= {"reach.yaml", "push.yaml", "pick_cube.yaml", "peg_insert.yaml"}
     for path in configs:
+        if path.name.startswith("gym_hil") and importlib.util.find_spec("gym_hil") is None:
+            continue  # gym-hil needs mujoco<3.9: tests/test_gym_hil.py validates these in the second venv
         # a correction session (`hilrl correct`) names a task variant; every other file is an experiment
         (load_correction_config if "task" in yaml.safe_load(path.read_text()) else load_config)(path)
 

@@ -411,6 +411,28 @@ def test_an_open_gripper_hovering_on_the_object_earns_no_grasp_reward(env_id, gr
         assert rise < 0.02  # and indeed nothing was held
 
 
+@pytest.mark.parametrize("seed", [3, 6])
+def test_pads_striking_the_cube_for_one_step_earn_no_grasp_reward(seed):
+    """Descending pads that strike a yawed cube's edges press on it with over 0.5 N for one step (an
+    impact, under mujoco 3.8.1 and 4.0.1 alike), then rest lightly on it: no squeeze, nothing lifted. A
+    one-step rule paid that impact (and under 3.8.1, the test above on seed 0)."""
+    env = gym.make("hilrl/PickCube-v0")
+    base = env.unwrapped
+    obs, _ = env.reset(seed=seed)
+    start_z, grasp_reward, strikes = float(obs["object"][2]), 0.0, []
+    for t in range(40):
+        to_cube = obs["object"][:3] - obs["ee_pos"]
+        obs, _, _, _, info = env.step(np.append(np.clip(to_cube / base.action_scale, -1, 1), 0.2).astype(np.float32))
+        grasp_reward += info["reward_terms"]["grasped"]
+        if min(base.pad_forces(base.model.geom("cube").id)) >= 0.5:
+            strikes.append(t)
+    for _ in range(20):
+        obs, *_ = env.step(np.array([0, 0, 1, 0.2], np.float32))
+    env.close()
+    assert len(strikes) == 1, strikes  # the impact is there, for one step
+    assert grasp_reward == 0.0 and float(obs["object"][2]) - start_z < 0.02, (grasp_reward, obs["object"][2])
+
+
 def test_the_experts_grasp_earns_the_grasp_reward_and_lifts_the_cube():
     env = gym.make("hilrl/PickCube-v0")
     expert = make_expert(env)

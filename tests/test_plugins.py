@@ -178,7 +178,7 @@ def test_an_unknown_name_is_one_line_listing_the_registered_ones(tmp_path):
     result = hilrl_train({**TINY, "plugins": ["toy_gate.py"], "intervention": {"source": "toy_evry"}}, tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "unknown intervention source 'toy_evry' (did you mean 'toy_every'?); allowed: none, value, distance, " \
-           "random, device, toy_every" in " ".join(result.stderr.split())
+           "random, person, device, toy_every" in " ".join(result.stderr.split())
     with pytest.raises(ConfigError, match=r"unknown teleop device 'pedal'.*allowed: keyboard, gamepad, spacemouse"):
         validate_config({**TINY, "intervention": {"source": "device", "device": "pedal"}})
     with pytest.raises(ConfigError, match=r"intervention.kwargs: source 'random' takes no settings"):

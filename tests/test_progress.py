@@ -16,7 +16,7 @@ from hilrl.runtime import progress
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-STATS = "success 45%  intervened 12%  1234 updates/s"
+STATS = "own success 45%  assisted 10%  intervened 12%  1234 updates/s"
 STATS_WRAPPED = r"\s+".join(STATS.split())  # the same words, a line break allowed between any two
 
 

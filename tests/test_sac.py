@@ -227,10 +227,17 @@ def needs_cpp_update() -> None:
     (4, 2, dict(variants={"bc_coef": 0.5})),  # TD3+BC's demo term, and the two target members drawn from four
     (2, 2, dict(backup_entropy=False, learn_temperature=False, normalisation={"enabled": True},
                 init_temperature=0.1)),
+    (2, 2, dict(variants={"bc_proposal": True, "bc_prior_updates": 30}, init_temperature=0.1)),  # IBRL, entropy
+    # the few-demo recipe (sim_configs/pick_cube_few_demos.yaml): IBRL and TD3+BC, subsets of the members
+    (4, 2, dict(variants={"bc_proposal": True, "bc_coef": 1.0, "bc_prior_updates": 30}, learn_temperature=False,
+                init_temperature=0.01, normalisation={"enabled": True})),
+    (2, 2, dict(variants={"bc_proposal": True, "bc_prior_updates": 30, "target_bounds": [-0.5, 0.8]},
+                init_temperature=0.1)),  # targets clipped (the bounds bind on most rows of N(0, 1) rewards)
 ])
 def test_cpu_fused_update_matches_eager(num_critics, utd, extra):
     """``cpu_fused_update`` is speed only: from the same state, batch and noise, the same update as the eager
-    reference (critic steps, target members, actor through the critic, temperature, Adam, Polyak, metrics)."""
+    reference (critic steps, target members, IBRL's proposal in the target, actor through the critic, TD3+BC,
+    temperature, Adam, Polyak, metrics)."""
     needs_cpp_update()
     config = dict(num_critics=num_critics, utd=utd, **extra, **SMALL)
     eager = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**config), seed=2)
@@ -241,9 +248,43 @@ def test_cpu_fused_update_matches_eager(num_critics, utd, extra):
         for learner in (eager, fast):
             learner.encoder.fit_state_normalizer({k: 0.2 * v[:50] for k, v in buf.obs.items()}, 0.05, 1.5)
             learner.target["encoder"].load_state_dict(learner.encoder.state_dict())
+    if extra.get("variants", {}).get("bc_proposal"):  # the same prior, fitted on demos, in both learners
+        demos = ReplayBuffer(STATE_SPACE, ACT_SPACE, 40)
+        fill(demos, 40, np.random.default_rng(6))
+        for learner in (eager, fast):
+            learner.fit_bc_prior(demos)
+        assert_proposal_wins_some_rows(eager, demos)
     assert_same_updates(eager, fast, demo_rows=6 if "variants" in extra else 0)
     torch.testing.assert_close(fast.log_temperature, eager.log_temperature, rtol=1e-4, atol=1e-6)
     assert all(p.grad is None for p in fast.critic.parameters())  # its gradients live in its own buffers
+
+
+def assert_proposal_wins_some_rows(sac: SAC, buffer: ReplayBuffer) -> None:
+    """IBRL's max in the target picks the BC prior's action on some rows and the actor's on others (so an
+    equivalence test with it checks both branches)."""
+    batch = batch_to_torch(buffer.sample(32, np.random.default_rng(3)), "cpu")
+    with torch.no_grad():
+        noise = sac.draw_noise(32 // sac.config.utd)
+        next_a, next_reg = sac.next_actions(batch["next_obs"], noise["next_eps"][:32], None, sac.temperature)
+        features = sac.target["encoder"](batch["next_obs"])
+        members = noise["members"][0]
+        q_actor = sac.target_q(features, next_a, members).min(dim=0).values
+        if sac.config.backup_entropy:
+            q_actor = q_actor - next_reg
+        proposal = sac.bc_prior.mean_action(batch["next_obs"])
+        q_prior = sac.target_q(features, proposal, members).min(dim=0).values
+    wins = int((q_prior > q_actor).sum())
+    assert 0 < wins < 32, wins
+
+
+def test_cpu_fused_update_runs_on_the_cpu_with_device_auto_and_refuses_an_explicit_gpu(monkeypatch):
+    """A shipped config with the C++ update (``device: auto``) still runs where a GPU is seen: on the CPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    needs_cpp_update()
+    fast = SAC(STATE_SPACE, ACT_SPACE, SACConfig(execution={"cpu_fused_update": True}, **SMALL))
+    assert fast.device == torch.device("cpu") and fast.cpp_update is not None
+    with pytest.raises(HilrlError, match="device cuda .*set device: cpu or auto"):
+        SAC(STATE_SPACE, ACT_SPACE, SACConfig(execution={"cpu_fused_update": True}, device="cuda", **SMALL))
 
 
 def fill_and_sample(rows: int = 32):
@@ -266,7 +307,6 @@ def test_cpu_fused_update_continues_an_eager_checkpoint_and_refuses_what_it_does
         assert int(fast.critic_optimizer.state[mine]["step"]) == int(eager.critic_optimizer.state[theirs]["step"]) == 12
     image_space = gym.spaces.Dict({"rgb": gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)})
     for space, extra in ((STATE_SPACE, dict(variants={"kl_coef": 0.1})),
-                         (STATE_SPACE, dict(variants={"bc_proposal": True})),
                          (STATE_SPACE, dict(max_grad_norm=1.0)), (STATE_SPACE, dict(actor_batch="whole")),
                          (STATE_SPACE, dict(critic_layer_norm=False)), (image_space, {})):
         with pytest.raises(HilrlError, match="cpu_fused_update=False"):
@@ -298,6 +338,22 @@ def test_target_is_min_over_the_two_chosen_members(backup_entropy):
     # the other members would give another value: the choice matters
     q0 = member_forward(sac.target["q"], 0, x)
     assert not torch.allclose(torch.minimum(q4, q1), torch.minimum(q0, q1))
+
+
+def test_target_bounds_clip_the_target_and_leave_targets_within_them_alone():
+    """``variants.target_bounds``: targets outside the bounds become the bound, those inside are unchanged."""
+    rng = np.random.default_rng(0)
+    next_obs = {k: torch.as_tensor(rng.uniform(-1, 1, (64, *s.shape)), dtype=torch.float32)
+                for k, s in STATE_SPACE.items()}
+    args = (torch.linspace(-3, 3, 64), torch.ones(64), next_obs, torch.zeros(64, 2), torch.zeros(64),
+            torch.tensor([0, 1]))
+    free = SAC(STATE_SPACE, ACT_SPACE, SACConfig(**SMALL), seed=0).critic_target(*args)
+    bounded = SAC(STATE_SPACE, ACT_SPACE, SACConfig(variants={"target_bounds": [-1.0, 1.5]}, **SMALL),
+                  seed=0).critic_target(*args)
+    torch.testing.assert_close(bounded, free.clamp(-1.0, 1.5))
+    assert (free < -1.0).any() and (free > 1.5).any() and ((free > -1.0) & (free < 1.5)).any()
+    with pytest.raises(HilrlError, match="target_bounds must be \\[low, high\\] with low < high"):
+        SACConfig(variants={"target_bounds": [2.0, 1.0]})
 
 
 def test_truncated_steps_bootstrap_and_members_are_distinct():
@@ -809,7 +865,7 @@ def test_a_run_folder_recorded_with_flat_keys_is_still_the_same_run(tmp_path):
 
 def test_every_rule_between_settings_is_the_configs():
     """The exclusions are checked when the config is built, before any learner or C++ build."""
-    for bad in (dict(variants={"kl_coef": 0.1}), dict(variants={"bc_proposal": True}), dict(max_grad_norm=1.0),
+    for bad in (dict(variants={"kl_coef": 0.1}), dict(max_grad_norm=1.0),
                 dict(critic_layer_norm=False), dict(actor_layer_norm=True), dict(actor_batch="whole")):
         with pytest.raises(HilrlError, match="set execution.cpu_fused_update=False"):
             SACConfig(execution={"cpu_fused_update": True}, **bad)

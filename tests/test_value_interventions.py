@@ -45,7 +45,7 @@ def test_value_interventions_from_a_reference_checkpoint(tmp_path):
     starts, stops = boundaries[::2], boundaries[1::2]
     cut = done[stops - 1] | (stops == len(intervened))
     assert ((stops - starts)[~cut] >= 4).all()
-    assert (~cut).sum() > 5
+    assert (~cut).sum() >= 5  # enough whole segments for the check above (5 since the gate judges the intended action)
     assert (rewards == -1).sum() > 0
 
 

@@ -6,7 +6,8 @@ measures what a reward reflection needs (:func:`reward_traces`) and writes ``res
 run, which a resumed search takes as done. Backends (:func:`run_jobs`): ``serial`` (this process),
 ``local`` (a ``ProcessPoolExecutor`` of spawned processes sized to the machine, one torch thread each)
 and ``ray`` (one Ray task per candidate, ``num_cpus=1``). Every candidate is seeded by its config alone,
-so the results are the same whichever backend ran it.
+so the results are the same whichever backend ran it. A :class:`CandidatePool` takes jobs one by one, so a
+search starts training each sample as soon as the LLM has written it, while it writes the next.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,8 @@ import numpy as np
 
 from hilrl.errors import HilrlError
 
-__all__ = ["BACKENDS", "CandidateJob", "default_workers", "reward_traces", "run_jobs", "train_candidate"]
+__all__ = ["BACKENDS", "CandidateJob", "CandidatePool", "default_workers", "reward_traces", "run_jobs",
+           "train_candidate"]
 
 BACKENDS = ("serial", "local", "ray")
 RESULT = "result.json"
@@ -178,36 +180,52 @@ def _progress_of(job: CandidateJob) -> str:
 
 
 class _Display:
-    """A live table, one row per candidate: state and success so far."""
+    """A table, one row per candidate (or per sample that never became one): its state.
 
-    def __init__(self, title: str, jobs: Sequence[CandidateJob], show: bool) -> None:
-        self.title, self.jobs, self.show = title, jobs, show
-        self.states = {job.key: "queued" for job in jobs}
+    In a terminal it is live (rich ``Live``); piped to a file, each row's final state is printed as one line
+    when it is reached and the whole table once at the end, each on lines of its own."""
+
+    def __init__(self, title: str, show: bool) -> None:
+        self.title, self.show = title, show
+        self.states: dict[str, str] = {}
+        self.labels: dict[str, str] = {}
+        self.jobs: dict[str, CandidateJob] = {}
         self._live: Any = None
 
     def __enter__(self) -> _Display:
         if self.show:
-            from rich.live import Live
-
             from hilrl.runtime.progress import console
 
-            self._live = Live(self._table(), console=console, refresh_per_second=2, transient=False)
-            self._live.__enter__()
+            if console.is_terminal and not console.is_dumb_terminal:
+                from rich.live import Live
+
+                self._live = Live(self._table(), console=console, refresh_per_second=2, transient=False)
+                self._live.__enter__()
         return self
 
     def _table(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=self.title)
+        table = Table(title=self.title, caption="fitness: the best validation success rate during training")
         table.add_column("candidate")
+        if any(self.labels.values()):
+            table.add_column("program")
         table.add_column("state")
-        for job in self.jobs:
-            state = self.states[job.key]
-            table.add_row(job.key, _progress_of(job) if state == "training" else state)
+        for key, state in self.states.items():
+            shown = _progress_of(self.jobs[key]) if state == "training" and key in self.jobs else state
+            label = [self.labels.get(key, "")] if any(self.labels.values()) else []
+            table.add_row(key, *label, shown)
         return table
 
-    def set(self, key: str, state: str) -> None:
+    def set(self, key: str, state: str, label: str | None = None, final: bool = False) -> None:
         self.states[key] = state
+        if label is not None:
+            self.labels[key] = label
+        if final and self.show and self._live is None:
+            from hilrl.runtime.progress import console
+
+            name = f"{key} ({self.labels[key]})" if self.labels.get(key) else key
+            console.print(f"{self.title}: {name}: {state}", highlight=False, soft_wrap=True)
         self.refresh()
 
     def refresh(self) -> None:
@@ -218,12 +236,143 @@ class _Display:
         if self._live is not None:
             self._live.update(self._table())
             self._live.__exit__(*exc)
+        elif self.show and self.states:
+            from rich.console import Console
+
+            from hilrl.runtime.progress import console
+
+            wide = Console(file=console.file, width=max(console.width, 120))  # a file has room: no wrapped cells
+            wide.print(self._table())
 
 
 def _done_state(result: dict[str, Any]) -> str:
     if result["status"] == "trained":
-        return f"done: success {result['success_rate']:.0%} (best during training {result['fitness']:.0%})"
-    return "failed: " + result.get("traceback", "").strip().splitlines()[-1][:80]
+        return f"trained: fitness {result['fitness']:.0%}, final test success {result['success_rate']:.0%}"
+    return "failed while training: " + result.get("traceback", "").strip().splitlines()[-1][:100]
+
+
+class CandidatePool:
+    """Trains candidates as they are submitted, while the caller goes on (e.g. the LLM writes the next sample).
+
+    ``with CandidatePool(...) as pool: pool.submit(job); ...; results = pool.wait()``. A job whose folder holds a
+    ``result.json`` is taken as done. :meth:`note` adds a row for something that is not trained (a refused sample)
+    so that the table lists every sample.
+
+    Args:
+        backend: ``serial`` (trains in :meth:`submit` itself, nothing overlaps), ``local`` (process pool) or ``ray``.
+        workers: parallel trainings (default: the machine's CPUs).
+        show_progress: the table (live in a terminal, lines when piped).
+        title: the table's title.
+        on_result: called with each result as it arrives.
+
+    Raises:
+        HilrlError: unknown backend, or Ray missing.
+    """
+
+    def __init__(self, backend: str = "local", workers: int | None = None, show_progress: bool = True,
+                 title: str = "candidates", on_result: Callable[[dict[str, Any]], None] | None = None) -> None:
+        if backend not in BACKENDS:
+            raise HilrlError(f"--backend {backend!r}: allowed values are {', '.join(BACKENDS)}")
+        self.backend, self.workers, self.on_result = backend, max(1, workers or default_workers()), on_result
+        self.display = _Display(title, show_progress)
+        self.results: dict[str, dict[str, Any]] = {}
+        self._pending: dict[Any, CandidateJob] = {}
+        self._pool: Any = None
+        self._ray: Any = None
+        self._ray_started = False
+        self._env: Any = None
+
+    def __enter__(self) -> CandidatePool:
+        self.display.__enter__()
+        return self
+
+    def note(self, key: str, state: str, label: str | None = None, final: bool = True) -> None:
+        """A row of the table that is not a training (``generating``, ``refused: ...``)."""
+        self.display.set(key, state, label, final=final)
+
+    def _finished(self, result: dict[str, Any]) -> None:
+        self.results[result["key"]] = result
+        self.display.set(result["key"], _done_state(result), final=True)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def submit(self, job: CandidateJob, label: str | None = None) -> None:
+        """Start training ``job`` (or take its earlier result)."""
+        self.display.jobs[job.key] = job
+        done = load_result(job.folder)
+        if done is not None:
+            self.results[job.key] = done
+            self.display.set(job.key, "done earlier: " + _done_state(done), label, final=True)
+            return
+        self.display.set(job.key, "training" if self.backend != "local" or len(self._pending) < self.workers
+                         else "queued", label)
+        if self.backend == "serial":
+            self._finished(train_candidate(job))
+        elif self.backend == "local":
+            if self._pool is None:
+                import multiprocessing
+
+                self._env = _one_thread_env()
+                self._env.__enter__()
+                self._pool = ProcessPoolExecutor(max_workers=self.workers, initializer=_worker_init,
+                                                 mp_context=multiprocessing.get_context("spawn"))
+            self._pending[self._pool.submit(train_candidate, job)] = job
+        else:
+            if self._ray is None:
+                self._ray = self._start_ray()
+            self._pending[self._ray_remote.remote(job)] = job
+        self.poll()
+
+    def _start_ray(self) -> Any:
+        try:
+            import ray
+        except ImportError:
+            raise HilrlError("--backend ray needs Ray: pip install 'hilrl[ray]'") from None
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        if not ray.is_initialized():  # a local Ray instance; RAY_ADDRESS (an existing cluster) is honoured
+            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            self._ray_started = True
+        self._ray_remote = ray.remote(num_cpus=1, max_retries=0)(train_candidate)
+        return ray
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Collect what has finished (waiting up to ``timeout`` s for the first), refresh the table."""
+        if self._pending:
+            if self.backend == "local":
+                done, _ = wait(list(self._pending), timeout=timeout, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._pending.pop(future)
+                    self._finished(future.result())
+                for future, job in self._pending.items():
+                    if future.running() and self.display.states.get(job.key) == "queued":
+                        self.display.states[job.key] = "training"
+            else:
+                done, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+                for ref in done:
+                    self._pending.pop(ref)
+                    self._finished(self._ray.get(ref))
+        self.display.refresh()
+
+    def wait(self) -> dict[str, dict[str, Any]]:
+        """Every submitted job's result, by key."""
+        while self._pending:
+            self.poll(timeout=1.0)
+        return self.results
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        try:
+            if self._pool is not None:
+                if kind is not None:  # interrupted or a candidate crashed: the workers (own sessions) stop too
+                    for process in list(getattr(self._pool, "_processes", {}).values()):
+                        process.terminate()
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                else:
+                    self._pool.shutdown()
+                self._env.__exit__(None, None, None)
+            if self._ray_started:
+                self._ray.shutdown()
+        finally:
+            self.display.__exit__(kind, *exc)
 
 
 def run_jobs(jobs: Sequence[CandidateJob], backend: str = "local", workers: int | None = None,
@@ -235,63 +384,19 @@ def run_jobs(jobs: Sequence[CandidateJob], backend: str = "local", workers: int 
         jobs: the candidates.
         backend: ``serial``, ``local`` (process pool) or ``ray``.
         workers: parallel trainings (default: the machine's CPUs).
-        show_progress: a live table of the candidates.
+        show_progress: a table of the candidates.
         title: the table's title.
         on_result: called with each result as it arrives.
 
     Raises:
         HilrlError: unknown backend, or Ray missing.
     """
-    if backend not in BACKENDS:
-        raise HilrlError(f"--backend {backend!r}: allowed values are {', '.join(BACKENDS)}")
-    results: dict[str, dict[str, Any]] = {}
-    todo = []
-    for job in jobs:
-        done = load_result(job.folder)
-        if done is not None:
-            results[job.key] = done
-        else:
-            todo.append(job)
-    workers = max(1, min(workers or default_workers(), len(todo) or 1))
-    with _Display(title, jobs, show_progress) as display:
-        for key, result in results.items():
-            display.set(key, "done earlier: " + _done_state(result))
-
-        def finished(result: dict[str, Any]) -> None:
-            results[result["key"]] = result
-            display.set(result["key"], _done_state(result))
-            if on_result is not None:
-                on_result(result)
-
-        if backend == "serial" or not todo:
-            for job in todo:
-                display.set(job.key, "training")
-                finished(train_candidate(job))
-        elif backend == "local":
-            import multiprocessing
-
-            with _one_thread_env(), ProcessPoolExecutor(max_workers=workers, initializer=_worker_init,
-                                                        mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures: dict[Future, CandidateJob] = {pool.submit(train_candidate, job): job for job in todo}
-                for job in todo[:workers]:
-                    display.set(job.key, "training")
-                pending = set(futures)
-                try:
-                    while pending:
-                        done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                        for future in done:
-                            finished(future.result())
-                        for future in pending:
-                            if future.running() and display.states[futures[future].key] == "queued":
-                                display.states[futures[future].key] = "training"
-                        display.refresh()
-                except BaseException:  # interrupted or a candidate crashed: the workers (own sessions) stop too
-                    for process in list(getattr(pool, "_processes", {}).values()):
-                        process.terminate()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-        else:
-            _run_on_ray(todo, workers, display, finished)
+    todo = sum(load_result(job.folder) is None for job in jobs)
+    with CandidatePool(backend, max(1, min(workers or default_workers(), todo or 1)), show_progress, title,
+                       on_result) as pool:
+        for job in jobs:
+            pool.submit(job)
+        results = pool.wait()
     return [results[job.key] for job in jobs]
 
 
@@ -337,29 +442,3 @@ def _worker_init() -> None:
         pass
     if os.getppid() == 1:  # the search died before this worker set that up
         os._exit(1)
-
-
-def _run_on_ray(todo: Sequence[CandidateJob], workers: int, display: _Display,
-                finished: Callable[[dict[str, Any]], None]) -> None:
-    try:
-        import ray
-    except ImportError:
-        raise HilrlError("--backend ray needs Ray: pip install 'hilrl[ray]'") from None
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    started_here = not ray.is_initialized()
-    if started_here:  # a local Ray instance; RAY_ADDRESS (an existing cluster) is honoured by ray.init
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(train_candidate)
-        refs = {remote.remote(job): job for job in todo}
-        for job in todo:
-            display.set(job.key, "training")
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
-            for ref in done:
-                finished(ray.get(ref))
-            display.refresh()
-    finally:
-        if started_here:
-            ray.shutdown()

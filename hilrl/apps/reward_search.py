@@ -11,10 +11,21 @@ task's success metric, the best validation success rate over training, never the
 The reflection lists each reward component's values at ~10 checkpoints over training with
 max/mean/min, the task score and episode lengths, plus the paper's tips (``policy_feedback``,
 ``code_feedback``, ``code_output_tip``). The next conversation is [system, user, best sample, its
-feedback] (replaced, not appended); when every sample fails the messages stay as they were.
-Execute rate = samples that trained / K. At the end the best reward is retrained with several seeds,
-beside the task's sparse reward and its own dense reward (the "human" reward), and the
-human-normalised score (Method - Sparse) / |Human - Sparse|, clipped to [0, 3], is reported.
+feedback] (replaced, not appended). When every sample fails, Eureka repeats the iteration from the same
+messages; with a few samples of a small model that repeats the same mistake, so here the next conversation
+is [system, user, one failed sample, its feedback]: the runtime error with its hint, or the sandbox's
+refusal with the fix of each problem (:func:`hilrl.llm.sandbox.check_code` checks the signature and
+catches a batch unpacked by rows before anything runs). Execute rate = samples that trained / K.
+
+Candidates train while the LLM writes: each sample starts training as soon as it is checked
+(:class:`~hilrl.apps.candidates.CandidatePool`), so with ``samples_per_request=1`` (a local model, which
+writes one sample after another) sample k+1 is generated while sample k trains. Iterations do not overlap:
+iteration i+1's prompt needs iteration i's results. Each iteration's cost (LLM generation, training, total
+wall time, and how much the two overlapped) is logged and kept in ``iter_I/summary.json`` (``cost``).
+
+At the end the best reward is retrained with several seeds, beside the task's sparse reward and its own
+dense reward (the "human" reward), and the human-normalised score (Method - Sparse) / |Human - Sparse|,
+clipped to [0, 3], is reported.
 
 **ICPL** (Yu et al. 2024, "Few-shot In-Context Preference Learning Using Large Language Models";
 icpl-research/ICPL). The same loop, except: failed samples are regenerated until ``K`` run (up to
@@ -32,7 +43,7 @@ The search folder (every candidate kept: code, reflection, curves, logs)::
     OUT/iter_I/responses.json         the LLM's answers (kept: a resumed search does not ask again)
     OUT/iter_I/sample_K/              response.txt, reward.py, status.json, feedback.txt, run/ (the
                                       candidate's run folder: TensorBoard curves, metrics), result.json
-    OUT/iter_I/summary.json           execute rate, fitness of each sample, the best one
+    OUT/iter_I/summary.json           execute rate, fitness of each sample, the best one, the cost (seconds)
     OUT/best/reward.py                the best reward so far: `reward: {source: code, path: OUT/best/reward.py}`
     OUT/final/{best,sparse,human}_seed_S/   the retrainings
     OUT/summary.json                  the figures of the search
@@ -42,7 +53,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +67,7 @@ from hilrl.llm.providers import LLM
 from hilrl.llm.reward_code import extract_code
 from hilrl.llm.sandbox import CodeError, Sandbox, SandboxError, check_code
 from hilrl.llm.tasks import task_text
-from hilrl.apps.candidates import CandidateJob, run_jobs
+from hilrl.apps.candidates import CandidateJob, CandidatePool, default_workers, run_jobs
 
 __all__ = ["DUMMY_FAILURE", "SearchSettings", "human_normalised", "reward_search"]
 
@@ -94,6 +106,11 @@ class SearchSettings:
         human: ICPL: a person picks best and worst in the terminal (else synthetic, by task score).
         max_regenerations: ICPL: extra LLM requests allowed per iteration to replace failed samples.
         temperature: sampling temperature (Eureka: 1.0); None = the LLM config's.
+        samples_per_request: answers asked for in one LLM request; 0: all K at once (Eureka; a server samples
+            them in parallel). 1 suits a local model, which writes one after another: each candidate then
+            trains while the next sample is written.
+        task_file: a text file describing the task, read as its description (a foreign env's; default: hilrl's
+            text of its tasks, or one generated from a foreign env's spaces and docstring).
     """
 
     method: Literal["eureka", "icpl"]
@@ -109,6 +126,8 @@ class SearchSettings:
     human: bool = False
     max_regenerations: int = 3
     temperature: float | None = None
+    samples_per_request: int = 0
+    task_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in ("eureka", "icpl"):
@@ -116,7 +135,7 @@ class SearchSettings:
         for name in ("samples", "iterations", "steps", "evaluations"):
             if int(getattr(self, name)) < 1:
                 raise HilrlError(f"--{name} must be at least 1, got {getattr(self, name)}")
-        task_text(self.task)  # a clear error for a task without an LLM description
+        task_text(self.task, self.task_file)  # a clear error for a task without an LLM description
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -212,19 +231,23 @@ class RewardSearch:
         show_progress: live tables and progress lines.
         choose: ICPL's person: ``choose(results) -> (best_index, worst_index)`` over the trained ones;
             default a terminal prompt (``human``) or the task score (synthetic).
+        name_sample: ``name_sample(response) -> name or None``: what a sample is, shown in the table and kept in
+            ``iter_I/summary.json`` (``names``); e.g. the demo's programs of known quality.
     """
 
     def __init__(self, settings: SearchSettings, llm: LLM, out: str | os.PathLike, backend: str = "local",
                  workers: int | None = None, show_progress: bool = True,
-                 choose: Callable[[list[dict[str, Any]]], tuple[int, int]] | None = None) -> None:
+                 choose: Callable[[list[dict[str, Any]]], tuple[int, int]] | None = None,
+                 name_sample: Callable[[str], str | None] | None = None) -> None:
         from hilrl.apps.candidates import BACKENDS
 
         if backend not in BACKENDS:
             raise HilrlError(f"--backend {backend!r}: allowed values are {', '.join(BACKENDS)}")
         self.settings, self.llm, self.out = settings, llm, Path(out)
         self.backend, self.workers, self.show_progress = backend, workers, show_progress
-        self.choose = choose
-        self.text = task_text(settings.task)
+        self.choose, self.name_sample = choose, name_sample
+        self._generation_s = 0.0
+        self.text = task_text(settings.task, settings.task_file)
         self.out.mkdir(parents=True, exist_ok=True)
         stored = _read_json(self.out / "search.json")
         if stored is not None and stored != json.loads(json.dumps(settings.to_dict())):
@@ -240,7 +263,7 @@ class RewardSearch:
         if self.show_progress:
             from hilrl.runtime.progress import console
 
-            console.print(text)
+            console.print(text, soft_wrap=True)  # one line each when piped to a file
 
     def experiment(self, reward: dict[str, Any], seed: int, steps: int, video: bool = False,
                    env: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -284,64 +307,101 @@ class RewardSearch:
                 sandbox(*self.probe())
             status = {"status": "valid"}
         except CodeError as exc:  # Eureka: a sample that does not parse is skipped
-            status = {"status": "unparsable", "error": str(exc)}
+            status = {"status": "unparsable", "error": str(exc), "problems": exc.problems}
         except SandboxError as exc:  # Eureka: a runtime error goes back to the LLM as a traceback
             status = {"status": "runtime_error", "traceback": exc.message}
         _write_json(folder / "status.json", status)
         return status
 
-    def sample(self, iteration: int, messages: list[dict[str, str]], n: int, tag: str) -> list[str]:
-        """``n`` answers, asked once and kept in ``iter_I/responses.json`` (a resumed search reads them back)."""
+    def answers(self, iteration: int, messages: list[dict[str, str]], n: int, tag: str) -> Iterator[str]:
+        """``n`` answers, yielded as they arrive (``samples_per_request`` per LLM request; default all ``n`` in one)
+        and kept in ``iter_I/responses.json`` as they come (a resumed search reads them back and asks only for
+        the rest). The caller acts on each answer (checks it, starts its training) while the next is written."""
         path = self.out / f"iter_{iteration}" / "responses.json"
-        kept = _read_json(path) or {}
-        if tag not in kept:
-            kept[tag] = self.llm.chat(messages, n=n, temperature=self.settings.temperature, purpose="reward")
+        got = list((_read_json(path) or {}).get(tag, []))[:n]
+        yield from got
+        per_request = self.settings.samples_per_request or n
+        while len(got) < n:
+            started = time.perf_counter()
+            new = self.llm.chat(messages, n=min(per_request, n - len(got)), temperature=self.settings.temperature,
+                                purpose="reward")
+            self._generation_s += time.perf_counter() - started
+            got.extend(new)
+            kept = _read_json(path) or {}
+            kept[tag] = got
             _write_json(path, kept)
-        return kept[tag]
+            yield from new
 
     # ---------------------------------------------------------------- one iteration
     def iteration(self, iteration: int, messages: list[dict[str, str]]) -> dict[str, Any]:
+        """Sample, check and train one iteration's programs. Each valid sample starts training as soon as it is
+        checked, so with ``samples_per_request`` 1 the LLM writes sample k+1 while sample k trains (the next
+        iteration's prompt needs this one's results, so iterations themselves do not overlap)."""
         s = self.settings
         folder = self.out / f"iter_{iteration}"
         _write_json(folder / "messages.json", messages)
-        texts = list(self.sample(iteration, messages, s.samples, "0"))
+        started = time.perf_counter()
         samples: list[dict[str, Any]] = []
-        for index, text in enumerate(texts):
-            samples.append({"index": index, "folder": folder / f"sample_{index}", "response": text,
-                            **self.check_sample(folder / f"sample_{index}", text)})
-        if s.method == "icpl":  # ICPL: failed samples are regenerated until K run
-            for round_ in range(1, s.max_regenerations + 1):
-                missing = s.samples - sum(sample["status"] == "valid" for sample in samples)
-                if missing <= 0:
-                    break
-                self.log(f"iteration {iteration}: regenerating {missing} failed sample(s)")
-                for text in self.sample(iteration, messages, missing, str(round_)):
-                    index = len(samples)
-                    samples.append({"index": index, "folder": folder / f"sample_{index}", "response": text,
-                                    "regenerated": True, **self.check_sample(folder / f"sample_{index}", text)})
-        valid = [sample for sample in samples if sample["status"] == "valid"]
-        if s.method == "icpl":
-            valid = valid[:s.samples]
-        jobs = [CandidateJob(f"iter_{iteration}/sample_{sample['index']}", str(sample["folder"]),
-                             self.experiment({"source": "code", "path": str(Path(sample["folder"]) / "reward.py")},
-                                             s.seed, s.steps, video=s.method == "icpl" and s.human),
-                             code=(Path(sample["folder"]) / "reward.py").read_text())
-                for sample in valid]
-        results = {r["key"]: r for r in run_jobs(jobs, self.backend, self.workers, self.show_progress,
-                                                 title=f"{s.method} iteration {iteration}")}
+        submitted: list[float] = []
+        workers = self.workers or max(1, min(default_workers(), s.samples))
+        with CandidatePool(self.backend, workers, self.show_progress, f"{s.method} iteration {iteration}") as pool:
+            def take(text: str, regenerated: bool = False) -> None:
+                index = len(samples)
+                sample = {"index": index, "folder": folder / f"sample_{index}", "response": text,
+                          **({"regenerated": True} if regenerated else {}),
+                          **self.check_sample(folder / f"sample_{index}", text)}
+                name = self.name_sample(text) if self.name_sample is not None else None
+                if name:
+                    sample["name"] = name
+                samples.append(sample)
+                key = f"iter_{iteration}/sample_{index}"
+                running = sum(x["status"] == "valid" for x in samples[:-1])
+                if sample["status"] == "valid" and (s.method == "eureka" or running < s.samples):
+                    submitted.append(time.perf_counter())
+                    reward_py = Path(sample["folder"]) / "reward.py"
+                    pool.submit(CandidateJob(key, str(sample["folder"]),
+                                             self.experiment({"source": "code", "path": str(reward_py)}, s.seed,
+                                                             s.steps, video=s.method == "icpl" and s.human),
+                                             code=reward_py.read_text()), label=name)
+                else:
+                    pool.note(key, _sample_state(sample), label=name)
+
+            for text in self.answers(iteration, messages, s.samples, "0"):
+                take(text)
+            if s.method == "icpl":  # ICPL: failed samples are regenerated until K run
+                for round_ in range(1, s.max_regenerations + 1):
+                    missing = s.samples - sum(sample["status"] == "valid" for sample in samples)
+                    if missing <= 0:
+                        break
+                    self.log(f"iteration {iteration}: regenerating {missing} failed sample(s)")
+                    for text in self.answers(iteration, messages, missing, str(round_)):
+                        take(text, regenerated=True)
+            results = pool.wait()
+        ended = time.perf_counter()
         for sample in samples:
             result = results.get(f"iter_{iteration}/sample_{sample['index']}")
             if result is not None:
                 sample.update(result if result["status"] == "trained" else {"status": "runtime_error",
                                                                            "traceback": result["traceback"]})
+            elif sample["status"] == "valid":  # ICPL: a valid sample beyond the K that train
+                sample["status"] = "not_trained"
             sample["fitness"] = sample.get("fitness", DUMMY_FAILURE) if sample["status"] == "trained" else (
                 DUMMY_FAILURE if sample["status"] == "runtime_error" else None)
             self.write_feedback(sample)
         trained = [x for x in samples if x["status"] == "trained"]
+        training_s = ended - submitted[0] if submitted else 0.0
+        cost = {"generation_s": round(self._generation_s, 2), "training_s": round(training_s, 2),
+                "candidates_s": round(sum(float(x.get("seconds", 0.0)) for x in trained), 2),
+                "total_s": round(ended - started, 2)}
+        cost["overlap_s"] = round(max(0.0, cost["generation_s"] + cost["training_s"] - cost["total_s"]), 2)
+        self._generation_s = 0.0
         summary = {"iteration": iteration, "samples": len(samples),
                    "execute_rate": sum(x["status"] == "trained" for x in samples[:s.samples]) / s.samples
                    if s.method == "eureka" else len(trained) / max(len(samples), 1),
-                   "statuses": [x["status"] for x in samples], "fitness": [x["fitness"] for x in samples]}
+                   "statuses": [x["status"] for x in samples], "fitness": [x["fitness"] for x in samples],
+                   "cost": cost}
+        if any("name" in x for x in samples):
+            summary["names"] = [x.get("name") for x in samples]
         if trained:
             best = max(trained, key=lambda x: (x["fitness"], _mean(x["traces"]["success_rate"]), -x["index"]))
             summary["best"] = best["index"]
@@ -350,6 +410,9 @@ class RewardSearch:
         self.log(f"{s.method} iteration {iteration}: execute rate {summary['execute_rate']:.2f}, fitness "
                  f"{[round(f, 2) if f is not None and f > DUMMY_FAILURE else f for f in summary['fitness']]}, best "
                  f"{summary.get('best', 'none')}")
+        self.log(f"{s.method} iteration {iteration} cost: generation {cost['generation_s']:.1f} s, training "
+                 f"{cost['training_s']:.1f} s ({cost['candidates_s']:.1f} s of candidate trainings), total "
+                 f"{cost['total_s']:.1f} s; generation and training overlapped {cost['overlap_s']:.1f} s")
         return {"summary": summary, "samples": samples, "trained": trained}
 
     def write_feedback(self, sample: dict[str, Any]) -> None:
@@ -358,12 +421,26 @@ class RewardSearch:
             text = format_traces(sample) + prompt("code_feedback") + prompt("code_output_tip")
         elif sample["status"] == "runtime_error":
             text = prompt("execution_error_feedback").format(traceback=sample["traceback"]) + prompt("code_output_tip")
+        elif sample["status"] == "unparsable":
+            problems = sample.get("problems") or [sample.get("error", "")]
+            text = prompt("code_refused_feedback").format(problems="\n".join(f"- {p}" for p in problems)) + prompt(
+                "code_output_tip")
         else:
-            text = f"Not run: {sample.get('error', '')}\n"
+            text = "Not trained: the iteration had its K samples already.\n"
         (Path(sample["folder"]) / "feedback.txt").write_text(text)
         sample["feedback"] = text
 
     # ---------------------------------------------------------------- the loops
+    @staticmethod
+    def failed_example(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """When no sample trained: the one whose feedback helps most (it ran furthest: a runtime error on real
+        transitions before a refusal), first by index."""
+        for status in ("runtime_error", "unparsable"):
+            found = [x for x in samples if x["status"] == status]
+            if found:
+                return found[0]
+        return None
+
     def next_messages_eureka(self, start: list[dict[str, str]], outcome: dict[str, Any]) -> list[dict[str, str]] | None:
         best = next(x for x in outcome["samples"] if x["index"] == outcome["summary"]["best"])
         return [*start, {"role": "assistant", "content": best["response"]}, {"role": "user", "content": best["feedback"]}]
@@ -399,8 +476,10 @@ class RewardSearch:
             kept = _read_json(path)
             if kept is None:
                 ask = prompt("icpl_difference").format(previous=history[-1]["code"], current=_code(good))
+                started = time.perf_counter()
                 kept = self.llm.chat_json([{"role": "user", "content": ask}], DifferenceSummary, temperature=0.0,
                                           purpose="difference").model_dump()
+                self._generation_s += time.perf_counter() - started  # counted in the next iteration's generation
                 _write_json(path, kept)
             history[-1]["summary"] = kept["summary"]
         history.append({"iteration": iteration, "code": _code(good)})
@@ -422,7 +501,11 @@ class RewardSearch:
         for iteration in range(s.iterations):
             outcome = self.iteration(iteration, messages)
             iterations.append(outcome["summary"])
-            if not outcome["trained"]:  # every sample failed: the messages stay as they were
+            if not outcome["trained"]:  # every sample failed (module docstring)
+                failed = self.failed_example(outcome["samples"])
+                if failed is not None and iteration + 1 < s.iterations:
+                    messages = [*start, {"role": "assistant", "content": failed["response"]},
+                                {"role": "user", "content": failed["feedback"]}]
                 continue
             best = next(x for x in outcome["samples"] if x["index"] == outcome["summary"]["best"])
             if overall is None or best["fitness"] > overall["fitness"]:
@@ -435,6 +518,8 @@ class RewardSearch:
                             else self.next_messages_icpl(start, outcome, iteration, history))
         summary: dict[str, Any] = {"method": s.method, "task": s.task, "iterations": iterations,
                                    "execute_rate": float(np.mean([it["execute_rate"] for it in iterations])),
+                                   "cost": {k: round(sum(it["cost"][k] for it in iterations), 2)
+                                            for k in iterations[0]["cost"]} if iterations else {},
                                    "best": {k: v for k, v in (overall or {}).items() if k != "code"} or None,
                                    "reward_path": str(self.out / "best" / "reward.py") if overall else None}
         if overall is not None and s.final_seeds:
@@ -472,6 +557,18 @@ class RewardSearch:
         return {"seeds": seeds, "steps": steps, "scores": scores, "human_normalised": score}
 
 
+def _sample_state(sample: dict[str, Any]) -> str:
+    """A sample that does not train, as its row in the table reads."""
+    if sample["status"] == "unparsable":
+        problems = sample.get("problems") or [sample.get("error", "")]
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return f"refused before running: {problems[0][:110]}{more}"
+    if sample["status"] == "runtime_error":
+        lines = [line for line in sample.get("traceback", "").strip().splitlines() if not line.startswith("Hint:")]
+        return "failed on real transitions: " + (lines[-1][:110] if lines else "")
+    return "valid, not trained (the iteration had its K samples)"
+
+
 def _mean(values: list[float | None]) -> float:
     known = [v for v in values if v is not None]
     return float(np.mean(known)) if known else 0.0
@@ -499,6 +596,7 @@ def _ask_in_terminal(trained: list[dict[str, Any]]) -> tuple[int, int]:
 
 def reward_search(settings: SearchSettings, llm: LLM, out: str | os.PathLike, backend: str = "local",
                   workers: int | None = None, show_progress: bool = True,
-                  choose: Callable[[list[dict[str, Any]]], tuple[int, int]] | None = None) -> dict[str, Any]:
+                  choose: Callable[[list[dict[str, Any]]], tuple[int, int]] | None = None,
+                  name_sample: Callable[[str], str | None] | None = None) -> dict[str, Any]:
     """Run (or resume) the search ``settings`` describes in ``out``; see :class:`RewardSearch`."""
-    return RewardSearch(settings, llm, out, backend, workers, show_progress, choose).run()
+    return RewardSearch(settings, llm, out, backend, workers, show_progress, choose, name_sample).run()

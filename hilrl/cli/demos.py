@@ -22,11 +22,13 @@ def record(
     noise: float = typer.Option(0.0, min=0.0, max=1.0, help="scripted expert's noise knob"),
     seed: int = typer.Option(0),
     append: bool = typer.Option(False, help="add to an existing file instead of replacing it"),
+    expert: Optional[str] = typer.Option(None, help="--device expert: your scripted policy 'module:callable', a "
+                                                    "factory f(env, noise, seed) -> expert (sets env.expert)"),
 ) -> None:
     """Record demonstrations; each episode is flushed to disk as soon as it ends."""
     from hilrl.runtime.record import record_demos
 
-    cfg = load_experiment(config, sets)
+    cfg = load_experiment(config, sets, [("--expert", "env.expert", expert)])
     stats = record_demos(cfg.env, out_file, episodes, device=device, noise=noise, seed=seed, append=append)
     out.print(f"recorded {stats.episodes} episodes to {out_file}: success {stats.success_rate:.0%}, "
               f"mean return {stats.mean_return:.2f}, mean length {sum(stats.lengths) / stats.episodes:.1f} steps "
@@ -56,10 +58,22 @@ def replay(
         env_args = demos.env_args
         if "env_name" not in env_args:
             raise HilrlError(f"{file}: data.attrs['env_args'] names no env; cannot replay it")
-        kwargs = dict(env_args.get("env_kwargs", {}))
-        if "cameras" in kwargs:
-            kwargs["cameras"] = tuple(kwargs["cameras"])
-        env = gym.make(env_args["env_name"], **kwargs)
+        if "hilrl_env" in env_args:  # a foreign env: rebuilt from its env section, through its adapter
+            from hilrl.config import EnvConfig
+            from hilrl.envs.make import make_env
+
+            env = make_env(EnvConfig.model_validate(env_args["hilrl_env"]),
+                           **({"render_mode": "rgb_array"} if video else {}))
+        else:
+            kwargs = dict(env_args.get("env_kwargs", {}))
+            if "cameras" in kwargs:
+                kwargs["cameras"] = tuple(kwargs["cameras"])
+            env = gym.make(env_args["env_name"], **kwargs)
+        if mode == "states" and not callable(getattr(env.unwrapped, "set_state", None)):
+            out.print(f"{env_args['env_name']} has no simulator state to restore (not a MuJoCo env): replaying the "
+                      "actions of each demo from its seeded reset instead", markup=False, highlight=False)
+            mode, replay_fn = "actions", replay_actions
+            tolerance = atol if atol is not None else 1e-3
         fps = env.unwrapped.metadata.get("render_fps", 10)
         writer = VideoWriter(video, fps=fps) if video else None
         frames = CaptionedFrames(writer, fps) if writer is not None else None

@@ -32,6 +32,11 @@ def reward_search(
                                                    "use (env and reward are the search's)"),
     seed: int = typer.Option(0),
     human: bool = typer.Option(False, "--human", help="icpl: you pick the best and worst rollout in the terminal"),
+    task_text: Optional[Path] = typer.Option(None, help="a text file describing the task (a foreign env's; default: "
+                                                        "generated from its spaces and docstring)"),
+    samples_per_request: Optional[int] = typer.Option(
+        None, min=0, help="answers per LLM request; 1: each candidate trains while the LLM writes the next sample "
+                          "(default 1 for a local model, which writes one after another; else 0: all K at once)"),
 ) -> None:
     """Search a reward with an LLM (Eureka or ICPL); the winner is OUT/best/reward.py for `reward: {source: code}`."""
     import yaml
@@ -45,10 +50,15 @@ def reward_search(
         if not base.is_file():
             raise HilrlError(f"--base {base}: no such file; give an experiment YAML (e.g. sim_configs/reach_sac.yaml)")
         base_sections = {k: v for k, v in (yaml.safe_load(base.read_text()) or {}).items() if k not in ("env", "reward")}
-    settings = SearchSettings(method, task, samples=samples, iterations=iterations, steps=steps, seed=seed,
-                              final_seeds=final_seeds, final_steps=final_steps, base=base_sections, human=human)
     folder = out_dir or Path("runs") / f"{method}_{task.split('/')[-1]}"
-    model = make_llm(load_llm_config(llm), folder / "llm_calls.jsonl")
+    config = load_llm_config(llm)
+    if samples_per_request is None:  # a server samples K in parallel; a local model writes one after another
+        samples_per_request = 0 if config.provider in ("openai", "scripted", "replay") else 1
+    settings = SearchSettings(method, task, samples=samples, iterations=iterations, steps=steps, seed=seed,
+                              final_seeds=final_seeds, final_steps=final_steps, base=base_sections, human=human,
+                              samples_per_request=samples_per_request,
+                              task_file=str(task_text) if task_text is not None else None)
+    model = make_llm(config, folder / "llm_calls.jsonl")
     out.print(f"{method} on {task} with the {model.provider} LLM {model.model}: {samples} samples x {iterations} "
               f"iterations, candidates on {backend}; folder {folder}")
     try:
@@ -56,11 +66,13 @@ def reward_search(
     finally:
         model.close()
     table = Table(title=f"{method} reward search on {task}")
-    for column in ("iteration", "execute rate", "best fitness (success)"):
+    for column in ("iteration", "execute rate", "best fitness (success)", "generation s", "training s", "total s"):
         table.add_column(column)
     for it in summary["iterations"]:
+        cost = it.get("cost", {})
         table.add_row(str(it["iteration"]), f"{it['execute_rate']:.2f}",
-                      f"{it['best_fitness']:.0%}" if "best_fitness" in it else "no sample ran")
+                      f"{it['best_fitness']:.0%}" if "best_fitness" in it else "no sample ran",
+                      *(f"{cost[k]:.1f}" if k in cost else "-" for k in ("generation_s", "training_s", "total_s")))
     out.print(table)
     final = summary.get("final")
     if final:

@@ -48,6 +48,18 @@ def _sorted_demos(group: h5py.Group) -> list[str]:
     return sorted(group.keys(), key=lambda n: (_demo_index(n), n))
 
 
+def _observations(group: h5py.Group, prefix: str = "") -> dict[str, np.ndarray]:
+    """Every dataset under an ``obs`` group, keyed by its path below it: a key with ``/`` (a foreign env's
+    ``pixels/front``, flattened by hilrl's env adapter) was written as nested groups and reads back whole."""
+    found = {}
+    for key, value in group.items():
+        if isinstance(value, h5py.Group):
+            found.update(_observations(value, f"{prefix}{key}/"))
+        else:
+            found[prefix + key] = value[()]
+    return found
+
+
 class DemoWriter:
     """Appends episodes to a robomimic-layout file, flushing after each one.
 
@@ -55,6 +67,8 @@ class DemoWriter:
         path: the ``.hdf5`` file; created, or appended to when it exists and ``append``.
         env_name: the gymnasium id the episodes came from (stored in ``env_args``).
         env_kwargs: keyword arguments that rebuild the same environment.
+        env_config: the ``env`` section that made it (stored as ``env_args['hilrl_env']``): a foreign env
+            (``env.package``, its adapter settings) is rebuilt from it for ``hilrl replay``.
         valid_every: every ``valid_every``-th demo goes to ``mask/valid``, the rest to
             ``mask/train`` (deterministic, so re-recording gives the same split).
     """
@@ -67,11 +81,14 @@ class DemoWriter:
         *,
         append: bool = False,
         valid_every: int = 10,
+        env_config: dict[str, Any] | None = None,
     ):
         self.path = Path(path)
         self.valid_every = valid_every
         self.path.parent.mkdir(parents=True, exist_ok=True)
         env_args = {"env_name": env_name, "type": GYM_ENV_TYPE, "env_kwargs": env_kwargs or {}}
+        if env_config is not None:
+            env_args["hilrl_env"] = env_config
         if append and self.path.exists():
             DemoFile(self.path).close()  # validates the layout before we touch it
             self._file = h5py.File(self.path, "a")
@@ -232,8 +249,8 @@ class DemoFile:
                 if k not in _CORE_DATASETS and isinstance(group[k], h5py.Dataset)
             }
             return Episode(
-                obs={k: v[()] for k, v in group["obs"].items()} if "obs" in group else {},
-                next_obs={k: v[()] for k, v in group["next_obs"].items()} if "next_obs" in group else {},
+                obs=_observations(group["obs"]) if "obs" in group else {},
+                next_obs=_observations(group["next_obs"]) if "next_obs" in group else {},
                 actions=actions,
                 rewards=np.asarray(group["rewards"][()], dtype=np.float32) if "rewards" in group else np.zeros(n, np.float32),
                 terminated=terminated,

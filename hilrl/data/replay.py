@@ -94,11 +94,16 @@ def replay_actions(episode: Episode, env: gym.Env, atol: float = 1e-3, on_frame:
     """Start from the recorded first state and execute the recorded actions open-loop.
 
     Divergence here is expected to grow with contact-rich tasks; the result reports it. ``on_frame`` gets
-    ``T + 1`` frames: the first state, then the state after each action.
+    ``T + 1`` frames: the first state, then the state after each action. An episode without states (an env
+    with no simulator state to restore, e.g. a foreign non-MuJoCo one) starts from the reset with its recorded
+    seed instead.
     """
-    states = _require_states(episode)
     _reset_like_recording(episode, env)
-    env.unwrapped.set_state(states[0])
+    if episode.states is not None:
+        env.unwrapped.set_state(episode.states[0])
+    elif int(episode.attrs.get("seed", -1)) < 0:
+        raise HilrlError(f"{episode.attrs.get('name', 'episode')}: has neither 'states' nor a reset seed; its start "
+                         "cannot be reproduced")
     if on_frame is not None:
         on_frame(env.render())
     worst, worst_key = 0.0, ""

@@ -1,5 +1,7 @@
 """MuJoCo arm tasks for hilrl: ``hilrl/Reach-v0``, ``hilrl/Push-v0``, ``hilrl/PickCube-v0``, ``hilrl/PegInsert-v0``.
 
+Any other gymnasium env runs through an env adapter (:mod:`hilrl.envs.adapter`, ``env.id`` + ``env.kwargs``).
+
 The ids are registered by ``import hilrl`` (string entry points, so that import loads no
 MuJoCo); importing this module registers them too, if they are not already.
 
@@ -17,6 +19,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from hilrl import ENV_ENTRY_POINTS, register_envs  # noqa: E402
+from hilrl.envs.adapter import ENV_ADAPTERS, GymnasiumAdapter, register_adapter  # noqa: E402
 from hilrl.envs.arm_env import ArmEnv, ArmEnvError  # noqa: E402
 from hilrl.envs.tasks import PegInsertEnv, PickCubeEnv, PushEnv, ReachEnv  # noqa: E402
 
@@ -31,4 +34,4 @@ assert {ENV_IDS[n]: f"{c.__module__}:{c.__name__}" for n, c in TASKS.items()} ==
 
 register_envs()
 
-__all__ = ["ENV_IDS", "TASKS", "ArmEnv", "ArmEnvError", "PegInsertEnv", "PickCubeEnv", "PushEnv", "ReachEnv"]
+__all__ = ["ENV_ADAPTERS", "ENV_IDS", "TASKS", "ArmEnv", "ArmEnvError", "GymnasiumAdapter", "register_adapter", "PegInsertEnv", "PickCubeEnv", "PushEnv", "ReachEnv"]

@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 
 from hilrl.errors import HilrlError
+from hilrl.plugins import Registry, import_object
 
 
 class ExpertError(HilrlError, ValueError):
@@ -199,14 +200,45 @@ def _peg_carry(peg_half_height: float, block_height: float, grasp_offset: float)
     return carry
 
 
+# Scripted experts of foreign envs (hilrl.envs.adapter), keyed by gymnasium id: a factory
+# f(env, noise=0.0, seed=None) -> expert with reset() and expert(obs) -> action, as make_expert's signature.
+# Registered by import path, so naming one imports nothing; a plugin registers its env's expert the same way.
+EXPERTS = Registry("scripted expert", error=ExpertError)
+EXPERTS.register("gym_hil/PandaPickCubeBase-v0", "hilrl.feedback.gym_hil_expert:make_pick_cube_expert")
+
+
+def has_expert(env_id: str, expert: str | None = None) -> bool:
+    """Whether ``make_expert`` has a scripted policy for ``env_id``: the config's ``env.expert``, a hilrl task's
+    own, or one registered in :data:`EXPERTS` (for checks made before any env is built)."""
+    return bool(expert) or env_id.startswith("hilrl/") or env_id in EXPERTS
+
+
 def make_expert(env, noise: float = 0.0, seed: int | None = None) -> ScriptedExpert:
-    """The scripted expert for ``env``'s task (any hilrl arm env, wrapped or not).
+    """The scripted expert for ``env``'s task (any hilrl arm env, wrapped or not), or a foreign env's.
+
+    A foreign env (:mod:`hilrl.envs.adapter`) gets the scripted policy its config names (``env.expert``,
+    ``module:callable``), else the one registered for its id in :data:`EXPERTS`; either is called as
+    ``factory(env, noise=noise, seed=seed)``.
 
     Args:
         env: a hilrl arm env; its ``unwrapped`` supplies ``task_name``, ``action_scale`` and geometry.
         noise: sub-optimality in [0, 1]; 0 is the best expert (>= 95% success on every task).
         seed: seed for the noise.
     """
+    base = env.unwrapped
+    env_id = getattr(base, "env_id", None)
+    if env_id is not None:  # a foreign env, through the adapter
+        path = getattr(base, "expert", None)
+        if path:
+            factory = import_object(path, "env.expert", "give a factory f(env, noise, seed) as 'module:callable' on "
+                                    "PYTHONPATH")
+        elif env_id in EXPERTS:
+            factory = EXPERTS.get(env_id)
+        else:
+            raise ExpertError(f"no scripted expert for {env_id!r}: set env.expert to your scripted policy "
+                              "'module:callable' (a factory f(env, noise, seed) -> expert with reset() and "
+                              "expert(obs) -> action), or record demos with a person (hilrl record --device keyboard)")
+        return factory(env, noise=noise, seed=seed)
     from hilrl.envs import TASKS  # the sim task classes hold the geometry defaults
 
     base = env.unwrapped

@@ -13,7 +13,8 @@ first request it locks itself in, in layers, each of which alone stops most esca
    sockets, ``ctypes``, new imports, ``compile``/``exec`` after loading, signals to other processes
    and file writes outside the temp dir;
 4. the code itself runs with a small set of builtins, an ``__import__`` that hands out only
-   ``math`` and ``numpy``, after the parent's AST check (:func:`hilrl.llm.sandbox.check_code`).
+   ``math``, ``numpy`` and a ``typing`` of a few annotation names, after the parent's AST check
+   (:func:`hilrl.llm.sandbox.check_code`).
 
 Wire format (both directions, no pickle: the parent never unpickles what this process sends):
 ``uint32 header length | JSON header | raw array bytes``; the header lists ``[name, dtype, shape]``
@@ -30,6 +31,8 @@ import signal
 import struct
 import sys
 import traceback
+import types
+import typing
 
 import numpy as np
 
@@ -37,9 +40,17 @@ SAFE_BUILTINS = (
     "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "int", "isinstance", "len",
     "list", "map", "max", "min", "pow", "range", "reversed", "round", "set", "slice", "sorted", "str", "sum",
     "tuple", "zip", "ArithmeticError", "Exception", "FloatingPointError", "IndexError", "KeyError",
-    "ValueError", "TypeError", "ZeroDivisionError", "True", "False", "None",
+    "ValueError", "TypeError", "ZeroDivisionError", "True", "False", "None", "frozenset", "complex", "iter", "next",
+    "repr", "callable", "hash", "RuntimeError", "NotImplementedError", "AssertionError", "OverflowError",
+    "StopIteration", "AttributeError", "LookupError",
 )
-ALLOWED_MODULES = {"math": math, "numpy": np}
+# ``typing`` for annotations only (``-> Tuple[np.ndarray, Dict[str, np.ndarray]]``, as Eureka's prompts write):
+# a module of these few names, never the real one (it holds sys, re, functools...)
+TYPING_NAMES = ("Any", "Dict", "List", "Optional", "Tuple", "Union")
+_TYPING = types.ModuleType("typing")
+for _name in TYPING_NAMES:
+    setattr(_TYPING, _name, getattr(typing, _name))
+ALLOWED_MODULES = {"math": math, "numpy": np, "typing": _TYPING}
 _DTYPES = ("float32", "float64", "int32", "int64", "bool", "uint8")
 
 
@@ -55,8 +66,8 @@ def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):  
     root = name.split(".")[0]
     if level != 0 or root not in ALLOWED_MODULES:
         raise ImportError(f"import of {name!r} is not allowed in reward code (allowed: math, numpy)")
-    module = sys.modules.get(name)
-    if module is None:
+    module = _TYPING if root == "typing" else sys.modules.get(name)
+    if module is None or (root == "typing" and name != "typing"):
         raise ImportError(f"import of {name!r} is not allowed in reward code (allowed: math, numpy)")
     return module if fromlist else ALLOWED_MODULES[root]
 
@@ -136,23 +147,70 @@ def _write_frame(fd: int, header: dict, arrays: dict[str, np.ndarray] | None = N
             view = view[os.write(fd, view):]
 
 
-def _user_traceback(exc: BaseException) -> str:
-    """The traceback of the reward code's own frames (what the LLM can fix), then the error line."""
+def _hint(exc: BaseException, arrays: dict[str, np.ndarray] | None) -> str:
+    """A line after the traceback naming the usual cause of this error in batched reward code (what a small
+    model gets wrong: thinking in one row, attribute access on a dict, a key that is not there)."""
+    text = str(exc)
+    keys = sorted({k.split("/", 1)[1] for k in arrays or {} if k.startswith(("obs/", "next_obs/"))})
+    columns = arrays["action"].shape[1] if arrays and "action" in arrays and arrays["action"].ndim == 2 else None
+    if isinstance(exc, ValueError) and "values to unpack" in text:
+        return (f"Hint: every argument is a whole batch: action is an array of shape (N, {columns or 'A'}) and each "
+                "obs/next_obs entry is (N, ...), one row per transition, so unpacking gives rows. Take columns: "
+                "dx = action[:, 0] (or dx, dy, dz, gripper = action.T).")
+    if isinstance(exc, KeyError) and keys:
+        return f"Hint: the keys of obs and next_obs are: {', '.join(keys)}."
+    if isinstance(exc, AttributeError) and "'dict' object has no attribute" in text:
+        return "Hint: obs and next_obs are dicts of arrays: write next_obs['ee_pos'], not next_obs.ee_pos."
+    if isinstance(exc, (IndexError, ValueError)) and ("too many indices" in text or "could not be broadcast" in text
+                                                     or "operands could not" in text):
+        return ("Hint: check the shapes: action is (N, A), obs['ee_pos'] is (N, 3); index columns with [:, i] and "
+                "reduce over the last axis (axis=-1) so the reward has shape (N,).")
+    if isinstance(exc, NameError) and getattr(exc, "name", None) in ("np", "numpy", "math"):
+        return "Hint: import what you use at the top of the code: import numpy as np (and import math)."
+    if isinstance(exc, TypeError) and "positional argument" in text:
+        return "Hint: the function is called as compute_reward(obs, action, next_obs), with exactly these three."
+    return ""
+
+
+def _user_traceback(exc: BaseException, arrays: dict[str, np.ndarray] | None = None) -> str:
+    """The traceback of the reward code's own frames (what the LLM can fix), the error line, and a hint."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == "reward.py"]
     lines = ["Traceback (most recent call last):\n", *traceback.format_list(frames),
              *traceback.format_exception_only(type(exc), exc)]
-    return "".join(lines).rstrip()
+    hint = _hint(exc, arrays)
+    return ("".join(lines).rstrip() + ("\n" + hint if hint else "")).rstrip()
 
 
-def _as_rows(value, n: int, what: str) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim == 0:
+class ContractError(Exception):
+    """What the code returned breaks the contract (shape, type, NaN); its text says how, for the LLM."""
+
+
+def _as_rows(value, n: int, what: str, scalar: bool = True) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ContractError(f"{what} is a {type(value).__name__} that is not an array of numbers; it must be a numpy "
+                            f"array of shape ({n},), one value per row of the batch") from None
+    if array.ndim == 0 and not scalar:  # the same reward for every row: nothing to learn from (a lost axis)
+        raise ContractError(f"{what} is a single number, the same for every row; it must have shape ({n},), one value "
+                            "per row of the batch (did np.linalg.norm, np.sum or np.mean miss axis=-1?)")
+    if array.ndim == 0:  # a constant component
         array = np.full(n, float(array))
+    if array.shape == (n, 1):  # a column left over from obs['gripper'] or keepdims: the same values
+        array = array[:, 0]
     if array.shape != (n,):
-        raise ValueError(f"{what} has shape {array.shape}; it must have shape ({n},): one value per row of the batch")
+        hint = ""
+        if array.ndim == 1:
+            hint = (" (one row's values, not the batch's? index columns, action[:, 0], not rows, action[0])")
+        elif array.ndim == 2 and array.shape[0] == n:
+            hint = " (reduce the last axis, e.g. np.linalg.norm(..., axis=-1) or .sum(axis=-1))"
+        raise ContractError(f"{what} has shape {array.shape}; it must have shape ({n},): one value per row of the "
+                            f"batch{hint}")
     if not np.isfinite(array).all():
         bad = int((~np.isfinite(array)).sum())
-        raise ValueError(f"{what} has {bad} NaN or infinite values of {n}; keep every value finite")
+        raise ContractError(f"{what} has {bad} NaN or infinite values of {n}; keep every value finite (a division by "
+                            "a distance that can be 0, np.log or np.sqrt of 0 or a negative number? add a small "
+                            "epsilon, e.g. / (distance + 1e-6), or clip)")
     return array.astype(np.float32)
 
 
@@ -160,14 +218,23 @@ def _evaluate(fn, arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray
     obs = {k[4:]: v for k, v in arrays.items() if k.startswith("obs/")}
     next_obs = {k[9:]: v for k, v in arrays.items() if k.startswith("next_obs/")}
     result = fn(obs, arrays["action"], next_obs)
+    if result is None:
+        raise ContractError("compute_reward returned None; end it with return reward, {'component_name': "
+                            "component, ...}")
     if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict):
         total, parts = result
+    elif isinstance(result, tuple) and len(result) == 2:
+        raise ContractError(f"the second value returned is a {type(result[1]).__name__}; it must be a dict of "
+                            "named components, {'name': array of shape (N,), ...}")
+    elif isinstance(result, tuple):
+        raise ContractError(f"compute_reward returned {len(result)} values; return exactly two: reward (shape (N,)) "
+                            "and a dict of named components, return reward, {'name': component, ...}")
     else:
         total, parts = result, {}
-    out = {"reward": _as_rows(total, n, "the total reward (first value returned)")}
+    out = {"reward": _as_rows(total, n, "the total reward (first value returned)", scalar=False)}
     for name, value in parts.items():
         if not isinstance(name, str):
-            raise TypeError(f"reward component names must be strings, got {name!r}")
+            raise ContractError(f"reward component names must be strings, got {name!r}")
         out[f"component/{name}"] = _as_rows(value, n, f"reward component {name!r}")
     return out
 
@@ -238,8 +305,10 @@ def main() -> None:
                                     "error": f"MemoryError: memory limit of {memory_mb} MB exceeded"})
         except PermissionError as exc:
             _write_frame(reply_fd, {"ok": False, "kind": "forbidden", "error": _user_traceback(exc)})
+        except ContractError as exc:
+            _write_frame(reply_fd, {"ok": False, "kind": "runtime", "error": f"ValueError: {exc}"})
         except BaseException as exc:  # noqa: BLE001 (every failure of the code goes back as text)
-            _write_frame(reply_fd, {"ok": False, "kind": "runtime", "error": _user_traceback(exc)})
+            _write_frame(reply_fd, {"ok": False, "kind": "runtime", "error": _user_traceback(exc, arrays)})
         finally:
             resource.setrlimit(resource.RLIMIT_CPU, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
 

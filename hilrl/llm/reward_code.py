@@ -22,12 +22,22 @@ __all__ = ["CodeReward", "extract_code", "make_code_source"]
 
 
 def extract_code(text: str) -> str:
-    """The reward code in an LLM answer (Eureka's patterns: ```python block, any ``` block, the text)."""
-    for pattern in (r"```python(.*?)```", r"```(.*?)```"):
+    """The reward code in an LLM answer (Eureka's patterns: ```python block, any ``` block, the text), made
+    ready the way Eureka's loop does before running it (it keeps the code from the first ``def`` and supplies
+    the imports itself): a block cut off by the token limit is taken to its end, a trailing
+    ``if __name__ == "__main__":`` demo (a coder model's habit) is dropped, and ``import numpy as np`` /
+    ``import math`` are added when the code uses ``np.``/``math.`` without importing them."""
+    code = None
+    for pattern in (r"```python(.*?)```", r"```(.*?)```", r"```python\n(.*)$"):
         found = re.search(pattern, text, re.S)
         if found:
-            return found.group(1).strip() + "\n"
-    return text.strip() + "\n"
+            code = found.group(1).strip()
+            break
+    code = text.strip() if code is None else code
+    code = re.split(r"^if\s+__name__\s*==\s*['\"]__main__['\"]\s*:", code, maxsplit=1, flags=re.M)[0].rstrip()
+    imports = [line for name, line in (("np", "import numpy as np"), ("math", "import math"))
+               if re.search(rf"\b{name}\.", code) and not re.search(rf"^\s*(import|from)\b.*\b{name}\b", code, re.M)]
+    return "\n".join([*imports, code]) + "\n"
 
 
 class CodeReward:

@@ -1,9 +1,13 @@
 """The sandbox for LLM-written reward code: it never runs in the learner's process.
 
 Two gates. :func:`check_code` parses the code (``ast``) before anything runs and refuses imports
-other than ``math`` and ``numpy``, names and attributes that reach the interpreter's internals
+other than ``math`` and ``numpy`` (and ``typing``'s few annotation names, which the worker hands out
+from a module of its own), names and attributes that reach the interpreter's internals
 (``__import__``, ``getattr``, ``__builtins__``, ``eval``, ``open``, dunder and frame attributes,
-numpy's file and ``ctypes`` corners), classes and ``global``. Then :class:`Sandbox` runs it in a
+numpy's file and ``ctypes`` corners), classes and ``global``, and builtins the worker does not hand
+out where the code uses them unbound; an ordinary word the code binds itself (``object = next_obs["object"]``,
+``id``, ``input``, ``type``) is just a local name. It also checks the contract a small model gets wrong
+(the signature, a batch unpacked by rows) and says how to fix each mistake. Then :class:`Sandbox` runs it in a
 reused worker subprocess (:mod:`hilrl.llm._sandbox_worker`) with CPU-time, wall-time and memory
 limits, no network, no process creation and no file writes outside its temp dir; the parent
 enforces the wall time (kills and restarts the worker). Evaluation is batched: a whole
@@ -19,11 +23,15 @@ The reward code's contract (Eureka's ``compute_reward``, batched over rows with 
     def compute_reward(obs: dict[str, np.ndarray], action: np.ndarray, next_obs: dict[str, np.ndarray]):
         ...
         return total_reward, {"component": values, ...}     # arrays of shape (N,)
+
+A wrong shape, a missing return, NaN, a ``KeyError`` or a row unpacked at run time come back with a
+``Hint:``/fix line after the traceback (the worker's ``_hint``), so the next sample can be corrected.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import os
 import select
@@ -41,20 +49,24 @@ from typing import Any
 import numpy as np
 
 from hilrl.errors import HilrlError
+from hilrl.llm._sandbox_worker import SAFE_BUILTINS, TYPING_NAMES
 
 __all__ = ["ALLOWED_IMPORTS", "CodeError", "Sandbox", "SandboxError", "SandboxLimits", "check_code"]
 
-ALLOWED_IMPORTS = ("math", "numpy")
+ALLOWED_IMPORTS = ("math", "numpy", "typing")  # typing: a few names for annotations (TYPING_NAMES)
 WORKER = Path(__file__).with_name("_sandbox_worker.py")
 FUNCTION = "compute_reward"
 
 # names the code may not mention at all: ways around the import allow-list and the builtins
 _FORBIDDEN_NAMES = {
-    "__import__", "__builtins__", "__loader__", "__spec__", "builtins", "getattr", "setattr", "delattr", "hasattr",
-    "globals", "locals", "vars", "dir", "eval", "exec", "compile", "open", "input", "breakpoint", "help",
-    "memoryview", "type", "object", "super", "classmethod", "staticmethod", "property", "id", "exit", "quit",
-    "__build_class__",
+    "__import__", "__builtins__", "__loader__", "__spec__", "builtins", "getattr", "setattr", "delattr", "globals",
+    "locals", "eval", "exec", "compile", "open", "breakpoint", "__build_class__",
 }
+# a builtin the worker does not hand out (only its small safe set, :data:`hilrl.llm._sandbox_worker.SAFE_BUILTINS`)
+# is refused where the code uses it unbound; bound by the code itself it is an ordinary local name:
+# ``object = next_obs["object"]`` or ``id = ...`` are fine (``object.__subclasses__`` stays refused: dunders)
+_BUILTIN_NAMES = frozenset(name for name in dir(builtins) if not name.startswith("_"))
+_AVAILABLE_BUILTINS = frozenset((*SAFE_BUILTINS, "print"))
 # attributes the code may not read: interpreter internals, numpy's file, process and C corners
 _FORBIDDEN_ATTRIBUTES = {
     "f_globals", "f_locals", "f_back", "f_builtins", "f_code", "gi_frame", "gi_code", "cr_frame", "cr_code",
@@ -101,30 +113,57 @@ class SandboxLimits:
     start_s: float = 30.0
 
 
+def _bound_names(tree: ast.AST) -> set[str]:
+    """Every name the code binds somewhere (assigned, a parameter, a loop or ``with`` target, a def, an import)."""
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+        elif isinstance(node, ast.alias):
+            bound.add((node.asname or node.name).split(".")[0])
+    return bound
+
+
 class _Checker(ast.NodeVisitor):
-    def __init__(self) -> None:
+    def __init__(self, bound: set[str]) -> None:
         self.problems: list[str] = []
+        self.bound = bound
 
     def _refuse(self, node: ast.AST, what: str) -> None:
         self.problems.append(f"line {getattr(node, 'lineno', '?')}: {what}")
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
-            if alias.name.split(".")[0] not in ALLOWED_IMPORTS:
-                self._refuse(node, f"import of {alias.name!r} is not allowed (allowed: {', '.join(ALLOWED_IMPORTS)})")
+            if alias.name.startswith("typing."):
+                self._refuse(node, f"import of {alias.name!r} is not allowed (typing: only `from typing import "
+                                   f"{', '.join(TYPING_NAMES)}`)")
+            elif alias.name.split(".")[0] not in ALLOWED_IMPORTS:
+                self._refuse(node, f"import of {alias.name!r} is not allowed (allowed: math, numpy)")
         self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level or (node.module or "").split(".")[0] not in ALLOWED_IMPORTS:
-            self._refuse(node, f"import from {node.module!r} is not allowed (allowed: {', '.join(ALLOWED_IMPORTS)})")
+            self._refuse(node, f"import from {node.module!r} is not allowed (allowed: math, numpy)")
         for alias in node.names:
             if alias.name == "*" or alias.name in _FORBIDDEN_ATTRIBUTES or alias.name.startswith("_"):
                 self._refuse(node, f"importing {alias.name!r} from {node.module!r} is not allowed")
+            elif node.module == "typing" and alias.name not in TYPING_NAMES:
+                self._refuse(node, f"typing offers reward code only {', '.join(TYPING_NAMES)} (for annotations), "
+                                   f"not {alias.name!r}")
         self.generic_visit(node)
 
     def visit_Name(self, node: ast.Name) -> None:
         if node.id in _FORBIDDEN_NAMES or node.id.startswith("__"):
             self._refuse(node, f"the name {node.id!r} is not allowed in reward code")
+        elif node.id in _BUILTIN_NAMES and node.id not in _AVAILABLE_BUILTINS and node.id not in self.bound:
+            self._refuse(node, f"the builtin {node.id!r} is not available in reward code (use numpy and math; a "
+                               f"variable of your own named {node.id!r} is fine)")
         self.generic_visit(node)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
@@ -145,24 +184,76 @@ class _Checker(ast.NodeVisitor):
             self._refuse(node, f"the string {node.value!r} is not allowed in reward code")
 
 
+ARGUMENTS = ("obs", "action", "next_obs")
+
+
+def _contract_problems(tree: ast.Module, code: str, function: str) -> list[str]:
+    """Mistakes against the reward function's contract that would only fail later, each with its fix: the
+    signature ``function(obs, action, next_obs)`` and a batch unpacked by rows (what the worker finds on a real
+    batch, a missing return, a wrong shape, NaN, comes back from it with its own fix)."""
+    found = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+             and node.name == function]
+    if not found:
+        return [f"line 1: the code defines no module-level function {function}(obs, action, next_obs)"]
+    fn, problems = found[-1], []
+    call = f"{function}({', '.join(ARGUMENTS)})"
+    if isinstance(fn, ast.AsyncFunctionDef):
+        problems.append(f"line {fn.lineno}: {function} must be a plain 'def', not 'async def'")
+    args = fn.args
+    positional = [a.arg for a in (*args.posonlyargs, *args.args)]
+    required = positional[:len(positional) - len(args.defaults)]
+    extra = required[len(ARGUMENTS):] + [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
+    if len(positional) < len(ARGUMENTS) and args.vararg is None:
+        problems.append(f"line {fn.lineno}: {function} takes {len(positional)} argument(s) ({', '.join(positional)}) "
+                        f"but is called with three: def {call}:")
+    elif extra:
+        names = ", ".join(repr(name) for name in extra)
+        problems.append(f"line {fn.lineno}: {function} has the extra argument(s) {names}, but it is called as {call} "
+                        f"and nothing else is passed: write def {call}: and compute what {names} stood for from "
+                        "obs, action and next_obs, or make it a constant inside the function")
+    names = positional[:len(ARGUMENTS)]
+    batches = set(names[1:2])  # the action
+    dicts = {*names[0:1], *names[2:3]}  # obs and next_obs
+    for node in ast.walk(fn):
+        for target in node.targets if isinstance(node, ast.Assign) else []:
+            if not isinstance(target, (ast.Tuple, ast.List)) or not _is_batch(node.value, batches, dicts):
+                continue
+            value = ast.get_source_segment(code, node.value) or "the array"
+            parts = [ast.get_source_segment(code, e) or "_" for e in target.elts]
+            columns = ", ".join(f"{value}[:, {i}]" for i in range(len(parts)))
+            problems.append(
+                f"line {node.lineno}: `{', '.join(parts)} = {value}` unpacks the batch by rows, but {value} is an "
+                f"array of shape (N, {len(parts)}) with one row per transition: index its columns instead, "
+                f"`{', '.join(parts)} = {columns}` (or `= {value}.T`)")
+    return problems
+
+
+def _is_batch(node: ast.AST, batches: set[str], dicts: set[str]) -> bool:
+    """``action`` or ``obs["key"]`` as written (a whole batch, not a column of it)."""
+    if isinstance(node, ast.Name):
+        return node.id in batches
+    return (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in dicts
+            and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str))
+
+
 def check_code(code: str, function: str = FUNCTION) -> ast.Module:
-    """Parse ``code`` and check it against the sandbox's rules; returns the tree.
+    """Parse ``code`` and check it against the sandbox's rules and the reward function's contract; returns the tree.
 
     Args:
         code: Python source of the reward.
-        function: the function it must define at module level.
+        function: the function it must define at module level, called as ``function(obs, action, next_obs)``.
 
     Raises:
-        CodeError: a syntax error (with its line), or every rule it breaks.
+        CodeError: a syntax error (with its line), or every rule it breaks and every contract mistake it makes
+            (wrong arguments, a batch unpacked by rows), each with its fix.
     """
     try:
         tree = ast.parse(code, filename="reward.py")
     except SyntaxError as exc:
         raise CodeError([f"line {exc.lineno}: SyntaxError: {exc.msg}"]) from None
-    checker = _Checker()
+    checker = _Checker(_bound_names(tree))
     checker.visit(tree)
-    if not any(isinstance(node, ast.FunctionDef) and node.name == function for node in tree.body):
-        checker.problems.append(f"line 1: the code defines no module-level function {function}(obs, action, next_obs)")
+    checker.problems.extend(_contract_problems(tree, code, function))
     if checker.problems:
         raise CodeError(checker.problems)
     return tree

@@ -48,6 +48,12 @@ def record_demos(
         from hilrl.errors import HilrlError
 
         raise HilrlError(f"unknown device {device!r}; allowed: {', '.join(device_names())}")
+    if env_config.foreign and device != "expert" and env_config.action_map is None:
+        from hilrl.errors import HilrlError
+
+        raise HilrlError(f"a person drives {env_config.id!r} through env.action_map: set which of its action "
+                         "dimensions are xyz, rotation and gripper (e.g. action_map: {xyz: [0, 1, 2], gripper: 6, "
+                         "gripper_sign: -1})")
     if isinstance(device, str) and device != "expert":
         teleop, owned = make_device(device), True  # opened first: a missing device fails before the env starts
     else:
@@ -64,10 +70,11 @@ def record_demos(
     expert = make_expert(env, noise=noise, seed=seed) if teleop is None else None
     pace_hz = getattr(env.unwrapped, "control_hz", None) if realtime else None
     stats = RolloutStats.empty()
-    env_kwargs: dict[str, Any] = env_config.make_kwargs()
-    env_kwargs["cameras"] = list(env_kwargs["cameras"])
+    env_kwargs: dict[str, Any] = env_config.file_kwargs()
     try:
-        with DemoWriter(out, env_config.id, env_kwargs, append=append) as writer, make_progress(not show_progress) as bar:
+        with DemoWriter(out, env_config.id, env_kwargs, append=append,
+                        env_config=env_config.model_dump(mode="json") if env_config.foreign else None) as writer, \
+                make_progress(not show_progress) as bar:
             task = bar.add_task(f"record {env_config.id}", total=episodes, stats="")
             for i in range(episodes):
                 if teleop is None:

@@ -271,8 +271,7 @@ class RunFolder:
         (:func:`hilrl.runtime.strategies.online.roll_out_bc`)."""
         from hilrl.data.hdf5 import DemoWriter
 
-        env_kwargs = self.config.env.make_kwargs()
-        env_kwargs["cameras"] = list(env_kwargs["cameras"])
+        env_kwargs = self.config.env.file_kwargs()
         with DemoWriter(self.out / BC_ROLLOUTS, self.config.env.id, env_kwargs) as writer:
             for episode in episodes:
                 writer.add(episode)
@@ -302,8 +301,7 @@ class RunFolder:
         problems = []
         if stored.get("env_name") != env.id:
             problems.append(f"env.id: file {stored.get('env_name')!r}, config {env.id!r}")
-        kwargs = env.make_kwargs()
-        kwargs["cameras"] = list(kwargs["cameras"])
+        kwargs = env.file_kwargs()
         recorded = stored.get("env_kwargs", {})
         for key, value in kwargs.items():
             if key in recorded and recorded[key] != value:

@@ -42,7 +42,8 @@ from hilrl.feedback.interventions import (
 from hilrl.runtime.reference import reference_q
 from hilrl.runtime.seeds import Seeds
 
-COUNTERS = ("env_steps", "episodes", "successes", "interventions", "intervened_steps", "updates")
+# own_successes: successful episodes in which nobody took over (the policy's own; the rest of successes were assisted)
+COUNTERS = ("env_steps", "episodes", "successes", "own_successes", "interventions", "intervened_steps", "updates")
 
 
 def fresh_counters(*extra: str) -> dict[str, int]:
@@ -103,7 +104,10 @@ class StepSource:
         self.render = getattr(env, "render_mode", None) == "human"
         self.rng = seeds.loop_rng()
         self.recent_success: deque[bool] = deque(maxlen=20)
+        self.recent_own: deque[bool] = deque(maxlen=20)  # ... of those episodes: a success with no takeover
         self.recent_intervened: deque[bool] = deque(maxlen=500)
+        self.watched = False  # someone can take over (the env marks steps with info["intervened"])
+        self.episode_assisted = False  # someone took over in the episode in progress
         self.obs: dict[str, np.ndarray] | None = None
         self.episode_start = True
 
@@ -129,6 +133,8 @@ class StepSource:
         if self.render:
             self.env.render()
         intervened = bool(info.get("intervened", False))
+        self.watched = self.watched or "intervened" in info
+        self.episode_assisted = self.episode_assisted or intervened
         transition = dict(obs=obs, action=np.asarray(info.get("executed_action", action), np.float32),
                           reward=float(reward), next_obs=next_obs, terminated=bool(terminated),
                           truncated=bool(truncated), intervened=intervened,
@@ -145,8 +151,12 @@ class StepSource:
         self.episode_start = False
         if terminated or truncated:
             c["episodes"] += 1
+            own = transition["is_success"] and not self.episode_assisted
             c["successes"] += int(transition["is_success"])
+            c["own_successes"] += int(own)
             self.recent_success.append(transition["is_success"])
+            self.recent_own.append(own)
+            self.episode_assisted = False
             self.reset()
         else:
             self.obs = next_obs
@@ -158,13 +168,33 @@ class StepSource:
         return float(np.mean(self.recent_success)) if self.recent_success else 0.0
 
     @property
+    def own_success_rate(self) -> float:
+        """The policy's own success: of the last 20 finished episodes, the share that succeeded with no takeover."""
+        return float(np.mean(self.recent_own)) if self.recent_own else 0.0
+
+    @property
+    def assisted_success_rate(self) -> float:
+        """Of the last 20 finished episodes, the share that succeeded after someone took over."""
+        return self.success_rate - self.own_success_rate
+
+    @property
     def intervention_rate(self) -> float:
         """Share of the last 500 steps a person (or a simulated one) was in control."""
         return float(np.mean(self.recent_intervened)) if self.recent_intervened else 0.0
 
     def stats(self) -> str:
-        """The progress bar's rollout figures."""
-        return f"success {self.success_rate:.0%}  intervened {self.intervention_rate:.0%}"
+        """The progress bar's rollout figures: with someone who can take over, the policy's own success apart
+        from the assisted one (episodes finished after a takeover), beside the share of steps they drove."""
+        if not self.watched:
+            return f"success {self.success_rate:.0%}"
+        return (f"own success {self.own_success_rate:.0%}  assisted {self.assisted_success_rate:.0%}  "
+                f"intervened {self.intervention_rate:.0%}")
+
+    def rollout_scalars(self) -> dict[str, float]:
+        """The ``rollout/`` figures for TensorBoard (:meth:`stats`'s, and the interventions counted)."""
+        return {"success_rate": self.success_rate, "own_success_rate": self.own_success_rate,
+                "assisted_success_rate": self.assisted_success_rate,
+                "intervention_rate": self.intervention_rate, "interventions": self.counters["interventions"]}
 
 
 class TransitionStorage:

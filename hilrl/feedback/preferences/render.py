@@ -30,9 +30,19 @@ class SegmentRenderer:
 
         import hilrl.envs  # noqa: F401  (registers the tasks)
 
-        kwargs = env_config.make_kwargs()
-        kwargs["cameras"] = ()
-        self.env = gym.make(env_config.id, **kwargs, render_size=size, render_mode="rgb_array")
+        if getattr(env_config, "foreign", False):  # any gymnasium env: its adapter restores MuJoCo states
+            from hilrl.envs.make import make_env
+
+            self.env = make_env(env_config, render_mode="rgb_array")  # (frames at the env's own size)
+            self.env.reset(seed=0)  # gymnasium renders only after a reset
+            if not callable(getattr(self.env.unwrapped, "set_state", None)):
+                self.env.close()
+                raise HilrlError(f"{env_config.id} is not a MuJoCo env: its segments hold no states to render; "
+                                 "label such runs from their videos, or use a MuJoCo env")
+        else:
+            kwargs = env_config.make_kwargs()
+            kwargs["cameras"] = ()
+            self.env = gym.make(env_config.id, **kwargs, render_size=size, render_mode="rgb_array")
         self.arm = self.env.unwrapped
 
     def frames(self, states: np.ndarray) -> np.ndarray:

@@ -43,6 +43,9 @@ def teleop_episode(
     """
     frame_map = frame_map or device.frame_map
     action_dim = int(np.prod(env.action_space.shape))
+    # a foreign env (hilrl.envs.adapter) says which of its action dimensions are the arm's (env.action_map)
+    action_map = getattr(env.unwrapped, "action_map", None)
+    arm_dim = action_dim if action_map is None else (7 if action_map.rotation is not None else 4)
     base = env.unwrapped
     get_state = getattr(base, "get_state", None) if record_states else None
     device.reset()
@@ -63,8 +66,10 @@ def teleop_episode(
         command = device.read()
         if "rerecord" in command.buttons:
             return None
-        action = frame_map.to_action(command, action_dim, gripper)
+        action = frame_map.to_action(command, arm_dim, gripper)
         gripper = float(action[-1])
+        if action_map is not None:
+            action = action_map.to_env(action, action_dim)
         next_obs, reward, terminated, truncated, info = env.step(action)
         verdict = "success" if "success" in command.buttons else "failure" if "failure" in command.buttons else None
         terminated = terminated or verdict == "success"

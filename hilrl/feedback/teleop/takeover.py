@@ -29,13 +29,15 @@ class DeviceInterventionist:
         dead_zone: norm of the mapped motion part above which the device takes over.
         frame_map: device -> action frame; default the device's own ``frame_map``.
         owns_device: :meth:`close` closes the device (it was opened for this source).
+        action_map: a foreign env's :class:`~hilrl.envs.adapter.ArmActionMap` (``env.action_map``): the device's
+            arm action goes to the env's dimensions it names (the others keep the policy's action).
 
     ``last_command`` holds the latest reading, so a training loop can act on the
     ``success``/``failure``/``rerecord`` buttons, which an intervention source cannot.
     """
 
     def __init__(self, device: TeleopDevice, dead_zone: float = DEFAULT_DEAD_ZONE, frame_map: FrameMap | None = None,
-                 owns_device: bool = False):
+                 owns_device: bool = False, action_map: Any = None):
         if not dead_zone >= 0.0:
             raise TeleopError(f"dead_zone must be >= 0 (action units), got {dead_zone}")
         self.device = device
@@ -44,15 +46,17 @@ class DeviceInterventionist:
         self.last_command: TeleopCommand | None = None
         self._last_gripper: float | None = None
         self.owns_device = owns_device
+        self.action_map = action_map
 
     @classmethod
     def from_config(cls, config: Any, context: Any) -> DeviceInterventionist:
         """``intervention.source: device`` (registered in :mod:`hilrl.feedback.interventions`): the caller's open
         device (``context.device``, which the caller closes), else ``config.device`` opened here and closed with
         the env."""
+        action_map = getattr(context.env.unwrapped, "action_map", None)
         if context.device is not None:
-            return cls(context.device, dead_zone=config.dead_zone)
-        return cls(make_device(config.device), dead_zone=config.dead_zone, owns_device=True)
+            return cls(context.device, dead_zone=config.dead_zone, action_map=action_map)
+        return cls(make_device(config.device), dead_zone=config.dead_zone, owns_device=True, action_map=action_map)
 
     def close(self) -> None:
         """Release the device if this source opened it (``owns_device``); the env's ``close`` calls this."""
@@ -75,8 +79,15 @@ class DeviceInterventionist:
         command = self.device.read()
         self.last_command = command
         policy_action = np.asarray(policy_action, dtype=np.float32)
-        action = self.frame_map.to_action(command, policy_action.size, gripper=float(policy_action[-1]))
-        moved = float(np.linalg.norm(action[:-1])) > self.dead_zone
+        if self.action_map is None:
+            action = self.frame_map.to_action(command, policy_action.size, gripper=float(policy_action[-1]))
+            moved = float(np.linalg.norm(action[:-1])) > self.dead_zone
+        else:  # a foreign env: the arm action, then put at the env's dimensions
+            arm_dim = 7 if self.action_map.rotation is not None else 4
+            arm = self.frame_map.to_action(command, arm_dim, gripper=float(self.action_map.to_arm(policy_action,
+                                                                                                  arm_dim)[-1]))
+            moved = float(np.linalg.norm(arm[:-1])) > self.dead_zone
+            action = self.action_map.to_env(arm, policy_action.size, base=policy_action)
         gripper_changed = command.gripper is not None and command.gripper != self._last_gripper
         self._last_gripper = command.gripper
         if moved or gripper_changed or "intervene" in command.buttons:

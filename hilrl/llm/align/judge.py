@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from hilrl.llm.align.task import prompt_text, rule_score
 
@@ -38,10 +38,24 @@ DEFAULT_PRINCIPLES = (
 
 
 class Verdict(BaseModel):
-    """The judge's answer."""
+    """The judge's answer, ``{"reason": "...", "better": "A" | "B" | "tie"}``. What a small model writes for the
+    same verdict is read as it (``"a"``, ``"Answer B"``, ``"equal"``, ``"neither"``; no reason); anything else
+    is refused with the values allowed, for the retry."""
 
-    reason: str
+    reason: str = ""
     better: Literal["A", "B", "tie"]
+
+    @field_validator("better", mode="before")
+    @classmethod
+    def _better(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise ValueError(f'better must be the string "A", "B" or "tie"; got {value!r}')
+        words = value.strip().strip(".!").upper().replace("ANSWER", "").replace("RESPONSE", "").split()
+        if words and words[0] in ("A", "B") and (len(words) == 1 or words[1:] in (["IS", "BETTER"], ["BETTER"])):
+            return words[0]
+        if " ".join(words) in ("TIE", "EQUAL", "NEITHER", "BOTH", "SAME", "DRAW", "BOTH EQUAL"):
+            return "tie"
+        raise ValueError(f'better must be exactly "A", "B" or "tie"; got {value!r}')
 
 
 class Labeller(Protocol):

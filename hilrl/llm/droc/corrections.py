@@ -23,9 +23,9 @@ what the number is (the parameter's description), e.g. ``grasp.height_offset: 0 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from hilrl.envs.skills import SKILLS, SkillCall, SkillError
 
@@ -44,6 +44,35 @@ class SkillCorrection(BaseModel):
     direction: Literal["increase", "decrease"]
     magnitude: Literal["tiny", "small", "normal", "large"] = "normal"
     amount: float | None = None
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _direction(cls, value: Any) -> Any:
+        """The words a small model uses for a direction (``up``, ``higher``, ``less``...) read as one."""
+        word = str(value).strip().lower()
+        for name, words in _DIRECTIONS.items():
+            if word in words:
+                return name
+        raise ValueError(f'direction must be exactly "increase" or "decrease"; got {value!r}')
+
+    @field_validator("magnitude", mode="before")
+    @classmethod
+    def _magnitude(cls, value: Any) -> Any:
+        word = "normal" if value is None else str(value).strip().lower()
+        for name, words in _SIZES.items():
+            if word in words:
+                return name
+        raise ValueError(f'magnitude must be exactly "tiny", "small", "normal" or "large"; got {value!r}')
+
+
+_DIRECTIONS = {"increase": ("increase", "up", "higher", "raise", "more", "larger", "bigger", "faster", "further",
+                            "wider", "longer", "+"),
+               "decrease": ("decrease", "down", "lower", "less", "smaller", "slower", "shorter", "narrower",
+                            "reduce", "-")}
+_SIZES = {"tiny": ("tiny", "very small", "a tiny bit", "very slightly"),
+          "small": ("small", "a bit", "a little", "slightly", "little", "slight"),
+          "normal": ("normal", "medium", "moderate", "default", ""),
+          "large": ("large", "big", "a lot", "much", "very large", "huge")}
 
 
 def corrected_value(skill: str, parameter: str, old: float, direction: str, magnitude: str = "normal",

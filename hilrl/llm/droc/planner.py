@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hilrl.envs.skills import SKILLS, SkillCall, SkillError, validate_call
 from hilrl.errors import HilrlError
@@ -34,13 +34,71 @@ class PlanError(HilrlError):
     """The LLM gave no valid plan; nothing was sent to the arm."""
 
 
+_SKILL_KEYS = ("skill", "name", "action", "function", "tool")
+_ARGS_KEYS = ("args", "arguments", "parameters", "params", "kwargs")
+_STEP_FORMAT = '{"skill": NAME, "args": {PARAMETER: VALUE, ...}}'
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 class _Call(BaseModel):
+    """One plan step, ``{"skill": NAME, "args": {...}}``. The spellings a small model uses for the same thing are
+    read as it (``name``/``action``/``function`` for ``skill``; ``arguments``/``parameters``/``params`` for
+    ``args``; parameters written beside ``skill`` instead of inside ``args``; ``{NAME: {...}}``; a bare skill
+    name); anything else is refused with the format it must have, for the retry."""
+
     skill: str
     args: dict[str, Any] = Field(default_factory=dict)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _spellings(cls, value: Any) -> Any:
+        if isinstance(value, str):  # "open_gripper"
+            return {"skill": value, "args": {}}
+        if not isinstance(value, dict):
+            raise ValueError(f"each plan step must be an object {_STEP_FORMAT}; got {_short(value)}")
+        data = dict(value)
+        key = next((k for k in _SKILL_KEYS if isinstance(data.get(k), str)), None)
+        if key is None:
+            if len(data) == 1 and isinstance(next(iter(data.values())), (dict, type(None))):
+                name, args = next(iter(data.items()))  # {"grasp": {"object": "cube"}}
+                return {"skill": name, "args": args or {}}
+            raise ValueError(f'a plan step has no "skill" naming the skill: {_short(value)}; write each step as '
+                             f"{_STEP_FORMAT}")
+        skill = data.pop(key)
+        found = next((k for k in _ARGS_KEYS if k in data), None)
+        args = data.pop(found) if found else {}
+        if args is None:
+            args = {}
+        if not isinstance(args, dict):
+            raise ValueError(f'"args" of the {skill} step must be an object of named parameters, e.g. '
+                             f'{{"object": "cube"}}; got {_short(args)}')
+        return {"skill": skill, "args": {**data, **args}}  # parameters written beside "skill" are its args
+
 
 class _Plan(BaseModel):
+    """``{"plan": [step, ...]}``; a bare list of steps, one step, or ``steps``/``actions`` for ``plan`` read as it."""
+
     plan: list[_Call]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spellings(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {"plan": value}
+        if isinstance(value, dict) and "plan" not in value:
+            for key in ("steps", "actions", "calls", "skills"):
+                if isinstance(value.get(key), list):
+                    return {"plan": value[key]}
+            if any(isinstance(value.get(k), str) for k in _SKILL_KEYS):
+                return {"plan": [value]}
+            raise ValueError(f'the answer has no "plan": {_short(value)}; answer {{"plan": [{_STEP_FORMAT}, ...]}}')
+        if isinstance(value, dict) and not isinstance(value["plan"], list):
+            raise ValueError(f'"plan" must be a list of steps {_STEP_FORMAT}; got {_short(value["plan"])}')
+        return value
 
 
 class Classification(BaseModel):
@@ -50,6 +108,17 @@ class Classification(BaseModel):
     skill: str | None = None
     step: int | None = None
     reason: str = ""
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        """``"Plan-level"``, ``"skill level"``, ``"STOP"`` read as ``plan``, ``skill``, ``stop``."""
+        if isinstance(value, str):
+            word = value.strip().lower().replace("_", "-").removesuffix("-level").removesuffix(" level").strip()
+            if word in ("plan", "skill", "stop"):
+                return word
+            raise ValueError(f'level must be exactly "plan", "skill" or "stop"; got {value!r}')
+        return value
 
 
 class _Constraint(BaseModel):

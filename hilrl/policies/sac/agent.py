@@ -98,7 +98,10 @@ class SAC:
                  bc_policy: ActionLogProb | None = None):
         self.config = config = config if config is not None else SACConfig()
         run = config.execution
-        self.device = resolve_device(config.device if device is None else device)
+        device = config.device if device is None else device
+        if str(device) == "auto" and run.cpu_fused_update:
+            device = "cpu"  # the update this config asks for is a CPU update: auto picks where it runs
+        self.device = resolve_device(device)
         if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
             raise HilrlError(f"SAC needs a 1-D Box action space, got {action_space}")
         if not (np.allclose(action_space.low, -1.0) and np.allclose(action_space.high, 1.0)):
@@ -107,6 +110,10 @@ class SAC:
         # What the config cannot know (the machine, the task); rules between settings are SACConfig's.
         if run.cuda_graph and self.device.type != "cuda":
             raise HilrlError(f"SACConfig.execution.cuda_graph=True needs a CUDA device, got {self.device}")
+        if run.cpu_fused_update and self.device.type != "cpu":
+            raise HilrlError(f"SACConfig.execution.cpu_fused_update=True does not compute the update with device "
+                             f"{self.device} (it is a CPU update); set device: cpu or auto, or set "
+                             "execution.cpu_fused_update=False (the eager update does)")
         self.observation_space, self.action_space = observation_space, action_space
         self.action_dim = int(action_space.shape[0])
         self.target_entropy = (-self.action_dim / 2.0 if config.target_entropy is None
@@ -145,11 +152,10 @@ class SAC:
         if images.freeze_encoder:
             encoder.requires_grad_(False)
         self.encoder_trains = any(p.requires_grad for p in encoder.parameters())
-        if run.cpu_fused_update and (self.device.type != "cpu" or encoder.has_images):
-            reason = (f"device {self.device} (it is a CPU update)" if self.device.type != "cpu"
-                      else "image observations (the image encoder is not written out)")
-            raise HilrlError(f"SACConfig.execution.cpu_fused_update=True does not compute the update with {reason}; "
-                             "set execution.cpu_fused_update=False (the eager update does)")
+        if run.cpu_fused_update and encoder.has_images:
+            raise HilrlError("SACConfig.execution.cpu_fused_update=True does not compute the update with image "
+                             "observations (the image encoder is not written out); set "
+                             "execution.cpu_fused_update=False (the eager update does)")
         self.log_temperature = torch.tensor(float(np.log(config.init_temperature)), device=self.device,
                                             requires_grad=True)
 
@@ -197,7 +203,7 @@ class SAC:
             actor_linears=[layer for layer in self.actor.net if isinstance(layer, nn.Linear)],
             log_temperature=self.log_temperature, critic_optimizer=self.critic_optimizer,
             actor_optimizer=self.actor_optimizer, temperature_optimizer=self.temperature_optimizer,
-            polyak=self.polyak_pairs, target_entropy=self.target_entropy)
+            polyak=self.polyak_pairs, target_entropy=self.target_entropy, bc_prior=self.bc_prior)
 
     # ---- acting (hilrl.policies.sac.acting) ------------------------------------------------------
 

@@ -7,7 +7,8 @@ sections, each a small dataclass:
 
 =================  ======================================================================================
 ``variants``       additions to RLPD: ``kl_coef``, ``bc_proposal``, ``bc_prior_updates``,
-                   ``bc_prior_min_std`` (the KL-to-BC prior and IBRL's proposals) and ``bc_coef`` (TD3+BC)
+                   ``bc_prior_min_std`` (the KL-to-BC prior and IBRL's proposals), ``bc_coef`` (TD3+BC) and
+                   ``target_bounds`` (the critic target clipped to the return's bounds)
 ``normalisation``  the state standardisation: ``enabled``, ``min_std``, ``clip``
 ``images``         the DrQ encoder: ``latent_dim``, ``channels``, ``strides``, ``pad``, ``augment``,
                    ``freeze_encoder``
@@ -72,6 +73,11 @@ class SACVariants:
             factor is TD3+BC's normalisation (Fujimoto & Gu 2021: alpha 2.5 there is ``bc_coef = 0.4``), so the
             setting does not depend on the reward scale. It helps where few demos must guide a long,
             precise task (PickCube) faster than the critic alone can.
+        target_bounds: ``(low, high)`` the critic target ``r + gamma * V(s')`` is clipped to, or ``None`` (RLPD:
+            none). The discounted return lies in ``[r_min / (1 - gamma), r_max / (1 - gamma)]``, so clipping there
+            changes no correct target; it caps the overestimation a max over proposals (IBRL) compounds, a bias
+            ``eps`` per backup settling near ``gamma * eps / (1 - gamma)``. PickCube's dense reward (``[0, 4]``) at
+            gamma 0.97: ``[0, 133.3]``.
     """
 
     kl_coef: float = 0.0
@@ -79,8 +85,14 @@ class SACVariants:
     bc_prior_updates: int = 2000
     bc_prior_min_std: float = 0.2
     bc_coef: float = 0.0
+    target_bounds: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        if self.target_bounds is not None:
+            bounds = tuple(float(b) for b in self.target_bounds)
+            _check("SACConfig.variants", [(len(bounds) == 2 and bounds[0] < bounds[1],
+                                           f"target_bounds must be [low, high] with low < high, got {bounds}")])
+            self.target_bounds = (bounds[0], bounds[1])
         _check("SACConfig.variants", [
             (self.kl_coef >= 0.0, f"kl_coef must be >= 0, got {self.kl_coef}"),
             (self.bc_prior_updates >= 1, f"bc_prior_updates must be >= 1, got {self.bc_prior_updates}"),
@@ -155,8 +167,13 @@ class SACExecution:
         cpu_fused_update: on CPU, run the whole update (``utd`` critic steps, actor, temperature, Adam and
             Polyak) as one C++ call with the forward and backward passes written out, no autograd
             (``csrc/sac_update.cpp``). Same maths and noise, last-bit differences; the eager update
-            (:mod:`hilrl.policies.sac.update`) stays the reference. State observations only. The first learner
-            built compiles it (about a minute, then cached); needs a C++ compiler and ninja. Off by default.
+            (:mod:`hilrl.policies.sac.update`) stays the reference. It computes RLPD with IBRL's proposals in the
+            target (``variants.bc_proposal``) and the TD3+BC term (``variants.bc_coef``); it refuses, naming the
+            setting, what it does not compute (``variants.kl_coef``, ``max_grad_norm``, layer-norm choices other
+            than RLPD's, ``actor_batch: whole``, image observations). With ``device: auto`` the learner runs on
+            the CPU (where this update runs) even when a GPU is there; an explicit ``cuda`` device is refused.
+            The first learner built compiles it (about a minute, then cached); needs a C++ compiler and ninja.
+            Off by default.
         cuda_graph: capture the whole update as one CUDA graph after three eager warm-up updates (CUDA
             only; removes Python and kernel-launch overhead: the fastest learner on a GPU).
     """
@@ -210,7 +227,8 @@ class SACConfig:
             sampling; HIL-SERL 128 + 128). All online when the demo buffer is empty.
         max_grad_norm: clip gradient norms of every network (``None``: no clipping; LeRobot uses 40).
         log_std_min, log_std_max: bounds of the actor's log-std, -20 and 2 (RLPD's TanhNormal).
-        device: where networks live and updates run: ``auto`` (CUDA when torch sees a GPU, else CPU),
+        device: where networks live and updates run: ``auto`` (CUDA when torch sees a GPU, else CPU; the CPU
+            with ``execution.cpu_fused_update``),
             ``cpu``, ``cuda`` or ``cuda:N``.
         variants: :class:`SACVariants` (KL to a BC prior, IBRL's proposals, TD3+BC).
         normalisation: :class:`SACNormalisation` (state standardisation).
@@ -307,7 +325,6 @@ class SACConfig:
         if run.cpu_fused_update:
             unsupported = [text for bad, text in (
                 (variants.kl_coef > 0, "variants.kl_coef > 0 (the KL term to a BC prior)"),
-                (variants.bc_proposal, "variants.bc_proposal (IBRL's proposals)"),
                 (self.max_grad_norm is not None, "max_grad_norm (gradient clipping)"),
                 (not self.critic_layer_norm, "critic_layer_norm=False"),
                 (self.actor_layer_norm, "actor_layer_norm (SERL's actor)"),

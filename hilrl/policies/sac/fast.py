@@ -73,8 +73,9 @@ def kernels_buildable() -> str | None:
 def load_extension(source: str, setting: str) -> Any:
     """The extension built from ``csrc/<source>`` (with the shared headers of ``csrc/``), built on first use.
 
-    Its name carries a digest of every file under ``csrc/``, so a changed header rebuilds it too. ``setting``
-    names the option that needs it, for the error when no compiler is there.
+    Its name carries a digest of its source and of every header under ``csrc/``, so a changed header rebuilds
+    it too and a change in the other extension's source does not. ``setting`` names the option that needs it,
+    for the error when no compiler is there.
     """
     module = _loaded.get(source)  # (no lock once built: the fused LayerNorm asks for it in every layer)
     if module is not None:
@@ -89,7 +90,7 @@ def load_extension(source: str, setting: str) -> Any:
 
             digest = hashlib.sha256()
             for path in sorted(CSRC.iterdir()):
-                if path.suffix in (".cpp", ".h"):
+                if path.suffix == ".h" or path.name == source:
                     digest.update(path.name.encode() + path.read_bytes())
             name = f"hilrl_{Path(source).stem}_{digest.hexdigest()[:12]}"
             _loaded[source] = load(name, sources=[str(CSRC / source)], extra_cflags=_FLAGS,
@@ -229,6 +230,8 @@ class UpdateParts:
             over the critic's, the actor's parameters and ``[log_temperature]``.
         polyak: ``(target parameters, online parameters)`` pairwise, moved by ``tau`` after each critic step.
         target_entropy: the temperature step's entropy target.
+        bc_prior: the :class:`~hilrl.policies.bc_prior.GaussianBCPrior` whose mean action competes in the critic
+            target (``variants.bc_proposal``, IBRL); ``None`` without it. Read only (it is fitted before updates).
     """
 
     critic: nn.Module
@@ -242,6 +245,7 @@ class UpdateParts:
     temperature_optimizer: torch.optim.Adam
     polyak: tuple[list[torch.Tensor], list[torch.Tensor]]
     target_entropy: float
+    bc_prior: nn.Module | None = None
 
 
 _METRICS = ("critic_loss", "q", "target_q", "actor_loss", "entropy", "temperature", "temperature_loss", "bc_loss")
@@ -276,10 +280,10 @@ class CppUpdate:
             tensors.norm_biases = [of(norm.bias) for norm in module.norms]
             return tensors
 
-        def mlp(of: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+        def mlp(linears: list[nn.Linear], of: Callable[[torch.Tensor], torch.Tensor]) -> Any:
             tensors = ext.MlpTensors()
-            tensors.weights = [of(lin.weight) for lin in parts.actor_linears]
-            tensors.biases = [of(lin.bias) for lin in parts.actor_linears]
+            tensors.weights = [of(lin.weight) for lin in linears]
+            tensors.biases = [of(lin.bias) for lin in linears]
             return tensors
 
         def same(p: torch.Tensor) -> torch.Tensor:
@@ -288,7 +292,11 @@ class CppUpdate:
         nets = ext.Networks()
         nets.critic, nets.target = ensemble(parts.critic, same), ensemble(parts.target_critic, same)
         nets.critic_grads = ensemble(parts.critic, self.grads.__getitem__)
-        nets.actor, nets.actor_grads = mlp(same), mlp(self.grads.__getitem__)
+        nets.actor = mlp(parts.actor_linears, same)
+        nets.actor_grads = mlp(parts.actor_linears, self.grads.__getitem__)
+        self.bc_prior = parts.bc_prior if config.variants.bc_proposal else None
+        if self.bc_prior is not None:  # its parameters and buffers are filled in place by its fit or a checkpoint
+            nets.prior = mlp([m for m in self.bc_prior.policy.net if isinstance(m, nn.Linear)], same)
         nets.polyak_target, nets.polyak_online = list(parts.polyak[0]), list(parts.polyak[1])
         self.networks = nets
         self.hyper = ext.Hyper()
@@ -299,6 +307,10 @@ class CppUpdate:
         self.hyper.bc_coef = config.variants.bc_coef
         self.hyper.use_bc = config.variants.bc_coef > 0
         self.hyper.all_members = config.num_min_critics == config.num_critics
+        self.hyper.bc_proposal = self.bc_prior is not None
+        if config.variants.target_bounds is not None:
+            self.hyper.clip_target = True
+            self.hyper.target_low, self.hyper.target_high = config.variants.target_bounds
         self.optimisers: Any = None
 
     def reset(self) -> None:
@@ -345,6 +357,10 @@ class CppUpdate:
         inputs.online_clip = online.state_clip
         inputs.target_offset, inputs.target_scale = target.state_offset, target.state_scale
         inputs.target_clip = target.state_clip
+        if self.bc_prior is not None:
+            prior = self.bc_prior.encoder
+            inputs.prior_offset, inputs.prior_scale, inputs.prior_clip = (prior.state_offset, prior.state_scale,
+                                                                          prior.state_clip)
         demo_mask = batch.get("demo_mask")
         inputs.actions, inputs.rewards = batch["actions"].contiguous(), batch["rewards"].contiguous()
         inputs.terminated = batch["terminated"].contiguous()

@@ -8,8 +8,9 @@ transitions:
    ``r + gamma * (1 - terminated) * (min over 2 random target members of Q'(s', a') - reg(s', a'))``
    with ``a' ~ pi(s')``; ``reg`` is ``alpha * log pi`` (SAC), omitted when
    ``backup_entropy=False`` (RLIF), or ``kl_coef * (log pi - log pi_BC)`` with a
-   BC prior (Demonstration-Regularized RL). Truncated steps bootstrap. After each
-   critic step the target networks move by Polyak averaging (``tau``).
+   BC prior (Demonstration-Regularized RL). With ``variants.bc_proposal`` the BC prior's action competes
+   in the bootstrap (IBRL); with ``variants.target_bounds`` the target is clipped to the return's bounds.
+   Truncated steps bootstrap. After each critic step the target networks move by Polyak averaging (``tau``).
 2. One actor step on the last slice (every row with ``actor_batch="whole"``, SERL): minimise
    ``reg(s, a) - mean_i Q_i(s, a)``, plus, with ``variants.bc_coef > 0``,
    ``bc_coef * mean|Q| * ||tanh(mu(s)) - a_demo||^2`` on that slice's demo rows (TD3+BC's
@@ -92,7 +93,8 @@ def critic_target(sac: SAC, rewards: torch.Tensor, mask: torch.Tensor, next_obs:
     """``r + gamma * mask * (min_{i in members} Q'_i(s', a') - next_reg)``.
 
     ``next_reg`` is subtracted only with ``backup_entropy``; ``mask`` is ``1 - terminated``. With
-    ``variants.bc_proposal`` the BC prior's action at ``s'`` is bootstrapped from where it is worth more (IBRL).
+    ``variants.bc_proposal`` the BC prior's action at ``s'`` is bootstrapped from where it is worth more (IBRL);
+    with ``variants.target_bounds`` the target is clipped to them.
     """
     cfg = sac.config
     features = sac.target["encoder"](next_obs, shifts)
@@ -105,7 +107,10 @@ def critic_target(sac: SAC, rewards: torch.Tensor, mask: torch.Tensor, next_obs:
         assert sac.bc_prior is not None
         proposal = sac.bc_prior.mean_action(next_obs)
         next_q = torch.maximum(next_q, sac.target_q(features, proposal, members).min(dim=0).values)
-    return rewards + cfg.gamma * mask * next_q
+    target = rewards + cfg.gamma * mask * next_q
+    if cfg.variants.target_bounds is not None:
+        target = target.clamp(*cfg.variants.target_bounds)
+    return target
 
 
 def _step(sac: SAC, optimizer: torch.optim.Optimizer, loss: torch.Tensor, params: list[torch.Tensor]) -> None:

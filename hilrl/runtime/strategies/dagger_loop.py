@@ -4,7 +4,8 @@ DAgger (Ross et al. 2011): the learner acts and the scripted expert labels every
 HG-DAgger (Kelly et al. 2019): a gated expert takes over when the learner strays
 (``intervention.source``), and only the intervention steps (state, expert action) are labelled.
 After every ``algo.round_steps`` env steps the labels are aggregated and ``algo.update(replay)``
-retrains on everything so far (the demos first).
+retrains on everything so far (the demos first). With ``train.eval_every`` the policy is evaluated on the
+validation seeds every so many env steps (``eval/`` in TensorBoard), as the online loop does.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from hilrl.config import ExperimentConfig
 from hilrl.data.buffers import Replay
 from hilrl.feedback.experts import make_expert
 from hilrl.policies.registry import make_algorithm
-from hilrl.runtime.evaluate import EvalResult, final_evaluation
+from hilrl.runtime.evaluate import EvalResult, evaluate_policy, final_evaluation
 from hilrl.runtime.progress import make_progress
 from hilrl.runtime.run import RunFolder
-from hilrl.runtime.seeds import Seeds
+from hilrl.runtime.seeds import VALIDATION_SEED, Seeds
 from hilrl.runtime.steps import StepSource, fresh_counters, make_training_env
 
 
@@ -65,7 +66,13 @@ def train_dagger(config: ExperimentConfig, run: RunFolder, demo_episodes: list,
                     metrics = algo.update(replay)
                     counters["updates"] += 1
                     run.scalars(step, {"loss": metrics.get("loss", 0.0), "labels": counters["labels"]}, "train/")
+                    run.scalars(step, steps.rollout_scalars(), "rollout/")
                     bar.update(task, completed=step, stats=f"{steps.stats()}  labels {algo.num_samples}")
+                if training.eval_every and step % training.eval_every == 0 and step < training.steps:
+                    result = evaluate_policy(config.env, algo.act, training.eval_episodes, seed=VALIDATION_SEED,
+                                             show_progress=False)
+                    run.scalars(step, {"success_rate": result.success_rate, "mean_return": result.mean_return},
+                                "eval/")
     finally:
         env.close()
     checkpoint = run.checkpoint(training.steps, algo, counters)

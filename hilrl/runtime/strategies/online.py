@@ -121,9 +121,7 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                         for name, buffer in (("online", replay.online), ("demo", replay.demo)):
                             values = start_values(q_value, buffer, config.algo.gamma)
                             run.scalars(step, values or {}, f"value/{name}_")
-                    run.scalars(step, {"success_rate": steps.success_rate,
-                                       "intervention_rate": steps.intervention_rate,
-                                       "interventions": counters["interventions"]}, "rollout/")
+                    run.scalars(step, steps.rollout_scalars(), "rollout/")
                     bar.update(task, completed=step, stats="  ".join(
                         [steps.stats(), *(source_stats(source) for source in learned), f"{rate:.0f} updates/s"]))
                 # with keep_best the last iterate competes too, so it is evaluated like the others
@@ -144,13 +142,16 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
         env.close()
     train_seconds = time.perf_counter() - started
 
+    # the simulated person's takeovers by what triggered them (stall, regress, workspace, value), this session's
+    reasons = getattr(getattr(env, "source", None), "reasons", None)
     # with keep_best the run's policy is the best evaluated one, judged here on unseen seeds
     policy = run.load_best(algo) if best is not None else run.ckpt_dir / f"step_{counters['env_steps']}.pt"
     result = final_evaluation(config, algo, policy, run.final_video, show_progress)
     return run.finish(result, counters, training.steps, demo_episodes=len(demo_episodes),
                       train_seconds_this_session=round(train_seconds, 2), intervention_source=intervention.source,
                       learn_from=intervention.learning_rule,
-                      reward=repr(replay.online.reward_source), **({"best_validation": best} if best else {}))
+                      reward=repr(replay.online.reward_source), **({"best_validation": best} if best else {}),
+                      **({"takeovers_by_reason": dict(reasons)} if reasons else {}))
 
 
 def source_stats(source: Any) -> str:

@@ -33,10 +33,11 @@ struct MlpTensors { std::vector<Tensor> weights, biases; };
 // One torch.optim.Adam(fused=True) parameter group: what Adam.step hands its fused kernel.
 struct AdamTensors { std::vector<Tensor> params, grads, exp_avgs, exp_avg_sqs, steps; };
 
-// The learner's networks and the gradient buffers the update writes (critic_grads, actor_grads: same shapes).
+// The learner's networks and the gradient buffers the update writes (critic_grads, actor_grads: same shapes);
+// prior: the BC prior's MLP (GaussianBCPrior.policy, same layout as the actor), read only with bc_proposal.
 struct Networks {
   EnsembleTensors critic, target, critic_grads;
-  MlpTensors actor, actor_grads;
+  MlpTensors actor, actor_grads, prior;
   std::vector<Tensor> polyak_target, polyak_online;  // target <- lerp(target, online, tau), pairwise
 };
 
@@ -47,6 +48,7 @@ struct Inputs {
   std::vector<Tensor> obs, next_obs;                      // state keys in the encoder's order, each (T, width)
   Tensor online_offset, online_scale, online_clip;        // ObservationEncoder buffers of the online encoder
   Tensor target_offset, target_scale, target_clip;        // and of the target encoder
+  Tensor prior_offset, prior_scale, prior_clip;           // and of the BC prior's encoder (bc_proposal only)
   Tensor actions, rewards, terminated, next_eps, actor_eps, members, demo_mask;  // demo_mask: empty when none
   Tensor log_temperature, temperature_grad;
 };
@@ -56,7 +58,9 @@ struct AdamHyper { double lr = 0, beta1 = 0, beta2 = 0, weight_decay = 0, eps = 
 // The settings the update reads (SACConfig, the optimisers' param groups, the LayerNorm eps).
 struct Hyper {
   double gamma = 0, tau = 0, layer_norm_eps = 0, log_std_min = 0, log_std_max = 0, target_entropy = 0, bc_coef = 0;
-  bool all_members = false, backup_entropy = true, learn_temperature = true, use_bc = false;
+  double target_low = 0, target_high = 0;  // the critic target's clip (variants.target_bounds) when clip_target
+  bool all_members = false, backup_entropy = true, learn_temperature = true, use_bc = false, bc_proposal = false;
+  bool clip_target = false;
   AdamHyper critic_adam, actor_adam, temperature_adam;
 };
 
@@ -302,7 +306,8 @@ void adam(const AdamTensors& opt, const AdamHyper& h) {
 
 }  // namespace
 
-// One RLPD update: utd critic steps (each with Adam and Polyak), one actor step, one temperature step.
+// One RLPD update: utd critic steps (each with Adam and Polyak), one actor step, one temperature step; with
+// bc_proposal the critic target is IBRL's, max(min_i Q'_i(s', a'_RL) - reg, min_i Q'_i(s', a'_BC)).
 // Returns the metrics (critic_loss, q, target_q, actor_loss, entropy, temperature, temperature_loss, bc_loss, and
 // q_demo, q_online when a demo mask is given).
 Tensor update(const Networks& nets, const Optimisers& opts, const Inputs& in, const Hyper& hyper) {
@@ -316,7 +321,11 @@ Tensor update(const Networks& nets, const Optimisers& opts, const Inputs& in, co
       {"next_eps", &in.next_eps}, {"actor_eps", &in.actor_eps}, {"members", &in.members},
       {"demo_mask", &in.demo_mask}, {"log_temperature", &in.log_temperature},
       {"temperature_grad", &in.temperature_grad}};
-  for (const auto& [name, t] : checked) {  // raw row-major float32 reads below (members: int64)
+  std::vector<std::pair<const char*, const Tensor*>> all_checked = checked;
+  if (hyper.bc_proposal)
+    all_checked.insert(all_checked.end(), {{"prior_offset", &in.prior_offset}, {"prior_scale", &in.prior_scale},
+                                           {"prior_clip", &in.prior_clip}});
+  for (const auto& [name, t] : all_checked) {  // raw row-major float32 reads below (members: int64)
     const bool is_members = t == &in.members;
     TORCH_CHECK(t->is_contiguous() && t->scalar_type() == (is_members ? at::kLong : at::kFloat),
                 "cpu_fused_update: ", name, " must be a contiguous ", is_members ? "int64" : "float32", " tensor");
@@ -328,7 +337,7 @@ Tensor update(const Networks& nets, const Optimisers& opts, const Inputs& in, co
   const float ln_eps = (float)hyper.layer_norm_eps, lo = (float)hyper.log_std_min, hi = (float)hyper.log_std_max;
   const double target_entropy = hyper.target_entropy, bc_coef = hyper.bc_coef;
   const bool all_members = hyper.all_members, backup_entropy = hyper.backup_entropy;
-  const bool learn_temperature = hyper.learn_temperature, use_bc = hyper.use_bc;
+  const bool learn_temperature = hyper.learn_temperature, use_bc = hyper.use_bc, bc_proposal = hyper.bc_proposal;
   const bool has_demo = demo_mask.numel() > 0;
 
   const int T = (int)actions.size(0), A = (int)actions.size(1), utd = (int)members.size(0);
@@ -360,11 +369,26 @@ Tensor update(const Networks& nets, const Optimisers& opts, const Inputs& in, co
     const std::vector<float*> h = actor_forward(actor, next_f, T);
     sample(h.back(), ptr(next_eps), T, A, lo, hi, next_a, nullptr, next_logp);
   }
+  // IBRL (Hu et al. 2023, arXiv:2311.02198): the BC prior's mean action tanh(mu_BC(s')) for every row at once (the
+  // prior is fixed), through its own encoder's standardisation (GaussianBCPrior.mean_action)
+  float* next_bc = nullptr;
+  if (bc_proposal) {
+    const Actor prior(nets.prior);
+    TORCH_CHECK(prior.d[0] == F && prior.d.back() == 2 * A,
+                "cpu_fused_update: the BC prior reads ", prior.d[0], " features and gives ", prior.d.back(),
+                " outputs; the learner's state features are ", F, " wide and its actions ", A);
+    float* prior_f = arena.take((size_t)T * F);
+    features(in.next_obs, in.prior_offset, in.prior_scale, in.prior_clip, T, prior_f, F);
+    const std::vector<float*> hp = actor_forward(prior, prior_f, T);
+    next_bc = arena.take((size_t)T * A);
+    for (int i = 0; i < T; ++i)
+      for (int j = 0; j < A; ++j) next_bc[(size_t)i * A + j] = std::tanh(hp.back()[(size_t)i * 2 * A + j]);
+  }
 
   const Saved fwd = take_saved(critic, B, true), tgt = take_saved(critic, B, false);
   float *buf0 = arena.take((size_t)B * maxd), *buf1 = arena.take((size_t)B * maxd), *tmp = arena.take(maxd);
   float *q = arena.take((size_t)N * B), *next_q = arena.take(B), *qk = arena.take(B), *y = arena.take(B);
-  float* dq = arena.take(B);
+  float *dq = arena.take(B), *bc_q = arena.take(B);
   double critic_loss = 0., q_mean = 0., target_mean = 0.;
   for (int k = 0; k < utd; ++k) {
     const size_t r0 = (size_t)k * B;
@@ -372,16 +396,26 @@ Tensor update(const Networks& nets, const Optimisers& opts, const Inputs& in, co
       for (int f = 0; f < F; ++f) next_x[(size_t)i * Din + f] = next_tf[(r0 + i) * F + f];
       for (int j = 0; j < A; ++j) next_x[(size_t)i * Din + F + j] = next_a[(r0 + i) * A + j];
     }
-    for (int j = 0; j < K; ++j) {
-      critic_forward(target, all_members ? j : (int)mem[(size_t)k * members.size(1) + j], next_x, B, ln_eps, tgt,
-                     j == 0 ? next_q : qk);
-      if (j > 0) for (int i = 0; i < B; ++i) next_q[i] = std::min(next_q[i], qk[i]);
+    auto min_over_members = [&](float* out) {  // min over the chosen target members of Q'(next_x)
+      for (int j = 0; j < K; ++j) {
+        critic_forward(target, all_members ? j : (int)mem[(size_t)k * members.size(1) + j], next_x, B, ln_eps, tgt,
+                       j == 0 ? out : qk);
+        if (j > 0) for (int i = 0; i < B; ++i) out[i] = std::min(out[i], qk[i]);
+      }
+    };
+    min_over_members(next_q);
+    if (bc_proposal) {  // the same members at (s', a'_BC)
+      for (int i = 0; i < B; ++i)
+        for (int j = 0; j < A; ++j) next_x[(size_t)i * Din + F + j] = next_bc[(r0 + i) * A + j];
+      min_over_members(bc_q);
     }
     target_mean = 0.;
     for (int i = 0; i < B; ++i) {
       float v = next_q[i];
       if (backup_entropy) v -= temperature * next_logp[r0 + i];
+      if (bc_proposal) v = std::max(v, bc_q[i]);  // bootstrap from whichever proposal is worth more
       y[i] = rew[r0 + i] + (float)gamma * (1.f - term[r0 + i]) * v;
+      if (hyper.clip_target) y[i] = std::min(std::max(y[i], (float)hyper.target_low), (float)hyper.target_high);
       target_mean += y[i];
     }
     critic_loss = 0.; q_mean = 0.;
@@ -526,7 +560,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def(py::init<>())
       .def_readwrite("critic", &Networks::critic).def_readwrite("target", &Networks::target)
       .def_readwrite("critic_grads", &Networks::critic_grads).def_readwrite("actor", &Networks::actor)
-      .def_readwrite("actor_grads", &Networks::actor_grads).def_readwrite("polyak_target", &Networks::polyak_target)
+      .def_readwrite("actor_grads", &Networks::actor_grads).def_readwrite("prior", &Networks::prior)
+      .def_readwrite("polyak_target", &Networks::polyak_target)
       .def_readwrite("polyak_online", &Networks::polyak_online);
   py::class_<Optimisers>(m, "Optimisers")
       .def(py::init<>())
@@ -538,6 +573,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("online_offset", &Inputs::online_offset).def_readwrite("online_scale", &Inputs::online_scale)
       .def_readwrite("online_clip", &Inputs::online_clip).def_readwrite("target_offset", &Inputs::target_offset)
       .def_readwrite("target_scale", &Inputs::target_scale).def_readwrite("target_clip", &Inputs::target_clip)
+      .def_readwrite("prior_offset", &Inputs::prior_offset).def_readwrite("prior_scale", &Inputs::prior_scale)
+      .def_readwrite("prior_clip", &Inputs::prior_clip)
       .def_readwrite("actions", &Inputs::actions).def_readwrite("rewards", &Inputs::rewards)
       .def_readwrite("terminated", &Inputs::terminated).def_readwrite("next_eps", &Inputs::next_eps)
       .def_readwrite("actor_eps", &Inputs::actor_eps).def_readwrite("members", &Inputs::members)
@@ -556,6 +593,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readwrite("bc_coef", &Hyper::bc_coef).def_readwrite("all_members", &Hyper::all_members)
       .def_readwrite("backup_entropy", &Hyper::backup_entropy)
       .def_readwrite("learn_temperature", &Hyper::learn_temperature).def_readwrite("use_bc", &Hyper::use_bc)
+      .def_readwrite("bc_proposal", &Hyper::bc_proposal).def_readwrite("clip_target", &Hyper::clip_target)
+      .def_readwrite("target_low", &Hyper::target_low).def_readwrite("target_high", &Hyper::target_high)
       .def_readwrite("critic_adam", &Hyper::critic_adam).def_readwrite("actor_adam", &Hyper::actor_adam)
       .def_readwrite("temperature_adam", &Hyper::temperature_adam);
   m.def("update", &update, "one RLPD update (utd critic steps, actor, temperature)", py::arg("networks"),
