@@ -1,13 +1,15 @@
 """hilrl RLPD vs Stable-Baselines3 SAC on foreign gymnasium envs, through hilrl's env adapter (issue 26).
 
 gym-hil (LeRobot's HIL-SERL simulator, ``gym-hil`` 0.1.14; needs mujoco<3.9, so run this in the second venv,
-``.venv-mujoco3``, that ``make install-mujoco3`` builds): ``gym_hil/PandaPickCubeBase-v0``, state observations,
-sparse success reward (``info["succeed"]``: the block 0.1 m up). Ours is ``sim_configs/gym_hil_pick_cube.yaml``
+``.venv-mujoco3``, that ``make install-mujoco3`` builds): the env of ``sim_configs/gym_hil_pick_cube.yaml``,
+``gym_hil/PandaPickCube-v0`` (``PandaPickCubeBase-v0`` behind gym-hil's ``EEActionWrapper``: 2.5 cm steps, the
+action space LeRobot trains), the block placed at random, state observations, sparse success reward
+(``info["succeed"]``: the block 0.1 m up). Ours is ``sim_configs/gym_hil_pick_cube.yaml``
 (RLPD: demos of hilrl's scripted pick expert mixed 50/50 into every batch) with ``--demos`` demos; the baseline is
 SB3's SAC (``algo: sb3.sac``, SB3's defaults, no demos: what an SB3 user runs) on the same env, reward and episode
 ends. Every run goes through ``hilrl train`` (the library entry); evaluation every ``--eval-every`` env steps on
 ``--eval-episodes`` validation episodes; "env steps to 90%" is the first evaluation at or above ``--target``;
-"final" is the run's policy (keep_best for ours) on 50 unseen test episodes (``train.eval_episodes``).
+"final" is the run's policy (keep_best for ours) on ``--eval-episodes`` unseen test episodes.
 updates/s: gradient updates over the run's training seconds (env steps, evaluations and demos included).
 
 ``--plain ID`` adds a plain-Box gymnasium env (default ``InvertedPendulum-v5``, gymnasium's MuJoCo suite): no success

@@ -83,6 +83,26 @@ def test_sac_trains_on_pendulum_with_my_policy_intervening_evaluates_and_replays
     assert "no simulator state to restore" in rep.stdout and "0 of 2 demos diverged" in rep.stdout, rep.stdout
 
 
+@pytest.mark.parametrize("algo", [
+    {"name": "bc", "hidden": [32, 32], "batch_size": 32},
+    {"name": "dagger", "hidden": [32, 32], "batch_size": 32, "round_steps": 50, "updates_per_round": 20},
+    {"name": "sb3.sac", "policy_kwargs": {"net_arch": [32, 32]}, "batch_size": 32},
+], ids=lambda algo: algo["name"])
+def test_bc_dagger_and_sb3_train_on_a_foreign_env_from_my_policy_and_the_run_evaluates(tmp_path, algo):
+    (tmp_path / "my_policy.py").write_text(POLICY % "-(3.0 * state[1] + state[2])")
+    config = write(tmp_path, "pendulum.yaml", {
+        "env": {"id": "Pendulum-v1", "max_episode_steps": 30, "expert": "my_policy:make"},
+        "demos": {"episodes": 2}, "algo": algo,
+        "train": {"steps": 100, "learning_starts": 50, "eval_episodes": 2, "video": False}})
+    train = hilrl("train", config, "--out", "run", cwd=tmp_path)
+    assert train.returncode == 0, train.stdout + train.stderr
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["env"] == "Pendulum-v1" and metrics["algo"] == algo["name"], metrics
+    ev = hilrl("eval", "run", "--episodes", 2, "--json", cwd=tmp_path)
+    assert ev.returncode == 0, ev.stderr
+    assert json.loads(ev.stdout.strip().splitlines()[-1])["episodes"] == 2
+
+
 def test_a_hilrl_only_key_on_a_foreign_env_stops_hilrl_train_with_one_line_naming_env_kwargs(tmp_path):
     config = write(tmp_path, "bad.yaml", {"env": {"id": "Pendulum-v1", "cameras": ["front"]},
                                           "demos": {"episodes": 0}, "algo": {"name": "sac"}})

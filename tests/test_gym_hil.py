@@ -55,7 +55,7 @@ def test_the_scripted_expert_records_and_its_demos_replay_by_states_with_no_dive
 def test_rlpd_trains_briefly_from_expert_demos_and_the_run_evaluates(tmp_path):
     train = hilrl("train", tiny(tmp_path), "--out", "run", cwd=tmp_path)
     assert train.returncode == 0, train.stdout + train.stderr
-    assert json.loads((tmp_path / "run/metrics.json").read_text())["env"] == "gym_hil/PandaPickCubeBase-v0"
+    assert json.loads((tmp_path / "run/metrics.json").read_text())["env"] == "gym_hil/PandaPickCube-v0"
     ev = hilrl("eval", "run", "--episodes", 1, "--json", cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout.strip().splitlines()[-1])["episodes"] == 1
@@ -67,7 +67,7 @@ def test_my_own_scripted_policy_given_as_module_callable_records(tmp_path):
         "def make(env, noise=0.0, seed=None):\n"
         "    class Up:\n"
         "        def reset(self): pass\n"
-        "        def __call__(self, obs): return np.array([0, 0, 0.01, 0, 0, 0, -1], np.float32)\n"
+        "        def __call__(self, obs): return np.array([0, 0, 0.5, -1], np.float32)  # up, open\n"
         "    return Up()\n")
     rec = hilrl("record", tiny(tmp_path), "--expert", "my_pick:make", "--episodes", 1, "--out", "d.hdf5",
                 cwd=tmp_path)
@@ -195,3 +195,21 @@ def test_the_pixel_config_records_replays_its_camera_images_exactly_and_trains(t
     assert train.returncode == 0, train.stdout + train.stderr
     metrics = json.loads((tmp_path / "run/metrics.json").read_text())
     assert metrics["env_steps"] == 12 and metrics["updates"] > 0
+
+
+def test_a_seeded_reset_puts_gym_hils_random_block_in_the_same_place_every_time():
+    """gym-hil draws its random block position from numpy's global generator, which ``reset(seed=)`` alone does
+    not seed: the adapter seeds it too, so validation and test episodes are the same episodes for every learner."""
+    from hilrl.config import EnvConfig
+    from hilrl.envs.make import make_env
+
+    env = make_env(EnvConfig(id="gym_hil/PandaPickCube-v0", package="gym_hil",
+                             kwargs={"random_block_position": True, "reset_delay_seconds": 0}))
+    try:
+        first = env.reset(seed=3)[0]["environment_state"]
+        other = env.reset(seed=4)[0]["environment_state"]
+        again = env.reset(seed=3)[0]["environment_state"]
+    finally:
+        env.close()
+    assert abs(first - other).max() > 1e-3, "two seeds put the block in two places"
+    assert abs(first - again).max() < 1e-9, f"seed 3 placed the block at {first}, then at {again}"

@@ -228,9 +228,10 @@ class GymnasiumAdapter(gym.Wrapper):
         self.observation_space = gym.spaces.Dict(spaces)
         action_space = env.action_space
         if not isinstance(action_space, gym.spaces.Box) or len(action_space.shape) != 1:
-            raise HilrlError(f"{env_id}: its action space is {action_space}; hilrl's learners act in a 1-d Box: wrap "
-                             "the env (e.g. a discrete one with your own continuous wrapper) or register an env "
-                             "adapter of your own (hilrl.envs.adapter)")
+            raise HilrlError(f"{env_id}: its action space is {action_space}; hilrl's learners (SAC/RLPD, BC, DAgger and "
+                             "SB3's SAC/TD3/TQC/CrossQ) act continuously, in a 1-d Box: wrap the env (e.g. a discrete "
+                             "one with your own continuous wrapper) or register an env adapter of your own "
+                             "(hilrl.envs.adapter)")
         low, high = action_space.low.astype(np.float64), action_space.high.astype(np.float64)
         if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
             raise HilrlError(f"{env_id}: its action Box is unbounded ({action_space}); hilrl acts in [-1, 1] and "
@@ -312,6 +313,12 @@ class GymnasiumAdapter(gym.Wrapper):
         return info
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        if seed is not None:
+            # Some envs draw from numpy's global generator rather than their own ``np_random`` (gym-hil 0.1.14's
+            # ``random_block_position`` calls ``np.random.uniform``), so ``reset(seed=)`` alone would leave their
+            # start states unseeded; seeding it too makes a seeded episode the same episode every time (as SB3's
+            # ``set_random_seed`` seeds numpy's global generator beside the env's).
+            np.random.seed(seed % 2**32)
         obs, info = self.env.reset(seed=seed, options=options)
         return self.observation(obs), self._info(info)
 
