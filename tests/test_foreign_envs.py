@@ -227,3 +227,26 @@ def test_a_persons_device_drives_the_dimensions_env_action_map_names(tmp_path):
             record_demos(without, tmp_path / "e.hdf5", 1, device=Pedal(), show_progress=False, realtime=False)
     finally:
         gym.registry.pop("lab/GripperFirst-v0")
+
+
+@pytest.mark.slow
+def test_a_reward_search_on_a_foreign_env_builds_its_candidates_from_my_base_env_section_and_retrains(tmp_path):
+    pytest.importorskip("openai", reason="reward search talks to its LLM with the openai SDK: pip install 'hilrl[llm]'")
+    from hilrl.llm.scripted_server import ScriptedServer
+
+    upright = ("```python\nimport numpy as np\n\ndef compute_reward(obs, action, next_obs):\n"
+               "    cos = next_obs['state'][:, 0]\n    return cos, {'upright': cos}\n```")
+    base = write(tmp_path, "base.yaml", {
+        "env": {"id": "Pendulum-v1", "kwargs": {"g": 5.0}, "max_episode_steps": 30},
+        "demos": {"episodes": 0}, "algo": {"name": "sac", "hidden": [32, 32], "batch_size": 32},
+        "train": {"learning_starts": 20, "eval_episodes": 1, "video": False}})
+    with ScriptedServer([[upright]]) as server:
+        llm = write(tmp_path, "llm.yaml", {"provider": "openai", "base_url": server.base_url, "model": "scripted-gpt",
+                                           "backoff_s": 0.01, "retries": 1})
+        search = hilrl("reward-search", "eureka", "--task", "Pendulum-v1", "--llm", llm, "--base", base,
+                       "--samples", 1, "--iterations", 1, "--steps", 40, "--final-seeds", 1, "--workers", 1,
+                       "--out", "search", cwd=tmp_path)
+    assert search.returncode == 0, search.stdout + search.stderr
+    candidate = yaml.safe_load(next((tmp_path / "search/iter_0").rglob("config.yaml")).read_text())
+    assert candidate["env"]["kwargs"] == {"g": 5.0} and candidate["env"]["max_episode_steps"] == 30
+    assert "the env's own reward" in search.stdout and "no human-normalised score" in search.stdout, search.stdout

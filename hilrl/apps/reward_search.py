@@ -62,6 +62,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel
 
+from hilrl.config import is_hilrl_task
 from hilrl.errors import HilrlError
 from hilrl.llm.providers import LLM
 from hilrl.llm.reward_code import extract_code
@@ -289,7 +290,8 @@ class RewardSearch:
         if self._probe is None:
             from hilrl.config import EnvConfig
 
-            self._probe = probe_batch(EnvConfig(id=self.settings.task), seed=self.settings.seed)
+            env = {**self.settings.base.get("env", {}), "id": self.settings.task}
+            self._probe = probe_batch(EnvConfig(**env), seed=self.settings.seed)
         return self._probe
 
     def check_sample(self, folder: Path, text: str) -> dict[str, Any]:
@@ -533,9 +535,12 @@ class RewardSearch:
         s = self.settings
         steps = s.final_steps or s.steps
         seeds = [s.seed + 1000 + i for i in range(s.final_seeds)]
-        rewards = {"best": ({"source": "code", "path": str(self.out / "best" / "reward.py")}, {}),
-                   "sparse": ({"source": "env"}, {"reward_type": "sparse"}),
-                   "human": ({"source": "env"}, {"reward_type": "dense"})}
+        rewards = {"best": ({"source": "code", "path": str(self.out / "best" / "reward.py")}, {})}
+        if is_hilrl_task(s.task):
+            rewards["sparse"] = ({"source": "env"}, {"reward_type": "sparse"})
+            rewards["human"] = ({"source": "env"}, {"reward_type": "dense"})
+        else:  # a foreign env: its own reward as configured; no dense reward of its authors is known here
+            rewards["sparse"] = ({"source": "env"}, {})
         jobs = [CandidateJob(f"{name}_seed_{seed}", str(self.out / "final" / f"{name}_seed_{seed}"),
                              self.experiment(reward, seed, steps, env=env), extra={"reward": name, "seed": seed},
                              code=(self.out / "best" / "reward.py").read_text() if name == "best" else None)
@@ -549,6 +554,10 @@ class RewardSearch:
                 raise HilrlError(f"retraining {failed[0]['key']} failed: {failed[0].get('traceback')}")
             scores[name] = {"success_rate": float(np.mean([r["success_rate"] for r in mine])),
                             "per_seed": [r["success_rate"] for r in mine]}
+        if "human" not in scores:
+            self.log(f"retrained over seeds {seeds}: best reward {scores['best']['success_rate']:.0%}, the env's own "
+                     f"reward {scores['sparse']['success_rate']:.0%}")
+            return {"seeds": seeds, "steps": steps, "scores": scores, "human_normalised": None}
         score = human_normalised(scores["best"]["success_rate"], scores["sparse"]["success_rate"],
                                  scores["human"]["success_rate"])
         self.log(f"retrained over seeds {seeds}: best reward {scores['best']['success_rate']:.0%}, sparse "

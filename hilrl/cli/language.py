@@ -49,7 +49,13 @@ def reward_search(
     if base is not None:
         if not base.is_file():
             raise HilrlError(f"--base {base}: no such file; give an experiment YAML (e.g. sim_configs/reach_sac.yaml)")
-        base_sections = {k: v for k, v in (yaml.safe_load(base.read_text()) or {}).items() if k not in ("env", "reward")}
+        raw = yaml.safe_load(base.read_text()) or {}
+        base_env = raw.get("env") or {}
+        if base_env.get("id", task) != task:
+            raise HilrlError(f"--base {base}: its env.id {base_env['id']!r} is not --task {task!r}; the base's env "
+                             "section (package, kwargs, ...) applies to the task it names: give --task "
+                             f"{base_env['id']} or remove env from the base")
+        base_sections = {k: v for k, v in raw.items() if k != "reward"}
     folder = out_dir or Path("runs") / f"{method}_{task.split('/')[-1]}"
     config = load_llm_config(llm)
     if samples_per_request is None:  # a server samples K in parallel; a local model writes one after another
@@ -58,6 +64,10 @@ def reward_search(
                               final_seeds=final_seeds, final_steps=final_steps, base=base_sections, human=human,
                               samples_per_request=samples_per_request,
                               task_file=str(task_text) if task_text is not None else None)
+    if config.provider == "local" and config.threads is None and samples_per_request:
+        from hilrl.llm.providers import default_threads  # candidates train while the model writes: half the cores
+
+        config = config.model_copy(update={"threads": default_threads(beside_training=True)})
     model = make_llm(config, folder / "llm_calls.jsonl")
     out.print(f"{method} on {task} with the {model.provider} LLM {model.model}: {samples} samples x {iterations} "
               f"iterations, candidates on {backend}; folder {folder}")
@@ -78,9 +88,14 @@ def reward_search(
     if final:
         scores = final["scores"]
         norm = final["human_normalised"]
-        out.print(f"retrained ({len(final['seeds'])} seeds): best reward {scores['best']['success_rate']:.0%}, sparse "
-                  f"{scores['sparse']['success_rate']:.0%}, task's dense {scores['human']['success_rate']:.0%}; "
-                  f"human-normalised score {'undefined (dense = sparse)' if norm is None else f'{norm:.2f}'}")
+        if "human" in scores:
+            out.print(f"retrained ({len(final['seeds'])} seeds): best reward {scores['best']['success_rate']:.0%}, "
+                      f"sparse {scores['sparse']['success_rate']:.0%}, task's dense {scores['human']['success_rate']:.0%};"
+                      f" human-normalised score {'undefined (dense = sparse)' if norm is None else f'{norm:.2f}'}")
+        else:
+            out.print(f"retrained ({len(final['seeds'])} seeds): best reward {scores['best']['success_rate']:.0%}, "
+                      f"the env's own reward {scores['sparse']['success_rate']:.0%} (no human-normalised score: "
+                      f"{task} has no dense reward of its task's authors that hilrl knows)")
     if summary["reward_path"]:
         out.print(f"best reward: {summary['reward_path']}  (train on it: reward: {{source: code, path: "
                   f"{summary['reward_path']}}})")
