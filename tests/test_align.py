@@ -123,7 +123,7 @@ def test_the_ai_judge_labels_pairs_through_a_local_openai_server_into_the_store(
     pairs = [(prompt, "Blue", "BLUE"), (prompt, "RED", "I would say red."), (prompt, "red", "blue")]
     with ScriptedServer(scripted_rule_judge()) as server:
         llm = make_llm(LLMConfig(base_url=server.base_url, model="judge", backoff_s=0.01), tmp_path / "calls.jsonl")
-        judge = AIJudge(llm, ["Answer in one word of capital letters.", "Be brief."])
+        judge = AIJudge(llm, ["Answer in one word of capital letters.", "Be brief."], checks=False)
         made = label_pairs(store, judge, pairs)
     assert [label for _, label, _ in made] == ["second", "first", "equal"]
     assert len(server.requests) == 6  # each pair asked twice, answers swapped
@@ -139,9 +139,38 @@ def test_the_ai_judge_labels_pairs_through_a_local_openai_server_into_the_store(
 def test_a_judge_that_always_prefers_the_first_answer_labels_nothing_decisive(tmp_path):
     always_a = lambda body: ['{"reason": "A came first", "better": "A"}']  # noqa: E731 - position bias
     with ScriptedServer(always_a) as server:
-        judge = AIJudge(make_llm(LLMConfig(base_url=server.base_url, model="biased", backoff_s=0.01)))
+        judge = AIJudge(make_llm(LLMConfig(base_url=server.base_url, model="biased", backoff_s=0.01)), checks=False)
         label, reason = judge.compare("Name a fruit.", "PLUM", "plum")
     assert label == "equal" and "position-dependent" in reason
+
+
+def test_the_judge_labels_by_the_checks_the_llm_lists_whatever_the_order_and_asks_for_a_verdict_only_on_a_tie(
+        tmp_path):
+    checks = [("exactly one word", "len(text.split()) == 1"), ("in capital letters", "text.isupper()"),
+              ("not an expression", "text.split(")]
+    prompt = RuleTask().prompt("colour")
+    with ScriptedServer(scripted_rule_judge(checks=checks)) as server:
+        judge = AIJudge(make_llm(LLMConfig(base_url=server.base_url, model="judge", backoff_s=0.01)))
+        labels = [judge.compare(prompt, a, b) for a, b in
+                  [("Blue", "BLUE"), ("BLUE", "Blue"), ("RED", "I would say red."), ("RED", "BLUE")]]
+        asked = [r["messages"][0]["content"].split(".")[0] for r in server.requests]
+    assert [label for label, _ in labels] == ["second", "first", "first", "equal"]
+    assert labels[0][1] == "checks: first scores 0.50, second 1.00"
+    assert labels[3][1].startswith("checks tied (1.00), left out, not an expression: text.split(; verdict: both")
+    # three check lists for the one prompt (asked once), then a verdict in both orders for the tie alone
+    assert asked == ["You write checks for a judge of an assistant's answers"] * 3 + [
+        "You are a careful judge of an assistant's answers"] * 2
+    assert server.requests[0]["response_format"]["type"] == "json_schema"
+
+
+def test_a_check_that_reaches_outside_the_text_is_refused_and_the_verdict_decides():
+    from hilrl.llm.align.judge import CheckList, check_program_code
+    from hilrl.llm.sandbox import CodeError, check_code
+
+    code, _ = check_program_code(CheckList.model_validate(
+        {"requirements": [{"requirement": "sneaky", "check": "open('/etc/passwd').read() == text"}]}))
+    with pytest.raises(CodeError, match="the name 'open' is not allowed"):
+        check_code(code, "score", ("answer",))
 
 
 def test_reward_code_verifier_prefers_code_that_runs_in_the_sandbox():

@@ -132,6 +132,7 @@ def test_the_demo_job_runs_rl_with_a_simulated_person(tmp_path):
     # the progress line tells the policy's own success apart from the episodes the person finished (issue 27)
     assert "own success" in trained.stderr and "assisted" in trained.stderr and "intervened" in trained.stderr
     assert 0 <= metrics["own_successes"] <= metrics["successes"]
+    assert metrics["episodes_given_up"] >= 0  # episodes the person ended as failures (give_up_steps)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tb"))

@@ -157,7 +157,7 @@ def test_smuggled_process_file_and_network_access_is_blocked_inside_the_worker(t
     import hilrl.llm.sandbox as sandbox_module
 
     original = sandbox_module.check_code
-    sandbox_module.check_code = lambda code, function="compute_reward": None
+    sandbox_module.check_code = lambda code, *args: None
     try:
         reports = {}
         for name, code in attacks.items():

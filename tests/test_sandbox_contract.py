@@ -117,6 +117,29 @@ def test_mistakes_found_on_a_real_batch_come_back_with_their_fix(body, needle):
     assert needle in failure(reward_code(body))
 
 
+@pytest.mark.parametrize("body, needle", [
+    # what Qwen2.5-Coder-1.5B wrote on Reach: a position difference never reduced, then added to an (N,) effort
+    ("error = np.abs(next_obs['object'] - next_obs['ee_pos'])\nreturn error - np.abs(action[:, 0])",
+     "Hint: one operand has one vector per row, shape (N, 3) (e.g. a difference of two positions), the other one "
+     "value per row, shape (N,): reduce the vector first, e.g. distance = np.linalg.norm("),
+    ("done = episode_end == 1.0\nepisode_end = done\nreturn action[:, 0]",
+     "Hint: episode_end is read before anything is assigned to it"),
+    ("close = np.linalg.norm(next_obs['ee_pos'], axis=-1) < 1\nreturn np.where(close, 1.0, 0.0) if close else 0",
+     "use np.where(condition, a, b) instead of if/else, and & | ~ instead of and/or/not"),
+    ("d = np.linalg.norm(next_obs['ee_pos'] - next_obs['object'], axis=-1)\n"
+     "return -d, {'done': np.all(d < 0.02) or np.sum(d) > 1.0}",
+     "reward component 'done' is a single True, not one value per row; np.all / np.any without axis"),
+])
+def test_what_qwen_got_wrong_on_reach_comes_back_with_its_fix(body, needle):
+    assert needle in failure(reward_code(body))
+
+
+def test_scipy_is_refused_with_the_numpy_call_that_does_the_same():
+    message = refusal("from scipy.linalg import norm\n" + reward_code("return -norm(action, axis=-1)"))
+    assert "import from 'scipy.linalg' is not allowed (allowed: math, numpy); numpy has what reward code needs: a " \
+           "distance per row is np.linalg.norm(a - b, axis=-1)" in message
+
+
 def test_a_column_of_shape_n_by_1_is_taken_as_the_rows_values():
     reward, parts = run(reward_code("g = next_obs['gripper']\nreturn g, {'open': g}"))
     obs, _, _ = rows()

@@ -139,7 +139,11 @@ class PickExpert(ScriptedExpert):
 
     Used for PickCube (carry the cube centre to the goal) and, with a carry function, for
     PegInsert. ``grasp_offset`` is the height of the grasp point above the object centre,
-    ``width`` the object's width between the fingers (m).
+    ``width`` the object's width between the fingers (m). With ``rest_height`` (the object centre's height
+    on the table), an object already lifted and held within ``hold_radius`` of the tool centre counts as
+    held: a learning policy may grip the cube by its edge (PickCube's grasp rule counts up to 4 cm off), and a
+    person who takes over such an arm keeps the cube and carries on (issue 27: the expert opened the fingers
+    and dropped it, 3 of 8 takeovers of a held cube in a 10k-step PickCube checkpoint's rollouts).
     """
 
     def __init__(
@@ -148,10 +152,14 @@ class PickExpert(ScriptedExpert):
         width: float = 0.05,
         grasp_offset: float = 0.0,
         carry: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
+        rest_height: float | None = None,
+        hold_radius: float = 0.02,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.width = width
+        self.rest_height = rest_height
+        self.hold_radius = hold_radius
         self.grasp_offset = grasp_offset
         self.carry = carry
         self.max_opening = 0.08  # total finger gap when fully open (m), the env's gripper scale
@@ -162,7 +170,9 @@ class PickExpert(ScriptedExpert):
         gap = float(obs["gripper"][0]) * self.max_opening
         grasp = obj[:3] + (0.0, 0.0, self.grasp_offset)
         xy_err = float(np.linalg.norm(ee[:2] - grasp[:2]))
-        holding = np.linalg.norm(ee - grasp) < 0.02 and 0.6 * self.width < gap < 1.3 * self.width
+        to_grasp = float(np.linalg.norm(ee - grasp))
+        lifted = self.rest_height is not None and obj[2] > self.rest_height + 0.01 and to_grasp < self.hold_radius
+        holding = (to_grasp < 0.02 or lifted) and 0.6 * self.width < gap < 1.3 * self.width
         if holding:
             if self.carry is not None:
                 return self.carry(ee, obj, grasp), -1.0
@@ -205,6 +215,7 @@ def _peg_carry(peg_half_height: float, block_height: float, grasp_offset: float)
 # Registered by import path, so naming one imports nothing; a plugin registers its env's expert the same way.
 EXPERTS = Registry("scripted expert", error=ExpertError)
 EXPERTS.register("gym_hil/PandaPickCubeBase-v0", "hilrl.feedback.gym_hil_expert:make_pick_cube_expert")
+EXPERTS.register("gym_hil/PandaPickCube-v0", "hilrl.feedback.gym_hil_expert:make_pick_cube_expert")  # LeRobot's wrapped 4-d
 
 
 def has_expert(env_id: str, expert: str | None = None) -> bool:
@@ -264,7 +275,9 @@ def make_expert(env, noise: float = 0.0, seed: int | None = None) -> ScriptedExp
     if task == "Push":
         return PushExpert(*args, cube_half=float(geometry("cube_half")), **kwargs)
     if task == "PickCube":
-        return PickExpert(*args, width=2 * float(geometry("cube_half")), **kwargs)
+        cube_half = float(geometry("cube_half"))  # a lifted cube held up to 4 cm off: PickCube's grasp rule
+        return PickExpert(*args, width=2 * cube_half, rest_height=float(getattr(base, "block_half_height", cube_half)),
+                          hold_radius=0.04, **kwargs)
     peg_half = np.asarray(geometry("peg_half"), dtype=np.float64)
     grasp_offset = float(geometry("grasp_offset"))
     carry = _peg_carry(float(peg_half[2]), float(geometry("block_height")), grasp_offset)

@@ -242,15 +242,25 @@ class PersonSettings(BaseModel):
                                 "to the goal on a hilrl task (reward units on another env)")
     regress: float = Field(0.1, gt=0.0, description="a fall below the episode's best progress that the person "
                            "reads as heading for failure (the cube knocked away or dropped, the arm moving off the "
-                           "goal) and steps in at once")
+                           "goal) once it lasts regress_steps")
+    regress_steps: int = Field(3, ge=1, description="steps progress must stay regress below the best before the "
+                               "person reads it as heading for failure: a person judges a trend, not a frame (a "
+                               "learning arm that backs off a cube for a step or two while lining up a grasp, "
+                               "and comes back alone, is no failure; a dropped or knocked cube stays down)")
     workspace_margin: float | None = Field(0.01, ge=0.0, description="m: the arm this close to a side wall or the "
                                            "ceiling of the task's workspace and pushed further out: the person steps "
                                            "in (the table is no wall: grasps happen there); None: never")
     reaction_steps: int = Field(2, ge=0, description="steps between noticing and taking the controls (a person's "
-                                "reaction time, 0.2 s at 10 Hz); the policy keeps acting meanwhile")
+                                "reaction time, 0.2 s at 10 Hz); the policy keeps acting meanwhile, and the person, "
+                                "still watching, stands down if the arm is back on track before they take over")
     min_takeover: int = Field(5, ge=1, description="steps the person drives at least once in control")
     max_takeover: int = Field(30, ge=1, description="steps the person drives at most before handing back, "
                               "progress restored or not")
+    give_up_steps: int | None = Field(10, ge=1, description="steps of the person's own driving without progress "
+                                      "after which they judge the episode lost (the cube knocked or flung out of the "
+                                      "arm's reach: the expert pushes against the workspace's wall) and end it as a "
+                                      "failure, as HIL-SERL's operators reset a scene the robot cannot finish "
+                                      "(truncated: no MDP terminal); None: drive on to the time limit")
     patience: int | None = Field(3, ge=1, description="the takeover of an episode at which the person stops "
                                  "handing back and drives to the episode's end (an operator who saw the policy fail "
                                  "this often finishes the task, so the episode still ends in a success); None: never")
@@ -312,18 +322,21 @@ class SimulatedPerson:
 
     * ``stall``: the task's progress (:class:`TaskProgress`) gained less than ``min_progress`` in the last
       ``stall_steps`` steps (never while the task is in its success state);
-    * ``regress``: progress fell ``regress`` below the episode's best (heading for a known failure: the cube
-      knocked away or dropped, the arm moving off the goal);
+    * ``regress``: progress has stayed ``regress`` below the episode's best for ``regress_steps`` steps (heading
+      for a known failure: the cube knocked away or dropped, the arm moving off the goal);
     * ``workspace``: the arm is within ``workspace_margin`` of a side wall or the ceiling of the task's
       workspace and the policy pushes further out;
     * ``value``: with a reference critic and ``q_margin``, the policy's action is clearly worse than the
       expert's by Q_ref.
 
-    ``reaction_steps`` after a trigger the person takes the controls and drives the scripted expert (whose
+    ``reaction_steps`` after a trigger the person takes the controls, unless by then nothing triggers any more
+    (they stand down: the arm came back alone), and drives the scripted expert (whose
     ``noise`` is the person's skill) until progress is restored (a new best by ``min_progress``, or the
     task's success) and at least ``min_takeover`` steps have passed, or for ``max_takeover`` steps at most;
     then hands back, and the stall clock restarts. The ``patience``-th takeover of an episode lasts to its
-    end. Figures per takeover reason are in :attr:`reasons`.
+    end. A person whose own driving makes no progress for ``give_up_steps`` ends the episode as a failure
+    (:attr:`verdict`, read by :class:`InterventionWrapper`, as the failure button of a teleop device).
+    Takeovers per reason (the trigger that started the reaction) are in :attr:`reasons`.
 
     :param expert: the scripted expert the person drives (``obs -> action``).
     :param progress: the task's progress measure.
@@ -341,6 +354,7 @@ class SimulatedPerson:
         self.workspace = workspace
         self.q_ref = q_ref if self.settings.q_margin is not None else None
         self.reasons: dict[str, int] = {}  # takeovers per trigger, over the person's life
+        self.given_up = 0  # episodes the person ended as failures (give_up_steps), over their life
         self.reset()
 
     @classmethod
@@ -364,8 +378,11 @@ class SimulatedPerson:
         self.success = False
         self.takeovers = 0
         self.pending: int | None = None  # steps left of the reaction delay
+        self.reason: str | None = None  # the trigger the person is reacting to
+        self.below = 0  # consecutive steps with progress regress below the best
         self.driving, self.driven, self.start_best = False, 0, None
         self.finishing = False  # patience spent: drives to the episode's end
+        self.verdict: str | None = None  # "failure" once the person gives the episode up
         for expert in (self.expert, self.intent):
             reset = getattr(expert, "reset", None)
             if reset is not None:
@@ -381,12 +398,13 @@ class SimulatedPerson:
             self.milestone, self.milestone_step = self.current, self.steps
         elif self.current >= self.milestone + self.settings.min_progress:
             self.milestone, self.milestone_step = self.current, self.steps
+        self.below = self.below + 1 if self.best - self.current >= self.settings.regress else 0
 
     def trigger(self, obs: Obs, policy_action: np.ndarray, expert_action: np.ndarray) -> str | None:
         """Why the person would step in now (a trigger's name), or ``None``."""
         s = self.settings
         if self.current is not None and not self.success:
-            if self.best - self.current >= s.regress:
+            if self.below >= s.regress_steps:
                 return "regress"
             if self.steps - self.milestone_step >= s.stall_steps:
                 return "stall"
@@ -410,6 +428,10 @@ class SimulatedPerson:
         s = self.settings
         if self.driving:
             self.driven += 1
+            if s.give_up_steps is not None and self.steps - self.milestone_step >= s.give_up_steps:
+                self.verdict = "failure"  # their own driving got nowhere: a reset, as an operator would
+                self.given_up += 1
+                return expert_action
             restored = self.success or (self.current is not None and self.start_best is not None
                                         and self.current >= self.start_best + s.min_progress)
             if self.finishing or self.driven <= s.min_takeover or not (restored or self.driven > s.max_takeover):
@@ -417,17 +439,20 @@ class SimulatedPerson:
             self.driving = False  # hand back; the stall clock restarts
             self.milestone, self.milestone_step = self.current, self.steps
             return None
+        reason = self.trigger(obs, policy_action, meant)
+        if reason is None:
+            # nothing wrong now: a person still reaching for the controls stands down (the arm came back alone)
+            self.pending = self.reason = None
+            return None
         if self.pending is None:
-            reason = self.trigger(obs, policy_action, meant)
-            if reason is None:
-                return None
-            self.reasons[reason] = self.reasons.get(reason, 0) + 1
-            self.pending = s.reaction_steps
+            self.pending, self.reason = s.reaction_steps, reason
         if self.pending > 0:
             self.pending -= 1
             return None
         self.pending = None
+        self.reasons[self.reason] = self.reasons.get(self.reason, 0) + 1  # counted when the person takes over
         self.driving, self.driven, self.start_best = True, 1, self.best
+        self.milestone, self.milestone_step = self.current, self.steps  # the give-up clock runs from here
         self.takeovers += 1
         self.finishing = s.patience is not None and self.takeovers >= s.patience
         return expert_action

@@ -23,9 +23,11 @@ of each array in order.
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
+import re
 import resource
 import signal
 import struct
@@ -161,12 +163,30 @@ def _hint(exc: BaseException, arrays: dict[str, np.ndarray] | None) -> str:
         return f"Hint: the keys of obs and next_obs are: {', '.join(keys)}."
     if isinstance(exc, AttributeError) and "'dict' object has no attribute" in text:
         return "Hint: obs and next_obs are dicts of arrays: write next_obs['ee_pos'], not next_obs.ee_pos."
+    vector_and_rows = re.search(r"shapes \(\d+,(\d+)\) \(\d+,\)", text) or re.search(
+        r"shapes \(\d+,\) \(\d+,(\d+)\)", text)
+    if isinstance(exc, ValueError) and vector_and_rows and "broadcast" in text:
+        # one operand is a vector per row (a position difference), the other one value per row: the vector was
+        # never reduced (Qwen2.5-Coder-1.5B: np.abs(goal - ee_pos) then added to a (N,) effort)
+        width = vector_and_rows.group(1)
+        return (f"Hint: one operand has one vector per row, shape (N, {width}) (e.g. a difference of two positions), "
+                "the other one value per row, shape (N,): reduce the vector first, e.g. distance = "
+                "np.linalg.norm(next_obs['object'] - next_obs['ee_pos'], axis=-1), which has shape (N,).")
     if isinstance(exc, (IndexError, ValueError)) and ("too many indices" in text or "could not be broadcast" in text
                                                      or "operands could not" in text):
         return ("Hint: check the shapes: action is (N, A), obs['ee_pos'] is (N, 3); index columns with [:, i] and "
                 "reduce over the last axis (axis=-1) so the reward has shape (N,).")
     if isinstance(exc, NameError) and getattr(exc, "name", None) in ("np", "numpy", "math"):
         return "Hint: import what you use at the top of the code: import numpy as np (and import math)."
+    if isinstance(exc, ValueError) and "truth value of an array" in text:
+        return ("Hint: `if`, `and`, `or` and `not` need one True/False, but a comparison of batches gives one per row: "
+                "use np.where(condition, a, b) instead of if/else, and & | ~ instead of and/or/not.")
+    if isinstance(exc, UnboundLocalError) or (isinstance(exc, NameError) and getattr(exc, "name", None)
+                                               and not hasattr(builtins, exc.name)):
+        name = getattr(exc, "name", None) or (re.findall(r"'(\w+)'", text) or ["it"])[0]
+        return (f"Hint: {name} is read before anything is assigned to it; compute every variable from obs, action "
+                f"and next_obs inside compute_reward before it is used (nothing else is passed in or kept between "
+                "calls).")
     if isinstance(exc, TypeError) and "positional argument" in text:
         return "Hint: the function is called as compute_reward(obs, action, next_obs), with exactly these three."
     return ""
@@ -191,6 +211,11 @@ def _as_rows(value, n: int, what: str, scalar: bool = True) -> np.ndarray:
     except (TypeError, ValueError):
         raise ContractError(f"{what} is a {type(value).__name__} that is not an array of numbers; it must be a numpy "
                             f"array of shape ({n},), one value per row of the batch") from None
+    if isinstance(value, (bool, np.bool_)):  # `a or b`, `x == y` on arrays made one, np.all without axis
+        raise ContractError(f"{what} is a single {bool(value)}, not one value per row; np.all / np.any without "
+                            "axis (and `and` / `or` on their results) reduce the whole batch to one truth value: "
+                            "compare element-wise and combine with & and |, e.g. (distance < 0.02).astype(float), "
+                            f"which has shape ({n},)")
     if array.ndim == 0 and not scalar:  # the same reward for every row: nothing to learn from (a lost axis)
         raise ContractError(f"{what} is a single number, the same for every row; it must have shape ({n},), one value "
                             "per row of the batch (did np.linalg.norm, np.sum or np.mean miss axis=-1?)")
@@ -296,6 +321,18 @@ def main() -> None:
                 finally:
                     guard.active = False
                 _write_frame(reply_fd, {"ok": True}, result)
+            elif op == "score":  # a judge's check program on answers' text (hilrl.llm.align.judge)
+                if fn is None:
+                    raise RuntimeError("no code loaded")
+                guard.active = True
+                try:
+                    scores = [fn(str(text)) for text in header["texts"]]
+                finally:
+                    guard.active = False
+                if not all(isinstance(x, (bool, int, float, np.number)) and math.isfinite(x) for x in scores):
+                    raise ContractError(f"{header.get('function', 'the function')} must return one finite number per "
+                                        "answer")
+                _write_frame(reply_fd, {"ok": True}, {"scores": np.asarray(scores, dtype=np.float64)})
             else:
                 raise ValueError(f"unknown request {op!r}")
         except CpuLimit:

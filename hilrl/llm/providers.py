@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hilrl.errors import HilrlError
 
 __all__ = ["CallLog", "LLM", "LLMConfig", "LLMError", "LocalLlamaCpp", "LocalTransformers", "OpenAICompatible",
-           "ReplayLLM", "llama_cpp_available", "load_llm_config", "make_llm"]
+           "ReplayLLM", "default_threads", "llama_cpp_available", "load_llm_config", "make_llm"]
 
 Message = dict[str, str]
 Model = TypeVar("Model", bound=BaseModel)
@@ -77,7 +77,8 @@ class LLMConfig(BaseModel):
         local_backend: ``local``: ``auto`` (llama.cpp for a ``.gguf`` when llama-cpp-python is installed, else
             transformers), ``llama.cpp`` or ``transformers``.
         context_tokens: ``local`` on llama.cpp: the context window (prompt plus answer) in tokens.
-        threads: ``local`` on llama.cpp: CPU threads; default half the logical CPUs (llama-cpp-python's).
+        threads: ``local`` on llama.cpp: CPU threads; default :func:`default_threads` (the physical cores; half of
+            them in a reward search, whose candidates train while the model writes).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -96,7 +97,8 @@ class LLMConfig(BaseModel):
     local_backend: Literal["auto", "llama.cpp", "transformers"] = Field(
         "auto", description="local: llama.cpp for a .gguf when installed (auto), or force one backend")
     context_tokens: int = Field(8192, ge=256, description="local on llama.cpp: context window in tokens")
-    threads: int | None = Field(None, ge=1, description="local on llama.cpp: CPU threads (default: half the CPUs)")
+    threads: int | None = Field(None, ge=1, description="local on llama.cpp: CPU threads (default: the physical "
+                                "cores, half of them while candidates train beside the model)")
 
 
 def load_llm_config(path: str | os.PathLike | None) -> LLMConfig:
@@ -380,6 +382,34 @@ class LocalTransformers(LLM):
         return Completion(texts, prompt_len * n, generated)
 
 
+def default_threads(beside_training: bool = False) -> int:
+    """llama.cpp's CPU threads when the LLM config leaves ``threads`` unset.
+
+    The physical cores this process may run on, as llama.cpp itself counts them (SMT siblings share one core's
+    units; llama-cpp-python's own default, half the logical CPUs, is the same count on an SMT machine and half the
+    cores on one without SMT, like the 2-vCPU machine measured below). Measured (``benchmarks/llm_local.py speed``,
+    Qwen2.5-Coder-1.5B Q4_K_M, 2-core Xeon, quiet): 1 thread 7.3 generated tokens/s, 2 threads 12.5. With
+    ``beside_training`` (a reward search: candidates train while the model writes the next sample) half of them:
+    llama.cpp's threads spin at barriers, so a thread without a free core stalls all the others (2 threads on a
+    loaded 2-core machine did not finish a 48-token answer in 7 minutes, where 1 thread wrote 2.3 tokens/s).
+
+    :param beside_training: other CPU-heavy work runs beside the model.
+    """
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = list(range(os.cpu_count() or 2))
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            cores = set()
+            break
+    physical = len(cores) or max(1, len(cpus) // 2)
+    return max(1, physical // 2) if beside_training else physical
+
+
 def llama_cpp_available() -> bool:
     """Whether llama-cpp-python is installed and loads its library (``make llm-local``)."""
     import importlib.util
@@ -426,9 +456,7 @@ class LocalLlamaCpp(LLM):
         except ImportError:
             raise LLMError("local_backend llama.cpp needs llama-cpp-python: make llm-local (builds it from source)"
                            ) from None
-        # threads: llama-cpp-python's default (half the logical CPUs, i.e. the physical cores) unless set; more
-        # threads than free cores is much slower (llama.cpp's threads spin at barriers): see benchmarks/llm_local.py
-        threads = config.threads or max(1, (os.cpu_count() or 2) // 2)
+        threads = config.threads or default_threads()
         self.llama = Llama(model_path=str(path), n_ctx=config.context_tokens, n_threads=threads,
                            n_threads_batch=threads, n_gpu_layers=0, verbose=False)
         self.model = config.model or path.name

@@ -130,6 +130,18 @@ def _bound_names(tree: ast.AST) -> set[str]:
     return bound
 
 
+_NUMERIC_LIBRARIES = ("scipy", "torch", "sklearn", "jax", "pandas", "numba", "tensorflow")
+
+
+def _numpy_has(module: str) -> str:
+    """What numpy offers instead of a numeric library a small model reaches for (Qwen2.5-Coder-1.5B wrote
+    `from scipy.linalg import norm` and `from scipy.spatial.distance import ...` for a distance)."""
+    if module.split(".")[0] not in _NUMERIC_LIBRARIES:
+        return ""
+    return ("; numpy has what reward code needs: a distance per row is np.linalg.norm(a - b, axis=-1), and np.exp, "
+            "np.tanh, np.clip, np.where, np.minimum work on whole batches")
+
+
 class _Checker(ast.NodeVisitor):
     def __init__(self, bound: set[str]) -> None:
         self.problems: list[str] = []
@@ -144,12 +156,14 @@ class _Checker(ast.NodeVisitor):
                 self._refuse(node, f"import of {alias.name!r} is not allowed (typing: only `from typing import "
                                    f"{', '.join(TYPING_NAMES)}`)")
             elif alias.name.split(".")[0] not in ALLOWED_IMPORTS:
-                self._refuse(node, f"import of {alias.name!r} is not allowed (allowed: math, numpy)")
+                self._refuse(node, f"import of {alias.name!r} is not allowed (allowed: math, numpy)"
+                                   f"{_numpy_has(alias.name)}")
         self.generic_visit(node)
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level or (node.module or "").split(".")[0] not in ALLOWED_IMPORTS:
-            self._refuse(node, f"import from {node.module!r} is not allowed (allowed: math, numpy)")
+            self._refuse(node, f"import from {node.module!r} is not allowed (allowed: math, numpy)"
+                               f"{_numpy_has(node.module or '')}")
         for alias in node.names:
             if alias.name == "*" or alias.name in _FORBIDDEN_ATTRIBUTES or alias.name.startswith("_"):
                 self._refuse(node, f"importing {alias.name!r} from {node.module!r} is not allowed")
@@ -185,32 +199,37 @@ class _Checker(ast.NodeVisitor):
 
 
 ARGUMENTS = ("obs", "action", "next_obs")
+_COUNTS = {1: "one", 2: "two", 3: "three"}
 
 
-def _contract_problems(tree: ast.Module, code: str, function: str) -> list[str]:
+def _contract_problems(tree: ast.Module, code: str, function: str,
+                       arguments: tuple[str, ...] = ARGUMENTS) -> list[str]:
     """Mistakes against the reward function's contract that would only fail later, each with its fix: the
     signature ``function(obs, action, next_obs)`` and a batch unpacked by rows (what the worker finds on a real
     batch, a missing return, a wrong shape, NaN, comes back from it with its own fix)."""
     found = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
              and node.name == function]
     if not found:
-        return [f"line 1: the code defines no module-level function {function}(obs, action, next_obs)"]
+        return [f"line 1: the code defines no module-level function {function}({', '.join(arguments)})"]
     fn, problems = found[-1], []
-    call = f"{function}({', '.join(ARGUMENTS)})"
+    call = f"{function}({', '.join(arguments)})"
     if isinstance(fn, ast.AsyncFunctionDef):
         problems.append(f"line {fn.lineno}: {function} must be a plain 'def', not 'async def'")
     args = fn.args
     positional = [a.arg for a in (*args.posonlyargs, *args.args)]
     required = positional[:len(positional) - len(args.defaults)]
-    extra = required[len(ARGUMENTS):] + [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
-    if len(positional) < len(ARGUMENTS) and args.vararg is None:
+    extra = required[len(arguments):] + [a.arg for a, d in zip(args.kwonlyargs, args.kw_defaults) if d is None]
+    if len(positional) < len(arguments) and args.vararg is None:
         problems.append(f"line {fn.lineno}: {function} takes {len(positional)} argument(s) ({', '.join(positional)}) "
-                        f"but is called with three: def {call}:")
+                        f"but is called with {_COUNTS.get(len(arguments), len(arguments))}: def {call}:")
     elif extra:
         names = ", ".join(repr(name) for name in extra)
         problems.append(f"line {fn.lineno}: {function} has the extra argument(s) {names}, but it is called as {call} "
                         f"and nothing else is passed: write def {call}: and compute what {names} stood for from "
-                        "obs, action and next_obs, or make it a constant inside the function")
+                        f"{', '.join(arguments[:-1]) + ' and ' if len(arguments) > 1 else ''}{arguments[-1]}, or "
+                        "make it a constant inside the function")
+    if arguments != ARGUMENTS:  # the batch checks below are the reward function's
+        return problems
     names = positional[:len(ARGUMENTS)]
     batches = set(names[1:2])  # the action
     dicts = {*names[0:1], *names[2:3]}  # obs and next_obs
@@ -236,12 +255,13 @@ def _is_batch(node: ast.AST, batches: set[str], dicts: set[str]) -> bool:
             and isinstance(node.slice, ast.Constant) and isinstance(node.slice.value, str))
 
 
-def check_code(code: str, function: str = FUNCTION) -> ast.Module:
+def check_code(code: str, function: str = FUNCTION, arguments: tuple[str, ...] = ARGUMENTS) -> ast.Module:
     """Parse ``code`` and check it against the sandbox's rules and the reward function's contract; returns the tree.
 
     Args:
         code: Python source of the reward.
         function: the function it must define at module level, called as ``function(obs, action, next_obs)``.
+        arguments: the arguments it is called with (a judge's check program: ``("answer",)``).
 
     Raises:
         CodeError: a syntax error (with its line), or every rule it breaks and every contract mistake it makes
@@ -253,7 +273,7 @@ def check_code(code: str, function: str = FUNCTION) -> ast.Module:
         raise CodeError([f"line {exc.lineno}: SyntaxError: {exc.msg}"]) from None
     checker = _Checker(_bound_names(tree))
     checker.visit(tree)
-    checker.problems.extend(_contract_problems(tree, code, function))
+    checker.problems.extend(_contract_problems(tree, code, function, arguments))
     if checker.problems:
         raise CodeError(checker.problems)
     return tree
@@ -283,6 +303,8 @@ class Sandbox:
         code: the reward's source (checked with :func:`check_code` first).
         limits: the worker's limits.
         function: the function to call.
+        arguments: what it is called with: a reward's ``(obs, action, next_obs)``, or ``("answer",)`` for a judge's
+            check program scored with :meth:`score_texts`.
 
     Raises:
         CodeError: the code breaks the rules (nothing is started).
@@ -291,8 +313,9 @@ class Sandbox:
 
     _DTYPES = {"float32", "float64", "int32", "int64", "bool", "uint8"}
 
-    def __init__(self, code: str, limits: SandboxLimits | None = None, function: str = FUNCTION) -> None:
-        check_code(code, function)
+    def __init__(self, code: str, limits: SandboxLimits | None = None, function: str = FUNCTION,
+                 arguments: tuple[str, ...] = ARGUMENTS) -> None:
+        check_code(code, function, arguments)
         self.code, self.limits, self.function = code, limits or SandboxLimits(), function
         self.calls, self.restarts = 0, 0
         self._process: subprocess.Popen | None = None
@@ -404,3 +427,20 @@ class Sandbox:
         if reward.shape != (n,):
             raise SandboxError("crash", "the worker sent a malformed reply")
         return reward, {name.removeprefix("component/"): value for name, value in out.items()}
+
+    def score_texts(self, texts: list[str]) -> np.ndarray:
+        """``function(text)`` for each text (code loaded with ``arguments=("answer",)``): float64 ``[len(texts)]``.
+
+        Raises:
+            SandboxError: the code raised, returned something other than a finite number, or hit a limit.
+        """
+        if self._process is None:
+            self.restarts += 1
+            self._start()
+        self.calls += 1
+        out = self._request({"op": "score", "texts": [str(t) for t in texts], "function": self.function}, None,
+                            self.limits.wall_s)
+        scores = out.get("scores")
+        if scores is None or scores.shape != (len(texts),):
+            raise SandboxError("crash", "the worker sent a malformed reply")
+        return scores

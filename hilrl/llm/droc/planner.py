@@ -121,6 +121,28 @@ class Classification(BaseModel):
         return value
 
 
+def _has_parameter(skill: str, parameter: str) -> bool:
+    try:
+        SKILLS[skill].param(parameter)
+    except (KeyError, SkillError):
+        return False
+    return True
+
+
+def _step_of_skill(skill: str | None, step: int | None, plan: list[SkillCall],
+                   results: list[dict[str, Any]]) -> int | None:
+    """The plan step a classification is about: ``step`` when it holds the skill named, else that skill's step (the
+    first that failed, else the first), else ``step`` as given. Qwen2.5-Coder-1.5B named the grasp but gave the
+    index of the step after it (it counted from 1), so the correction went to the wrong skill."""
+    if skill is None or (step is not None and 0 <= step < len(plan) and plan[step].skill == skill):
+        return step
+    found = [i for i, call in enumerate(plan) if call.skill == skill]
+    if not found:
+        return step
+    failed = [i for i in found if i < len(results) and not results[i].get("ok", True)]
+    return (failed or found)[0]
+
+
 class _Constraint(BaseModel):
     constraint: str
     objects: list[str] = Field(default_factory=list)
@@ -227,7 +249,8 @@ class DrocPlanner:
     def classify(self, correction: str, plan: list[SkillCall], results: list[dict[str, Any]]) -> Classification:
         """Plan-level, skill-level or stop."""
         text = prompt("classify", correction=correction, plan=_plan_json(plan), results=json.dumps(results))
-        return self._ask([{"role": "user", "content": text}], Classification, "droc_classify")
+        kind = self._ask([{"role": "user", "content": text}], Classification, "droc_classify")
+        return kind.model_copy(update={"step": _step_of_skill(kind.skill, kind.step, plan, results)})
 
     def skill_correction(self, correction: str, step: int, plan: list[SkillCall],
                          history: list[dict[str, Any]]) -> SkillCorrection:
@@ -235,7 +258,13 @@ class DrocPlanner:
         call = plan[step]
         text = prompt("skill", correction=correction, step=step, skill=call.skill, plan=_plan_json(plan),
                       history=json.dumps(history), schema=json.dumps(SKILLS[call.skill].describe()))
-        return self._ask([{"role": "user", "content": text}], SkillCorrection, "droc_skill")
+        change = self._ask([{"role": "user", "content": text}], SkillCorrection, "droc_skill")
+        if change.step != step and _has_parameter(call.skill, change.parameter) and not (
+                0 <= change.step < len(plan) and _has_parameter(plan[change.step].skill, change.parameter)):
+            # asked about step `step`, the answer names a parameter of that step's skill under another index
+            # (Qwen2.5-Coder-1.5B counted the steps from 1): the step asked about is meant
+            change = change.model_copy(update={"step": step})
+        return change
 
     def constraint(self, correction: str, scene: Scene, plan: list[SkillCall],
                    results: list[dict[str, Any]]) -> tuple[str, list[str]]:

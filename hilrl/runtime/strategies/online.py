@@ -144,6 +144,7 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
 
     # the simulated person's takeovers by what triggered them (stall, regress, workspace, value), this session's
     reasons = getattr(getattr(env, "source", None), "reasons", None)
+    given_up = getattr(getattr(env, "source", None), "given_up", None)  # episodes it ended as failures
     # with keep_best the run's policy is the best evaluated one, judged here on unseen seeds
     policy = run.load_best(algo) if best is not None else run.ckpt_dir / f"step_{counters['env_steps']}.pt"
     result = final_evaluation(config, algo, policy, run.final_video, show_progress)
@@ -151,7 +152,8 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
                       train_seconds_this_session=round(train_seconds, 2), intervention_source=intervention.source,
                       learn_from=intervention.learning_rule,
                       reward=repr(replay.online.reward_source), **({"best_validation": best} if best else {}),
-                      **({"takeovers_by_reason": dict(reasons)} if reasons else {}))
+                      **({"takeovers_by_reason": dict(reasons)} if reasons else {}),
+                      **({"episodes_given_up": int(given_up)} if given_up is not None else {}))
 
 
 def source_stats(source: Any) -> str:
