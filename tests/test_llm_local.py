@@ -124,3 +124,12 @@ def test_qwen_writes_a_reward_program_that_trains_in_a_search(tmp_path):
     (call,) = [json.loads(line) for line in (out / "llm_calls.jsonl").read_text().splitlines()
                if json.loads(line).get("purpose") == "reward"]
     assert call["provider"] == "local" and call["model"] == QWEN.name
+
+
+def test_llama_cpp_uses_every_physical_core_alone_and_half_of_them_beside_training():
+    from hilrl.llm.providers import default_threads
+
+    cpus = len(os.sched_getaffinity(0))
+    alone, beside = default_threads(), default_threads(beside_training=True)
+    assert 1 <= alone <= cpus
+    assert beside == max(1, alone // 2), (alone, beside)
