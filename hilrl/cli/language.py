@@ -88,14 +88,15 @@ def reward_search(
     if final:
         scores = final["scores"]
         norm = final["human_normalised"]
+        line = f"retrained ({len(final['seeds'])} seeds): best reward {scores['best']['success_rate']:.0%}, "
         if "human" in scores:
-            out.print(f"retrained ({len(final['seeds'])} seeds): best reward {scores['best']['success_rate']:.0%}, "
-                      f"sparse {scores['sparse']['success_rate']:.0%}, task's dense {scores['human']['success_rate']:.0%};"
-                      f" human-normalised score {'undefined (dense = sparse)' if norm is None else f'{norm:.2f}'}")
+            line += (f"sparse {scores['sparse']['success_rate']:.0%}, task's dense "
+                     f"{scores['human']['success_rate']:.0%}; human-normalised score "
+                     f"{'undefined (dense = sparse)' if norm is None else f'{norm:.2f}'}")
         else:
-            out.print(f"retrained ({len(final['seeds'])} seeds): best reward {scores['best']['success_rate']:.0%}, "
-                      f"the env's own reward {scores['sparse']['success_rate']:.0%} (no human-normalised score: "
-                      f"{task} has no dense reward of its task's authors that hilrl knows)")
+            line += (f"the env's own reward {scores['sparse']['success_rate']:.0%} (no human-normalised score: {task} "
+                     "has no dense reward of its task's authors that hilrl knows)")
+        out.print(line)
     if summary["reward_path"]:
         out.print(f"best reward: {summary['reward_path']}  (train on it: reward: {{source: code, path: "
                   f"{summary['reward_path']}}})")

@@ -91,7 +91,7 @@ class CheckList(BaseModel):
 def check_program_code(listed: CheckList) -> tuple[str | None, list[str]]:
     """``def score(answer)``: the share of the listed checks ``answer.strip()`` passes (a check that raises fails),
     and the expressions left out because they do not parse; None when none is left."""
-    lines, dropped = [], []
+    lines, dropped, count = [], [], 0
     for item in listed.requirements:
         expression = " ".join(item.check.split())
         try:
@@ -102,9 +102,9 @@ def check_program_code(listed: CheckList) -> tuple[str | None, list[str]]:
         note = " ".join(item.requirement.split())
         lines += ["    try:", f"        passed += bool({expression})  # {note}", "    except Exception:",
                   "        pass"]
-    if not lines:
+        count += 1
+    if not count:
         return None, dropped
-    count = len(lines) // 4
     return "\n".join(["def score(answer):", "    text = answer.strip()", "    passed = 0", *lines,
                       f"    return passed / {count}", ""]), dropped
 

@@ -143,8 +143,9 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     train_seconds = time.perf_counter() - started
 
     # the simulated person's takeovers by what triggered them (stall, regress, workspace, value), this session's
-    reasons = getattr(getattr(env, "source", None), "reasons", None)
-    given_up = getattr(getattr(env, "source", None), "given_up", None)  # episodes it ended as failures
+    source = getattr(env, "source", None)
+    reasons = getattr(source, "reasons", None)
+    given_up = getattr(source, "given_up", None)  # episodes it ended as failures
     # with keep_best the run's policy is the best evaluated one, judged here on unseen seeds
     policy = run.load_best(algo) if best is not None else run.ckpt_dir / f"step_{counters['env_steps']}.pt"
     result = final_evaluation(config, algo, policy, run.final_video, show_progress)
