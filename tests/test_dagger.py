@@ -37,3 +37,19 @@ def test_hg_dagger_aggregates_only_intervention_segments(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["labels"] == metrics["intervened_steps"] > 0
     assert metrics["labels"] < metrics["env_steps"]
+
+
+def test_hg_dagger_gated_by_the_simulated_person_learns_from_its_takeovers(tmp_path):
+    # HG-DAgger's gate is a person watching the task (Kelly et al. 2019); the simulated person steps in when
+    # progress stalls or regresses, so a policy that fails with expert-like actions is still labelled (issue 27)
+    bc = train(validate_config({"env": {"id": "hilrl/Reach-v0"}, "demos": {"episodes": 2},
+                                "algo": {"name": "bc", "obs_keys": ["ee_pos", "object"]},
+                                "train": {"steps": 300, "eval_episodes": 20, "video": False}}), tmp_path / "bc",
+               show_progress=False)
+    result = train(experiment("hg_dagger", intervention={"source": "person"}), tmp_path / "hg", show_progress=False)
+    metrics = json.loads((tmp_path / "hg" / "metrics.json").read_text())
+    assert metrics["labels"] == metrics["intervened_steps"] > 0
+    print(f'BC on 2 demos {bc.success_rate:.0%}, HG-DAgger with the person {result.success_rate:.0%} '
+          f'({metrics["labels"]} labels)')
+    assert result.success_rate >= 0.8
+    assert result.success_rate > bc.success_rate
