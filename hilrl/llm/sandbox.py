@@ -343,6 +343,11 @@ class Sandbox:
             self._finalizer()
         self._process = None
 
+    def _restart_if_stopped(self) -> None:
+        if self._process is None:  # killed after a timeout or crash: a fresh worker for the next request
+            self.restarts += 1
+            self._start()
+
     def close(self) -> None:
         """Stop the worker (it also stops when this object is collected, or when the parent dies)."""
         self._stop()
@@ -414,9 +419,7 @@ class Sandbox:
         Raises:
             SandboxError: the code raised, returned the wrong shape or non-finite values, or hit a limit.
         """
-        if self._process is None:  # killed after a timeout or crash: a fresh worker for the next batch
-            self.restarts += 1
-            self._start()
+        self._restart_if_stopped()
         n = len(action)
         arrays = {f"obs/{k}": np.asarray(v) for k, v in obs.items()}
         arrays.update({f"next_obs/{k}": np.asarray(v) for k, v in next_obs.items()})
@@ -434,9 +437,7 @@ class Sandbox:
         Raises:
             SandboxError: the code raised, returned something other than a finite number, or hit a limit.
         """
-        if self._process is None:
-            self.restarts += 1
-            self._start()
+        self._restart_if_stopped()
         self.calls += 1
         out = self._request({"op": "score", "texts": [str(t) for t in texts], "function": self.function}, None,
                             self.limits.wall_s)
