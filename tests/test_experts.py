@@ -81,3 +81,43 @@ def test_expert_needs_only_task_name_and_action_scale():
 @pytest.mark.parametrize("task", list(TASKS))
 def test_expert_reaches_95_percent_over_100_seeded_episodes(task):
     assert _success_rate(task, episodes=100) >= 0.95
+
+
+MY_REACH_EXPERT = '''
+import numpy as np
+from hilrl.feedback.experts import task_expert
+
+def make(env, noise=0.0, seed=None):
+    expert = task_expert(env, noise, seed)
+    aim = expert.waypoint
+    expert.waypoint = lambda obs: (aim(obs)[0] + np.array([0.0, 0.0, 0.05]), aim(obs)[1])  # 5 cm above the goal
+    return expert
+'''
+
+
+def test_my_scripted_policy_replaces_a_hilrl_tasks_expert_when_i_name_it(tmp_path):
+    """env.expert names the scripted policy for hilrl's own tasks too (it was read for foreign envs only, and a
+    Reach config naming one recorded with the task's expert without a word)."""
+    import os
+    import subprocess
+    import sys
+
+    import h5py
+    import yaml
+
+    (tmp_path / "my_reach.py").write_text(MY_REACH_EXPERT)
+    config = tmp_path / "reach.yaml"
+    config.write_text(yaml.safe_dump({"env": {"id": "hilrl/Reach-v0", "max_episode_steps": 30},
+                                      "algo": {"name": "bc"}}))
+
+    def record(*extra):
+        return subprocess.run([sys.executable, "-m", "hilrl.cli", "record", str(config), "--episodes", "3",
+                               *extra], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                              env={**os.environ, "PYTHONPATH": str(tmp_path)})
+
+    mine, own = record("--expert", "my_reach:make", "--out", "mine.hdf5"), record("--out", "own.hdf5")
+    assert mine.returncode == 0 and own.returncode == 0, mine.stderr + own.stderr
+    assert "success 0%" in mine.stdout and "success 100%" in own.stdout, mine.stdout + own.stdout  # it aims 5 cm off
+    with h5py.File(tmp_path / "mine.hdf5") as mine_file, h5py.File(tmp_path / "own.hdf5") as own_file:
+        assert [mine_file["data"][d].attrs["num_samples"] for d in sorted(mine_file["data"])] == [30, 30, 30]
+        assert all(own_file["data"][d].attrs["num_samples"] < 30 for d in own_file["data"])

@@ -34,6 +34,8 @@ def make_env(config: Any, **overrides: Any) -> gym.Env:
                            server_key=config.server_key, **kwargs)
     else:
         env = gym.make(config.id, **kwargs)
+    if getattr(config, "expert", None):  # the scripted policy the config names, kept where make_expert looks
+        env.unwrapped.expert = config.expert
     if config.relative_positions:
         from hilrl.envs.wrappers import RelativePositions
 

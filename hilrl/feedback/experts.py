@@ -225,11 +225,13 @@ def has_expert(env_id: str, expert: str | None = None) -> bool:
 
 
 def make_expert(env, noise: float = 0.0, seed: int | None = None) -> ScriptedExpert:
-    """The scripted expert for ``env``'s task (any hilrl arm env, wrapped or not), or a foreign env's.
+    """The scripted expert for ``env``: the one its config names, else its task's own (any hilrl arm env, wrapped
+    or not), else the one registered for a foreign env's id.
 
-    A foreign env (:mod:`hilrl.envs.adapter`) gets the scripted policy its config names (``env.expert``,
-    ``module:callable``), else the one registered for its id in :data:`EXPERTS`; either is called as
-    ``factory(env, noise=noise, seed=seed)``.
+    The config's ``env.expert`` (``module:callable``, kept on ``env.unwrapped.expert`` by the env adapter and
+    :func:`hilrl.envs.make.make_env`) wins for every env, hilrl's tasks too (a user's own scripted policy, or a
+    weaker person than the task's expert, e.g. ``benchmarks/rlif_vs_dagger.py``'s miscalibrated one); it is
+    called as ``factory(env, noise=noise, seed=seed)``.
 
     Args:
         env: a hilrl arm env; its ``unwrapped`` supplies ``task_name``, ``action_scale`` and geometry.
@@ -237,19 +239,24 @@ def make_expert(env, noise: float = 0.0, seed: int | None = None) -> ScriptedExp
         seed: seed for the noise.
     """
     base = env.unwrapped
+    path = getattr(base, "expert", None)
+    if path:
+        factory = import_object(path, "env.expert", "give a factory f(env, noise, seed) as 'module:callable' on "
+                                "PYTHONPATH")
+        return factory(env, noise=noise, seed=seed)
     env_id = getattr(base, "env_id", None)
     if env_id is not None:  # a foreign env, through the adapter
-        path = getattr(base, "expert", None)
-        if path:
-            factory = import_object(path, "env.expert", "give a factory f(env, noise, seed) as 'module:callable' on "
-                                    "PYTHONPATH")
-        elif env_id in EXPERTS:
-            factory = EXPERTS.get(env_id)
-        else:
+        if env_id not in EXPERTS:
             raise ExpertError(f"no scripted expert for {env_id!r}: set env.expert to your scripted policy "
                               "'module:callable' (a factory f(env, noise, seed) -> expert with reset() and "
                               "expert(obs) -> action), or record demos with a person (hilrl record --device keyboard)")
-        return factory(env, noise=noise, seed=seed)
+        return EXPERTS.get(env_id)(env, noise=noise, seed=seed)
+    return task_expert(env, noise, seed)
+
+
+def task_expert(env, noise: float = 0.0, seed: int | None = None) -> ScriptedExpert:
+    """The scripted expert of a hilrl arm task (``env.unwrapped.task_name``), whatever the config names: what a
+    factory for ``env.expert`` can start from. Arguments as :func:`make_expert`'s."""
     from hilrl.envs import TASKS  # the sim task classes hold the geometry defaults
 
     base = env.unwrapped
