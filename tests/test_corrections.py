@@ -151,6 +151,22 @@ def test_an_invalid_plan_goes_back_to_the_llm_and_never_reaches_the_arm():
     env.close()
 
 
+def test_the_size_the_person_says_wins_over_the_llms_label():
+    """Qwen2.5-Coder-1.5B read "a bit higher" as tiny every time (+1 cm a correction; pick_taller never finished):
+    the person's words give the size, the LLM the parameter and the direction."""
+    plan = [SkillCall("grasp", {"object": "block"}), SkillCall("place", {"target": "goal"})]
+    answer = json.dumps({"step": 0, "parameter": "height_offset", "direction": "increase", "magnitude": "tiny",
+                         "amount": None})
+    said = {"grasp it a bit higher": "small", "grasp it a tiny bit higher": "tiny", "grasp it much higher": "large",
+            "grasp it higher": "tiny"}  # no size in the words: the LLM's label stands
+    with ScriptedServer([[answer]] * len(said)) as server:
+        planner = DrocPlanner(OpenAICompatible(LLMConfig(base_url=server.base_url, model="m", retries=0)))
+        read = {words: planner.skill_correction(words, 0, plan, []).magnitude for words in said}
+    assert read == said
+    assert corrected_value("grasp", "height_offset", 0.0, "increase", read["grasp it a bit higher"])[0] == \
+        pytest.approx(0.02), "a bit higher: half the 4 cm step, as the module's rule says"
+
+
 KILLED_SESSION = """
 import sys
 import numpy as np

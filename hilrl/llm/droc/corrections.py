@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from hilrl.envs.skills import SKILLS, SkillCall, SkillError
 
-__all__ = ["MAGNITUDES", "SkillCorrection", "apply_correction", "corrected_value"]
+__all__ = ["MAGNITUDES", "SkillCorrection", "apply_correction", "corrected_value", "size_said"]
 
 MAGNITUDES: dict[str, float] = {"tiny": 0.25, "small": 0.5, "normal": 1.0, "large": 2.0}
 
@@ -73,6 +73,18 @@ _SIZES = {"tiny": ("tiny", "very small", "a tiny bit", "very slightly"),
           "small": ("small", "a bit", "a little", "slightly", "little", "slight"),
           "normal": ("normal", "medium", "moderate", "default", ""),
           "large": ("large", "big", "a lot", "much", "very large", "huge")}
+
+
+def size_said(correction: str) -> str | None:
+    """The size the person's own words give (``tiny``, ``small`` or ``large`` by the phrases of :data:`_SIZES`,
+    the longest phrase first, so "a tiny bit" is tiny and not "a bit"), or ``None`` when they give none."""
+    text = correction.lower()
+    phrases = sorted(((phrase, name) for name, words in _SIZES.items() if name != "normal" for phrase in words),
+                     key=lambda pair: -len(pair[0]))
+    for phrase, name in phrases:
+        if re.search(rf"\b{re.escape(phrase)}\b", text):
+            return name
+    return None
 
 
 def corrected_value(skill: str, parameter: str, old: float, direction: str, magnitude: str = "normal",

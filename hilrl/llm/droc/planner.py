@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hilrl.envs.skills import SKILLS, SkillCall, SkillError, validate_call
 from hilrl.errors import HilrlError
-from hilrl.llm.droc.corrections import SkillCorrection
+from hilrl.llm.droc.corrections import SkillCorrection, size_said
 from hilrl.llm.providers import LLM, LLMError
 
 __all__ = ["Classification", "Distilled", "DrocPlanner", "PlanError", "Scene", "prompt"]
@@ -264,6 +264,12 @@ class DrocPlanner:
             # asked about step `step`, the answer names a parameter of that step's skill under another index
             # (Qwen2.5-Coder-1.5B counted the steps from 1): the step asked about is meant
             change = change.model_copy(update={"step": step})
+        said = size_said(correction)
+        if said is not None and change.amount is None and change.magnitude != said:
+            # the size is in the person's words, and the words' rule wins (DROC asks the LLM which parameter and
+            # which way; Qwen2.5-Coder-1.5B labelled "a bit higher" tiny every time, +1 cm per correction, and
+            # pick_taller's round 1 never finished)
+            change = change.model_copy(update={"magnitude": said})
         return change
 
     def constraint(self, correction: str, scene: Scene, plan: list[SkillCall],
