@@ -196,3 +196,25 @@ def test_an_unknown_encoder_is_refused_naming_the_choices():
     with pytest.raises(HilrlError, match="encoder must be one of drq, efficientnet_lite0, got 'resnet10'"):
         SACConfig(images={"encoder": "resnet10"})
     assert SACConfig().images.encoder == "drq"
+
+
+@needs_weights
+def test_shifting_the_cached_maps_once_encodes_as_shifting_them_in_each_encoding():
+    """The update shifts each cached feature map once and encodes it several times: the same features as the
+    encoder's own shift (replicate padding of one cell, then a crop)."""
+    import gymnasium as gym
+    import torch
+
+    from hilrl.policies.encoders import ObservationEncoder
+    from hilrl.policies.pretrained import FrozenImageEncoder
+
+    space = gym.spaces.Dict({"front": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8),
+                             "ee_pos": gym.spaces.Box(-1, 1, (3,), np.float32)})
+    encoder = ObservationEncoder(space, latent_dim=8, image_pad=1, frame_encoder=FrozenImageEncoder())
+    maps = torch.randn(5, *encoder.feature_shapes["front"]).half()
+    obs = {"front": maps, "ee_pos": torch.zeros(5, 3)}
+    shifts = {"front": torch.randint(0, 3, (5, 2))}
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(encoder.shift_feature_maps(obs, shifts)), encoder(obs, shifts))
+        centred = {"front": torch.ones(5, 2, dtype=torch.long)}
+        torch.testing.assert_close(encoder(obs, centred), encoder(obs))

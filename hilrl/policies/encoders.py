@@ -71,15 +71,16 @@ def split_observation_keys(observation_space: gym.spaces.Dict,
 def random_shift(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
     """DrQ random shift of ``images (B, C, H, W)``: replicate-pad, then crop at ``shifts (B, 2)`` in ``[0, 2*pad]``.
 
-    A shift of ``(pad, pad)`` returns the image unchanged.
+    A shift of ``(pad, pad)`` returns the image unchanged. Computed as one gather with the source row and column
+    clamped to the image (what replicate padding then cropping reads), without building the padded copy.
     """
-    batch, _, height, width = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    rows = shifts[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)
-    cols = shifts[:, 1:2] + torch.arange(width, device=images.device)  # (B, W)
-    index = torch.arange(batch, device=images.device)[:, None, None]
-    # Advanced indices around a slice put the indexed axes first: the result is (B, H, W, C).
-    return padded[index, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    batch, channels, height, width = images.shape
+    offsets = shifts - pad
+    rows = (offsets[:, 0:1] + torch.arange(height, device=images.device)).clamp_(0, height - 1)  # (B, H)
+    cols = (offsets[:, 1:2] + torch.arange(width, device=images.device)).clamp_(0, width - 1)  # (B, W)
+    source = (rows[:, :, None] * width + cols[:, None, :]).reshape(batch, 1, height * width)
+    flat = images.reshape(batch, channels, height * width)
+    return flat.gather(2, source.expand(batch, channels, height * width)).reshape(batch, channels, height, width)
 
 
 class ConvEncoder(nn.Module):
@@ -185,6 +186,20 @@ class ObservationEncoder(nn.Module):
     @property
     def has_images(self) -> bool:
         return bool(self.image_keys)
+
+    def shift_feature_maps(self, obs: Mapping[str, torch.Tensor],
+                           shifts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``obs`` with each cached feature map randomly shifted (``frame_encoder`` only): ``forward(obs, shifts)``
+        equals ``forward(shift_feature_maps(obs, shifts))``, so an update that encodes the same batch several
+        times (critic and actor steps) shifts it once."""
+        if self.frame_encoder is None:
+            raise HilrlError("shift_feature_maps: this encoder has no frozen backbone; pass shifts to forward")
+        out = dict(obs)
+        for key in self.image_keys:
+            if obs[key].dtype == torch.uint8:
+                raise HilrlError(f"shift_feature_maps: {key!r} holds raw frames, not cached feature maps")
+            out[key] = random_shift(obs[key].float(), shifts[key], self.image_pad)
+        return out
 
     def forward(self, obs: Mapping[str, torch.Tensor],
                 shifts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

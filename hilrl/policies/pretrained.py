@@ -261,5 +261,8 @@ class SpatialEmbedding(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` float ``(B, C, h, w)`` -> ``(B, latent_dim)``."""
-        pooled = torch.einsum("bcs,csk->bck", features.flatten(2), self.kernel)
-        return self.project(pooled.flatten(1))
+        batch = features.shape[0]
+        # one (B, h*w) @ (h*w, K) product per channel, as a batched matmul over channels
+        per_channel = features.flatten(2).transpose(0, 1)  # (C, B, h*w)
+        pooled = torch.bmm(per_channel, self.kernel).transpose(0, 1)  # (B, C, K)
+        return self.project(pooled.reshape(batch, -1))

@@ -135,6 +135,13 @@ def rlpd_update(sac: SAC, batch: TensorTree, noise: TensorTree) -> TensorTree:
     mask = 1.0 - batch["terminated"]  # truncated steps bootstrap: only termination zeroes the future
     obs_shift, next_shift = noise.get("obs_shift"), noise.get("next_shift")
     temperature = sac.temperature
+    if obs_shift is not None and sac.encoder.frame_encoder is not None and batch["obs"][sac.encoder.image_keys[0]] \
+            .dtype != torch.uint8:
+        # cached feature maps (a frozen backbone): shift them once here, the same shifts every encoding below
+        # would apply (obs: critic and actor steps; next_obs: next actions and target)
+        batch = {**batch, "obs": sac.encoder.shift_feature_maps(batch["obs"], obs_shift),
+                 "next_obs": sac.encoder.shift_feature_maps(batch["next_obs"], next_shift)}
+        obs_shift = next_shift = None
 
     # ---- 1. utd critic steps, each on its own slice, each followed by Polyak averaging
     if not sac.encoder_trains:
