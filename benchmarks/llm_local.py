@@ -148,6 +148,17 @@ def llm_yaml(args, folder: Path) -> Path:
     return path
 
 
+def demo_base(folder: Path, task: str) -> Path:
+    """``make demo-llm``'s candidate experiment (:data:`hilrl.apps.llm_demo.DEMO_BASE`) as a --base YAML."""
+    import yaml
+
+    from hilrl.apps.llm_demo import DEMO_BASE
+
+    path = folder / "base.yaml"
+    path.write_text(yaml.safe_dump({**DEMO_BASE, "env": {"id": task}}))
+    return path
+
+
 def part_search(args) -> None:
     folder = Path(tempfile.mkdtemp(prefix="llm-local-"))
     config = llm_yaml(args, folder)
@@ -157,6 +168,8 @@ def part_search(args) -> None:
                    "--samples", str(args.samples), "--iterations", str(args.iterations), "--llm", str(config),
                    "--steps", str(args.steps), "--final-seeds", str(args.final_seeds), "--seed", str(args.seed),
                    "--out", str(out)]
+        command += ["--final-steps", str(args.final_steps)] if args.final_steps else []
+        command += ["--base", str(demo_base(folder, task) if str(args.base) == "demo" else args.base)] if args.base else []
         print("$", shlex.join(command), flush=True)
         started = time.perf_counter()
         done = subprocess.run(command)
@@ -290,6 +303,12 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--final-seeds", type=int, default=3)
+    parser.add_argument("--final-steps", type=int, default=None, help="search: env steps of each retraining "
+                        "(default --steps)")
+    parser.add_argument("--base", type=Path, default=None, help="search: the experiment each candidate trains with "
+                        "(reward-search --base), or 'demo': make demo-llm's (RLPD as reach_sac.yaml, 10 demos, 20 "
+                        "evaluation episodes; the dense reward learns Reach within 2000 steps); default reward-search's "
+                        "small SAC (on Reach the dense reward gives 0%% at 1500 steps: no human-normalised score)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-tokens", type=int, default=1024)
