@@ -18,8 +18,10 @@ makes any image size work. Inputs are normalised as the Lite models were trained
 ``(pixel - 127) / 128`` per channel (tensorflow/tpu ``efficientnet/lite/efficientnet_lite_builder.py``,
 ``MEAN_RGB = [127.0] * 3``, ``STDDEV_RGB = [128.0] * 3``).
 
-Where to cut, by measurement (``python benchmarks/pixels.py cut``; one core of this 2-core CPU, batch 1,
-128x128 frames, torch 2.13): see :data:`CUT_STAGE`.
+Where to cut was measured (``python benchmarks/pixels.py cut``): see :data:`CUT_STAGE`. That the checkpoint
+computes ImageNet features here was checked on two photographs (scikit-learn's sample images): the whole network
+with its head ranks "daisy" first for the flower and "palace" first for the Summer Palace; with symmetric padding
+instead of ``SAME`` the BatchNorm statistics fit its inputs worse (mean offset 0.20 running std against 0.17).
 """
 
 from __future__ import annotations
@@ -53,20 +55,23 @@ STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 )
 STEM_CHANNELS = 32
 
-# The stage after which the network is cut. Measured by `python benchmarks/pixels.py cut` (one core of this
-# machine's 2-core CPU, torch 2.13, one 128x128 frame, median of 50 calls):
+# The stage after which the network is cut, chosen by measurement: `python benchmarks/pixels.py cut` (Intel Xeon
+# @ 2.80GHz, 2 cores shared with other jobs, one torch thread, torch 2.13, one 128x128 frame, median of 50 calls
+# taken in turns):
 #
 #     cut after stage   blocks   feature map    fp16 KiB/frame   ms/frame
-#     3                 5        40 x 16 x 16   20.0             2.3
-#     4                 8        80 x 8 x 8     10.0             3.2
-#     5                 11       112 x 8 x 8    14.0             4.8
-#     6                 15       192 x 4 x 4    6.0              6.9
+#     3                 5        40 x 16 x 16   20.0             5.2
+#     4                 8        80 x 8 x 8     10.0             6.5
+#     5                 11       112 x 8 x 8    14.0             8.8
+#     6                 15       192 x 4 x 4    6.0              11.8
+#     7 (every block)   16       320 x 4 x 4    10.0             12.6
 #
 # Stage 4 (stride 16, 80 channels): its 8x8 map keeps where things are in the frame (HIL-SERL's pooling learns a
-# kernel over space, and a cube a few pixels wide must stay visible), it costs a third of the whole network and
-# stores 10 KiB per frame in fp16 (the uint8 frame is 48 KiB), and its features are past the first half of the
-# ImageNet network (semantic enough for a success classifier). Stage 5 adds 50% encode time and 40% memory for
-# the same resolution; stage 6 halves the resolution.
+# kernel over space, and a cube a few pixels wide must stay visible), it costs half of the whole network's time
+# and stores 10 KiB per frame in fp16 (the uint8 frame is 48 KiB), and its features come after half of the
+# ImageNet network's blocks (past edges and textures). Stage 3 stores twice the bytes (a 16x16 map: twice the
+# replay memory and update reads) for 20% less encoding time; stage 5 adds 35% encoding time and 40% bytes at
+# the same resolution; stages 6 and 7 halve the resolution to 4x4.
 CUT_STAGE = 4
 
 
