@@ -218,3 +218,21 @@ def test_shifting_the_cached_maps_once_encodes_as_shifting_them_in_each_encoding
         torch.testing.assert_close(encoder(encoder.shift_feature_maps(obs, shifts)), encoder(obs, shifts))
         centred = {"front": torch.ones(5, 2, dtype=torch.long)}
         torch.testing.assert_close(encoder(obs, centred), encoder(obs))
+
+
+@needs_weights
+def test_the_distributed_actor_sends_cached_features_and_the_learner_stores_them(tmp_path):
+    """`runtime: distributed`: the actor encodes each frame once and sends the fp16 maps (its hello carries the
+    env's own space, which the learner builds SAC on); the learner's buffers hold the maps, demos included."""
+    raw = yaml.safe_load(tiny_config(tmp_path / "pixels.yaml").read_text())
+    raw["runtime"] = {"mode": "distributed"}
+    config = tmp_path / "distributed.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "hilrl.cli", "train", str(config), "--out", str(run)],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["env_steps"] == 60
+    for name in ("online", "demo"):
+        with np.load(run / "checkpoints" / f"replay_{name}_60.npz") as stored:
+            assert stored["obs::front"].dtype == np.float16 and stored["next_obs::wrist"].shape[1:] == (80, 4, 4)

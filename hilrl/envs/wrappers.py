@@ -107,13 +107,34 @@ class FrameEncoder(Protocol):
     def encode(self, images: np.ndarray) -> np.ndarray: ...
 
 
+def feature_observation_space(space: spaces.Dict, encoder: FrameEncoder, keys: Sequence[str]) -> spaces.Dict:
+    """``space`` with the image ``keys`` replaced by the encoder's feature maps: what :class:`FrameFeatures` returns
+    and what replay buffers fed by it store."""
+    bad = [k for k in keys if not isinstance(space, spaces.Dict) or k not in space.spaces
+           or space[k].dtype != np.uint8 or len(space[k].shape) != 3]
+    if bad or not keys:
+        raise HilrlError(f"frame features encode uint8 (H, W, 3) image keys of a Dict observation; {bad or 'no'} "
+                         f"keys of {space} are such images")
+    return spaces.Dict({**space.spaces, **{k: encoder.feature_space(space[k]) for k in keys}})
+
+
+def encode_frames(encoder: FrameEncoder, images: Mapping[str, np.ndarray], keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Feature maps of a batch of frames ``{key: (N, H, W, 3)}``: one encoder call for all ``keys`` when their
+    frames have one size (the cameras of one step, a recorded episode), else one per key."""
+    if len(keys) > 1 and len({images[k].shape for k in keys}) == 1:
+        n = len(images[keys[0]])
+        features = encoder.encode(np.concatenate([images[k] for k in keys]))
+        return {k: features[i * n:(i + 1) * n] for i, k in enumerate(keys)}
+    return {k: encoder.encode(images[k]) for k in keys}
+
+
 class FrameFeatures(gym.ObservationWrapper):
     """Replace the image keys of a ``Dict`` observation by their feature maps, each frame encoded once.
 
     HIL-SERL's frozen pretrained encoder (Luo et al. 2024, rail-berkeley/hil-serl) turns each frame into the same
     features every time, so a frame is encoded once, here, when the env returns it: the policy acts on those
     features and the replay buffers store them (the fp16 map is a fifth of the uint8 frame at 128x128), and no
-    update ever runs the backbone. With several image keys the frames of one step are encoded in one batch.
+    update ever runs the backbone. The frames of one step are encoded in one call (:func:`encode_frames`).
 
     Args:
         env: an env with a ``Dict`` observation space holding ``keys`` as uint8 ``(H, W, 3)`` images.
@@ -123,26 +144,9 @@ class FrameFeatures(gym.ObservationWrapper):
 
     def __init__(self, env: gym.Env, encoder: FrameEncoder, keys: Sequence[str]) -> None:
         super().__init__(env)
-        space = env.observation_space
-        bad = [k for k in keys if not isinstance(space, spaces.Dict) or k not in space.spaces
-               or space[k].dtype != np.uint8 or len(space[k].shape) != 3]
-        if bad or not keys:
-            raise HilrlError(f"FrameFeatures encodes uint8 (H, W, 3) image keys of a Dict observation; {bad or 'no'} "
-                             f"keys of {space} are such images")
         self.encoder, self.keys = encoder, tuple(keys)
-        self.observation_space = spaces.Dict({**space.spaces, **{k: encoder.feature_space(space[k]) for k in keys}})
-        shapes = {space[k].shape for k in keys}
-        self.stack = len(shapes) == 1  # frames of one size are encoded together, one call per step
+        self.observation_space = feature_observation_space(env.observation_space, encoder, self.keys)
 
     def observation(self, observation: dict[str, Any]) -> dict[str, Any]:
-        batch = self.observations({k: np.asarray(v)[None] for k, v in observation.items() if k in self.keys})
+        batch = encode_frames(self.encoder, {k: np.asarray(observation[k])[None] for k in self.keys}, self.keys)
         return {**observation, **{k: v[0] for k, v in batch.items()}}
-
-    def observations(self, images: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Feature maps of a batch of frames ``{key: (N, H, W, 3)}`` (e.g. recorded demos), one call per key (or
-        one for all keys when their frames have one size)."""
-        if self.stack and len(self.keys) > 1:
-            n = len(images[self.keys[0]])
-            features = self.encoder.encode(np.concatenate([images[k] for k in self.keys]))
-            return {k: features[i * n:(i + 1) * n] for i, k in enumerate(self.keys)}
-        return {k: self.encoder.encode(images[k]) for k in self.keys}

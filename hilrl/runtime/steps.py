@@ -33,7 +33,7 @@ import numpy as np
 from hilrl.data.buffers import Replay, shared_next_rows, slice_shared
 from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
-from hilrl.envs.wrappers import FrameFeatures, RealTime
+from hilrl.envs.wrappers import FrameFeatures, RealTime, encode_frames, feature_observation_space
 from hilrl.feedback.interventions import (
     INTERVENTIONISTS,
     InterventionContext,
@@ -83,37 +83,49 @@ def make_training_env(config: Any, seeds: Seeds, device: Any = None) -> gym.Env:
     return RealTime(env, config.env.control_hz) if person else env
 
 
+def _frame_encoder(algo: Any) -> tuple[Any, tuple[str, ...]] | None:
+    """``(frozen encoder, image keys)`` of an algorithm that learns from cached frame features (its
+    ``frame_encoder``, e.g. SAC with ``algo.images.encoder: efficientnet_lite0``), else ``None``."""
+    frame_encoder = getattr(algo, "frame_encoder", None)
+    return None if frame_encoder is None else (frame_encoder, tuple(algo.encoder.image_keys))
+
+
 def cache_frame_features(env: gym.Env, algo: Any) -> gym.Env:
     """``env`` with its image keys replaced by their feature maps when ``algo`` learns from a frozen pretrained
-    encoder (its ``frame_encoder``, e.g. SAC with ``algo.images.encoder: efficientnet_lite0``), else ``env``.
+    encoder (:func:`_frame_encoder`), else ``env``.
 
     The one place a training loop's frames are encoded: once per observation, when the env returns it
     (:class:`~hilrl.envs.wrappers.FrameFeatures`), so the policy acts on the features and the replay buffers
-    (built on the returned env's space) store them; updates never run the backbone. An evaluation env is not
-    wrapped: acting on raw pixels runs the backbone in the policy (:class:`~hilrl.policies.encoders.ObservationEncoder`).
+    (built on :func:`stored_observation_space`) store them; updates never run the backbone. An evaluation env is
+    not wrapped: acting on raw pixels runs the backbone in the policy (:class:`~hilrl.policies.encoders.ObservationEncoder`).
     """
-    frame_encoder = getattr(algo, "frame_encoder", None)
-    if frame_encoder is None:
-        return env
-    return FrameFeatures(env, frame_encoder, algo.encoder.image_keys)
+    found = _frame_encoder(algo)
+    return env if found is None else FrameFeatures(env, *found)
 
 
-def encode_episodes(episodes: list[Episode], env: gym.Env) -> list[Episode]:
-    """Recorded episodes (demos keep their pixels) as the buffers of a :func:`cache_frame_features` env store them:
+def stored_observation_space(space: gym.spaces.Dict, algo: Any) -> gym.spaces.Dict:
+    """What the replay buffers store of observations of ``space``: the :func:`cache_frame_features` env's space."""
+    found = _frame_encoder(algo)
+    return space if found is None else feature_observation_space(space, *found)
+
+
+def encode_episodes(episodes: list[Episode], algo: Any) -> list[Episode]:
+    """Recorded episodes (demos keep their pixels) as the buffers of a :func:`cache_frame_features` loop store them:
     image keys as feature maps, derived here. Each frame is encoded once: ``next_obs[t]`` reuses the features of
-    ``obs[t + 1]`` when it is that frame (every step but an episode's last). Other envs: the episodes unchanged."""
-    if not isinstance(env, FrameFeatures):
+    ``obs[t + 1]`` when it is that frame (every step but an episode's last). Other algorithms: the episodes as they are."""
+    found = _frame_encoder(algo)
+    if found is None:
         return list(episodes)
+    encoder, keys = found
     out = []
     for episode in episodes:
-        frames = {k: np.concatenate([episode.obs[k], episode.next_obs[k][-1:]]) for k in env.keys}
-        chained = all(np.array_equal(episode.next_obs[k][:-1], episode.obs[k][1:]) for k in env.keys)
-        if chained:
-            features = env.observations(frames)
+        if all(np.array_equal(episode.next_obs[k][:-1], episode.obs[k][1:]) for k in keys):
+            frames = {k: np.concatenate([episode.obs[k], episode.next_obs[k][-1:]]) for k in keys}
+            features = encode_frames(encoder, frames, keys)
             obs, next_obs = {k: v[:-1] for k, v in features.items()}, {k: v[1:] for k, v in features.items()}
         else:
-            obs = env.observations({k: episode.obs[k] for k in env.keys})
-            next_obs = env.observations({k: episode.next_obs[k] for k in env.keys})
+            obs = encode_frames(encoder, {k: episode.obs[k] for k in keys}, keys)
+            next_obs = encode_frames(encoder, {k: episode.next_obs[k] for k in keys}, keys)
         out.append(dataclasses.replace(episode, obs={**episode.obs, **obs}, next_obs={**episode.next_obs, **next_obs}))
     return out
 

@@ -42,7 +42,7 @@ from hilrl.policies.registry import make_algorithm
 from hilrl.runtime.distributed import check_distributable, transport
 from hilrl.runtime.progress import console
 from hilrl.runtime.seeds import Seeds
-from hilrl.runtime.steps import StepSource, fresh_counters, make_training_env
+from hilrl.runtime.steps import StepSource, cache_frame_features, fresh_counters, make_training_env
 
 SPOOL_SEGMENT_BYTES = 16 * 1024 * 1024  # a spool file goes (to be recycled) once all of it is acked
 SPOOL_FREE_SEGMENTS = 8  # recycled spool files: enough for a window of max_unacked image steps
@@ -95,8 +95,10 @@ class Actor:
         self.counters = fresh_counters()
         self.counters.update(env_steps=self.state["steps"], episodes=self.state["episodes"],
                              successes=self.state["successes"])
-        self.steps = StepSource(self.env, self.agent.act, self.seeds, self.counters,
-                                random_steps=config.train.random_steps)
+        # with a frozen pretrained image encoder the actor encodes each frame once and sends the features
+        # (the hello carries the env's own space: the learner builds its algorithm on it)
+        self.steps = StepSource(cache_frame_features(self.env, self.agent), self.agent.act, self.seeds,
+                                self.counters, random_steps=config.train.random_steps)
         weights_file = self.out / "weights.npz"
         if weights_file.is_file():
             with np.load(weights_file) as f:

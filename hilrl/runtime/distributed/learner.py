@@ -55,7 +55,7 @@ from hilrl.runtime.evaluate import EvalResult, final_evaluation
 from hilrl.runtime.progress import console, make_progress
 from hilrl.runtime.run import RunFolder
 from hilrl.runtime.seeds import Seeds
-from hilrl.runtime.steps import TransitionStorage, fresh_counters, rows
+from hilrl.runtime.steps import TransitionStorage, encode_episodes, fresh_counters, rows, stored_observation_space
 
 PACED_DRAIN = 16  # transitions per serve round when pacing: small, so acks keep flowing within ack_timeout_s
 SPACES_FILE = "spaces.msgpack"
@@ -92,6 +92,7 @@ class Learner:
         self.weights_version = 0
         self.demo_episodes = demo_episodes or []
         self.obs_space: Any = None
+        self.stored_space: Any = None
         self.act_space: Any = None
         self.pager: PageAhead | None = None
         self.log = transport.RecordLog(self.out / "log", fsync=runtime.fsync, segment_bytes=LOG_SEGMENT_BYTES,
@@ -127,7 +128,11 @@ class Learner:
             tmp.write_bytes(header)
             os.replace(tmp, spaces_file)
         self.agent = make_algorithm(self.config.algo, obs_space, act_space, seed=Seeds(training.seed).network)
-        self.replay = Replay.create(obs_space, act_space, training.buffer_capacity)
+        # what actors send and the buffers store: with a frozen pretrained image encoder, the feature maps the
+        # actors encoded once per frame (hilrl.runtime.steps.cache_frame_features); the hello carries the env's
+        # own space, which the algorithm is built on
+        self.stored_space = stored_observation_space(obs_space, self.agent)
+        self.replay = Replay.create(self.stored_space, act_space, training.buffer_capacity)
         self.replay.set_reward_source(make_reward_source(self.config.reward_config))
         self._resume(self.demo_episodes)
         # the online ring's image memory is faulted in by a thread just ahead of where transitions land
@@ -155,7 +160,7 @@ class Learner:
                                    loop_state=("acked", "streams", "log_segment", "weights_version"))
         first_segment = 0
         if state is None:
-            self.replay.add_demos(demo_episodes)
+            self.replay.add_demos(encode_episodes(demo_episodes, self.agent))
         else:
             self.counters.update(state["counters"])
             self.acked = dict(state["acked"])

@@ -41,6 +41,7 @@ class ServedLearner(Protocol):
     """What the server asks of the learner it serves."""
 
     obs_space: Any  # None until built (env.remote: from the first actor's hello)
+    stored_space: Any  # the observations transitions carry (image keys as cached features with a frozen encoder)
     act_space: Any
     acked: dict[str, int]  # actor -> highest seq stored (and, after end_round, written)
     counters: dict[str, int]  # the server counts "rejected" messages and "dropped" steps here
@@ -145,7 +146,7 @@ class LearnerServer:
                 if not learner.built:
                     raise ProtocolError("send hello with your observation and action spaces before transitions "
                                         "(this learner has no env of its own: env.remote is set)")
-                n = transport.check_transitions(message, learner.obs_space, learner.act_space,
+                n = transport.check_transitions(message, learner.stored_space, learner.act_space,
                                                 learner.stored_reward_terms())
             except ProtocolError as exc:
                 learner.counters["rejected"] += 1

@@ -45,6 +45,7 @@ from hilrl.runtime.steps import (
     encode_episodes,
     fresh_counters,
     make_training_env,
+    stored_observation_space,
 )
 
 
@@ -62,7 +63,8 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
     # what the loop steps and the buffers store: with a frozen pretrained image encoder, feature maps (encoded
     # once per frame); `env` stays the task as its own wrappers see it (the interventionist's `source` below)
     stepped = cache_frame_features(env, algo)
-    replay = Replay.create(stepped.observation_space, env.action_space, training.buffer_capacity)
+    replay = Replay.create(stored_observation_space(env.observation_space, algo), env.action_space,
+                           training.buffer_capacity)
     if reward_source is None:
         try:
             reward_source = make_reward_source(config.reward_config, SourceContext(
@@ -83,7 +85,7 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
         resumed = run.resume(algo, replay, loop_state=("rng", "stream"))
         if resumed is None:
             replay.add_demos(encode_episodes(demo_episodes + bc_rollouts(config, run, demo_episodes, show_progress),
-                                             stepped))
+                                             algo))
     except BaseException:
         env.close()
         raise
