@@ -198,7 +198,13 @@ class ObservationEncoder(nn.Module):
         for key in self.image_keys:
             if obs[key].dtype == torch.uint8:
                 raise HilrlError(f"shift_feature_maps: {key!r} holds raw frames, not cached feature maps")
-            out[key] = random_shift(obs[key].float(), shifts[key], self.image_pad)
+            maps = obs[key]
+            if maps.dtype == torch.float16:  # as stored: gather the 2-byte values as integers (torch's CPU gather
+                # is slower on float16), then convert the shifted maps to float32 once
+                maps = random_shift(maps.view(torch.int16), shifts[key], self.image_pad).view(torch.float16)
+                out[key] = maps.float()
+            else:
+                out[key] = random_shift(maps.float(), shifts[key], self.image_pad)
         return out
 
     def forward(self, obs: Mapping[str, torch.Tensor],

@@ -47,7 +47,8 @@ def batch_to_torch(batch: Batch, device: torch.device | str) -> TensorTree:
     """A numpy batch (see :mod:`hilrl.data.buffers`) as tensors on ``device``.
 
     Floats become float32, ``terminated``/``truncated`` float32 masks, images stay uint8
-    (a quarter of the bytes to move). On CUDA the copies go through pinned memory and do not block.
+    (a quarter of the bytes to move) and cached fp16 feature maps fp16 (the encoder converts them after the random
+    shift). On CUDA the copies go through pinned memory and do not block.
     """
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -61,7 +62,8 @@ def batch_to_torch(batch: Batch, device: torch.device | str) -> TensorTree:
     out: TensorTree = {}
     for key, value in batch.items():
         if isinstance(value, Mapping):
-            out[key] = {k: move(v, None if v.dtype == np.uint8 else torch.float32) for k, v in value.items()}
+            out[key] = {k: move(v, None if v.dtype in (np.uint8, np.float16) else torch.float32)
+                        for k, v in value.items()}
         elif key in ("terminated", "truncated", "rewards", "actions"):
             out[key] = move(value, torch.float32)
         else:
