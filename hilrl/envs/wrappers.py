@@ -100,7 +100,8 @@ class RealTime(gym.Wrapper):
 
 
 class FrameEncoder(Protocol):
-    """What :class:`FrameFeatures` needs of a frozen image encoder (:class:`hilrl.policies.pretrained.FrozenImageEncoder`)."""
+    """What :class:`FrameFeatures` needs of a frozen image encoder
+    (:class:`hilrl.policies.pretrained.FrozenImageEncoder`)."""
 
     def feature_space(self, image_space: spaces.Box) -> spaces.Box: ...
 
@@ -118,7 +119,8 @@ def feature_observation_space(space: spaces.Dict, encoder: FrameEncoder, keys: S
     return spaces.Dict({**space.spaces, **{k: encoder.feature_space(space[k]) for k in keys}})
 
 
-def encode_frames(encoder: FrameEncoder, images: Mapping[str, np.ndarray], keys: Sequence[str]) -> dict[str, np.ndarray]:
+def encode_frames(encoder: FrameEncoder, images: Mapping[str, np.ndarray],
+                  keys: Sequence[str]) -> dict[str, np.ndarray]:
     """Feature maps of a batch of frames ``{key: (N, H, W, 3)}``: one encoder call for all ``keys`` when their
     frames have one size (the cameras of one step, a recorded episode), else one per key."""
     if len(keys) > 1 and len({images[k].shape for k in keys}) == 1:

@@ -97,7 +97,8 @@ def cache_frame_features(env: gym.Env, algo: Any) -> gym.Env:
     The one place a training loop's frames are encoded: once per observation, when the env returns it
     (:class:`~hilrl.envs.wrappers.FrameFeatures`), so the policy acts on the features and the replay buffers
     (built on :func:`stored_observation_space`) store them; updates never run the backbone. An evaluation env is
-    not wrapped: acting on raw pixels runs the backbone in the policy (:class:`~hilrl.policies.encoders.ObservationEncoder`).
+    not wrapped: acting on raw pixels runs the backbone in the policy
+    (:class:`~hilrl.policies.encoders.ObservationEncoder`).
     """
     found = _frame_encoder(algo)
     return env if found is None else FrameFeatures(env, *found)
@@ -112,7 +113,8 @@ def stored_observation_space(space: gym.spaces.Dict, algo: Any) -> gym.spaces.Di
 def encode_episodes(episodes: list[Episode], algo: Any) -> list[Episode]:
     """Recorded episodes (demos keep their pixels) as the buffers of a :func:`cache_frame_features` loop store them:
     image keys as feature maps, derived here. Each frame is encoded once: ``next_obs[t]`` reuses the features of
-    ``obs[t + 1]`` when it is that frame (every step but an episode's last). Other algorithms: the episodes as they are."""
+    ``obs[t + 1]`` when it is that frame (every step but an episode's last). Other algorithms: the episodes as they
+    are."""
     found = _frame_encoder(algo)
     if found is None:
         return list(episodes)
