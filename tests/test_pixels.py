@@ -236,3 +236,17 @@ def test_the_distributed_actor_sends_cached_features_and_the_learner_stores_them
     for name in ("online", "demo"):
         with np.load(run / "checkpoints" / f"replay_{name}_60.npz") as stored:
             assert stored["obs::front"].dtype == np.float16 and stored["next_obs::wrist"].shape[1:] == (80, 4, 4)
+
+
+@needs_weights
+def test_the_bc_prior_variants_are_refused_with_the_pretrained_encoder_naming_the_way_out():
+    import gymnasium as gym
+
+    from hilrl.policies.sac.agent import SAC
+    from hilrl.policies.sac.config import SACConfig
+
+    space = gym.spaces.Dict({"front": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8),
+                             "ee_pos": gym.spaces.Box(-1, 1, (3,), np.float32)})
+    config = SACConfig(images={"encoder": "efficientnet_lite0"}, variants={"bc_proposal": True})
+    with pytest.raises(HilrlError, match="turn those off, or use images.encoder: drq"):
+        SAC(space, gym.spaces.Box(-1, 1, (4,), np.float32), config)

@@ -146,8 +146,8 @@ class SACImages:
         feature_pad: cells of replicate padding for the random shift of the ``efficientnet_lite0`` feature map
             (the augmentation that survives caching; one cell is 16 pixels of the frame), 1.
         augment: apply the random shift in updates (DrQ, SERL, HIL-SERL).
-        freeze_encoder: keep the ``drq`` image encoder fixed. The ``efficientnet_lite0`` backbone is always frozen
-            (its pooling heads train).
+        freeze_encoder: keep the trainable part of the image encoder fixed: the ``drq`` CNN, or the
+            ``efficientnet_lite0`` pooling heads (its backbone is always frozen; the heads train by default).
     """
 
     ENCODERS: ClassVar[tuple[str, ...]] = ("drq", "efficientnet_lite0")
