@@ -14,7 +14,15 @@ one section changed per method):
   still failed 60% of its episodes: its actions stayed within the threshold of the expert's yet missed the grasp,
   so its failures were never labelled (seed 0, 20 demos: 25% on unseen seeds against BC's 50% on the demos alone);
 * ``bc``: BC on the demos alone, and ``bc_matched``: BC on as many demo steps as HG-DAgger's expert labels
-  (demos plus interventions) of the same seed, so HG-DAgger is judged against BC on the same expert steps.
+  (demos plus interventions) of the same seed, so HG-DAgger is judged against BC on the same expert steps;
+* ``rlif``: the shipped learner with RLIF's reward (Luo et al. 2023, pd-perry/RLIF: the env reward discarded, -1
+  on the agent's step before each takeover) from the same person, whose steps are not copied to the demos.
+
+``--expert-offset`` makes the person (and the demos' recorder) a weak expert whose error is systematic: the
+task's expert aiming that many metres above its target (a depth misjudged through a camera). RLIF's weak experts
+are BC policies, whose errors are functions of the state; the noise knob of ``hilrl.feedback.experts`` is
+zero-mean, so imitation averages it out (Reach's expert succeeds in 100% of episodes even at noise 0.5).
+Reach's expert alone, 50 seeded episodes: 2.0 cm above, 52%; 2.5 cm, 0%.
 
 Printed: eval success (validation seeds) and the person's share of steps every ``--every`` env steps, the first
 step at 90% success, the person's total steps, final success on unseen seeds and wall time; a png of both
@@ -23,6 +31,7 @@ and a run already in ``rows.jsonl`` is not run again (so a cut benchmark can be 
 
     python benchmarks/hil_serl_sim.py --tasks Reach --seeds 0 1 2 --demos 10 20
     python benchmarks/hil_serl_sim.py --tasks PickCube --seeds 0 --demos 20 --methods person
+    python benchmarks/hil_serl_sim.py --tasks Reach --demos 10 --methods rlif hg_dagger --expert-offset 0.025
 """
 
 from __future__ import annotations
@@ -45,12 +54,34 @@ SHIPPED = {"Reach": "sim_configs/reach_hil.yaml", "PickCube": "sim_configs/pick_
 STEPS = {"Reach": 3000, "PickCube": 15000}  # PickCube: the issue's goal, >= 90% within 15k env steps
 # the distance gates the configs shipped before the person (reach_hil: threshold 1.5; pick_cube_hil: 2.0, 4 steps)
 DISTANCE = {"Reach": {"threshold": 1.5}, "PickCube": {"threshold": 2.0, "duration": 4}}
-METHODS = ("person", "distance", "none", "hg_dagger", "hg_dagger_distance", "bc", "bc_matched")
+METHODS = ("person", "distance", "none", "hg_dagger", "hg_dagger_distance", "bc", "bc_matched", "rlif")
+
+
+class AimsAbove:
+    """The task's own expert aiming ``offset`` metres above its target: a miscalibrated person (``env.expert``)."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def __call__(self, env, noise: float = 0.0, seed: int | None = None):
+        from hilrl.feedback.experts import task_expert
+
+        expert = task_expert(env, noise, seed)
+        aim, lift = expert.waypoint, np.array([0.0, 0.0, self.offset])
+        expert.waypoint = lambda obs: (aim(obs)[0] + lift, aim(obs)[1])
+        return expert
+
+
+AIMS_2_0_CM, AIMS_2_5_CM = AimsAbove(0.02), AimsAbove(0.025)
+# --expert-offset -> env.expert (this module is on sys.path: the script's folder, in the forked workers too)
+EXPERT_OFFSETS = {0.02: "hil_serl_sim:AIMS_2_0_CM", 0.025: "hil_serl_sim:AIMS_2_5_CM"}
 
 
 def method_config(method: str, task: str, demos: int, seed: int, steps: int, every: int,
-                  bc_episodes: int | None = None) -> dict:
+                  bc_episodes: int | None = None, expert_offset: float = 0.0) -> dict:
     config = yaml.safe_load((ROOT / SHIPPED[task]).read_text())
+    if expert_offset:
+        config["env"]["expert"] = EXPERT_OFFSETS[expert_offset]
     config["demos"] = {**config.get("demos", {}), "episodes": demos}
     config["train"] = {**config["train"], "steps": steps, "seed": seed, "eval_every": every, "eval_episodes": 20,
                        "checkpoint_every": steps, "video": False, "keep_best": False}
@@ -62,6 +93,9 @@ def method_config(method: str, task: str, demos: int, seed: int, steps: int, eve
         return config
     if method == "none":
         config.pop("intervention", None)
+        return config
+    if method == "rlif":
+        config["intervention"] = {**config["intervention"], "learn_from": "rlif"}
         return config
     if method in ("hg_dagger", "hg_dagger_distance"):
         gate = ({"source": "distance", "threshold": 1.0} if method == "hg_dagger_distance" else
@@ -89,7 +123,7 @@ def curves(run: Path) -> dict[str, dict[int, float]]:
 
 
 def run_one(method: str, task: str, demos: int, seed: int, steps: int, every: int, out: Path,
-            bc_episodes: int | None = None) -> dict:
+            bc_episodes: int | None = None, expert_offset: float = 0.0) -> dict:
     import torch
 
     from hilrl.config import validate_config
@@ -97,7 +131,7 @@ def run_one(method: str, task: str, demos: int, seed: int, steps: int, every: in
 
     torch.set_num_threads(1)
     started = time.perf_counter()
-    config = method_config(method, task, demos, seed, steps, every, bc_episodes)
+    config = method_config(method, task, demos, seed, steps, every, bc_episodes, expert_offset)
     train(validate_config(config, SHIPPED[task]), out, show_progress=False)
     seconds = time.perf_counter() - started
     metrics = json.loads((out / "metrics.json").read_text())
@@ -112,7 +146,7 @@ def run_one(method: str, task: str, demos: int, seed: int, steps: int, every: in
             "success": success, "intervention_rate": rate, "steps_to_90": to_90,
             "person_steps": metrics.get("intervened_steps", 0), "labels": metrics.get("labels"),
             "env_steps": metrics.get("env_steps", 0), "seconds": round(seconds, 1),
-            "bc_episodes": bc_episodes}
+            "bc_episodes": bc_episodes, "expert_offset": expert_offset}
 
 
 def plot(rows: list[dict], task: str, path: Path) -> None:
@@ -174,6 +208,8 @@ def main() -> None:
                         help="env steps per run (default Reach 3000, PickCube 15000)")
     parser.add_argument("--every", type=int, default=1000, help="env steps between evaluations")
     parser.add_argument("--out", type=Path, default=Path("runs/hil_serl_sim"))
+    parser.add_argument("--expert-offset", type=float, default=0.0, choices=[0.0, *EXPERT_OFFSETS],
+                        help="metres the person's expert (and the demos') aims above its target: a weak expert")
     args = parser.parse_args()
 
     log = args.out / "rows.jsonl"
@@ -183,6 +219,7 @@ def main() -> None:
         for series in ("success", "intervention_rate"):
             row[series] = {int(step): value for step, value in row[series].items()}
     rows = []
+    suffix = f"_above{args.expert_offset * 1000:g}mm" if args.expert_offset else ""
     # hg_dagger before bc_matched, whose demo count is HG-DAgger's expert steps
     order = sorted(args.methods, key=lambda m: (m == "bc_matched", METHODS.index(m)))
     for task in args.tasks:
@@ -190,8 +227,9 @@ def main() -> None:
         for demos in args.demos:
             for seed in args.seeds:
                 for method in order:
-                    key = (method, task, demos, seed)
-                    old = [r for r in done if (r["method"], r["task"], r["demos"], r["seed"]) == key
+                    key = (method, task, demos, seed, args.expert_offset)
+                    old = [r for r in done if (r["method"], r["task"], r["demos"], r["seed"],
+                                               r.get("expert_offset", 0.0)) == key
                            and (r["env_steps"] == steps or method.startswith("bc"))]
                     if old:
                         rows.append(old[-1])
@@ -203,11 +241,11 @@ def main() -> None:
                         if not dagger:
                             print(f"bc_matched {task} demos {demos} seed {seed}: needs hg_dagger in --methods")
                             continue
-                        demo_len = demo_length(args.out / f"{task}_d{demos}_hg_dagger_s{seed}")
+                        demo_len = demo_length(args.out / f"{task}_d{demos}_hg_dagger_s{seed}{suffix}")
                         # HG-DAgger's expert steps: its demos and its intervention labels
                         bc_episodes = demos + math.ceil(dagger[0]["labels"] / demo_len)
-                    out = args.out / f"{task}_d{demos}_{method}_s{seed}"
-                    row = run_one(method, task, demos, seed, steps, args.every, out, bc_episodes)
+                    out = args.out / f"{task}_d{demos}_{method}_s{seed}{suffix}"
+                    row = run_one(method, task, demos, seed, steps, args.every, out, bc_episodes, args.expert_offset)
                     rows.append(row)
                     with log.open("a") as f:
                         f.write(json.dumps(row) + "\n")
@@ -226,12 +264,14 @@ def demo_length(run: Path) -> float:
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
+    suffix = f"_above{args.expert_offset * 1000:g}mm" if args.expert_offset else ""
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
     for task in args.tasks:
         steps = sorted({int(s) for r in rows if r["task"] == task for s in r["success"]})
-        print(f"\n### {task}: eval success / person's share of steps, every {args.every} env steps (all seeds)")
+        weak = f"; the person's expert aims {args.expert_offset * 100:g} cm above its target" if args.expert_offset else ""
+        print(f"\n### {task}: eval success / person's share of steps, every {args.every} env steps (all seeds){weak}")
         print("| demos | method | seed | " + " | ".join(str(s) for s in steps) + " | steps to 90% | person steps "
               "| final (unseen seeds) | wall s |")
         print("|---|---|---|" + "---|" * len(steps) + "---|---|---|---|")
@@ -247,7 +287,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             print(f"| {r['demos']} | {name} | {r['seed']} | " + " | ".join(cells) +
                   f" | {to_90 or '-'} | {r['person_steps']} | {fmt(r['final_success'])} | "
                   f"{r['seconds']:.0f} |")
-        png = args.out / f"{task.lower()}_curves.png"
+        png = args.out / f"{task.lower()}_curves{suffix}.png"
         plot([r for r in rows if r["task"] == task], task, png)
         print(f"plot: {png}")
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
