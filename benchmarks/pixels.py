@@ -17,7 +17,8 @@ a two-camera task (front + wrist at ``--size`` pixels, 128 as gym-hil and HIL-SE
 * ``drq``: proprioception and raw uint8 frames through DrQ's CNN, trained from scratch (``encoder: drq``).
 
 Each row also gives the bytes the replay buffers hold per 100k transitions as the local training loop stores
-them (each step writes its ``obs`` and its ``next_obs`` row) and, for ``cached``, the backbone's time per env step
+them (each step writes its ``obs`` and its ``next_obs`` row) and in the shared form the distributed learner
+stores (``next_obs`` read from the next slot; :mod:`hilrl.data.buffers`) and, for ``cached``, the backbone's time per env step
 (both frames encoded in one call). Rows take turns within each repeat (best of ``--repeats``), so on a shared
 machine all see the same conditions.
 
@@ -103,10 +104,12 @@ def random_obs(space: gym.spaces.Dict, n: int, rng: np.random.Generator) -> dict
     return out
 
 
-def bytes_per_transition(buffer) -> int:
-    """What the local loop writes per step: every obs and next_obs row, actions, rewards, flags, extras."""
-    rows = [*buffer.obs.values(), *buffer.next_obs.values(), buffer.actions, buffer.rewards, buffer.terminated,
-            buffer.truncated, buffer.next_in_obs, *buffer.extras.values()]
+def bytes_per_transition(buffer, next_rows: bool = True) -> int:
+    """What a buffer holds per step: every obs row, every next_obs row (the local loop writes one per step;
+    ``next_rows=False``: the shared form the distributed learner stores, next_obs read from the next slot but at
+    episode ends, not counted), actions, rewards, flags, extras."""
+    rows = [*buffer.obs.values(), *(buffer.next_obs.values() if next_rows else ()), buffer.actions, buffer.rewards,
+            buffer.terminated, buffer.truncated, buffer.next_in_obs, *buffer.extras.values()]
     return sum(a.itemsize * int(np.prod(a.shape[1:])) for a in rows)
 
 
@@ -146,7 +149,7 @@ def measure_speed(args: argparse.Namespace) -> None:
                           intervened=np.zeros(n, bool), next_intervened=np.zeros(n, bool),
                           episode=np.zeros(n, np.int64), step=np.zeros(n, np.int32))
         buffers[kind] = buffer
-        memory[kind] = bytes_per_transition(buffer) * 100_000 / 2**20
+        memory[kind] = tuple(bytes_per_transition(buffer, shared) * 100_000 / 2**20 for shared in (True, False))
 
     rates: dict[str, float] = dict.fromkeys(learners, 0.0)
     for _ in range(args.repeats):
@@ -162,12 +165,14 @@ def measure_speed(args: argparse.Namespace) -> None:
     header(args.threads)
     print(f"SAC updates/s, batch {args.batch}, utd 1, 2 critics, hidden 256x256, {len(CAMERAS)} cameras at "
           f"{args.size}x{args.size} + {PROPRIO} proprio; best of {args.repeats}; buffers of {args.transitions} rows")
-    print(f"{'observations':<44} {'updates/s':>10} {'vs state':>9} {'MiB per 100k transitions':>25}")
+    print(f"{'observations':<44} {'updates/s':>10} {'vs state':>9} {'MiB/100k local loop':>20} "
+          f"{'MiB/100k shared next':>21}")
     names = {"state": f"state ({PROPRIO} proprio + {OBJECT} object)",
              "cached": f"cached fp16 features {'x'.join(map(str, feature_shape))} + proprio",
-             "drq": f"DrQ CNN on uint8 frames + proprio"}
+             "drq": "DrQ CNN on uint8 frames + proprio"}
     for kind in learners:
-        print(f"{names[kind]:<44} {rates[kind]:>10.1f} {rates[kind] / rates['state']:>9.2f} {memory[kind]:>25.0f}")
+        print(f"{names[kind]:<44} {rates[kind]:>10.2f} {rates[kind] / rates['state']:>9.3f} {memory[kind][0]:>20.0f} "
+              f"{memory[kind][1]:>21.0f}")
     print(f"encoding one env step for the cached row (both frames, one backbone call): "
           f"{np.median(encode_times) * 1e3:.1f} ms (median of {args.calls})")
 
