@@ -167,6 +167,34 @@ def test_the_size_the_person_says_wins_over_the_llms_label():
         pytest.approx(0.02), "a bit higher: half the 4 cm step, as the module's rule says"
 
 
+def test_the_knowledge_kept_is_what_the_corrections_taught(tmp_path):
+    """DROC keeps a rule from a plan-level correction and the parameters a skill-level one changed: a rule or a
+    parameter the LLM adds while distilling a session of skill-level corrections is not saved (a small model's
+    invented rule sent round 2's plans astray)."""
+    plan = json.dumps({"plan": [{"skill": "grasp", "args": {"object": "block"}},
+                                {"skill": "place", "args": {"target": "goal"}}]})
+    classify = json.dumps({"level": "skill", "skill": "grasp", "step": 0, "reason": "it hit the block"})
+    change = json.dumps({"step": 0, "parameter": "height_offset", "direction": "increase", "magnitude": "small",
+                         "amount": None})
+    distilled = json.dumps({"constraints": [{"text": "Move to the goal before grasping.", "objects": ["goal"]}],
+                            "skills": [{"skill": "grasp", "object": "block", "text": "a tall block: grasp higher",
+                                        "parameters": {"height_offset": 0.02, "approach": 0.09}},
+                                       {"skill": "place", "object": "goal", "text": "place it",
+                                        "parameters": {"height": 0.05}}]})
+    kb = KnowledgeBase(tmp_path / "kb")
+    with ScriptedServer([[plan], [classify], [change], [distilled]]) as server:
+        llm = OpenAICompatible(LLMConfig(base_url=server.base_url, model="m", retries=0))
+        env = make_session_env(variant("pick_tall"))
+        try:
+            outcome = CorrectionSession(env, DrocPlanner(llm), ScriptedPerson(), kb=kb, retrieval="text",
+                                        encoder=WordCounts()).run(variant("pick_tall"), seed=0)
+        finally:
+            env.close()
+    assert outcome.success and outcome.corrections == ["grasp it a bit higher"]
+    assert [(e.kind, e.skill, e.parameters) for e in outcome.distilled] == \
+        [("skill", "grasp", {"height_offset": 0.02})], "no invented rule, no parameter nobody corrected"
+
+
 KILLED_SESSION = """
 import sys
 import numpy as np

@@ -312,12 +312,21 @@ class CorrectionSession:
                  history: list[dict[str, Any]]) -> list[Entry]:
         knowledge = self.planner.distill(scene, first_plan, plan, history)
         source = {"variant": variant.name, "corrections": [h["correction"] for h in history]}
+        # DROC (Zha et al. 2023) keeps a rule from a plan-level correction and the parameters a skill-level one
+        # changed; what else the LLM distils is dropped (Qwen2.5-Coder-1.5B wrote "move to the goal, then grasp"
+        # as a rule after two "grasp it a bit higher", and round 2's plans, following it, never placed the block)
+        plan_level = any(h.get("level") == "plan" for h in history)
+        corrected = {h["parameter"] for h in history if h.get("level") == "skill" and h.get("parameter")}
         saved = []
-        for rule in knowledge.constraints:
+        for rule in knowledge.constraints if plan_level else []:
             saved.append(self.kb.add("constraint", scene.task_id, rule.text,
                                      feature=None if picture is None else scene_feature(picture),
                                      objects=rule.objects, source=source))
         for taught in knowledge.skills:
+            taught = taught.model_copy(update={"parameters": {k: v for k, v in taught.parameters.items()
+                                                              if k in corrected}})
+            if not taught.parameters:
+                continue
             offset = [0.0, 0.0, float(taught.parameters.get("height_offset", 0.0))] if taught.skill == "grasp" \
                 else [0.0, 0.0, float(taught.parameters.get("height", 0.0))] if taught.skill == "place" else None
             saved.append(self.kb.add("skill", scene.task_id, taught.text, feature=features.get(taught.object),
