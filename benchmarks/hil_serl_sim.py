@@ -68,13 +68,23 @@ class AimsAbove:
 
         expert = task_expert(env, noise, seed)
         aim, lift = expert.waypoint, np.array([0.0, 0.0, self.offset])
-        expert.waypoint = lambda obs: (aim(obs)[0] + lift, aim(obs)[1])
+
+        def waypoint(obs):
+            target, gripper = aim(obs)
+            return target + lift, gripper
+
+        expert.waypoint = waypoint
         return expert
 
 
 AIMS_2_0_CM, AIMS_2_5_CM = AimsAbove(0.02), AimsAbove(0.025)
 # --expert-offset -> env.expert (this module is on sys.path: the script's folder, in the forked workers too)
 EXPERT_OFFSETS = {0.02: "hil_serl_sim:AIMS_2_0_CM", 0.025: "hil_serl_sim:AIMS_2_5_CM"}
+
+
+def run_suffix(expert_offset: float) -> str:
+    """What a run folder's and a plot's name gain with ``--expert-offset``."""
+    return f"_above{expert_offset * 1000:g}mm" if expert_offset else ""
 
 
 def method_config(method: str, task: str, demos: int, seed: int, steps: int, every: int,
@@ -219,7 +229,7 @@ def main() -> None:
         for series in ("success", "intervention_rate"):
             row[series] = {int(step): value for step, value in row[series].items()}
     rows = []
-    suffix = f"_above{args.expert_offset * 1000:g}mm" if args.expert_offset else ""
+    suffix = run_suffix(args.expert_offset)
     # hg_dagger before bc_matched, whose demo count is HG-DAgger's expert steps
     order = sorted(args.methods, key=lambda m: (m == "bc_matched", METHODS.index(m)))
     for task in args.tasks:
@@ -264,13 +274,14 @@ def demo_length(run: Path) -> float:
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
-    suffix = f"_above{args.expert_offset * 1000:g}mm" if args.expert_offset else ""
+    suffix = run_suffix(args.expert_offset)
     def fmt(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}"
 
     for task in args.tasks:
         steps = sorted({int(s) for r in rows if r["task"] == task for s in r["success"]})
-        weak = f"; the person's expert aims {args.expert_offset * 100:g} cm above its target" if args.expert_offset else ""
+        weak = (f"; the person's expert aims {args.expert_offset * 100:g} cm above its target"
+                if args.expert_offset else "")
         print(f"\n### {task}: eval success / person's share of steps, every {args.every} env steps (all seeds){weak}")
         print("| demos | method | seed | " + " | ".join(str(s) for s in steps) + " | steps to 90% | person steps "
               "| final (unseen seeds) | wall s |")

@@ -169,7 +169,8 @@ def part_search(args) -> None:
                    "--steps", str(args.steps), "--final-seeds", str(args.final_seeds), "--seed", str(args.seed),
                    "--out", str(out)]
         command += ["--final-steps", str(args.final_steps)] if args.final_steps else []
-        command += ["--base", str(demo_base(folder, task) if str(args.base) == "demo" else args.base)] if args.base else []
+        if args.base:
+            command += ["--base", str(demo_base(folder, task) if str(args.base) == "demo" else args.base)]
         print("$", shlex.join(command), flush=True)
         started = time.perf_counter()
         done = subprocess.run(command)

@@ -113,7 +113,8 @@ class EnvConfig(_Strict):
                                                "device drives (xyz, rotation, gripper and its sign)")
     expert: str | None = Field(None, description="a scripted policy 'module:callable', a factory f(env, noise, seed) "
                                "-> expert with reset() and expert(obs) -> action; records demos and intervenes as a "
-                               "simulated person, for any env (a hilrl task's too). None = the id's own (hilrl tasks, gym-hil's pick)")
+                               "simulated person, for any env (a hilrl task's too). None = the id's own (hilrl tasks, "
+                               "gym-hil's pick)")
     cameras: list[Literal["front", "wrist"]] = Field(default_factory=list, description="image observations; [] = "
                                                      "state only")
     image_size: int = Field(128, ge=16, le=1024, description="camera image width and height in pixels")

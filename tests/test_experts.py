@@ -90,7 +90,12 @@ from hilrl.feedback.experts import task_expert
 def make(env, noise=0.0, seed=None):
     expert = task_expert(env, noise, seed)
     aim = expert.waypoint
-    expert.waypoint = lambda obs: (aim(obs)[0] + np.array([0.0, 0.0, 0.05]), aim(obs)[1])  # 5 cm above the goal
+
+    def waypoint(obs):
+        target, gripper = aim(obs)
+        return target + np.array([0.0, 0.0, 0.05]), gripper  # 5 cm above the goal
+
+    expert.waypoint = waypoint
     return expert
 '''
 

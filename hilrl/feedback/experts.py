@@ -230,7 +230,7 @@ def make_expert(env, noise: float = 0.0, seed: int | None = None) -> ScriptedExp
 
     The config's ``env.expert`` (``module:callable``, kept on ``env.unwrapped.expert`` by the env adapter and
     :func:`hilrl.envs.make.make_env`) wins for every env, hilrl's tasks too (a user's own scripted policy, or a
-    weaker person than the task's expert, e.g. ``benchmarks/rlif_vs_dagger.py``'s miscalibrated one); it is
+    weaker person than the task's expert, e.g. ``benchmarks/hil_serl_sim.py``'s ``AimsAbove``); it is
     called as ``factory(env, noise=noise, seed=seed)``.
 
     Args:

@@ -75,13 +75,16 @@ _SIZES = {"tiny": ("tiny", "very small", "a tiny bit", "very slightly"),
           "large": ("large", "big", "a lot", "much", "very large", "huge")}
 
 
+# the size phrases a person says, longest first, so "a tiny bit" is tiny and not "a bit" (:func:`size_said`)
+_SAID_SIZES = sorted(((phrase, name) for name, words in _SIZES.items() if name != "normal" for phrase in words),
+                     key=lambda pair: -len(pair[0]))
+
+
 def size_said(correction: str) -> str | None:
     """The size the person's own words give (``tiny``, ``small`` or ``large`` by the phrases of :data:`_SIZES`,
-    the longest phrase first, so "a tiny bit" is tiny and not "a bit"), or ``None`` when they give none."""
+    the longest phrase first), or ``None`` when they give none."""
     text = correction.lower()
-    phrases = sorted(((phrase, name) for name, words in _SIZES.items() if name != "normal" for phrase in words),
-                     key=lambda pair: -len(pair[0]))
-    for phrase, name in phrases:
+    for phrase, name in _SAID_SIZES:
         if re.search(rf"\b{re.escape(phrase)}\b", text):
             return name
     return None
