@@ -391,9 +391,14 @@ class TrainConfig(_Strict):
 class RuntimeConfig(_Strict):
     """Where the online loop runs: one process (``local``), or a learner fed by actor processes over ZMQ
     (``distributed``, :mod:`hilrl.runtime.distributed.learner` and :mod:`hilrl.runtime.distributed.actor`). ``runtime: distributed``
-    is short for ``runtime: {mode: distributed}``."""
+    is short for ``runtime: {mode: distributed}``. ``backend: ray`` runs that learner and its actors as Ray actors
+    (:mod:`hilrl.runtime.distributed.ray_backend`) and implies ``mode: distributed``."""
 
     mode: Literal["local", "distributed"] = "local"
+    backend: Literal["local", "ray"] = Field("local", description="where `hilrl train` starts the learner and its "
+                                             "runtime.actors: local processes, or Ray actors (restarted when they die)")
+    address: str | None = Field(None, description="backend ray: the cluster to join (`ray start --head` prints it, "
+                                "e.g. 127.0.0.1:6379); None = RAY_ADDRESS, else a Ray started for this run")
     bind: str = Field("tcp://127.0.0.1:5560", description="learner's transition channel (actors connect here)")
     weights_bind: str | None = Field(None, description="learner's weight broadcast (PUB); None = same host, any port")
     actors: int = Field(1, ge=1, description="actor processes `hilrl train` starts on this machine")
@@ -413,10 +418,15 @@ class RuntimeConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _mode_shorthand(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("backend") == "ray" and "mode" not in value:
+            return {**value, "mode": "distributed"}  # Ray runs the learner and its actors
         return {"mode": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _key_pairs(self) -> RuntimeConfig:
+        if self.backend == "ray" and self.mode != "distributed":
+            raise ValueError("runtime.backend: ray runs a learner fed by actors; remove runtime.mode: local (or set "
+                             "mode: distributed)")
         for mine, theirs in (("learner_secret_key", "allow_keys"), ("actor_secret_key", "learner_public_key")):
             if (getattr(self, mine) is None) != (getattr(self, theirs) is None):
                 raise ValueError(f"set both runtime.{mine} and runtime.{theirs}, or neither")
