@@ -3,7 +3,8 @@
 Every strategy is built from the same core (:mod:`hilrl.runtime.run` for the folder, checkpoints,
 resume and metrics; :mod:`hilrl.runtime.steps` for acting and storing; :mod:`hilrl.runtime.seeds`
 for seeds): ``online`` (:mod:`hilrl.runtime.strategies.online`, or a learner with actor processes
-with ``runtime: distributed``, :mod:`hilrl.runtime.distributed.learner`), ``offline``
+with ``runtime: distributed``, :mod:`hilrl.runtime.distributed.learner`, or as Ray actors with
+``runtime.backend: ray``, :mod:`hilrl.runtime.distributed.ray_backend`), ``offline``
 (:mod:`hilrl.runtime.strategies.offline`), ``dagger`` (:mod:`hilrl.runtime.strategies.dagger_loop`) and ``sb3``
 (:mod:`hilrl.runtime.strategies.sb3_loop`). The run folder's layout is in :mod:`hilrl.runtime.run`.
 
@@ -99,6 +100,10 @@ def train(config: ExperimentConfig, out: str | os.PathLike, show_progress: bool 
         from hilrl.runtime.strategies.sb3_loop import train_sb3
 
         return train_sb3(config, run, episodes, show_progress, device=device)
+    if distributed and config.runtime.backend == "ray":
+        from hilrl.runtime.distributed.ray_backend import train_ray
+
+        return train_ray(config, run, show_progress)
     if distributed:
         from hilrl.runtime.distributed.learner import train_distributed
 

@@ -1,0 +1,138 @@
+"""``runtime: {backend: ray}``: `hilrl train` on a Ray cluster started as the README says, its resume, and SIGKILL
+of an actor and of the learner with 0 acknowledged transitions lost.
+
+The cluster is started here (``ray start --head --block`` on loopback, a free port, its own temp dir so no other
+process finds it) and stopped by ending that command, which stops every process it started.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """`ray start --head` on loopback with 3 logical CPUs; yields its address (what RAY_ADDRESS takes)."""
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    head = subprocess.Popen(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", "3", "--include-dashboard", "false", "--temp-dir", temp, "--block"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            executable=str(Path(sys.executable).parent / "ray"))
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while not list(Path(temp).glob("session_latest/logs/raylet.out")):  # the node is up once its raylet logs
+        assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
+        time.sleep(0.5)
+    time.sleep(2)
+    try:
+        yield address
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: stops the processes it started
+        head.wait(60)
+
+
+def write_config(path: Path, steps: int, **runtime) -> Path:
+    raw = yaml.safe_load((REPO / "sim_configs" / "reach_ray.yaml").read_text())
+    raw["demos"]["episodes"] = 2
+    raw["algo"].update(hidden=[32, 32], batch_size=32, utd=1)
+    raw["train"].update(steps=steps, learning_starts=100, eval_episodes=2, checkpoint_every=150)
+    raw["runtime"].update(max_unacked=40, ack_timeout_s=1.0, **runtime)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def hilrl_train(config: Path, run: Path, address: str, *args: str) -> subprocess.Popen:
+    env = dict(os.environ, RAY_ADDRESS=address, RAY_AUTH_MODE="disabled", MUJOCO_GL="egl", OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "hilrl.cli", "train", str(config), "--out", str(run), *args],
+                            env=env, stdout=open(run.parent / f"{run.name}.log", "ab"), stderr=subprocess.STDOUT)
+
+
+def starts(run: Path, who: str) -> list[dict]:
+    path = run / "ray" / f"{who}_starts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def checkpoint_steps(run: Path) -> list[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run / "checkpoints").glob("step_*.pt"))
+
+
+def wait_for(predicate, what: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"hilrl train exited ({proc.returncode}) while waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def finished(proc: subprocess.Popen, run: Path) -> dict:
+    assert proc.wait(300) == 0, (run.parent / f"{run.name}.log").read_text()[-3000:]
+    return json.loads((run / "ray" / "run.json").read_text())
+
+
+def test_hilrl_train_runs_on_a_ray_cluster_and_continues_the_run(ray_cluster, tmp_path):
+    config, run = write_config(tmp_path / "reach_ray.yaml", steps=300), tmp_path / "run"
+    summary = finished(hilrl_train(config, run, ray_cluster), run)
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["env_steps"] == 300 and metrics["runtime"] == "distributed"
+    assert summary["stored"] == summary["acked"] == 300 and summary["lost_acked"] == 0
+    assert sorted(a["actor"] for a in summary["actors"]) == ["actor0", "actor1"]
+    assert all(a["steps"] > 0 and a["weights_version"] > 0 for a in summary["actors"])  # both acted, got weights
+    assert yaml.safe_load((run / "config.yaml").read_text())["runtime"]["backend"] == "ray"
+
+    # the same command with a higher total continues the run from its checkpoint: a learner start that resumed
+    summary = finished(hilrl_train(config, run, ray_cluster, "--steps", "400"), run)
+    learner = starts(run, "learner")
+    assert len(learner) == 2 and learner[1]["env_steps"] == 300 and sum(learner[1]["acked"].values()) == 300
+    assert json.loads((run / "metrics.json").read_text())["env_steps"] == 400 == summary["stored"] == summary["acked"]
+
+
+def test_sigkill_of_an_actor_and_of_the_learner_loses_no_acked_transition(ray_cluster, tmp_path):
+    steps = 900
+    config, run = write_config(tmp_path / "reach_ray.yaml", steps=steps), tmp_path / "run"
+    proc = hilrl_train(config, run, ray_cluster)
+    try:
+        wait_for(lambda: len(starts(run, "actor")) == 2 and checkpoint_steps(run), "a first checkpoint", proc)
+        time.sleep(1.0)  # mid-run: between checkpoints, with acked steps only in the learner's log
+        learner = starts(run, "learner")[0]
+        actor = next(s for s in starts(run, "actor") if s["index"] == 0)
+        os.kill(learner["pid"], signal.SIGKILL)
+        os.kill(actor["pid"], signal.SIGKILL)
+        wait_for(lambda: len(starts(run, "learner")) == 2, "Ray to restart the killed learner", proc)
+        wait_for(lambda: len(starts(run, "actor")) == 3, "Ray to restart the killed actor", proc)
+        restarted = starts(run, "actor")[-1]
+        assert restarted["index"] == 0 and restarted["pid"] != actor["pid"]
+        summary = finished(proc, run)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    resumed = starts(run, "learner")[1]
+    assert sum(resumed["acked"].values()) == resumed["env_steps"] > 0  # checkpoint + log: every acked step back
+    for seen in summary["learner_restarts_seen"]:  # what the driver saw acked before the kill, the restart holds
+        assert all(resumed["acked"].get(actor, 0) >= seq for actor, seq in seen["acked_seen_before"].items())
+    assert summary["learner_starts"] == 2 and summary["actor_starts"] == 3
+    assert summary["stored"] == summary["acked"] == steps
+    assert summary["lost_acked"] == 0
