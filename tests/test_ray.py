@@ -90,6 +90,7 @@ def finished(proc: subprocess.Popen, run: Path) -> dict:
     return json.loads((run / "ray" / "run.json").read_text())
 
 
+@pytest.mark.slow  # the fault test below runs `hilrl train` on the cluster in CI; this adds the --steps resume
 def test_hilrl_train_runs_on_a_ray_cluster_and_continues_the_run(ray_cluster, tmp_path):
     config, run = write_config(tmp_path / "reach_ray.yaml", steps=300), tmp_path / "run"
     summary = finished(hilrl_train(config, run, ray_cluster), run)
@@ -136,3 +137,19 @@ def test_sigkill_of_an_actor_and_of_the_learner_loses_no_acked_transition(ray_cl
     assert summary["learner_starts"] == 2 and summary["actor_starts"] == 3
     assert summary["stored"] == summary["acked"] == steps
     assert summary["lost_acked"] == 0
+
+
+def test_hilrl_sweep_runs_its_grid_as_ray_tasks_on_the_cluster(ray_cluster, tmp_path):
+    out = tmp_path / "sweep"
+    small = ["train.steps=100", "train.learning_starts=50", "demos.episodes=2", "train.eval_episodes=2",
+             "train.eval_every=0", "train.video=false", "algo.hidden=[32,32]", "algo.batch_size=32"]
+    command = [sys.executable, "-m", "hilrl.cli", "sweep", str(REPO / "sim_configs" / "reach_sac.yaml"), "--seeds", "0",
+               "--set", "algo.utd=1,2", *[arg for text in small for arg in ("--set", text)], "--out", str(out),
+               "--backend", "ray", "--address", ray_cluster]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, RAY_AUTH_MODE="disabled", MUJOCO_GL="egl", OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["backend"] == "ray" and [row["setting"] for row in summary["rows"]] == ["algo.utd=1", "algo.utd=2"]
+    for utd in (1, 2):
+        assert json.loads((out / f"algo.utd={utd}" / "seed_0" / "metrics.json").read_text())["env_steps"] == 100
