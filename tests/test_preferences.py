@@ -196,31 +196,6 @@ def test_rapl_refits_when_new_triplets_arrive_in_the_run_store_and_bumps_its_ver
                          SourceContext(run_dir=tmp_path / "run"))
 
 
-def test_the_success_classifier_refits_on_frames_labelled_during_the_run_fixing_a_false_positive(tmp_path):
-    from hilrl.config import RewardConfig
-    from hilrl.feedback.preferences.classifier import SuccessClassifier, SuccessLabels, make_classifier_source
-    from hilrl.feedback.rewards import SourceContext
-
-    success, failure = frames_of((220, 30, 30), n=40, noise=20), frames_of((30, 30, 30), n=40, noise=20, seed=1)
-    classifier = SuccessClassifier(lr=3e-3, seed=0)
-    classifier.fit(np.concatenate([success, failure]), np.r_[np.ones(40, bool), np.zeros(40, bool)], epochs=30)
-    classifier.save(tmp_path / "classifier.pt")
-    config = RewardConfig(source="success_classifier", kwargs={"model": str(tmp_path / "classifier.pt"),
-                                                               "refit_every": 100, "epochs": 30})
-    source = make_classifier_source(config, SourceContext(run_dir=tmp_path / "run"))
-    near_miss = frames_of((220, 200, 30), n=20, noise=20, seed=2)  # the cube near the goal, not on it: yellow
-    rows = image_rows(np.concatenate([success[:10], near_miss]))
-    before = source(rows)
-    assert before[:10].all() and before[10:].mean() > 0.5, "the near misses pay as successes: false positives"
-    SuccessLabels.for_run(tmp_path / "run").add(near_miss, np.zeros(20, bool), who="ana")  # marked failures
-    assert source.after_step({}, None, 150) is None and source.version == 0, "between looks at the labels"
-    scalars = source.after_step({}, None, 200)
-    assert source.version == 1 and scalars["labelled_frames"] == 100, "the saved 80 frames and the 20 new ones"
-    after = source(rows)
-    assert after[:10].all() and after[10:].mean() < 0.2, "refitted: true successes still pay, near misses not"
-    assert source.after_step({}, None, 300) is None and source.version == 1
-
-
 # ---- the store ------------------------------------------------------------------------------------
 
 def test_labels_survive_kill_9_mid_write_and_the_store_stays_usable(tmp_path):

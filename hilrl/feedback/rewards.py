@@ -44,7 +44,7 @@ from hilrl.plugins import Registry, import_object
 
 __all__ = ["BUILTIN_SOURCES", "REWARD_SOURCES", "EnvReward", "RLIFReward", "RewardBatch", "RewardSource",
            "SourceContext", "TermReward", "TrainableRewardSource", "WeightedSum", "make_reward_source",
-           "register_reward_source", "reward_source_names"]
+           "register_reward_source", "reward_source_names", "wrap_training_env"]
 
 
 @runtime_checkable
@@ -224,6 +224,17 @@ def trainable_parts(source: RewardSource) -> list[TrainableRewardSource]:
     if isinstance(source, WeightedSum):
         return [t for _, part in source.parts for t in trainable_parts(part)]
     return [source] if callable(getattr(source, "after_step", None)) else []
+
+
+def wrap_training_env(source: RewardSource, env: Any) -> Any:
+    """``env`` wrapped by each source inside ``source`` that acts on the episodes it judges (a ``wrap_env(env)``
+    method, e.g. the success classifier ending an episode at a confident success, as HIL-SERL's reward wrapper)."""
+    if isinstance(source, WeightedSum):
+        for _, part in source.parts:
+            env = wrap_training_env(part, env)
+        return env
+    wrap = getattr(source, "wrap_env", None)
+    return wrap(env) if callable(wrap) else env
 
 
 def _make_one(config: Any, context: SourceContext) -> RewardSource:

@@ -30,7 +30,7 @@ from hilrl.config import EnvConfig, ExperimentConfig
 from hilrl.data.buffers import Replay
 from hilrl.data.episode import Episode
 from hilrl.envs.make import make_env
-from hilrl.feedback.rewards import SourceContext, make_reward_source, trainable_parts
+from hilrl.feedback.rewards import SourceContext, make_reward_source, trainable_parts, wrap_training_env
 from hilrl.policies.registry import make_algorithm
 from hilrl.runtime.diagnostics import start_values
 from hilrl.runtime.evaluate import EvalResult, evaluate_policy, final_evaluation
@@ -73,6 +73,7 @@ def train_online(config: ExperimentConfig, run: RunFolder, demo_episodes: list, 
             env.close()
             raise
     replay.set_reward_source(reward_source)
+    stepped = wrap_training_env(reward_source, stepped)  # e.g. episodes ending where the success classifier says
     learned = trainable_parts(reward_source)  # reward models that learn while the robot trains (PEBBLE)
     counters = fresh_counters()
     steps = StepSource(stepped, algo.act, seeds, counters, random_steps=training.random_steps,
