@@ -288,10 +288,14 @@ class RayRun:
         ray, training = self.ray, self.config.train
         with make_progress(not show_progress) as bar:
             task = bar.add_task(f"ray learner {self.config.env.id}", total=training.steps, stats="")
+            shown = (-1, -float("inf"))  # env steps and time last shown: a line per change, or per 10 s of updates
             while not ray.wait([self.learner_run], timeout=STATUS_PERIOD_S)[0]:
                 status = self.status()
-                if status is not None:
-                    counters = status["counters"]
+                if status is None:
+                    continue
+                counters = status["counters"]
+                if counters["env_steps"] != shown[0] or time.monotonic() - shown[1] > 10 * STATUS_PERIOD_S:
+                    shown = (counters["env_steps"], time.monotonic())
                     bar.update(task, completed=counters["env_steps"],
                                stats=f"{counters['updates']} updates  actors {status['acked']}")
         result = ray.get(self.learner_run)
