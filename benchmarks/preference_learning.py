@@ -4,11 +4,11 @@ Variants (synthetic teachers, state observations, same SAC settings as ``sim_con
 ``true`` (SAC on the task's dense reward), ``bt`` (Bradley-Terry + PEBBLE's relabelling with N queries, uniform
 or disagreement selection; PEBBLE, Lee et al. 2021, rll-research/BPref), ``unsup`` (``bt`` after PEBBLE's
 state-entropy pre-training for ``--unsup-steps`` env steps), ``heron`` (the factor ranking alone;
-HERON, abukharin3/HERON), ``rapl`` (RAPL's OT reward on images from <= 150 triplets, Spearman with the
-true return; arXiv:2412.04835), ``regret`` and ``regret_pr`` (the regret teacher of Knox et al.,
-arXiv:2206.02231, with the regret loss or the partial-return Bradley-Terry loss; V*(s) = Q(s, π(s)) of the
-same seed's ``true`` run, which must come first in ``--variants``) and ``page`` (the labelling page in
-headless Chromium: keypress to the next query's videos playing).
+HERON, abukharin3/HERON), ``rapl`` (``benchmarks/rapl_spearman.py``'s Reach row: RAPL's OT reward on the
+pretrained backbone from <= 150 triplets, Spearman with the true return), ``regret`` and ``regret_pr`` (the
+regret teacher of Knox et al., arXiv:2206.02231, with the regret loss or the partial-return Bradley-Terry loss;
+V*(s) = Q(s, π(s)) of the same seed's ``true`` run, which must come first in ``--variants``) and ``page`` (the
+labelling page in headless Chromium: keypress to the next query's videos playing).
 Agreement = accuracy of the reward model on held-out segment pairs and Spearman of segment returns,
 against the true reward (the source's last ``reward/agreement`` and ``reward/spearman``).
 
@@ -119,49 +119,14 @@ def run_rl(task: str, variant: str, queries: int, selection: str, steps: int, se
             "spearman": scalars.get("reward/spearman", float("nan")), "labels": scalars.get("reward/labels", 0)}
 
 
-def rapl_benchmark(triplets: int, seed: int, image_size: int = 32) -> dict:
-    """Rollouts of the scripted expert at several noise levels on Reach, filmed by the front camera; RAPL's
-    encoder fitted on triplets ranked by the true return; Spearman of OT scores vs true returns on held-out
-    rollouts, for the fitted and the untrained encoder."""
-    import gymnasium as gym
-    from scipy.stats import spearmanr
+def rapl_benchmark(triplets: int, seed: int) -> dict:
+    """RAPL's Spearman row on Reach (``benchmarks/rapl_spearman.py``, its default settings): the OT reward on the
+    pretrained backbone, untrained and fitted on ``triplets`` ranked triplets, and RLHF on the same preferences."""
+    import rapl_spearman  # benchmarks/, on sys.path when this script runs
 
-    import hilrl.envs  # noqa: F401
-    from hilrl.feedback.experts import make_expert
-    from hilrl.feedback.preferences.rapl import RaplModel
-
-    env = gym.make("hilrl/Reach-v0", cameras=("front",), image_size=image_size, max_episode_steps=30)
-    rng = np.random.default_rng(seed)
-
-    def rollout(noise: float, episode_seed: int):
-        obs, _ = env.reset(seed=episode_seed)
-        expert = make_expert(env.unwrapped, noise=noise, seed=episode_seed)
-        frames, total = [], 0.0
-        for _ in range(30):
-            obs, reward, terminated, truncated, _ = env.step(expert(obs) if hasattr(expert, "__call__") else expert.act(obs))
-            frames.append(obs["front"])
-            total += reward
-            if terminated or truncated:
-                break
-        while len(frames) < 30:  # pad finished episodes with their last frame
-            frames.append(frames[-1])
-        return np.stack(frames[::3]), total
-
-    demos = [rollout(0.0, 1000 + i)[0] for i in range(5)]
-    pool = [rollout(float(rng.uniform(0, 1)), 2000 + i) for i in range(60)]
-    held = [rollout(float(rng.uniform(0, 1)), 5000 + i) for i in range(40)]
-    env.close()
-    model = RaplModel(seed=seed)
-    model.set_demos(demos)
-    before = spearmanr([model.video_score(v) for v, _ in held], [r for _, r in held]).statistic
-    triples = []
-    for _ in range(triplets):
-        picks = sorted(rng.choice(len(pool), 3, replace=False), key=lambda k: -pool[k][1])
-        triples.append(tuple(pool[k][0] for k in picks))
-    model.fit(triples, epochs=3)
-    model.set_demos(demos)
-    after = spearmanr([model.video_score(v) for v, _ in held], [r for _, r in held]).statistic
-    return {"spearman_untrained": float(before), "spearman_rapl": float(after), "triplets": triplets}
+    args = rapl_spearman.parse_args(["--triplets", str(triplets)])
+    row = rapl_spearman.run("Reach", seed, args)
+    return {key: row[key] for key in ("triplets", *rapl_spearman.COLUMNS)}
 
 
 def page_benchmark(labels: int, seed: int) -> dict:
@@ -257,7 +222,8 @@ def main() -> None:
             print(f"| {task} | {variant} | {queries or '-'} | {selection} | {len(group)} | {success:.2f} | {ratio:.2f} "
                   f"| {test:.2f} | {test_ratio:.2f} | {agree:.2f} | {rho:.2f} |")
     if "rapl" in args.variants:
-        print("\nRAPL on Reach images (32 px, front camera):", rapl_benchmark(args.rapl_triplets, args.seeds[0]))
+        print("\nRAPL on Reach (128 px front camera, Spearman with the true return; benchmarks/rapl_spearman.py):",
+              rapl_benchmark(args.rapl_triplets, args.seeds[0]))
     if "page" in args.variants:
         print("\nlabelling page, keypress -> next query's videos playing (Chromium):",
               page_benchmark(args.page_labels, args.seeds[0]))

