@@ -18,7 +18,7 @@ transitions:
 3. One temperature step: minimise ``alpha * (-log pi - target_entropy)``.
 
 Image observations go through an encoder owned by the critic (critic gradients train it); the actor reads
-its features detached, as in DrQ/SERL. Reference semantics: RLPD (Ball et al. 2023, "Efficient Online
+its features detached, as in DrQ/SERL (on the last slice, the features the last critic step encoded). Reference semantics: RLPD (Ball et al. 2023, "Efficient Online
 Reinforcement Learning with Offline Data", ikostrikov/rlpd, ``rlpd/agents/sac/sac_learner.py``) and HIL-SERL
 (Luo et al. 2024, arXiv:2410.21845, rail-berkeley/hil-serl @ 5d02aed).
 
@@ -167,13 +167,18 @@ def rlpd_update(sac: SAC, batch: TensorTree, noise: TensorTree) -> TensorTree:
             torch._foreach_lerp_(*sac.polyak_pairs, cfg.tau)
 
     # ---- 2. the actor step on the last slice (RLPD) or on every row (SERL's update_high_utd); features
-    # detached from the encoder
+    # detached from the encoder. On the last slice they are the critic step's own, encoded once: HIL-SERL
+    # computes its actor loss with the encoder the last critic loss saw (rail-berkeley/hil-serl, SACAgent.update
+    # through JaxRLTrainState.apply_loss_fns: every loss from the same parameters), so an image batch is not
+    # encoded again (without images the encoder has no parameters and nothing changes).
     critic_part = part
     if cfg.actor_batch == "whole":
         part = slice(None)
         obs = batch["obs"]
-    with torch.no_grad():
-        features = sac.encoder(obs, None if obs_shift is None else _slice(obs_shift, part))
+        with torch.no_grad():
+            features = sac.encoder(obs, None if obs_shift is None else _slice(obs_shift, part))
+    else:
+        features = features.detach()
     actions, log_prob = sac.actor.sample(features, noise["actor_eps"])
     # param_grads=False: the actor loss needs gradients only through the actions, not the critic's weights.
     q_pi = sac.critic_q(features, actions, param_grads=False).mean(dim=0)
