@@ -44,7 +44,7 @@ $(STAMP3): pyproject.toml
 	python3 -m venv $(VENV3)
 	$(VENV3)/bin/python -m pip install -q --upgrade pip
 	$(VENV3)/bin/python -m pip install -q torch==2.13.0
-	$(VENV3)/bin/python -m pip install -q -e ".[dev,sb3,ui,llm,gym-hil]" mujoco==$(MUJOCO3)
+	$(VENV3)/bin/python -m pip install -q -e ".[dev,sb3,ui,llm,gym-hil,pixels]" mujoco==$(MUJOCO3)
 	touch $(STAMP3)
 install-mujoco3: system-deps $(STAMP3)
 

@@ -85,6 +85,14 @@ def test_the_shipped_gym_hil_configs_validate_and_the_pixel_one_sees_both_camera
         assert sorted(env.observation_space.spaces) == ["agent_pos", "pixels/front", "pixels/wrist"]
         obs, _ = env.reset(seed=0)
         assert obs["pixels/front"].shape == (128, 128, 3) and obs["pixels/front"].dtype.name == "uint8"
+        assert obs["pixels/front"].std() > 10 and obs["pixels/wrist"].std() > 10, "the cameras draw the scene"
+        # gym-hil's own renderer is redrawn for software GL: no shadows, reflections or multisampling
+        import mujoco
+
+        viewer = env.unwrapped.foreign._viewer
+        assert env.unwrapped.software_renderers == ["_viewer"]
+        assert not viewer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW]
+        assert env.unwrapped.foreign.model.vis.quality.offsamples == 0
     finally:
         env.close()
 

@@ -369,6 +369,8 @@ class MujocoStateAdapter(GymnasiumAdapter):
         super().__init__(env, **settings)
         import mujoco
 
+        from hilrl.envs.rendering import use_software_renderers
+
         self._mujoco = mujoco
         self._spec = mujoco.mjtState.mjSTATE_INTEGRATION
         base = self.foreign
@@ -376,6 +378,9 @@ class MujocoStateAdapter(GymnasiumAdapter):
         self._state_size = mujoco.mj_stateSize(self._model, self._spec)
         found = [getattr(base, name, None) for name in self.OBS_METHODS]
         self._observe = next((method for method in found if callable(method)), None)
+        # the env's own camera renderer redrawn without shadows, reflections or multisampling (15x faster in
+        # software GL; images then differ from the env's own look, alike in recording, training and replay)
+        self.software_renderers = use_software_renderers(base)
 
     def _settle(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Bring what MuJoCo derives from positions up to the state, and observe that state."""
