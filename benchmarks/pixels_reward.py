@@ -9,6 +9,8 @@ one task config (default ``sim_configs/reach_pixels_classifier.yaml``):
 2. ``true``: the config with the env's sparse reward (``reward: env``, the env ending episodes on success);
 3. ``classifier``: the config as written, its classifier fitted at the run's start on the labelled frames
    (``RUN/success_classifier.pt``) and its only reward, the env never ending an episode on its own success;
+   (``--hold``: in both arms episodes run to the time limit and the demos are whole, the reward paid at every
+   step at the goal; ``--policy state``: the policy reads Reach's state, the reward still only the cameras);
 4. both final policies are evaluated on the same test episodes (seeds 10000 on) in the same env, one that ends
    an episode on true success (success = the goal reached within the time limit); the classifier's accuracy,
    false-positive and true-positive rates at its threshold are measured on the held-out frames.
@@ -17,6 +19,8 @@ Each finished row is appended to ``OUT/rows.jsonl`` as it comes (a long run can 
 keeps its rows); the table, the ratio and the verdict are printed at the end.
 
     python benchmarks/pixels_reward.py --seeds 0 --out runs/pixels_reward
+    python benchmarks/pixels_reward.py --seeds 0 --hold --out runs/pixels_reward
+    python benchmarks/pixels_reward.py --seeds 0 --policy state --steps 2000 --out runs/pixels_reward
 """
 
 from __future__ import annotations
@@ -57,11 +61,17 @@ def run_row(args: argparse.Namespace, arm: str, seed: int, labels: Path, heldout
 
     overrides = {"train.seed": seed, "train.steps": args.steps, "train.video": False, "train.eval_every": 0}
     if arm == "true":
-        overrides.update({"reward.source": "env", "reward.kwargs": {}, "env.terminate_on_success": True})
+        overrides.update({"reward.source": "env", "reward.kwargs": {}, "env.terminate_on_success": not args.hold})
     else:
         overrides["reward.kwargs.recording"] = str(labels)
+        overrides["reward.kwargs.end_episodes"] = not args.hold
+    if args.hold:
+        overrides["demos.keep_after_success"] = None
+    if args.policy == "state":  # the policy reads the goal's coordinates; only the reward comes from the cameras
+        overrides.update({"algo.obs_keys": ["ee_pos", "object"], "algo.utd": 4})
     config = load_config(args.config, overrides)
-    out = Path(args.out) / f"{arm}_seed{seed}"
+    name = f"{arm}{'_hold' if args.hold else ''}{'_state' if args.policy == 'state' else ''}_seed{seed}"
+    out = Path(args.out) / name
     started = time.perf_counter()
     final = train(config, out, show_progress=False)
     minutes = (time.perf_counter() - started) / 60
@@ -69,8 +79,9 @@ def run_row(args: argparse.Namespace, arm: str, seed: int, labels: Path, heldout
     test_env = config.env.model_copy(update={"terminate_on_success": True})
     result = evaluate_policy(test_env, lambda obs: algo.act(obs, deterministic=True), args.eval_episodes,
                              show_progress=False)
-    row = {"arm": arm, "seed": seed, "steps": args.steps, "test_success": result.success_rate,
-           "final_eval_as_configured": final.success_rate, "minutes": round(minutes, 1)}
+    row = {"arm": arm, "seed": seed, "steps": args.steps, "hold": args.hold, "policy": args.policy,
+           "test_success": result.success_rate, "final_eval_as_configured": final.success_rate,
+           "minutes": round(minutes, 1)}
     if arm == "classifier":
         classifier = SuccessClassifier.load(out / "success_classifier.pt")
         threshold = float(config.reward_config.kwargs.get("threshold", 0.5))
@@ -91,6 +102,12 @@ def main() -> None:
     parser.add_argument("--heldout-episodes", type=int, default=10)
     parser.add_argument("--eval-episodes", type=int, default=50)
     parser.add_argument("--arms", nargs="+", default=["true", "classifier"], choices=["true", "classifier"])
+    parser.add_argument("--hold", action="store_true", help="episodes run to the time limit in both arms (no end "
+                        "on success, the demos whole): the reward is paid at every step at the goal, env's or "
+                        "classifier's")
+    parser.add_argument("--policy", choices=["pixels", "state"], default="pixels",
+                        help="what the policy reads: the config's (cameras, no goal coordinates), or Reach's state "
+                        "(ee_pos, object: reach_sac.yaml's) while the reward still comes from the cameras")
     parser.add_argument("--out", default="runs/pixels_reward")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -105,11 +122,11 @@ def main() -> None:
     labels = record_labels(base, out / "labels.hdf5", args.label_episodes, noise=0.3, seed=1000)
     heldout = record_labels(base, out / "heldout.hdf5", args.heldout_episodes, noise=0.6, seed=2000)
     rows_file = out / "rows.jsonl"
-    done = {(r["arm"], r["seed"]) for r in map(json.loads, rows_file.read_text().splitlines())} \
-        if rows_file.is_file() else set()
+    done = {(r["arm"], r["seed"], r.get("hold", False), r.get("policy", "pixels"))
+            for r in map(json.loads, rows_file.read_text().splitlines())} if rows_file.is_file() else set()
     for seed in args.seeds:
         for arm in args.arms:
-            if (arm, seed) in done:
+            if (arm, seed, args.hold, args.policy) in done:
                 continue
             row = run_row(args, arm, seed, labels, heldout)
             with rows_file.open("a") as f:
@@ -121,21 +138,27 @@ def main() -> None:
 def report(rows_file: Path, config: str) -> None:
     rows = [json.loads(line) for line in rows_file.read_text().splitlines()]
     print(f"\n{Path(config).name}: test success (same env and 50-episode test seeds, episodes end on true success)")
-    print("| arm | seed | env steps | test success | final eval as configured | classifier acc / FPR / TPR "
-          "(held-out) | minutes |")
-    print("|---|---|---|---|---|---|---|")
+    print("| arm | policy reads | training episodes | seed | env steps | test success | final eval as configured | "
+          "classifier acc / FPR / TPR (held-out) | minutes |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         quality = (f"{r['accuracy']:.3f} / {r['false_positive_rate']:.3f} / {r['true_positive_rate']:.3f} "
                    f"({r['heldout_frames']} frames)" if "accuracy" in r else "-")
-        print(f"| {r['arm']} | {r['seed']} | {r['steps']} | {r['test_success']:.0%} | "
-              f"{r['final_eval_as_configured']:.0%} | {quality} | {r['minutes']} |")
-    true = [r["test_success"] for r in rows if r["arm"] == "true"]
-    learned = [r["test_success"] for r in rows if r["arm"] == "classifier"]
-    if true and learned:
-        ratio = np.mean(learned) / max(np.mean(true), 1e-9)
-        verdict = "met" if ratio >= 0.8 else "missed"
-        print(f"\nclassifier / true reward test success: {np.mean(learned):.2f} / {np.mean(true):.2f} = {ratio:.2f} "
-              f"(goal >= 0.8: {verdict}; {len(learned)} and {len(true)} seeds)")
+        episodes = "to the time limit" if r.get("hold") else "end on success"
+        print(f"| {r['arm']} | {r.get('policy', 'pixels')} | {episodes} | {r['seed']} | {r['steps']} | "
+              f"{r['test_success']:.0%} | {r['final_eval_as_configured']:.0%} | {quality} | {r['minutes']} |")
+    settings = sorted({(r.get("hold", False), r.get("policy", "pixels"), r["steps"]) for r in rows})
+    for hold, policy, steps in settings:
+        def success(arm: str) -> list[float]:
+            return [r["test_success"] for r in rows if r["arm"] == arm and r.get("hold", False) == hold
+                    and r.get("policy", "pixels") == policy and r["steps"] == steps]
+        true, learned = success("true"), success("classifier")
+        if true and learned:
+            ratio = np.mean(learned) / max(np.mean(true), 1e-9)
+            verdict = "met" if ratio >= 0.8 else "missed"
+            print(f"policy on {policy}, episodes {'to the time limit' if hold else 'end on success'}, {steps} steps: "
+                  f"classifier / true reward test success {np.mean(learned):.2f} / {np.mean(true):.2f} = "
+                  f"{ratio:.2f} (goal >= 0.8: {verdict}; {len(learned)} and {len(true)} seeds)")
 
 
 if __name__ == "__main__":
