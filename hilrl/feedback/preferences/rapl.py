@@ -276,7 +276,7 @@ class RaplSource:
     def __call__(self, batch) -> np.ndarray:
         if self.camera not in batch.next_obs:
             raise HilrlError(f"RAPL reads camera {self.camera!r}, which the run does not observe; add it to "
-                             "env.cameras (small image_size, e.g. 48)")
+                             "env.cameras at the image_size of the videos the model was fitted on")
         out = np.zeros(len(batch), np.float32)
         for episode in np.unique(batch.episode):
             rows = np.flatnonzero(batch.episode == episode)
