@@ -22,7 +22,6 @@ checkpoint to the last, so process start-up, Ray's start and the final evaluatio
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import shlex

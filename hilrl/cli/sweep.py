@@ -50,7 +50,8 @@ def sweep(
         if row["success_rate"] is None:
             table.add_row(escape(row["setting"]), f"0 ({row['failed']} failed)", "-", "-")
             continue
-        table.add_row(escape(row["setting"]), str(row["seeds"]) + (f" ({row['failed']} failed)" if row["failed"] else ""),
+        failed = f" ({row['failed']} failed)" if row["failed"] else ""
+        table.add_row(escape(row["setting"]), f"{row['seeds']}{failed}",
                       f"{row['success_rate']:.0%} ± {row['success_rate_std']:.0%}",
                       f"{row['mean_return']:.2f} ± {row['mean_return_std']:.2f}")
     out.print(table)

@@ -1,8 +1,8 @@
 """`hilrl sweep`: a grid of runs of one experiment (seeds × settings), one run folder each, and a summary table.
 
 ``hilrl sweep CONFIG --seeds 0 1 2 --set algo.utd=1,4 --out runs/sweep`` trains every combination of the
-``--set`` values (``KEY=V1,V2,...``; a key given one value changes every run alike and names no folder) for every seed, each run as
-``hilrl train CONFIG --set ... --seed S --out OUT/<setting>/seed_S`` would, on
+``--set`` values (``KEY=V1,V2,...``; a key given one value changes every run alike and names no folder) for
+every seed, each run as ``hilrl train CONFIG --set ... --seed S --out OUT/<setting>/seed_S`` would, on
 
 * ``backend="local"``: a process pool of ``workers`` processes on this machine (what the benchmark scripts'
   ``--workers`` pools do), or
