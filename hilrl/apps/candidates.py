@@ -279,7 +279,7 @@ class CandidatePool:
         self._pending: dict[Any, CandidateJob] = {}
         self._pool: Any = None
         self._ray: Any = None
-        self._ray_started = False
+        self._ray_session: Any = None  # ray_session's context, entered with the first Ray job
         self._env: Any = None
 
     def __enter__(self) -> CandidatePool:
@@ -324,14 +324,11 @@ class CandidatePool:
         self.poll()
 
     def _start_ray(self) -> Any:
-        try:
-            import ray
-        except ImportError:
-            raise HilrlError("--backend ray needs Ray: pip install 'hilrl[ray]'") from None
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        if not ray.is_initialized():  # a local Ray instance; RAY_ADDRESS (an existing cluster) is honoured
-            ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-            self._ray_started = True
+        from hilrl.runtime.distributed.ray_backend import ray_session
+
+        # RAY_ADDRESS (an existing cluster) is joined, else a local Ray is started for the jobs and stopped after
+        self._ray_session = ray_session(num_cpus=self.workers, log_to_driver=False)
+        ray = self._ray_session.__enter__()
         self._ray_remote = ray.remote(num_cpus=1, max_retries=0)(train_candidate)
         return ray
 
@@ -369,8 +366,8 @@ class CandidatePool:
                 else:
                     self._pool.shutdown()
                 self._env.__exit__(None, None, None)
-            if self._ray_started:
-                self._ray.shutdown()
+            if self._ray_session is not None:
+                self._ray_session.__exit__(None, None, None)
         finally:
             self.display.__exit__(kind, *exc)
 

@@ -58,15 +58,17 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise HilrlError("runtime.backend: ray needs Ray: pip install 'hilrl[ray]'") from None
+        raise HilrlError("Ray is not installed (runtime.backend: ray, or --backend ray of hilrl sweep and the reward "
+                         "search); pip install 'hilrl[ray]'") from None
     return ray
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iterator[Any]:
+def ray_session(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> Iterator[Any]:
     """Ray joined for the block: ``address`` (``ray start --head`` prints it), else ``RAY_ADDRESS``, else a local
     Ray with ``num_cpus`` logical CPUs started here and stopped after (no dashboard). Already initialised: used as
-    it is. ``RAY_AUTH_MODE`` defaults to ``disabled``, as a cluster started by the README's command has it."""
+    it is. ``RAY_AUTH_MODE`` defaults to ``disabled``, as a cluster started by the README's command has it.
+    ``log_to_driver=False`` keeps the workers' output off this process's console (a live table drawn there)."""
     ray = import_ray()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = False
@@ -74,9 +76,9 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         address = address or os.environ.get("RAY_ADDRESS") or None
         try:
             if address:
-                ray.init(address=address, log_to_driver=True, configure_logging=False)
+                ray.init(address=address, log_to_driver=log_to_driver, configure_logging=False)
             else:
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=log_to_driver,
                          configure_logging=False)
         except ConnectionError as exc:
             raise HilrlError(f"cannot join the Ray cluster at {address!r} ({exc}); start one with `ray start --head "
