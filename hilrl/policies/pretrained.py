@@ -243,9 +243,20 @@ class FrozenImageEncoder:
         self.frames += int(images.shape[0])
         return self.network(images.to(self.device)).to(images.device)
 
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``(B, H, W, 3)`` array -> fp16 ``(B, C, h, w)`` array (what the buffers store)."""
-        return self(torch.as_tensor(np.asarray(images))).to(torch.float16).cpu().numpy()
+    def features(self, images: torch.Tensor | np.ndarray, chunk: int | None = None) -> torch.Tensor:
+        """uint8 ``(B, H, W, 3)`` frames -> float32 ``(B, C, h, w)``, at most ``chunk`` frames per backbone call
+        (``None``: all in one; a long video or a training set in chunks bounds the activations' memory)."""
+        images = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
+        if len(images) == 0:
+            return torch.zeros((0, *self.feature_shape(tuple(images.shape[1:]))), device=images.device)
+        if chunk is None or len(images) <= chunk:
+            return self(images)
+        return torch.cat([self(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+
+    def encode(self, images: np.ndarray, chunk: int | None = None) -> np.ndarray:
+        """uint8 ``(B, H, W, 3)`` array -> fp16 ``(B, C, h, w)`` array (what the buffers store); ``chunk`` as
+        :meth:`features`."""
+        return self.features(np.asarray(images), chunk).to(torch.float16).cpu().numpy()
 
 
 def is_feature_space(space: gym.Space) -> bool:

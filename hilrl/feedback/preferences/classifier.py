@@ -112,8 +112,7 @@ class SuccessClassifier:
                                  f"{sorted(inputs)}); add it to env.cameras")
             x = np.asarray(inputs[camera])
             if x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] == 3:
-                x = np.concatenate([self.encoder.encode(x[i:i + ENCODE_CHUNK]) for i in range(0, len(x), ENCODE_CHUNK)]
-                                   ) if len(x) else np.zeros((0, *self.encoder.feature_shape(x.shape[1:])), np.float16)
+                x = self.encoder.encode(x, chunk=ENCODE_CHUNK)
             elif x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
                 raise HilrlError(f"success classifier: camera {camera!r} holds {x.dtype} {x.shape}; give uint8 "
                                  "(n, H, W, 3) frames or (n, C, h, w) feature maps of its backbone")

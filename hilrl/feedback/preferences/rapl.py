@@ -121,7 +121,7 @@ class FrameEncoder(nn.Module):
         """The frozen backbone's float32 features of ``(T, H, W, 3)`` uint8 frames (what the head reads)."""
         frames = torch.as_tensor(np.asarray(frames, np.uint8))
         if self.pretrained is not None:
-            return torch.cat([self.pretrained(frames[i:i + chunk]) for i in range(0, len(frames), chunk)])
+            return self.pretrained.features(frames, chunk)
         return self.backbone(frames.permute(0, 3, 1, 2).float() / 255.0)
 
     def set_statistics(self, features: torch.Tensor) -> None:
