@@ -48,13 +48,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import describe_machine  # noqa: E402
 
 HORIZONS = {"Reach": 30, "Push": 60, "PickCube": 60}  # the noise-free expert succeeds after ~4, 17 and 12 steps
 COLUMNS = ("frozen", "untrained", "rapl", "rlhf")
@@ -238,8 +240,7 @@ def main() -> None:
     print("\nSpearman of each reward's return with the true return on held-out rollouts "
           f"({rows[0]['triplets']} triplets, {rows[0]['image_size']} px front camera, {rows[0]['frames']} frames):")
     print(table(rows))
-    print(f"\nmachine: {platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__} ({torch.get_num_threads()} thread)")
+    print(f"\nmachine: {describe_machine(f'torch {torch.__version__}', f'{torch.get_num_threads()} torch thread(s)')}")
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
 
 
