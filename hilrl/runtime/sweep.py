@@ -4,8 +4,7 @@
 ``--set`` values (``KEY=V1,V2,...``; a key given one value changes every run alike and names no folder) for
 every seed, each run as ``hilrl train CONFIG --set ... --seed S --out OUT/<setting>/seed_S`` would, on
 
-* ``backend="local"``: a process pool of ``workers`` processes on this machine (what the benchmark scripts'
-  ``--workers`` pools do), or
+* ``backend="local"``: a process pool of ``workers`` processes on this machine, or
 * ``backend="ray"``: one Ray task per run (``num_cpus=1``) on the cluster at ``address`` / ``RAY_ADDRESS``, else
   a local Ray with ``workers`` CPUs; a task whose node dies is retried, and continues from the run's checkpoint.
 
@@ -13,14 +12,23 @@ Resumable: a finished run (:func:`hilrl.runtime.run.finished_steps`) is skipped,
 from its newest checkpoint (``hilrl train``'s own resume), so the same command run again finishes the grid.
 Then ``OUT/summary.md`` and ``OUT/summary.json``: per setting, the mean ± std over seeds of the final
 evaluation's success rate and return (the sample std, ``ddof=1``, as in rliable's and most papers' tables).
+
+:func:`run_grid` is the part that runs a grid, on either backend: a list of :class:`GridCell` (a picklable
+function, its arguments, its folder), each called once in a worker, a failed one reported and the others run
+on, a finished one skipped when the grid runs again. :func:`run_sweep` gives it the ``hilrl train`` runs of a
+config; the benchmark scripts (``benchmarks/sample_efficiency.py``, ``rlif_vs_dagger.py``,
+``external_envs.py``: ``--backend local|ray --workers N``) give it their own cells, whose jobs are not one config
+file's runs (two learners' configs side by side, BC and DAgger with their own budgets, a table per cell).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,33 @@ from hilrl.errors import HilrlError
 BACKENDS = ("local", "ray")
 SUMMARY_METRICS = ("success_rate", "mean_return")
 TASK_RETRIES = 2  # a Ray task lost with its node runs again, resuming its run folder
+CELL_RECORD = "grid_cell.json"  # a finished cell's record, in its folder
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One cell of a grid for :func:`run_grid`: ``fn(*args)`` called in a worker process, writing into ``out``.
+
+    :param fn: the cell's job, returning its record (a JSON-able dict: a benchmark's table row); a module-level
+        function, so that it pickles (a script's own functions do: the local pool re-imports the script, Ray
+        ships ``__main__``'s functions by value)
+    :param args: its arguments (picklable); with ``fn``'s name they are the cell's fingerprint, which a finished
+        cell's record must match to be skipped
+    :param out: the cell's folder (a run folder); its record is kept in ``out/grid_cell.json``
+    :param label: the setting the cell belongs to (a row of a summary)
+    :param seed: its seed
+    """
+
+    fn: Callable[..., dict[str, Any]]
+    args: tuple = ()
+    out: str | os.PathLike = "."
+    label: str = "default"
+    seed: int | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps([self.fn.__qualname__, self.args], sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -134,16 +169,11 @@ def plan(config: str | os.PathLike, seeds: list[int], sets: list[str], out: str 
     return runs
 
 
-def run_one(config: str, run: SweepRun, cwd: str | None = None) -> dict[str, Any]:
+def run_one(config: str, run: SweepRun) -> dict[str, Any]:
     """Train one run of the grid in this process (skipped when finished, resumed when started); its metrics."""
-    import torch
-
     from hilrl.runtime.run import finished_steps
     from hilrl.runtime.train import train
 
-    if cwd is not None and os.path.isdir(cwd):
-        os.chdir(cwd)
-    torch.set_num_threads(1)
     experiment = load_config(config, run.overrides())
     started = time.perf_counter()
     status = "skipped" if finished_steps(experiment, run.out) is not None else "trained"
@@ -196,17 +226,14 @@ def run_sweep(config: str | os.PathLike, seeds: list[int], sets: list[str], out:
     :param address: the Ray cluster (``backend="ray"``); None = ``RAY_ADDRESS``, else a local Ray for the sweep
     :param on_run: called with each run's record as it ends (progress)
     """
-    if backend not in BACKENDS:
-        raise HilrlError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
-    if workers < 1:
-        raise HilrlError(f"--workers {workers}: run at least one at a time")
+    check_backend(backend, workers)
     config = str(config)
     runs = plan(config, seeds, sets, out)
     Path(out).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    records = (_run_ray if backend == "ray" else _run_pool)(config, runs, workers, address, on_run)
-    order = {run.out.as_posix(): i for i, run in enumerate(runs)}
-    records.sort(key=lambda record: order[Path(record["out"]).as_posix()])  # the grid's order, not the finish order
+    # each run continues or skips its own run folder (finished_steps): no cell record on top of it
+    cells = [GridCell(run_one, (config, run), run.out, run.label, run.seed) for run in runs]
+    records = run_grid(cells, backend, workers, address, on_run, skip_finished=False)
     result = SweepResult(runs=records, rows=summarise(records), wall_seconds=round(time.perf_counter() - started, 2))
     summary = {"config": config, "seeds": seeds, "sets": sets, "backend": backend, "workers": workers,
                "wall_seconds": result.wall_seconds, "rows": result.rows, "runs": records}
@@ -215,48 +242,123 @@ def run_sweep(config: str | os.PathLike, seeds: list[int], sets: list[str], out:
     return result
 
 
-def _failed(run: SweepRun, exc: BaseException) -> dict[str, Any]:
-    return {"setting": run.label, "seed": run.seed, "out": str(run.out), "status": "failed",
+def check_backend(backend: str, workers: int) -> None:
+    """A clear error for an unknown ``--backend`` or ``--workers`` below 1, before anything runs."""
+    if backend not in BACKENDS:
+        raise HilrlError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if workers < 1:
+        raise HilrlError(f"--workers {workers}: run at least one at a time")
+
+
+def run_grid(cells: Sequence[GridCell], backend: str = "local", workers: int = 2, address: str | None = None,
+             on_run: Callable[[dict[str, Any]], None] | None = None,
+             skip_finished: bool = True) -> list[dict[str, Any]]:
+    """Run every cell once, ``workers`` at a time on a local process pool or one Ray task per cell; their records.
+
+    A record is the cell's own dict with ``setting`` (the cell's label), ``seed``, ``out`` and ``status``
+    (``done``, ``skipped``, ``failed`` with ``error``, or the status the cell returned) where the cell's dict has
+    none. A cell that raises is recorded as failed and the others run on. Each worker process uses one torch
+    thread. With ``skip_finished``, a cell whose folder holds the record of a finished cell of the same
+    fingerprint (:attr:`GridCell.fingerprint`) is not called again: its saved record comes back as ``skipped``,
+    so a grid that was stopped is finished by running it again (a started ``hilrl train`` run continues from its
+    checkpoint by itself).
+
+    :param cells: the grid; no two with the same ``out``
+    :param backend: ``local`` (a process pool of spawned processes) or ``ray``
+    :param workers: cells at once on the local pool, and the CPUs of a local Ray
+    :param address: the Ray cluster (``backend="ray"``); None = ``RAY_ADDRESS``, else a local Ray for the grid
+    :param on_run: called in this process with each record as its cell ends (progress, a rows file)
+    :param skip_finished: skip finished cells (above); ``run_sweep`` turns it off, its runs check their folder
+    :returns: the records in the order of ``cells`` (not the order they finished in)
+    """
+    check_backend(backend, workers)
+    folders = [Path(cell.out).as_posix() for cell in cells]
+    repeated = sorted({folder for folder in folders if folders.count(folder) > 1})
+    if repeated:
+        raise HilrlError(f"run_grid: cells share the folder(s) {', '.join(repeated)}; give each cell its own out")
+    if not cells:
+        return []
+    records: list[dict[str, Any] | None] = [None] * len(cells)
+
+    def finish(index: int, record: dict[str, Any]) -> None:
+        records[index] = record
+        if on_run is not None:
+            on_run(record)
+
+    (_run_ray if backend == "ray" else _run_pool)(list(cells), workers, address, skip_finished, finish)
+    return [record for record in records if record is not None]
+
+
+def failure_report(records: list[dict[str, Any]]) -> str:
+    """The failed cells of :func:`run_grid`'s records, one line each with its error; empty when none failed."""
+    failed = [record for record in records if record["status"] == "failed"]
+    if not failed:
+        return ""
+    lines = [f"{len(failed)} of {len(records)} runs failed (run the same command again to retry them; finished "
+             "runs are skipped):"]
+    lines += [f"  {record['setting']} seed {record['seed']} ({record['out']}): {record['error']}" for record in failed]
+    return "\n".join(lines)
+
+
+def run_cell(cell: GridCell, cwd: str | None = None, skip_finished: bool = True) -> dict[str, Any]:
+    """One cell in this (worker) process: in ``cwd``, one torch thread, skipped when finished; its record."""
+    import torch
+
+    if cwd is not None and os.path.isdir(cwd):
+        os.chdir(cwd)  # a Ray worker starts elsewhere; relative run folders are the driver's
+    torch.set_num_threads(1)
+    saved = Path(cell.out) / CELL_RECORD
+    if skip_finished and saved.is_file():
+        try:
+            kept = json.loads(saved.read_text())
+        except (OSError, ValueError):
+            kept = {}  # a torn record: the cell runs again
+        if kept.get("fingerprint") == cell.fingerprint:
+            return {**kept["record"], "status": "skipped"}
+    record = {"setting": cell.label, "seed": cell.seed, "out": str(cell.out), "status": "done", **cell.fn(*cell.args)}
+    if skip_finished:
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        partial = saved.with_suffix(".tmp")
+        partial.write_text(json.dumps({"fingerprint": cell.fingerprint, "record": record}, default=str))
+        partial.replace(saved)
+    return record
+
+
+def _failed(cell: GridCell, exc: BaseException) -> dict[str, Any]:
+    return {"setting": cell.label, "seed": cell.seed, "out": str(cell.out), "status": "failed",
             "error": f"{exc.__class__.__name__}: {exc}"}
 
 
-def _finish(records: list, record: dict[str, Any], on_run: Any) -> None:
-    records.append(record)
-    if on_run is not None:
-        on_run(record)
-
-
-def _run_pool(config: str, runs: list[SweepRun], workers: int, address: str | None, on_run: Any) -> list[dict]:
+def _run_pool(cells: list[GridCell], workers: int, address: str | None, skip_finished: bool,
+              finish: Callable[[int, dict[str, Any]], None]) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    records: list[dict[str, Any]] = []
     # spawn: a fresh interpreter per worker (forking a process that holds torch threads can hang it)
-    with ProcessPoolExecutor(max_workers=min(workers, len(runs)),
+    with ProcessPoolExecutor(max_workers=min(workers, len(cells)),
                              mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_one, config, run): run for run in runs}
+        futures = {pool.submit(run_cell, cell, None, skip_finished): i for i, cell in enumerate(cells)}
         for future in as_completed(futures):
+            index = futures[future]
             try:
                 record = future.result()
             except Exception as exc:  # one failed run does not stop the grid; it is reported
-                record = _failed(futures[future], exc)
-            _finish(records, record, on_run)
-    return records
+                record = _failed(cells[index], exc)
+            finish(index, record)
 
 
-def _run_ray(config: str, runs: list[SweepRun], workers: int, address: str | None, on_run: Any) -> list[dict]:
+def _run_ray(cells: list[GridCell], workers: int, address: str | None, skip_finished: bool,
+             finish: Callable[[int, dict[str, Any]], None]) -> None:
     from hilrl.runtime.distributed.ray_backend import ray_session, worker_env
 
-    records: list[dict[str, Any]] = []
     with ray_session(address, num_cpus=workers) as ray:
-        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, runtime_env={"env_vars": worker_env()})(run_one)
-        pending = {task.remote(config, run, os.getcwd()): run for run in runs}
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, runtime_env={"env_vars": worker_env()})(run_cell)
+        pending = {task.remote(cell, os.getcwd(), skip_finished): i for i, cell in enumerate(cells)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
-            run = pending.pop(done[0])
+            index = pending.pop(done[0])
             try:
                 record = ray.get(done[0])
             except Exception as exc:  # ray.exceptions.RayTaskError wraps the run's own error
-                record = _failed(run, exc)
-            _finish(records, record, on_run)
-    return records
+                record = _failed(cells[index], exc)
+            finish(index, record)
