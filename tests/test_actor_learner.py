@@ -215,6 +215,33 @@ def test_train_distributed_runs_two_actors_and_publishes_weights(tmp_path, curve
     assert 0.0 <= result.success_rate <= 1.0
 
 
+def test_a_paced_learner_keeps_its_actors_within_a_batch_of_its_updates(tmp_path):
+    """max_update_ratio 1: as the local loop, a stored step is followed by its update before many more are
+    stored, even when updates are slow (utd 8 here) and two actors could collect far faster. Each checkpoint's
+    counters say how far storing ran ahead of updating. Before the learner held its actors (a paced ack) instead
+    of taking a batch every half second, storing ran ahead by hundreds of steps (reach_ray.yaml: ~750 updates
+    done when its 3000th step was stored)."""
+    import torch
+
+    from hilrl.runtime.distributed.learner import PACED_DRAIN
+    from hilrl.runtime.train import train
+
+    raw = yaml.safe_load(write_config(tmp_path / "exp.yaml", actors=2, bind="tcp://127.0.0.1:*", max_unacked=10,
+                                      max_update_ratio=1.0).read_text())
+    raw["algo"].update(hidden=[256, 256], batch_size=256, utd=8)
+    raw["train"].update(steps=300, checkpoint_every=25)
+    train(validate_config(raw), tmp_path / "run", show_progress=False)
+    lags = []
+    for step in checkpoints(tmp_path / "run"):
+        counters = torch.load(tmp_path / "run" / "checkpoints" / f"step_{step}.pt", map_location="cpu",
+                              weights_only=False)["counters"]
+        if counters["env_steps"] > raw["train"]["learning_starts"]:
+            lags.append(counters["env_steps"] - raw["train"]["learning_starts"] + 1 - counters["updates"])
+    assert len(lags) >= 4, lags
+    # a serve round takes about PACED_DRAIN steps, plus at most the rest of one actor's batch
+    assert max(lags) <= PACED_DRAIN + 10, f"stored steps ran ahead of updates by {lags}"
+
+
 @contextmanager
 def learner_and_raw_dealer(tmp_path):
     """A learner served by hand (``learner._serve``) and a bare DEALER speaking to it, closed afterwards."""

@@ -252,6 +252,8 @@ class Actor:
                     self.sub.connect(self.weights_address)
             elif kind == "ack":
                 self._acked(message["acked"])
+                if message.get("paced"):
+                    self.last_progress = time.monotonic()  # the learner holds our batches while it updates: wait
                 if message.get("gap") and time.monotonic() - self.last_hello > 0.2:
                     self._hello(go_back=True)  # the learner lost what we sent (it restarted): resume after its ack
             else:

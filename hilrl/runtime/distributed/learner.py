@@ -287,12 +287,17 @@ class Learner:
             while True:
                 can_update = counters["updates"] < self.update_budget()
                 # Paced (max_update_ratio set): take new transitions only once their updates are done, a few
-                # at a time, so the actors' un-acked window (runtime.max_unacked) bounds their policy's lag.
+                # at a time, so the actors' un-acked window (runtime.max_unacked) bounds their policy's lag, as
+                # the local loop's one update per step does.
                 paced = runtime.max_update_ratio is not None and counters["env_steps"] >= training.learning_starts
-                # ... but never silent for long: late acks make actors time out and re-send their whole window
-                overdue = time.monotonic() - last_serve > PACED_SERVE_PERIOD_S
-                if not (paced and can_update) or overdue:
+                if not (paced and can_update):
                     self._serve(0 if can_update else 20, PACED_DRAIN if paced else DRAIN_TRANSITIONS)
+                    last_serve = time.monotonic()
+                elif time.monotonic() - last_serve > PACED_SERVE_PERIOD_S:
+                    # ... but never silent for long: an actor without news for runtime.ack_timeout_s re-sends its
+                    # whole window. Taking a batch here instead let actors outrun a slow learner (reach_ray.yaml:
+                    # ~750 of 2801 updates done when the 3000th step was stored; 65/85% vs the local loop's 98%).
+                    self.server.hold()
                     last_serve = time.monotonic()
                 if can_update:
                     metrics = self.agent.update(self.replay)

@@ -13,6 +13,9 @@ set, which is required off loopback. One round of :meth:`LearnerServer.serve`:
 3. let the learner flush its log (:meth:`ServedLearner.end_round`: acked means written), then ack
    each actor heard from with its highest contiguous seq, and a gap flag where a batch came after one.
 
+A learner behind on its updates (paced) reads nothing and calls :meth:`LearnerServer.hold` instead: every actor
+heard from gets a ``paced`` ack, so it waits for the learner rather than re-sending after ``runtime.ack_timeout_s``.
+
 The server keeps no state of the run: what is stored, the acked seqs, the spaces and the weights belong
 to the learner it serves (:class:`hilrl.runtime.distributed.learner.Learner`, the training loop).
 """
@@ -90,6 +93,7 @@ class LearnerServer:
         self.pub.linger = 0
         self.pub.sndhwm = WEIGHTS_QUEUE_MESSAGES
         self.authenticator = None
+        self.heard: dict[bytes, str] = {}  # ROUTER identity -> actor id, of every actor that sent transitions
         try:
             self._secure(bind)
             self.router.bind(bind)
@@ -153,6 +157,7 @@ class LearnerServer:
                 self.router.send_multipart([identity, *encode(transport.error(str(exc)))])
                 continue
             actor = message["actor"]
+            self.heard[identity] = actor
             stored = learner.accept(message, frames)
             handled += n
             gap = not stored and not learner.done and message["seq"] > learner.acked.get(actor, 0) + 1
@@ -163,6 +168,14 @@ class LearnerServer:
         for identity, (actor, gap) in replies.items():
             self.router.send_multipart([identity, *encode(transport.ack(learner.acked.get(actor, 0), learner.done,
                                                                         gap))])
+
+    def hold(self) -> None:
+        """Tell every actor heard from that the learner is alive and holds what they sent (a ``paced`` ack of
+        what is acked already): it is behind on its updates and reads their batches once it catches up."""
+        learner = self.learner
+        for identity, actor in self.heard.items():
+            self.router.send_multipart([identity, *encode(transport.ack(learner.acked.get(actor, 0), learner.done,
+                                                                        paced=True))])
 
     def _welcome(self, identity: bytes, message: dict[str, Any]) -> None:
         """Check a hello (its spaces against the learner's, building the learner from the first one when it has

@@ -15,7 +15,9 @@ arrays in their own zero-copy frames); nothing here is a second codec. Channels:
   highest seq such that every seq up to it is stored *and* written to its log. It stores
   only the steps after ``acked`` of a batch that starts at or before ``acked + 1`` (go-back-N):
   duplicates are skipped, a batch after a gap is dropped, and the ack tells the actor where
-  to resume. A step may carry the task's named reward terms (``reward_terms``: a map of ``(n,)``
+  to resume. A learner pacing its actors (``runtime.max_update_ratio``) leaves their batches queued while it
+  updates and sends a ``paced`` ack (nothing new acked) at least every half second, so they wait instead of
+  re-sending. A step may carry the task's named reward terms (``reward_terms``: a map of ``(n,)``
   float arrays), which the learner stores for reward sources.
 * learner PUB -> actor SUB (address given in ``welcome``): ``weights``, versioned,
   every ``runtime.publish_every`` learner updates. A welcome carries the current weights
@@ -122,9 +124,11 @@ def transition_message(actor: str, seq: int, transition: Mapping[str, Any]) -> d
     return transitions_message(actor, seq, stacked)
 
 
-def ack(acked: int, done: bool, gap: bool = False) -> dict[str, Any]:
-    """``gap``: a batch after ``acked + 1`` was dropped (some were lost): re-send from ``acked + 1`` now."""
-    return {"v": WIRE_VERSION, "kind": "ack", "acked": acked, "done": done, "gap": gap}
+def ack(acked: int, done: bool, gap: bool = False, paced: bool = False) -> dict[str, Any]:
+    """``gap``: a batch after ``acked + 1`` was dropped (some were lost): re-send from ``acked + 1`` now.
+    ``paced``: the learner is alive but holds what was sent until its updates catch up (``runtime.max_update_ratio``):
+    wait, do not re-send."""
+    return {"v": WIRE_VERSION, "kind": "ack", "acked": acked, "done": done, "gap": gap, "paced": paced}
 
 
 def welcome(acked: int, done: bool, weights_address: str, version: int, weights: dict[str, np.ndarray]) -> dict[str, Any]:
