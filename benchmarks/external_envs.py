@@ -21,7 +21,10 @@ signal, so the figure there is the mean return (``--plain-target``) and both lea
     python benchmarks/external_envs.py --only-plain --plain InvertedPendulum-v5 --steps 10000
 
 Each finished run is appended to ``--rows`` (JSON lines) as it ends, so a long grid that is stopped keeps what it
-measured; ``--workers`` runs that many side by side (1 torch thread each).
+measured. The runs go through :func:`hilrl.runtime.sweep.run_grid` (``hilrl sweep``'s runner): ``--workers`` side
+by side (1 torch thread each) on a local process pool, or ``--backend ray`` one Ray task per run on ``--address`` /
+``RAY_ADDRESS`` (else a local Ray of ``--workers`` CPUs). Run again with the same ``--out``: finished runs are
+skipped (their saved rows printed, not appended again), failed ones retried.
 """
 
 from __future__ import annotations
@@ -31,12 +34,13 @@ import json
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import yaml
 
 from machine import describe_machine
+
+from hilrl.runtime.sweep import BACKENDS, GridCell, grid_report, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ROOT / "sim_configs/gym_hil_pick_cube.yaml"
@@ -160,7 +164,10 @@ def main() -> None:
                         help="also a plain-Box gymnasium env (default InvertedPendulum-v5)")
     parser.add_argument("--plain-target", type=float, default=950.0, help="mean return that counts as solved")
     parser.add_argument("--only-plain", action="store_true", help="only the plain env (implies --plain)")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="runs at once (local pool; a local Ray's CPUs)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local process pool or Ray tasks")
+    parser.add_argument("--address", default=None, help="--backend ray: the cluster (default RAY_ADDRESS, else a "
+                        "local Ray)")
     parser.add_argument("--rows", type=Path, default=None, help="append each finished run here (JSON lines)")
     parser.add_argument("--out", type=Path, default=Path("runs/external_envs"))
     args = parser.parse_args()
@@ -171,17 +178,21 @@ def main() -> None:
     for job in todo:
         job["rows"] = str(args.rows) if args.rows else None
     started = time.perf_counter()
-    if args.workers == 1:
-        results = [run_one(job) for job in todo]
-    else:
-        with ProcessPoolExecutor(args.workers) as pool:
-            results = list(pool.map(run_one, todo))
+    cells = [GridCell(run_one, (job,), job["out"], job["learner"], job["seed"]) for job in todo]
+    records = run_grid(cells, args.backend, args.workers, args.address)
+    results = [r for r in records if r["status"] != "failed"]
     table(results, args)
-    print(f"\nwall time of the whole benchmark: {time.perf_counter() - started:.0f} s with {args.workers} worker(s)")
+    print(f"\nwall time of the whole benchmark: {time.perf_counter() - started:.0f} s with {args.workers} worker(s)"
+          + (" (Ray)" if args.backend == "ray" else ""))
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     import mujoco
 
     print("machine:", describe_machine(f"mujoco {mujoco.__version__}"))
+    report = grid_report(records)
+    if report:
+        print("\n" + report)
+    if len(results) < len(records):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ giving about 90% and 40% success). The value-based interventionist needs a
 reference critic per task (benchmarks/train_reference_critic.py; trained here
 when missing).
 
+The runs go through :func:`hilrl.runtime.sweep.run_grid` (``hilrl sweep``'s runner; each cell is one method's
+config, as BC and DAgger are not one config file's runs): ``--workers`` at once on a local process pool, or
+``--backend ray`` one Ray task per run on ``--address`` / ``RAY_ADDRESS`` (else a local Ray of ``--workers``
+CPUs). Run again with the same ``--out``: finished runs are skipped (their saved rows printed), failed ones retried.
+
     python benchmarks/rlif_vs_dagger.py --tasks Push PickCube --seeds 0 1 2 --steps 20000 --workers 2
 """
 
@@ -18,7 +23,6 @@ import argparse
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +30,8 @@ import yaml
 
 from machine import describe_machine
 from train_reference_critic import OBS_KEYS, ensure_reference
+
+from hilrl.runtime.sweep import BACKENDS, GridCell, grid_report, run_grid
 
 # the RL methods learn with the few-demo recipe that learns PickCube from 10 demos (its algo section, and its
 # demo cut and BC rollouts); not its add_successes, which would read the task's success flag that RLIF discards
@@ -94,7 +100,10 @@ def main() -> None:
     parser.add_argument("--experts", nargs="+", type=float, default=None, metavar="SUCCESS",
                         help="expert qualities to run, by their success (keys of NOISE_FOR_SUCCESS, e.g. 0.4); "
                         "default all")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help="runs at once (local pool; a local Ray's CPUs)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local process pool or Ray tasks")
+    parser.add_argument("--address", default=None, help="--backend ray: the cluster (default RAY_ADDRESS, else a "
+                        "local Ray)")
     parser.add_argument("--out", type=Path, default=Path("runs/rlif_vs_dagger"))
     args = parser.parse_args()
 
@@ -103,17 +112,18 @@ def main() -> None:
         if unknown:
             parser.error(f"--experts {unknown}: {task} has experts of success {sorted(NOISE_FOR_SUCCESS[task])}")
     qualities = {task: sorted(args.experts or NOISE_FOR_SUCCESS[task], reverse=True) for task in args.tasks}
-    jobs = []
+    cells = []
     for task in args.tasks:
         q_ref = str(ensure_reference(task, args.reference_steps, Path("artifacts") / f"qref_{task.lower()}"))
         for quality in qualities[task]:
             noise = NOISE_FOR_SUCCESS[task][quality]
             for method in args.methods:
                 for seed in args.seeds:
-                    out = args.out / f"{task}_{quality:.0%}_{method}_s{seed}"
-                    jobs.append((method, task, quality, noise, args.steps, seed, q_ref, str(out)))
-    with ProcessPoolExecutor(args.workers) as pool:
-        rows = list(pool.map(run_one, jobs))
+                    out = str(args.out / f"{task}_{quality:.0%}_{method}_s{seed}")
+                    cells.append(GridCell(run_one, ((method, task, quality, noise, args.steps, seed, q_ref, out),),
+                                          out, f"{task} {quality:.0%} {method}", seed))
+    records = run_grid(cells, args.backend, args.workers, args.address)
+    rows = [r for r in records if r["status"] != "failed"]
 
     print(f"| task | expert success | method | final success (mean ± std over {len(args.seeds)} seeds) | "
           "env steps | interventions | wall s |")
@@ -122,6 +132,8 @@ def main() -> None:
         for quality in qualities[task]:
             for method in args.methods:
                 group = [r for r in rows if (r["task"], r["quality"], r["method"]) == (task, quality, method)]
+                if not group:  # every seed failed: named below
+                    continue
                 success = np.array([r["success"] for r in group])
                 print(f"| {task} | {quality:.0%} | {method} | {success.mean():.2f} ± {success.std():.2f} | "
                       f"{int(np.mean([r['env_steps'] for r in group]))} | "
@@ -140,6 +152,11 @@ def main() -> None:
                 print(f"| {task} | {quality:.0%} | {margin:+.2f} | {seeds} |")
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print("machine:", describe_machine())
+    report = grid_report(records)
+    if report:
+        print("\n" + report)
+    if len(rows) < len(records):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 Every run goes through `hilrl train` (the library entry) with evaluation every ``--eval-every`` env
 steps on the validation seeds; the first evaluation at or above ``--target`` gives the figure, and
 "final" is the run's policy (keep_best) on the unseen test seeds. Each seed of each learner is one
-job; ``--workers`` run side by side (1 torch thread each). ``--set KEY=VALUE`` changes our config
+job, run through :func:`hilrl.runtime.sweep.run_grid` (``hilrl sweep``'s runner): ``--workers`` side by side
+(1 torch thread each) on a local process pool, or ``--backend ray`` one Ray task per job on ``--address`` /
+``RAY_ADDRESS`` (else a local Ray of ``--workers`` CPUs); run again with the same ``--out``, finished jobs are
+skipped (their saved rows printed) and a failed one is retried. ``--set KEY=VALUE`` changes our config
 (dotted keys, YAML values) for A/B runs, e.g. ``--set demos.keep_after_success=null``.
 
 Also printed: what the demo buffer holds, rows per phase of the task (PickCube: reach, grasp and
@@ -21,13 +24,14 @@ import json
 import shlex
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import yaml
 
 from machine import describe_machine
+
+from hilrl.runtime.sweep import BACKENDS, GridCell, grid_report, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ROOT / "sim_configs/pick_cube_few_demos.yaml"
@@ -174,18 +178,22 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=10, help="expert demos for ours (the issue: 10)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change our config")
     parser.add_argument("--no-sb3", dest="sb3", action="store_false", help="skip the SB3 baseline")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="jobs at once (local pool; a local Ray's CPUs)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local process pool or Ray tasks")
+    parser.add_argument("--address", default=None, help="--backend ray: the cluster (default RAY_ADDRESS, else a "
+                        "local Ray)")
     parser.add_argument("--out", type=Path, default=Path("runs/sample_efficiency"))
     args = parser.parse_args()
 
     learners = configs(args)
     keep = next(iter(learners.values()))["demos"].get("keep_after_success")
-    jobs = [(name, raw, seed, str(args.out / f"{name.split()[0].lower()}_s{seed}"), args.target)
-            for name, raw in learners.items() for seed in args.seeds]
+    cells = [GridCell(run_one, ((name, raw, seed, out, args.target),), out, name, seed)
+             for name, raw in learners.items() for seed in args.seeds
+             for out in [str(args.out / f"{name.split()[0].lower()}_s{seed}")]]
     started = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        results = list(pool.map(run_one, jobs))
+    records = run_grid(cells, args.backend, args.workers, args.address)
     wall = time.perf_counter() - started
+    results = [r for r in records if r["status"] != "failed"]
 
     print(f"| learner | seed | env steps to {args.target:.0%} eval success | eval success per {args.eval_every} steps "
           "| final (test seeds) | wall s |")
@@ -200,11 +208,18 @@ def main() -> None:
         print(f"| {name} | mean | {sum(r['reached'] is not None for r in group)}/{len(group)} seeds reached | | "
               f"{tests.mean():.0%} ± {tests.std():.0%} | {np.mean([r['seconds'] for r in group]):.0f} |")
     ours = [r for r in results if r["learner"].startswith("hilrl")]
-    composition(Path(ours[0]["out"]), keep)
-    plot_q_vs_return(ours, args.out / "q_vs_return.png")
-    print(f"\nwall time of the whole benchmark: {wall:.0f} s with {args.workers} workers")
+    if ours:
+        composition(Path(ours[0]["out"]), keep)
+        plot_q_vs_return(ours, args.out / "q_vs_return.png")
+    print(f"\nwall time of the whole benchmark: {wall:.0f} s with {args.workers} workers"
+          + (" (Ray)" if args.backend == "ray" else ""))
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print("machine:", describe_machine())
+    report = grid_report(records)
+    if report:
+        print("\n" + report)
+    if len(results) < len(records):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

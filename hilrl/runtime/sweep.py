@@ -289,14 +289,18 @@ def run_grid(cells: Sequence[GridCell], backend: str = "local", workers: int = 2
     return [record for record in records if record is not None]
 
 
-def failure_report(records: list[dict[str, Any]]) -> str:
-    """The failed cells of :func:`run_grid`'s records, one line each with its error; empty when none failed."""
+def grid_report(records: list[dict[str, Any]]) -> str:
+    """What a script prints after its table: how many cells were skipped as finished before, and each failed
+    one with its error; empty when every cell ran and none failed."""
+    skipped = sum(record["status"] == "skipped" for record in records)
     failed = [record for record in records if record["status"] == "failed"]
-    if not failed:
-        return ""
-    lines = [f"{len(failed)} of {len(records)} runs failed (run the same command again to retry them; finished "
-             "runs are skipped):"]
-    lines += [f"  {record['setting']} seed {record['seed']} ({record['out']}): {record['error']}" for record in failed]
+    lines = [f"{skipped} of {len(records)} runs skipped: finished by an earlier run of this command, their saved "
+             "rows shown (a new --out runs them again)"] if skipped else []
+    if failed:
+        lines.append(f"{len(failed)} of {len(records)} runs failed (run the same command again to retry them; "
+                     "finished runs are skipped):")
+        lines += [f"  {record['setting']} seed {record['seed']} ({record['out']}): {record['error']}"
+                  for record in failed]
     return "\n".join(lines)
 
 
