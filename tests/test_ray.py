@@ -1,5 +1,5 @@
-"""``runtime: {backend: ray}``: `hilrl train` on a Ray cluster started as the README says, its resume, and SIGKILL
-of an actor and of the learner with 0 acknowledged transitions lost.
+"""``runtime: {backend: ray}``: `hilrl train` on a Ray cluster started as the README says, its resume, SIGKILL
+of an actor and of the learner with 0 acknowledged transitions lost, and a node that leaves mid-run.
 
 The cluster is started here (``ray start --head --block`` on loopback, a free port, its own temp dir so no other
 process finds it) and stopped by ending that command, which stops every process it started.
@@ -13,7 +13,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -29,27 +31,43 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """`ray start --head` on loopback with 3 logical CPUs; yields its address (what RAY_ADDRESS takes)."""
+def start_node(*args: str) -> subprocess.Popen:
+    """`ray start ... --block` in a session of its own: SIGTERM stops what it started, SIGKILL to the session
+    takes the node away at once (its raylet, object store and workers)."""
+    return subprocess.Popen(["ray", "start", *args, "--block"],
+                            env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT, executable=str(Path(sys.executable).parent / "ray"),
+                            start_new_session=True)
+
+
+def stop_node(node: subprocess.Popen) -> None:
+    if node.poll() is None:
+        node.send_signal(signal.SIGTERM)  # --block: stops the processes it started
+        node.wait(60)
+
+
+@contextmanager
+def head_node(cpus: int) -> Iterator[str]:
+    """`ray start --head` on loopback with ``cpus`` logical CPUs; yields its address (what RAY_ADDRESS takes)."""
     port = free_port()
     temp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    head = subprocess.Popen(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                             "--num-cpus", "3", "--include-dashboard", "false", "--temp-dir", temp, "--block"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            executable=str(Path(sys.executable).parent / "ray"))
-    address = f"127.0.0.1:{port}"
+    head = start_node("--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(cpus),
+                      "--temp-dir", temp, "--include-dashboard", "false")
     deadline = time.monotonic() + 90
     while not list(Path(temp).glob("session_latest/logs/raylet.out")):  # the node is up once its raylet logs
         assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
         time.sleep(0.5)
     time.sleep(2)
     try:
-        yield address
+        yield f"127.0.0.1:{port}"
     finally:
-        head.send_signal(signal.SIGTERM)  # --block: stops the processes it started
-        head.wait(60)
+        stop_node(head)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    with head_node(cpus=3) as address:
+        yield address
 
 
 def write_config(path: Path, steps: int, **runtime) -> Path:
@@ -153,3 +171,52 @@ def test_hilrl_sweep_runs_its_grid_as_ray_tasks_on_the_cluster(ray_cluster, tmp_
     assert summary["backend"] == "ray" and [row["setting"] for row in summary["rows"]] == ["algo.utd=1", "algo.utd=2"]
     for utd in (1, 2):
         assert json.loads((out / f"algo.utd={utd}" / "seed_0" / "metrics.json").read_text())["env_steps"] == 100
+
+
+def alive_nodes(address: str) -> int:
+    result = subprocess.run([sys.executable, "-c", "import ray; ray.init(address=%r, log_to_driver=False); "
+                             "print(sum(n['Alive'] for n in ray.nodes()))" % address], capture_output=True, text=True,
+                            env=dict(os.environ, RAY_AUTH_MODE="disabled"), timeout=60)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_node_that_leaves_mid_run_is_survived(tmp_path, curve_keys):
+    """The head has one CPU (the learner, kept on the driver's node); the actors run on a second node, which is
+    killed with everything on it (SIGKILL to its processes, as a machine that loses power); then a third node
+    joins. Ray restarts both actors on the third node; they resume from their folders (one file system here, as
+    a shared one on a cluster) and the run ends with every acked step stored. With several nodes the learner
+    binds the node's address, off loopback, so the run has CurveZMQ keys as docs/RAY.md says."""
+    steps = 900
+    keys = {"learner_secret_key": str(curve_keys.server_secret), "allow_keys": str(curve_keys.allowed),
+            "actor_secret_key": str(curve_keys.client_secret), "learner_public_key": str(curve_keys.server_public)}
+    config, run = write_config(tmp_path / "reach_ray.yaml", steps=steps, **keys), tmp_path / "run"
+    with head_node(cpus=1) as address:
+        # other loopback addresses, so that the driver's node (the learner's) is the head's, at 127.0.0.1
+        leaving = start_node("--address", address, "--node-ip-address", "127.0.0.2", "--num-cpus", "2")
+        joining = None
+        try:
+            wait_for(lambda: alive_nodes(address) == 2, "the second node", leaving, timeout=90)
+            proc = hilrl_train(config, run, address)
+            wait_for(lambda: len(starts(run, "actor")) == 2 and checkpoint_steps(run), "a first checkpoint", proc)
+            os.killpg(leaving.pid, signal.SIGKILL)
+            for pid in [s["pid"] for s in starts(run, "actor")]:  # the node's workers go with it
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            joining = start_node("--address", address, "--node-ip-address", "127.0.0.3", "--num-cpus", "2")
+            wait_for(lambda: len(starts(run, "actor")) == 4, "Ray to restart both actors on the third node", proc,
+                     timeout=240)
+            summary = finished(proc, run)
+        finally:
+            if "proc" in locals() and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for node in (joining, leaving):
+                if node is not None:
+                    stop_node(node)
+
+    assert summary["learner_starts"] == 1 and summary["actor_starts"] == 4
+    assert sorted(s["index"] for s in starts(run, "actor")[2:]) == [0, 1]
+    assert summary["stored"] == summary["acked"] == steps and summary["lost_acked"] == 0
