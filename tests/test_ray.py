@@ -47,12 +47,13 @@ def stop_node(node: subprocess.Popen) -> None:
 
 
 @contextmanager
-def head_node(cpus: int) -> Iterator[str]:
-    """`ray start --head` on loopback with ``cpus`` logical CPUs; yields its address (what RAY_ADDRESS takes)."""
+def head_node(cpus: int, gpus: int = 0) -> Iterator[str]:
+    """`ray start --head` on loopback with ``cpus`` logical CPUs and ``gpus`` logical GPUs; yields its address
+    (what RAY_ADDRESS takes)."""
     port = free_port()
     temp = tempfile.mkdtemp(prefix="hr-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
     head = start_node("--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", str(cpus),
-                      "--temp-dir", temp, "--include-dashboard", "false")
+                      "--num-gpus", str(gpus), "--temp-dir", temp, "--include-dashboard", "false")
     deadline = time.monotonic() + 90
     while not list(Path(temp).glob("session_latest/logs/raylet.out")):  # the node is up once its raylet logs
         assert head.poll() is None and time.monotonic() < deadline, "ray start --head did not come up"
@@ -155,6 +156,25 @@ def test_sigkill_of_an_actor_and_of_the_learner_loses_no_acked_transition(ray_cl
     assert summary["learner_starts"] == 2 and summary["actor_starts"] == 3
     assert summary["stored"] == summary["acked"] == steps
     assert summary["lost_acked"] == 0
+
+
+def test_a_learner_that_wants_a_gpu_is_refused_on_a_node_without_one(ray_cluster, tmp_path):
+    config, run = write_config(tmp_path / "reach_ray.yaml", steps=300), tmp_path / "run"
+    proc = hilrl_train(config, run, ray_cluster, "--set", "algo.device=cuda")
+    assert proc.wait(120) != 0
+    log = (tmp_path / "run.log").read_text()
+    assert "asks Ray for a GPU" in log and "--num-gpus 1" in log and "algo.device: auto or cpu" in log
+
+
+@pytest.mark.slow  # a cluster of its own (40 s); the refusal above runs in CI
+def test_the_learner_asks_ray_for_a_gpu_when_algo_device_wants_one(tmp_path):
+    """``algo.device: auto`` on a cluster with a GPU: Ray gives the learner one (a logical GPU here: this machine
+    has none, so torch stays on the CPU, as ``auto`` does without CUDA), and no actor takes it."""
+    config, run = write_config(tmp_path / "reach_ray.yaml", steps=200), tmp_path / "run"
+    with head_node(cpus=3, gpus=1) as address:
+        summary = finished(hilrl_train(config, run, address), run)
+    assert starts(run, "learner")[0]["gpus"] == ["0"]
+    assert summary["stored"] == 200 and summary["lost_acked"] == 0
 
 
 def test_hilrl_sweep_runs_its_grid_as_ray_tasks_on_the_cluster(ray_cluster, tmp_path):

@@ -154,8 +154,9 @@ class LearnerWorker:
         folder = RunFolder(config, out, record=False)
         self.learner = Learner(config, folder, bind=bind, demo_episodes=folder.demo_episodes(False),
                                show_progress=False)
+        gpus = import_ray().get_runtime_context().get_accelerator_ids().get("GPU", [])
         self.start = {"pid": os.getpid(), "time": time.time(), "acked": dict(self.learner.acked),
-                      "env_steps": self.learner.counters["env_steps"]}
+                      "env_steps": self.learner.counters["env_steps"], "gpus": list(gpus)}
         record_start(Path(out) / RAY_DIR / "learner_starts.jsonl", self.start)
 
     def address(self) -> str:
@@ -241,10 +242,17 @@ class RayRun:
                              f"learner and runtime.actors {config.runtime.actors}, one each); start Ray with more "
                              f"logical CPUs (ray start --head --num-cpus {needed}) or lower runtime.actors")
         gpu = wants_gpu(config, resources.get("GPU", 0))
+        node_id = ray.get_runtime_context().get_node_id()
+        here_gpus = next((n["Resources"].get("GPU", 0) for n in nodes if n["NodeID"] == node_id), 0)
+        if gpu and here_gpus < 1:
+            raise HilrlError(f"algo.device is {config.algo.device!r}: the learner asks Ray for a GPU, but this node "
+                             f"(where the learner runs, beside the run folder) has none (the cluster has "
+                             f"{resources.get('GPU', 0):g}); run hilrl train on a node with a GPU (ray start ... "
+                             "--num-gpus 1 there) or set algo.device: auto or cpu")
         bind = learner_bind(config, len(nodes), ray.util.get_node_ip_address())
         experiment, cwd = config.model_dump(mode="json"), os.getcwd()
         env = {"env_vars": worker_env()}
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+        here = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
         learner_class = ray.remote(LearnerWorker)
         self.learner = learner_class.options(
             num_cpus=1, num_gpus=1 if gpu else 0, max_restarts=RESTARTS, max_task_retries=-1, max_concurrency=2,
