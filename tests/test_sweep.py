@@ -1,15 +1,18 @@
 """`hilrl sweep` as a user runs it: a tiny grid of seeds × settings on the local pool, its summary table, and the
-same command continuing and then skipping the runs it holds."""
+same command continuing and then skipping the runs it holds; and :func:`run_grid`, the same runner, as the
+benchmark scripts drive it (their own cells, on the local pool and on Ray)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hilrl.errors import HilrlError
-from hilrl.runtime.sweep import parse_grid, plan, summarise
+from hilrl.runtime.sweep import GridCell, grid_report, parse_grid, plan, run_grid, summarise
 
 ROOT = Path(__file__).parents[1]
 CONFIG = ROOT / "sim_configs" / "reach_sac.yaml"
@@ -72,3 +75,81 @@ def test_summary_counts_failed_runs_apart():
                {"setting": "a", "seed": 1, "status": "failed", "error": "boom"}]
     (row,) = summarise(records)
     assert row["seeds"] == 1 and row["failed"] == 1 and row["success_rate"] == 1.0 and row["success_rate_std"] == 0.0
+
+
+def train_cell(raw: dict, seed: int, out: str) -> dict:
+    """A benchmark script's cell: one config trained with `hilrl train`'s function, its table row."""
+    from hilrl.config import validate_config
+    from hilrl.runtime.train import train
+
+    result = train(validate_config({**raw, "train": {**raw["train"], "seed": seed}}), out, show_progress=False)
+    return {"learner": raw["algo"]["name"], "success": result.success_rate, "pid": os.getpid(),
+            "env_steps": json.loads((Path(out) / "metrics.json").read_text())["env_steps"]}
+
+
+def tiny_reach(**algo) -> dict:
+    raw = yaml.safe_load(CONFIG.read_text())
+    raw["algo"].update({"hidden": [32, 32], "batch_size": 32, **algo})
+    raw["demos"]["episodes"] = 2
+    raw["train"].update({"steps": 100, "learning_starts": 50, "eval_episodes": 2, "eval_every": 0, "video": False,
+                         "checkpoint_every": 100})
+    return raw
+
+
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_benchmark_grid_runs_its_cells_names_a_failed_one_and_skips_finished_ones_when_run_again(
+        tmp_path, monkeypatch, backend):
+    if backend == "ray":
+        pytest.importorskip("ray")
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local Ray started for the grid, stopped after
+    good, bad = tiny_reach(), tiny_reach(utd=-3)
+    cells = [GridCell(train_cell, (good, seed, str(tmp_path / f"sac_s{seed}")), tmp_path / f"sac_s{seed}", "sac", seed)
+             for seed in (0, 1)]
+    cells.append(GridCell(train_cell, (bad, 0, str(tmp_path / "bad_s0")), tmp_path / "bad_s0", "utd -3", 0))
+    ended = []
+
+    records = run_grid(cells, backend, workers=2, on_run=ended.append)
+    assert [(r["setting"], r["seed"], r["status"]) for r in records] == [
+        ("sac", 0, "done"), ("sac", 1, "done"), ("utd -3", 0, "failed")]  # the cells' order, whatever the finish
+    assert sorted(ended, key=lambda r: r["out"]) == sorted(records, key=lambda r: r["out"])  # each, as it ended
+    for record in records[:2]:
+        assert record["env_steps"] == 100 and record["learner"] == "sac" and record["pid"] != os.getpid()
+        assert json.loads((Path(record["out"]) / "metrics.json").read_text())["env_steps"] == 100
+    assert "utd" in records[2]["error"]  # the run's own error, named with its setting
+    report = grid_report(records)
+    assert "1 of 3 runs failed" in report and "utd -3 seed 0" in report
+
+    # the same grid again: the finished cells come back from their folders untouched, the failed one is retried
+    again = run_grid(cells, backend, workers=2)
+    assert [r["status"] for r in again] == ["skipped", "skipped", "failed"]
+    assert [r["pid"] for r in again[:2]] == [r["pid"] for r in records[:2]]
+    assert "2 of 3 runs skipped" in grid_report(again)
+
+
+def test_a_grid_refuses_two_cells_writing_one_folder(tmp_path):
+    cells = [GridCell(train_cell, (tiny_reach(), seed, str(tmp_path)), tmp_path, "sac", seed) for seed in (0, 1)]
+    with pytest.raises(HilrlError, match="own out"):
+        run_grid(cells)
+    with pytest.raises(HilrlError, match="--backend 'slurm'"):
+        run_grid(cells[:1], backend="slurm")
+
+
+def test_sample_efficiency_benchmark_runs_its_grid_through_the_sweep_runner_and_continues(tmp_path):
+    command = [sys.executable, "benchmarks/sample_efficiency.py", "--seeds", "0", "--steps", "200", "--eval-every",
+               "200", "--eval-episodes", "2", "--demos", "2", "--set", "demos.bc_rollouts=0", "--set",
+               "train.learning_starts=50", "--workers", "2", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    first = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    rows = [line for line in first.stdout.splitlines() if line.startswith(("| hilrl RLPD", "| SB3 SAC"))]
+    assert len(rows) == 4 and "| 0 | not within 200 |" in rows[0]  # per seed and mean, both learners
+    for folder in ("hilrl_s0", "sb3_s0"):
+        saved = json.loads((tmp_path / folder / "grid_cell.json").read_text())["record"]
+        assert saved["status"] == "done" and saved["env_steps"] == 200
+    assert "wall time of the whole benchmark" in first.stdout and "skipped" not in first.stdout
+
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert [line for line in again.stdout.splitlines() if line.startswith(("| hilrl RLPD", "| SB3 SAC"))] == rows
+    assert "2 of 2 runs skipped" in again.stdout

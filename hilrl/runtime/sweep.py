@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -355,8 +356,12 @@ def _run_ray(cells: list[GridCell], workers: int, address: str | None, skip_fini
              finish: Callable[[int, dict[str, Any]], None]) -> None:
     from hilrl.runtime.distributed.ray_backend import ray_session, worker_env
 
+    env = worker_env()
+    paths = _import_roots(cells)
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
     with ray_session(address, num_cpus=workers) as ray:
-        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, runtime_env={"env_vars": worker_env()})(run_cell)
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, runtime_env={"env_vars": env})(run_cell)
         pending = {task.remote(cell, os.getcwd(), skip_finished): i for i, cell in enumerate(cells)}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -366,3 +371,17 @@ def _run_ray(cells: list[GridCell], workers: int, address: str | None, skip_fini
             except Exception as exc:  # ray.exceptions.RayTaskError wraps the run's own error
                 record = _failed(cells[index], exc)
             finish(index, record)
+
+
+def _import_roots(cells: list[GridCell]) -> list[str]:
+    """The folders the cells' functions were imported from, for Ray's workers to import them too (Ray adds only
+    the driver script's folder and the working directory; ``__main__``'s functions travel by value)."""
+    roots = []
+    for cell in cells:
+        name = cell.fn.__module__
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if name == "__main__" or not file or "site-packages" in Path(file).parts:
+            continue
+        levels = name.count(".") + (Path(file).name == "__init__.py")  # pkg/mod.py: the folder above pkg
+        roots.append(str(Path(file).resolve().parents[levels]))
+    return list(dict.fromkeys(roots))
