@@ -158,6 +158,35 @@ def test_sigkill_of_an_actor_and_of_the_learner_loses_no_acked_transition(ray_cl
     assert summary["lost_acked"] == 0
 
 
+@pytest.mark.slow  # 51 s under load; the Ray run's own actors are covered in CI by the SIGKILL test
+def test_an_arms_hilrl_actor_joins_a_ray_run_over_curvezmq(ray_cluster, tmp_path, curve_keys):
+    """A real arm's computer runs `hilrl actor` beside it (here a sim env stands for the arm) and joins the Ray
+    run's learner over CurveZMQ, at the address the config fixes (runtime.bind; the run also writes it to
+    OUT/learner_address.txt). Started first, the arm says hello until the learner is up."""
+    keys = {"learner_secret_key": str(curve_keys.server_secret), "allow_keys": str(curve_keys.allowed),
+            "actor_secret_key": str(curve_keys.client_secret), "learner_public_key": str(curve_keys.server_public)}
+    address = f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path / "reach_ray.yaml", steps=900, actors=1, bind=address, **keys)
+    run = tmp_path / "run"
+    arm = subprocess.Popen([sys.executable, "-m", "hilrl.cli", "actor", str(config), "--learner", address,
+                            "--out", str(tmp_path / "arm"), "--id", "arm", "--index", "5", "--quiet"],
+                           env=dict(os.environ, MUJOCO_GL="egl", OMP_NUM_THREADS="1"),
+                           stdout=open(tmp_path / "arm.log", "ab"), stderr=subprocess.STDOUT)
+    proc = hilrl_train(config, run, ray_cluster)
+    try:
+        summary = finished(proc, run)
+        assert arm.wait(60) == 0, (tmp_path / "arm.log").read_text()[-2000:]
+    finally:
+        for process in (proc, arm):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert (run / "learner_address.txt").read_text().strip() == address
+    acked = json.loads((run / "metrics.json").read_text())["acked"]
+    assert set(acked) == {"actor0", "arm"} and acked["arm"] > 0, acked
+    assert summary["stored"] == summary["acked"] == 900 and summary["lost_acked"] == 0
+
+
 def test_a_learner_that_wants_a_gpu_is_refused_on_a_node_without_one(ray_cluster, tmp_path):
     config, run = write_config(tmp_path / "reach_ray.yaml", steps=300), tmp_path / "run"
     proc = hilrl_train(config, run, ray_cluster, "--set", "algo.device=cuda")
