@@ -95,6 +95,35 @@ def train_row(raw: dict, folder: Path) -> tuple[float, float, float]:
     return (*checkpoint_rates(folder / "run", actors), time.perf_counter() - started)
 
 
+# ---------------------------------------------------------------- the machine's own ceiling
+
+
+def env_steps_alone(seconds: float) -> int:
+    """Reach stepped with random actions in this process for ``seconds`` (no policy, no transport): the work an
+    actor cannot avoid."""
+    from hilrl.config import EnvConfig
+    from hilrl.envs.make import make_env
+
+    env = make_env(EnvConfig(id="hilrl/Reach-v0"))
+    env.reset(seed=0)
+    steps, deadline = 0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        steps += 1
+        if terminated or truncated:
+            env.reset()
+    env.close()
+    return steps
+
+
+def ceiling(processes: int, seconds: float = 10.0) -> float:
+    """Env steps/s of ``processes`` processes stepping Reach side by side: what 2 actors could reach at most here
+    (2 cores that are really 2, with nothing else running, give 2x one)."""
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(env_steps_alone, [0.5] * processes))  # start-up and imports out of the measurement
+        return sum(pool.map(env_steps_alone, [seconds] * processes)) / seconds
+
+
 # ---------------------------------------------------------------- transport: one batch, acknowledged
 
 
@@ -230,7 +259,10 @@ def main() -> None:
               flush=True)
     if collected:
         two = collected["Ray, 2 actors"] / collected["Ray, 1 actor"]
-        print(f"goal: 2 Ray actors collect >= 1.6x one: {two:.2f}x -> {'met' if two >= 1.6 else 'missed'}\n")
+        print(f"goal: 2 Ray actors collect >= 1.6x one: {two:.2f}x -> {'met' if two >= 1.6 else 'missed'}")
+        alone = [ceiling(n) for n in (1, 2)]
+        print(f"this machine's ceiling, Reach stepped with random actions in 1 and 2 processes side by side (no "
+              f"policy, no transport): {alone[0]:.0f} and {alone[1]:.0f} env steps/s = {alone[1] / alone[0]:.2f}x\n")
 
     if "transport" in args.parts:
         zmq_us, ray_us = transport_costs(300 if args.quick else 1000)
