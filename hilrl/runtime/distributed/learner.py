@@ -61,7 +61,7 @@ PACED_DRAIN = 16  # transitions per serve round when pacing: small, so acks keep
 SPACES_FILE = "spaces.msgpack"
 LOG_SEGMENT_BYTES = 64 * 1024 * 1024
 LOG_FREE_SEGMENTS = 16  # the log between two checkpoints is recycled, up to 1 GiB of it (RecordLog)
-PACED_SERVE_PERIOD_S = 0.5  # a paced learner serves at least this often, even behind on its updates
+PACED_SERVE_PERIOD_S = 0.5  # a paced learner behind on its updates tells its actors it is alive this often
 
 
 class Learner:
