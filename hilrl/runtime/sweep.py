@@ -61,8 +61,8 @@ class GridCell:
     """
 
     fn: Callable[..., dict[str, Any]]
-    args: tuple = ()
-    out: str | os.PathLike = "."
+    args: tuple
+    out: str | os.PathLike
     label: str = "default"
     seed: int | None = None
 
