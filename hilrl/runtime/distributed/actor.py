@@ -8,8 +8,10 @@ fsynced with ``runtime.fsync``), kept in memory until the learner acks them, sen
 silence of ``runtime.ack_timeout_s`` or when the learner reports a gap.
 
 A batch is closed with the steps taken so far as soon as fewer than ``MAX_IN_FLIGHT_BATCHES``
-batches wait for an ack, a full batch is ready, or its oldest step is ``BATCH_MAX_DELAY_S`` old.
-So a slow robot's steps go one by one with no added delay, a fast producer's steps pile up into
+batches wait for an ack and it spans ``BATCH_MIN_SPAN_S`` of steps at the actor's recent step rate, a full
+batch is ready, or its oldest step is ``BATCH_MAX_DELAY_S`` old. So a slow robot's steps go one by one with
+no added delay, a fast simulator's go a few at a time even to a learner that acks at once (one message and
+one ack per step cost the two processes more than the step itself), a fast producer's steps pile up into
 big batches while the learner works on the previous ones, and a step is on disk within
 ``BATCH_MAX_DELAY_S`` of being taken (an actor killed -9 loses at most that much; never an acked step).
 So the actor:
@@ -49,6 +51,8 @@ SPOOL_FREE_SEGMENTS = 8  # recycled spool files: enough for a window of max_unac
 BATCH_MAX_TRANSITIONS = 64
 BATCH_MAX_BYTES = 8 * 1024 * 1024  # well under transport.MAX_MESSAGE_BYTES, whatever the cameras
 MAX_IN_FLIGHT_BATCHES = 2  # two: the learner has the next batch queued while it stores one
+BATCH_MIN_SPAN_S = 0.005  # ~5 steps of a 1000 steps/s simulator per batch; 1 step of anything slower than 200 Hz
+STEP_RATE_SMOOTHING = 0.1  # weight of the newest step interval in the actor's running mean
 BATCH_MAX_DELAY_S = 0.02
 WEIGHTS_SAVE_PERIOD_S = 5.0
 HELLO_RETRY_S = 0.5
@@ -144,6 +148,8 @@ class Actor:
         self.in_flight: deque[int] = deque()  # last seq of each batch sent and not yet acked
         self.to_send: deque[int] = deque(self.batches)  # first seqs of batches to send, oldest first
         self.batch_max = BATCH_MAX_TRANSITIONS
+        self.step_interval: float | None = None  # running mean of the seconds between two steps taken
+        self.last_take = None
         self.last_progress = time.monotonic()
         self.last_hello = -float("inf")
         self.last_weights_save = time.monotonic()
@@ -189,9 +195,18 @@ class Actor:
         self.to_send.append(first)
         self.taken = []
 
+    def batch_min(self) -> int:
+        """Steps a batch holds before the link's idleness alone closes it: ``BATCH_MIN_SPAN_S`` of steps at the
+        recent step rate, at most a third of ``runtime.max_unacked`` (two batches in flight and one filling)."""
+        if self.step_interval is None or self.step_interval <= 0:
+            return 1
+        wanted = int(BATCH_MIN_SPAN_S / self.step_interval)
+        return max(1, min(wanted, self.batch_max, self.config.runtime.max_unacked // (MAX_IN_FLIGHT_BATCHES + 1)))
+
     def _pump(self) -> None:
         """Close a batch when it is due, then send the batches the learner has not been sent since the last go-back."""
-        if self.taken and (len(self.in_flight) < MAX_IN_FLIGHT_BATCHES or len(self.taken) >= self.batch_max
+        idle_link = len(self.in_flight) < MAX_IN_FLIGHT_BATCHES and len(self.taken) >= self.batch_min()
+        if self.taken and (idle_link or len(self.taken) >= self.batch_max
                            or time.monotonic() - self.taken_since >= BATCH_MAX_DELAY_S):
             self._close_batch()
         while self.to_send:
@@ -307,8 +322,14 @@ class Actor:
 
     def _take(self, transition: dict[str, Any]) -> None:
         """Number a step and hold it for the next batch (:meth:`_pump` closes it)."""
+        now = time.monotonic()
+        if self.last_take is not None:
+            interval = now - self.last_take
+            self.step_interval = interval if self.step_interval is None else (
+                (1 - STEP_RATE_SMOOTHING) * self.step_interval + STEP_RATE_SMOOTHING * interval)
+        self.last_take = now
         if not self.taken:
-            self.taken_since = time.monotonic()
+            self.taken_since = now
         self.taken.append(transition)
         self.next_seq += 1
         if len(self.taken) >= self.batch_max:
