@@ -213,8 +213,52 @@ def test_shifting_the_cached_maps_once_encodes_as_shifting_them_in_each_encoding
     shifts = {"front": torch.randint(0, 3, (5, 2))}
     with torch.no_grad():
         torch.testing.assert_close(encoder(encoder.shift_feature_maps(obs, shifts)), encoder(obs, shifts))
+        # into memory kept under a name (as the update does): written over by the next call with that name
+        first = encoder.shift_feature_maps(obs, shifts, reuse="obs")["front"]
+        torch.testing.assert_close(encoder({**obs, "front": first}), encoder(obs, shifts))
+        again = encoder.shift_feature_maps(obs, {"front": torch.ones(5, 2, dtype=torch.long)}, reuse="obs")
+        assert again["front"] is first and torch.equal(first, maps.float())
         centred = {"front": torch.ones(5, 2, dtype=torch.long)}
         torch.testing.assert_close(encoder(obs, centred), encoder(obs))
+
+
+def test_the_cpp_shift_of_cached_maps_gives_the_torch_gathers_numbers():
+    """The C++ pass that shifts fp16 maps into float32 (what an update runs where the extensions build) gives
+    exactly what random_shift's gather gives, at the edges too, for any map size and reach."""
+    import torch
+
+    from hilrl.policies.encoders import random_shift
+    from hilrl.policies.sac import fast
+
+    if fast.kernels_buildable() is not None:
+        pytest.skip(f"the C++ extensions need {fast.kernels_buildable()}")
+    generator = torch.Generator().manual_seed(0)
+    for pad, shape in ((1, (64, 80, 8, 8)), (2, (5, 3, 7, 11)), (3, (4, 2, 16, 9))):
+        maps = torch.randn(*shape, generator=generator).half()
+        shifts = torch.randint(0, 2 * pad + 1, (shape[0], 2), generator=generator)
+        out = torch.full(shape, float("nan"))
+        assert fast.shift_feature_maps_to_float(maps, shifts, pad, out)
+        assert torch.equal(out, random_shift(maps.float(), shifts, pad))
+
+
+def test_the_spatial_embeddings_gradient_is_autograds_through_the_plain_product():
+    """SpatialEmbedding pools with its own backward (the products in the order that runs fast here): the same
+    features and gradients as autograd through a plain einsum."""
+    import torch
+
+    from hilrl.policies.pretrained import SpatialEmbedding
+
+    torch.manual_seed(0)
+    embed = SpatialEmbedding(6, 4, 5, latent_dim=7, num_features=3).double()
+    features = torch.randn(9, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    out = embed(features)
+    pooled = torch.einsum("bcp,cpk->bck", features.flatten(2), embed.kernel).reshape(9, -1)
+    torch.testing.assert_close(out, embed.project(pooled))
+    weights = torch.randn(9, 7, dtype=torch.float64)
+    ours = torch.autograd.grad((out * weights).sum(), [features, embed.kernel])
+    plain = torch.autograd.grad((embed.project(pooled) * weights).sum(), [features, embed.kernel])
+    for a, b in zip(ours, plain):
+        torch.testing.assert_close(a, b)
 
 
 @needs_weights

@@ -68,11 +68,12 @@ def split_observation_keys(observation_space: gym.spaces.Dict,
     return state, image
 
 
-def random_shift(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.Tensor:
+def random_shift(images: torch.Tensor, shifts: torch.Tensor, pad: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """DrQ random shift of ``images (B, C, H, W)``: replicate-pad, then crop at ``shifts (B, 2)`` in ``[0, 2*pad]``.
 
     A shift of ``(pad, pad)`` returns the image unchanged. Computed as one gather with the source row and column
-    clamped to the image (what replicate padding then cropping reads), without building the padded copy.
+    clamped to the image (what replicate padding then cropping reads), without building the padded copy; into
+    ``out`` (same shape and dtype) when given.
     """
     batch, channels, height, width = images.shape
     offsets = shifts - pad
@@ -80,7 +81,19 @@ def random_shift(images: torch.Tensor, shifts: torch.Tensor, pad: int) -> torch.
     cols = (offsets[:, 1:2] + torch.arange(width, device=images.device)).clamp_(0, width - 1)  # (B, W)
     source = (rows[:, :, None] * width + cols[:, None, :]).reshape(batch, 1, height * width)
     flat = images.reshape(batch, channels, height * width)
-    return flat.gather(2, source.expand(batch, channels, height * width)).reshape(batch, channels, height, width)
+    index = source.expand(batch, channels, height * width)
+    if out is None:
+        return flat.gather(2, index).reshape(batch, channels, height, width)
+    torch.gather(flat, 2, index, out=out.view(batch, channels, height * width))
+    return out
+
+
+def _shift_in_cpp(maps: torch.Tensor, shifts: torch.Tensor, pad: int, out: torch.Tensor) -> bool:
+    """:func:`random_shift` of fp16 CPU maps into float32 ``out`` in one C++ pass, where the extensions build here
+    (``hilrl.policies.sac.fast.shift_feature_maps_to_float``); ``False`` otherwise."""
+    from hilrl.policies.sac import fast  # (imported here: the sac package imports this module)
+
+    return fast.shift_feature_maps_to_float(maps, shifts, pad, out)
 
 
 class ConvEncoder(nn.Module):
@@ -133,6 +146,7 @@ class ObservationEncoder(nn.Module):
         self.state_dims = {k: int(np.prod(observation_space[k].shape)) for k in self.state_keys}
         self.image_shapes = {k: tuple(observation_space[k].shape) for k in self.image_keys}
         self.image_pad = image_pad
+        self._workspaces: dict[tuple[str, str], torch.Tensor] = {}  # shift_feature_maps(reuse=...)
         self.frame_encoder = frame_encoder if self.image_keys else None
         if self.frame_encoder is not None:
             self.feature_shapes = {k: self.frame_encoder.feature_shape(self.image_shapes[k]) for k in self.image_keys}
@@ -187,25 +201,47 @@ class ObservationEncoder(nn.Module):
     def has_images(self) -> bool:
         return bool(self.image_keys)
 
-    def shift_feature_maps(self, obs: Mapping[str, torch.Tensor],
-                           shifts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def shift_feature_maps(self, obs: Mapping[str, torch.Tensor], shifts: Mapping[str, torch.Tensor],
+                           reuse: str | None = None) -> dict[str, torch.Tensor]:
         """``obs`` with each cached feature map randomly shifted (``frame_encoder`` only): ``forward(obs, shifts)``
         equals ``forward(shift_feature_maps(obs, shifts))``, so an update that encodes the same batch several
-        times (critic and actor steps) shifts it once."""
+        times (critic and actor steps) shifts it once.
+
+        ``reuse`` names the memory the shifted maps are written to, kept by the encoder: the next call with the same
+        name and sizes writes over it (an update shifts its obs and its next_obs under two names). On a CPU, fresh
+        memory for a batch of maps costs more than filling it (page faults: about 1 ms per 5 MB here). Autograd
+        refuses a backward pass through maps written over since.
+        """
         if self.frame_encoder is None:
             raise HilrlError("shift_feature_maps: this encoder has no frozen backbone; pass shifts to forward")
         out = dict(obs)
         for key in self.image_keys:
             if obs[key].dtype == torch.uint8:
                 raise HilrlError(f"shift_feature_maps: {key!r} holds raw frames, not cached feature maps")
-            maps = obs[key]
-            if maps.dtype == torch.float16:  # as stored: gather the 2-byte values as integers (torch's CPU gather
-                # is slower on float16), then convert the shifted maps to float32 once
-                maps = random_shift(maps.view(torch.int16), shifts[key], self.image_pad).view(torch.float16)
-                out[key] = maps.float()
+            maps, name = obs[key], None if reuse is None else f"{reuse}/{key}"
+            if maps.dtype == torch.float16:  # as stored
+                out[key] = self._workspace(name, "float32", maps.shape, torch.float32, maps.device)
+                if maps.device.type == "cpu" and _shift_in_cpp(maps, shifts[key], self.image_pad, out[key]):
+                    continue
+                # gather the 2-byte values as integers (torch's CPU gather is slower on float16), then convert
+                # the shifted maps to float32 once
+                shifted = random_shift(maps.view(torch.int16), shifts[key], self.image_pad,
+                                       out=self._workspace(name, "int16", maps.shape, torch.int16, maps.device))
+                out[key].copy_(shifted.view(torch.float16))
             else:
-                out[key] = random_shift(maps.float(), shifts[key], self.image_pad)
+                out[key] = random_shift(maps.float(), shifts[key], self.image_pad,
+                                        out=self._workspace(name, "float32", maps.shape, torch.float32, maps.device))
         return out
+
+    def _workspace(self, name: str | None, kind: str, shape: torch.Size, dtype: torch.dtype,
+                   device: torch.device) -> torch.Tensor:
+        """Memory of ``shape`` kept under ``name`` (``None``: fresh memory each time) and handed out again."""
+        if name is None:
+            return torch.empty(shape, dtype=dtype, device=device)
+        kept = self._workspaces.get((name, kind))
+        if kept is None or kept.shape != shape or kept.dtype != dtype or kept.device != device:
+            kept = self._workspaces[(name, kind)] = torch.empty(shape, dtype=dtype, device=device)
+        return kept
 
     def forward(self, obs: Mapping[str, torch.Tensor],
                 shifts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -108,6 +108,27 @@ def load_sac_update() -> Any:
     return load_extension("sac_update.cpp", "execution.cpu_fused_update")
 
 
+def load_shift_maps() -> Any:
+    """The cached-feature-map shift extension (``csrc/shift_maps.cpp``)."""
+    return load_extension("shift_maps.cpp", "images.encoder: efficientnet_lite0")
+
+
+def shift_feature_maps_to_float(maps: torch.Tensor, shifts: torch.Tensor, pad: int, out: torch.Tensor) -> bool:
+    """Write the random shift (:func:`hilrl.policies.encoders.random_shift`) of fp16 feature maps
+    ``(B, C, h, w)`` into float32 ``out`` in one C++ pass; ``False`` (nothing written) where no extension can be
+    built here (no compiler or ninja: the caller gathers in torch, the same numbers, about 3x the time)."""
+    global _shift_buildable
+    if _shift_buildable is None:
+        _shift_buildable = kernels_buildable() is None
+    if not _shift_buildable:
+        return False
+    load_shift_maps().shift_to_float(maps.contiguous(), shifts, pad, out)
+    return True
+
+
+_shift_buildable: bool | None = None  # asked once per process (finding ninja runs it)
+
+
 # ---- fused_layer_norm ------------------------------------------------------------------------------
 
 class _FusedBiasLayerNormReLU(torch.autograd.Function):

@@ -139,8 +139,9 @@ def rlpd_update(sac: SAC, batch: TensorTree, noise: TensorTree) -> TensorTree:
             .dtype != torch.uint8:
         # cached feature maps (a frozen backbone): shift them once here, the same shifts every encoding below
         # would apply (obs: critic and actor steps; next_obs: next actions and target)
-        batch = {**batch, "obs": sac.encoder.shift_feature_maps(batch["obs"], obs_shift),
-                 "next_obs": sac.encoder.shift_feature_maps(batch["next_obs"], next_shift)}
+        # (into memory the encoder keeps for the two: the previous update's backward pass is done by now)
+        batch = {**batch, "obs": sac.encoder.shift_feature_maps(batch["obs"], obs_shift, reuse="obs"),
+                 "next_obs": sac.encoder.shift_feature_maps(batch["next_obs"], next_shift, reuse="next_obs")}
         obs_shift = next_shift = None
 
     # ---- 1. utd critic steps, each on its own slice, each followed by Polyak averaging
