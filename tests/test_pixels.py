@@ -262,6 +262,35 @@ def test_the_spatial_embeddings_gradient_is_autograds_through_the_plain_product(
 
 
 @needs_weights
+def test_the_online_and_target_encoders_read_next_obs_in_one_pass_with_their_own_features():
+    """The update encodes s' with the online and the target encoder at once (one pooling product over each
+    cached map): each gets what it computes alone, from cached maps and from raw frames."""
+    import copy
+
+    import gymnasium as gym
+    import torch
+
+    from hilrl.policies.encoders import ObservationEncoder, encode_many
+    from hilrl.policies.pretrained import FrozenImageEncoder
+
+    space = gym.spaces.Dict({"front": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8),
+                             "ee_pos": gym.spaces.Box(-1, 1, (3,), np.float32)})
+    online = ObservationEncoder(space, latent_dim=8, image_pad=1, frame_encoder=FrozenImageEncoder())
+    target = copy.deepcopy(online)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.add_(torch.randn_like(p))  # a target that has drifted
+    frames = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+    cached = online.frame_encoder(frames).half()
+    shifts = {"front": torch.randint(0, 3, (4, 2))}
+    with torch.no_grad():
+        for obs in ({"front": cached, "ee_pos": torch.randn(4, 3)}, {"front": frames, "ee_pos": torch.randn(4, 3)}):
+            together = encode_many([online, target], obs, shifts)
+            for encoder, features in zip((online, target), together):
+                torch.testing.assert_close(features, encoder(obs, shifts))
+
+
+@needs_weights
 def test_the_distributed_actor_sends_cached_features_and_the_learner_stores_them(tmp_path):
     """`runtime: distributed`: the actor encodes each frame once and sends the fp16 maps (its hello carries the
     env's own space, which the learner builds SAC on); the learner's buffers hold the maps, demos included."""

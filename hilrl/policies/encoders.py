@@ -33,7 +33,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from hilrl.errors import HilrlError
-from hilrl.policies.pretrained import FrozenImageEncoder, SpatialEmbedding
+from hilrl.policies.pretrained import FrozenImageEncoder, SpatialEmbedding, spatial_embeddings
 
 
 def is_image_space(space: gym.Space) -> bool:
@@ -246,20 +246,47 @@ class ObservationEncoder(nn.Module):
     def forward(self, obs: Mapping[str, torch.Tensor],
                 shifts: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Features of a batch; ``shifts[key] (B, 2)`` applies the random-shift augmentation to that image key."""
-        parts = [obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys]
-        if parts:
-            state = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-            state = (state - self.state_offset) * self.state_scale
-            parts = [torch.clamp(state, -self.state_clip, self.state_clip)]
-        for key in self.image_keys:
-            images = obs[key]
-            if self.frame_encoder is None:
-                images = images.permute(0, 3, 1, 2).float().div_(255.0)
-            elif images.dtype == torch.uint8:  # a raw frame: run the frozen backbone
-                images = self.frame_encoder(images)
-            else:  # its cached feature map (B, C, h, w)
-                images = images.float()
-            if shifts is not None:
-                images = random_shift(images, shifts[key], self.image_pad)
-            parts.append(self.cnns[key](images))
+        state = self._state_features(obs)
+        parts = [] if state is None else [state]
+        parts += [self.cnns[key](self._image_input(obs, key, shifts)) for key in self.image_keys]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def _state_features(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        parts = [obs[k].reshape(obs[k].shape[0], -1).float() for k in self.state_keys]
+        if not parts:
+            return None
+        state = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+        state = (state - self.state_offset) * self.state_scale
+        return torch.clamp(state, -self.state_clip, self.state_clip)
+
+    def _image_input(self, obs: Mapping[str, torch.Tensor], key: str,
+                     shifts: Mapping[str, torch.Tensor] | None) -> torch.Tensor:
+        """What the key's head reads: the DrQ CNN's float image, or the backbone's feature map (run here on a raw
+        frame, read from the batch when cached), shifted when ``shifts`` are given."""
+        images = obs[key]
+        if self.frame_encoder is None:
+            images = images.permute(0, 3, 1, 2).float().div_(255.0)
+        elif images.dtype == torch.uint8:  # a raw frame: run the frozen backbone
+            images = self.frame_encoder(images)
+        else:  # its cached feature map (B, C, h, w)
+            images = images.float()
+        if shifts is not None:
+            images = random_shift(images, shifts[key], self.image_pad)
+        return images
+
+
+def encode_many(encoders: Sequence[ObservationEncoder], obs: Mapping[str, torch.Tensor],
+                shifts: Mapping[str, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """``[encoder(obs, shifts) for encoder in encoders]`` for copies of one encoder (the online and the target
+    critic's). With a frozen backbone each image key's feature map is read once: every copy's spatial embedding
+    pools it in the same product (:func:`~hilrl.policies.pretrained.spatial_embeddings`), and a raw frame goes
+    through the backbone once."""
+    first = encoders[0]
+    if len(encoders) == 1 or first.frame_encoder is None:
+        return [encoder(obs, shifts) for encoder in encoders]
+    parts = [[] if state is None else [state] for state in (e._state_features(obs) for e in encoders)]
+    for key in first.image_keys:
+        maps = first._image_input(obs, key, shifts)
+        for part, features in zip(parts, spatial_embeddings([e.cnns[key] for e in encoders], maps)):
+            part.append(features)
+    return [part[0] if len(part) == 1 else torch.cat(part, dim=-1) for part in parts]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -316,3 +316,18 @@ class SpatialEmbedding(nn.Module):
         # one (B, h*w) @ (h*w, K) product per channel, as a batched matmul over channels, transposed
         pooled = _SpatialPool.apply(features.flatten(2), self.kernel)  # (C, K, B)
         return self.project(pooled.reshape(-1, batch).t())  # (B, C * K), column c * K + k
+
+
+def spatial_embeddings(heads: Sequence[SpatialEmbedding], features: torch.Tensor) -> list[torch.Tensor]:
+    """``[head(features) for head in heads]`` for heads of one shape (e.g. an online and a target critic's),
+    pooled in one product with their kernels side by side: the feature map is read once, not once per head."""
+    if len(heads) == 1:
+        return [heads[0](features)]
+    batch = features.shape[0]
+    pooled = _SpatialPool.apply(features.flatten(2), torch.cat([head.kernel for head in heads], dim=2))
+    out, first = [], 0
+    for head in heads:  # each head's (C, K, B) rows: copied to (C * K, B), read transposed by its projection
+        count = head.kernel.shape[2]
+        out.append(head.project(pooled[:, first:first + count].reshape(-1, batch).t()))
+        first += count
+    return out

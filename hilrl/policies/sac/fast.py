@@ -9,6 +9,10 @@
 * ``cpu_fused_update``: the whole update as one C++ call, forward and backward passes written out, no
   autograd (``csrc/sac_update.cpp``; :class:`CppUpdate`).
 
+Not an option: with cached fp16 feature maps (``images.encoder: efficientnet_lite0``) on the CPU, their random
+shift and float32 conversion run as one C++ pass wherever the extensions build (``csrc/shift_maps.cpp``;
+:func:`shift_feature_maps_to_float`), else as torch's gather: the same numbers.
+
 The C++ sources are real files under ``csrc/`` (shipped as package data): the LayerNorm+ReLU row kernels
 once, in ``csrc/ln_relu_rows.h``, included by both extensions. One helper builds and loads them
 (:func:`load_extension`: ``torch.utils.cpp_extension.load``, cached under ``TORCH_EXTENSIONS_DIR``, by
@@ -42,7 +46,7 @@ from torch import nn
 from hilrl.errors import HilrlError
 
 __all__ = ["CppUpdate", "GraphedUpdate", "UpdateParts", "compile_critic", "fused_bias_layer_norm_relu",
-           "has_cxx_compiler", "kernels_buildable", "load_extension"]
+           "has_cxx_compiler", "kernels_buildable", "load_extension", "shift_feature_maps_to_float"]
 
 CSRC = Path(__file__).with_name("csrc")
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd"]

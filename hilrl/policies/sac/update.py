@@ -18,7 +18,9 @@ transitions:
 3. One temperature step: minimise ``alpha * (-log pi - target_entropy)``.
 
 Image observations go through an encoder owned by the critic (critic gradients train it); the actor reads
-its features detached, as in DrQ/SERL (on the last slice, the features the last critic step encoded). Reference semantics: RLPD (Ball et al. 2023, "Efficient Online
+its features detached, as in DrQ/SERL (on the last slice, the features the last critic step encoded). ``s'`` goes
+through the online encoder (for ``a'``) and the target encoder together (:func:`~hilrl.policies.encoders.encode_many`:
+one pooling product per cached feature map for both). Reference semantics: RLPD (Ball et al. 2023, "Efficient Online
 Reinforcement Learning with Offline Data", ikostrikov/rlpd, ``rlpd/agents/sac/sac_learner.py``) and HIL-SERL
 (Luo et al. 2024, arXiv:2410.21845, rail-berkeley/hil-serl @ 5d02aed).
 
@@ -33,6 +35,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
+from hilrl.policies.encoders import encode_many
 
 TensorTree = dict[str, Any]
 # The learner (hilrl.policies.sac.agent.SAC), typed loosely so that this module need not import it (the agent
@@ -80,24 +84,27 @@ def regulariser(sac: SAC, obs: Mapping[str, torch.Tensor], actions: torch.Tensor
 
 @torch.no_grad()
 def next_actions(sac: SAC, next_obs: TensorTree, eps: torch.Tensor, shifts: TensorTree | None,
-                 temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``a' ~ pi(s')`` from the online actor and encoder, and the regulariser at ``(s', a')``."""
-    actions, log_prob = sac.actor.sample(sac.encoder(next_obs, shifts), eps)
+                 temperature: torch.Tensor, features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a' ~ pi(s')`` from the online actor and encoder (``features``: ``next_obs`` already encoded by it), and
+    the regulariser at ``(s', a')``."""
+    features = sac.encoder(next_obs, shifts) if features is None else features
+    actions, log_prob = sac.actor.sample(features, eps)
     return actions, regulariser(sac, next_obs, actions, log_prob, temperature)
 
 
 @torch.no_grad()
 def critic_target(sac: SAC, rewards: torch.Tensor, mask: torch.Tensor, next_obs: TensorTree,
                   next_actions: torch.Tensor, next_reg: torch.Tensor, members: torch.Tensor | None,
-                  shifts: TensorTree | None = None) -> torch.Tensor:
-    """``r + gamma * mask * (min_{i in members} Q'_i(s', a') - next_reg)``.
+                  shifts: TensorTree | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+    """``r + gamma * mask * (min_{i in members} Q'_i(s', a') - next_reg)`` (``features``: ``next_obs`` already
+    encoded by the target encoder).
 
     ``next_reg`` is subtracted only with ``backup_entropy``; ``mask`` is ``1 - terminated``. With
     ``variants.bc_proposal`` the BC prior's action at ``s'`` is bootstrapped from where it is worth more (IBRL);
     with ``variants.target_bounds`` the target is clipped to them.
     """
     cfg = sac.config
-    features = sac.target["encoder"](next_obs, shifts)
+    features = sac.target["encoder"](next_obs, shifts) if features is None else features
     if cfg.num_min_critics == cfg.num_critics:
         members = None  # the min over every member, whatever their order: no copy of the chosen weights
     next_q = sac.target_q(features, next_actions, members).min(dim=0).values
@@ -153,12 +160,18 @@ def rlpd_update(sac: SAC, batch: TensorTree, noise: TensorTree) -> TensorTree:
         part = slice(k * batch_size, (k + 1) * batch_size)
         obs, next_obs = _slice(batch["obs"], part), _slice(batch["next_obs"], part)
         part_next_shift = None if next_shift is None else _slice(next_shift, part)
+        next_features = target_features = None
         if sac.encoder_trains:
-            next_a, next_reg = next_actions(sac, next_obs, noise["next_eps"][part], part_next_shift, temperature)
+            # s' through the online encoder (for a') and the target encoder, in one pass over its images
+            with torch.no_grad():
+                next_features, target_features = encode_many([sac.encoder, sac.target["encoder"]], next_obs,
+                                                             part_next_shift)
+            next_a, next_reg = next_actions(sac, next_obs, noise["next_eps"][part], part_next_shift, temperature,
+                                            next_features)
         else:
             next_a, next_reg = all_next_actions[part], all_next_reg[part]
         target_q = critic_target(sac, batch["rewards"][part], mask[part], next_obs, next_a, next_reg,
-                                 noise["members"][k], part_next_shift)
+                                 noise["members"][k], part_next_shift, target_features)
         with torch.set_grad_enabled(sac.encoder_trains):
             features = sac.encoder(obs, None if obs_shift is None else _slice(obs_shift, part))
         q = sac.critic_q(features, batch["actions"][part])
