@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml
 	@# here (about a minute each) so no run or test waits on them
 	$(PY) -c "from hilrl.policies.sac import fast; fast.kernels_buildable() or fast.load_layer_norm()"
 	$(PY) -c "from hilrl.policies.sac import fast; fast.kernels_buildable() or fast.load_sac_update()"
+	$(PY) -c "from hilrl.policies.sac import fast; fast.kernels_buildable() or fast.load_shift_maps()"
 	touch $(STAMP)
 
 install: system-deps $(STAMP)
