@@ -196,14 +196,21 @@ def test_an_unknown_encoder_is_refused_naming_the_choices():
 
 
 @needs_weights
-def test_shifting_the_cached_maps_once_encodes_as_shifting_them_in_each_encoding():
+@pytest.mark.parametrize("cpp", [True, False], ids=["cpp_pass", "torch_gather"])
+def test_shifting_the_cached_maps_once_encodes_as_shifting_them_in_each_encoding(cpp, monkeypatch):
     """The update shifts each cached feature map once and encodes it several times: the same features as the
-    encoder's own shift (replicate padding of one cell, then a crop)."""
+    encoder's own shift (replicate padding of one cell, then a crop), by the C++ pass or, where no extension
+    builds, by torch's gather."""
     import gymnasium as gym
     import torch
 
     from hilrl.policies.encoders import ObservationEncoder
     from hilrl.policies.pretrained import FrozenImageEncoder
+    from hilrl.policies.sac import fast
+
+    if cpp and fast.kernels_buildable() is not None:
+        pytest.skip(f"the C++ extensions need {fast.kernels_buildable()}")
+    monkeypatch.setattr(fast, "_shift_buildable", cpp)
 
     space = gym.spaces.Dict({"front": gym.spaces.Box(0, 255, (64, 64, 3), np.uint8),
                              "ee_pos": gym.spaces.Box(-1, 1, (3,), np.float32)})
