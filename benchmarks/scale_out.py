@@ -10,6 +10,8 @@ checkpoint to the last, so process start-up, Ray's start and the final evaluatio
 
 * collection: ``train.learning_starts = train.steps``: no row updates (the learner is throttled equally, to 0), so
   the figure is how fast acting and carrying transitions goes; the goal is 2 Ray actors >= 1.6x one Ray actor.
+  Each collection row is the median of ``--repeats`` runs (their range beside it): one run of a row varied by up
+  to 2x between runs on this machine (a 2-actor Ray row gave 1160 and 2254 env steps/s minutes apart).
 * updates: 1000 env steps, ``runtime.max_update_ratio: null`` (the learner updates freely, HIL-SERL's way)
   after 100 steps, with the env steps/s collected meanwhile; the local loop updates once per step, as it always does.
 * transport: one 64-step batch of Reach's transitions (msgpack + raw numpy, the actors' wire format) sent and
@@ -25,12 +27,16 @@ import argparse
 import multiprocessing
 import os
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import yaml
@@ -215,21 +221,51 @@ def sweep_walls(workdir: Path, steps: int, seeds: list[int]) -> dict[str, float]
         list(pool.map(pool_run, [str(config)] * len(seeds), seeds,
                       [str(workdir / "pool" / f"seed_{s}") for s in seeds]))
     walls["plain process pool (2 workers)"] = time.perf_counter() - started
-    for backend in ("local", "ray"):
+    def sweep(name: str, *options: str) -> None:
         command = [sys.executable, "-m", "hilrl.cli", "sweep", str(config), "--seeds", *map(str, seeds), "--out",
-                   str(workdir / f"sweep_{backend}"), "--backend", backend, "--workers", "2"]
+                   str(workdir / f"sweep_{len(walls)}"), "--workers", "2", *options]
         started = time.perf_counter()
         result = subprocess.run(command, env=ENV, capture_output=True, text=True)
         if result.returncode:
-            raise SystemExit(f"hilrl sweep --backend {backend} failed\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
-        walls[f"hilrl sweep --backend {backend} (2 workers)"] = time.perf_counter() - started
+            raise SystemExit(f"{name} failed\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+        walls[name] = time.perf_counter() - started
+
+    sweep("hilrl sweep --backend local (2 workers)", "--backend", "local")
+    sweep("hilrl sweep --backend ray (2 workers)", "--backend", "ray")  # starts and stops a local Ray
+    with running_cluster(cpus=2) as address:  # the README's way: `ray start --head` once, then many sweeps
+        sweep("hilrl sweep --backend ray --address", "--backend", "ray", "--address", address)
     return walls
+
+
+@contextmanager
+def running_cluster(cpus: int) -> Iterator[str]:
+    """`ray start --head --block` on loopback (a free port, its own temp folder), stopped after the block."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="so-", dir="/tmp")  # short: Ray's socket paths must fit 107 characters
+    head = subprocess.Popen(["ray", "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                             "--num-cpus", str(cpus), "--include-dashboard", "false", "--temp-dir", temp, "--block"],
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            executable=str(Path(sys.executable).parent / "ray"))
+    deadline = time.monotonic() + 90
+    while not list(Path(temp).glob("session_latest/logs/raylet.out")):
+        if head.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit("ray start --head did not come up")
+        time.sleep(0.5)
+    time.sleep(2)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        head.send_signal(signal.SIGTERM)  # --block: stops what it started
+        head.wait(60)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer steps, no 4-actor row")
     parser.add_argument("--steps", type=int, default=None, help="env steps of each collection run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per collection row (their median is shown)")
     parser.add_argument("--parts", nargs="+", default=["runs", "transport", "sweep"],
                         choices=["runs", "transport", "sweep"], help="which tables")
     args = parser.parse_args()
@@ -242,21 +278,25 @@ def main() -> None:
     print(f"work folder: {workdir}\n")
 
     update_steps = 600 if args.quick else 1000
-    print(f"collection ({steps} env steps each, no updates: learning_starts = steps) and updates "
+    print(f"collection ({steps} env steps each, no updates: learning_starts = steps; median of {args.repeats} runs) "
+          f"and updates "
           f"({update_steps} env steps, updates after 100, max_update_ratio null)")
-    print(f"{'runtime':<16} {'env steps/s':>12} {'vs 1 Ray actor':>15} {'updates/s':>10} {'env steps/s':>12} "
-          f"{'wall s':>8}")
+    print(f"{'runtime':<16} {'env steps/s':>12} {'(range)':>12} {'vs 1 Ray actor':>15} {'updates/s':>10} "
+          f"{'env steps/s':>12} {'wall s':>8}")
     collected: dict[str, float] = {}
     for name, runtime in rows(actors) if "runs" in args.parts else []:
-        rate, _, wall = train_row(experiment(steps, steps, runtime), workdir / f"collect_{len(collected)}")
+        repeats = [train_row(experiment(steps, steps, runtime), workdir / f"collect_{len(collected)}_{i}")
+                   for i in range(args.repeats)]
+        rate, wall = float(np.median([r[0] for r in repeats])), sum(r[2] for r in repeats)
+        spread = f"{min(r[0] for r in repeats):.0f}-{max(r[0] for r in repeats):.0f}"
         collected[name] = rate
         updates_runtime = runtime if runtime == "local" else {**runtime, "max_update_ratio": None}
         step_rate, update_rate, wall2 = train_row(experiment(update_steps, 100, updates_runtime),
                                                   workdir / f"update_{len(collected)}")
         base = collected.get("Ray, 1 actor")
         ratio = f"{rate / base:.2f}x" if base else "-"
-        print(f"{name:<16} {rate:>12.0f} {ratio:>15} {update_rate:>10.1f} {step_rate:>12.0f} {wall + wall2:>8.0f}",
-              flush=True)
+        print(f"{name:<16} {rate:>12.0f} {spread:>12} {ratio:>15} {update_rate:>10.1f} {step_rate:>12.0f} "
+              f"{wall + wall2:>8.0f}", flush=True)
     if collected:
         two = collected["Ray, 2 actors"] / collected["Ray, 1 actor"]
         print(f"goal: 2 Ray actors collect >= 1.6x one: {two:.2f}x -> {'met' if two >= 1.6 else 'missed'}")
@@ -279,7 +319,8 @@ def main() -> None:
         print(f"  {name:<40} {wall:7.1f} s   {wall / base:.2f}x   {(wall - base) / len(seeds):+6.1f} s per run")
     ray_ratio = walls["hilrl sweep --backend ray (2 workers)"] / base
     print(f"goal: a 3-seed sweep on Ray <= 1.1x the local pool's wall: {ray_ratio:.2f}x -> "
-          f"{'met' if ray_ratio <= 1.1 else 'missed'}")
+          f"{'met' if ray_ratio <= 1.1 else 'missed'} (a Ray started by the sweep); on a cluster started before: "
+          f"{walls['hilrl sweep --backend ray --address'] / base:.2f}x")
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
