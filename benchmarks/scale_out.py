@@ -1,7 +1,7 @@
 """Scale-out: env steps/s collected and learner updates/s with 1, 2, 4 Ray actors vs the ZMQ actor/learner vs the
 local loop, one transition batch through ZMQ vs through a Ray call, and a sweep's wall time on Ray vs the local pool.
 
-    python benchmarks/scale_out.py                 # the issue's table, ~8 min on 2 shared cores
+    python benchmarks/scale_out.py                 # the issue's table, ~12 min on 2 quiet cores
     python benchmarks/scale_out.py --quick         # fewer steps and rows, for a look
 
 Every run is `hilrl train` on Reach (state, SAC) as a user runs it, in its own process. Rates are read from the run
