@@ -219,11 +219,13 @@ def test_shifting_the_cached_maps_once_encodes_as_shifting_them_in_each_encoding
     obs = {"front": maps, "ee_pos": torch.zeros(5, 3)}
     shifts = {"front": torch.randint(0, 3, (5, 2))}
     with torch.no_grad():
-        torch.testing.assert_close(encoder(encoder.shift_feature_maps(obs, shifts)), encoder(obs, shifts))
+        shift = fast.shift_feature_maps_to_float  # what the SAC update passes
+        torch.testing.assert_close(encoder(encoder.shift_feature_maps(obs, shifts, shift_to_float=shift)),
+                                   encoder(obs, shifts))
         # into memory kept under a name (as the update does): written over by the next call with that name
-        first = encoder.shift_feature_maps(obs, shifts, reuse="obs")["front"]
+        first = encoder.shift_feature_maps(obs, shifts, "obs", shift)["front"]
         torch.testing.assert_close(encoder({**obs, "front": first}), encoder(obs, shifts))
-        again = encoder.shift_feature_maps(obs, {"front": torch.ones(5, 2, dtype=torch.long)}, reuse="obs")
+        again = encoder.shift_feature_maps(obs, {"front": torch.ones(5, 2, dtype=torch.long)}, "obs", shift)
         assert again["front"] is first and torch.equal(first, maps.float())
         centred = {"front": torch.ones(5, 2, dtype=torch.long)}
         torch.testing.assert_close(encoder(obs, centred), encoder(obs))

@@ -24,7 +24,7 @@ targets stay consistent. RLPD itself feeds raw states; this is our departure.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -86,14 +86,6 @@ def random_shift(images: torch.Tensor, shifts: torch.Tensor, pad: int, out: torc
         return flat.gather(2, index).reshape(batch, channels, height, width)
     torch.gather(flat, 2, index, out=out.view(batch, channels, height * width))
     return out
-
-
-def _shift_in_cpp(maps: torch.Tensor, shifts: torch.Tensor, pad: int, out: torch.Tensor) -> bool:
-    """:func:`random_shift` of fp16 CPU maps into float32 ``out`` in one C++ pass, where the extensions build here
-    (``hilrl.policies.sac.fast.shift_feature_maps_to_float``); ``False`` otherwise."""
-    from hilrl.policies.sac import fast  # (imported here: the sac package imports this module)
-
-    return fast.shift_feature_maps_to_float(maps, shifts, pad, out)
 
 
 class ConvEncoder(nn.Module):
@@ -202,7 +194,8 @@ class ObservationEncoder(nn.Module):
         return bool(self.image_keys)
 
     def shift_feature_maps(self, obs: Mapping[str, torch.Tensor], shifts: Mapping[str, torch.Tensor],
-                           reuse: str | None = None) -> dict[str, torch.Tensor]:
+                           reuse: str | None = None, shift_to_float: Callable[..., bool] | None = None
+                           ) -> dict[str, torch.Tensor]:
         """``obs`` with each cached feature map randomly shifted (``frame_encoder`` only): ``forward(obs, shifts)``
         equals ``forward(shift_feature_maps(obs, shifts))``, so an update that encodes the same batch several
         times (critic and actor steps) shifts it once.
@@ -211,6 +204,10 @@ class ObservationEncoder(nn.Module):
         name and sizes writes over it (an update shifts its obs and its next_obs under two names). On a CPU, fresh
         memory for a batch of maps costs more than filling it (page faults: about 1 ms per 5 MB here). Autograd
         refuses a backward pass through maps written over since.
+
+        ``shift_to_float(maps, shifts, pad, out) -> bool`` shifts fp16 CPU maps into float32 ``out`` in one pass and
+        says whether it could (the SAC update passes :func:`hilrl.policies.sac.fast.shift_feature_maps_to_float`,
+        C++ where the extensions build); otherwise, or when it cannot, torch's gather, the same numbers.
         """
         if self.frame_encoder is None:
             raise HilrlError("shift_feature_maps: this encoder has no frozen backbone; pass shifts to forward")
@@ -221,7 +218,8 @@ class ObservationEncoder(nn.Module):
             maps, name = obs[key], None if reuse is None else f"{reuse}/{key}"
             if maps.dtype == torch.float16:  # as stored
                 out[key] = self._workspace(name, "float32", maps.shape, torch.float32, maps.device)
-                if maps.device.type == "cpu" and _shift_in_cpp(maps, shifts[key], self.image_pad, out[key]):
+                if maps.device.type == "cpu" and shift_to_float is not None and shift_to_float(
+                        maps, shifts[key], self.image_pad, out[key]):
                     continue
                 # gather the 2-byte values as integers (torch's CPU gather is slower on float16), then convert
                 # the shifted maps to float32 once

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from hilrl.policies.encoders import encode_many
+from hilrl.policies.sac import fast
 
 TensorTree = dict[str, Any]
 # The learner (hilrl.policies.sac.agent.SAC), typed loosely so that this module need not import it (the agent
@@ -147,8 +148,9 @@ def rlpd_update(sac: SAC, batch: TensorTree, noise: TensorTree) -> TensorTree:
         # cached feature maps (a frozen backbone): shift them once here, the same shifts every encoding below
         # would apply (obs: critic and actor steps; next_obs: next actions and target)
         # (into memory the encoder keeps for the two: the previous update's backward pass is done by now)
-        batch = {**batch, "obs": sac.encoder.shift_feature_maps(batch["obs"], obs_shift, reuse="obs"),
-                 "next_obs": sac.encoder.shift_feature_maps(batch["next_obs"], next_shift, reuse="next_obs")}
+        shift = fast.shift_feature_maps_to_float  # fp16 -> float32 and the shift in one C++ pass where it builds
+        batch = {**batch, "obs": sac.encoder.shift_feature_maps(batch["obs"], obs_shift, "obs", shift),
+                 "next_obs": sac.encoder.shift_feature_maps(batch["next_obs"], next_shift, "next_obs", shift)}
         obs_shift = next_shift = None
 
     # ---- 1. utd critic steps, each on its own slice, each followed by Polyak averaging
