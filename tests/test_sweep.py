@@ -135,6 +135,7 @@ def test_a_grid_refuses_two_cells_writing_one_folder(tmp_path):
         run_grid(cells[:1], backend="slurm")
 
 
+@pytest.mark.slow  # 45 s; the grid runner itself is tested above on both backends
 def test_sample_efficiency_benchmark_runs_its_grid_through_the_sweep_runner_and_continues(tmp_path):
     command = [sys.executable, "benchmarks/sample_efficiency.py", "--seeds", "0", "--steps", "200", "--eval-every",
                "200", "--eval-episodes", "2", "--demos", "2", "--set", "demos.bc_rollouts=0", "--set",
