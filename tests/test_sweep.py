@@ -96,7 +96,8 @@ def tiny_reach(**algo) -> dict:
     return raw
 
 
-@pytest.mark.parametrize("backend", ["local", "ray"])
+# ray (35 s) is slow-marked; a sweep on Ray stays in CI through tests/test_ray.py (the cluster sweep test)
+@pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.slow)])
 def test_a_benchmark_grid_runs_its_cells_names_a_failed_one_and_skips_finished_ones_when_run_again(
         tmp_path, monkeypatch, backend):
     if backend == "ray":
