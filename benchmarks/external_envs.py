@@ -38,9 +38,10 @@ from pathlib import Path
 
 import yaml
 
+from grids import add_grid_options, end_grid
 from machine import describe_machine
 
-from hilrl.runtime.sweep import BACKENDS, GridCell, grid_report, run_grid
+from hilrl.runtime.sweep import GridCell, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ROOT / "sim_configs/gym_hil_pick_cube.yaml"
@@ -164,10 +165,7 @@ def main() -> None:
                         help="also a plain-Box gymnasium env (default InvertedPendulum-v5)")
     parser.add_argument("--plain-target", type=float, default=950.0, help="mean return that counts as solved")
     parser.add_argument("--only-plain", action="store_true", help="only the plain env (implies --plain)")
-    parser.add_argument("--workers", type=int, default=1, help="runs at once (local pool; a local Ray's CPUs)")
-    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local process pool or Ray tasks")
-    parser.add_argument("--address", default=None, help="--backend ray: the cluster (default RAY_ADDRESS, else a "
-                        "local Ray)")
+    add_grid_options(parser, workers=1)
     parser.add_argument("--rows", type=Path, default=None, help="append each finished run here (JSON lines)")
     parser.add_argument("--out", type=Path, default=Path("runs/external_envs"))
     args = parser.parse_args()
@@ -188,11 +186,7 @@ def main() -> None:
     import mujoco
 
     print("machine:", describe_machine(f"mujoco {mujoco.__version__}"))
-    report = grid_report(records)
-    if report:
-        print("\n" + report)
-    if len(results) < len(records):
-        raise SystemExit(1)
+    end_grid(records)
 
 
 if __name__ == "__main__":

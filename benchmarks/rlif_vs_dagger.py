@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from grids import add_grid_options, end_grid
 from machine import describe_machine
 from train_reference_critic import OBS_KEYS, ensure_reference
 
-from hilrl.runtime.sweep import BACKENDS, GridCell, grid_report, run_grid
+from hilrl.runtime.sweep import GridCell, run_grid
 
 # the RL methods learn with the few-demo recipe that learns PickCube from 10 demos (its algo section, and its
 # demo cut and BC rollouts); not its add_successes, which would read the task's success flag that RLIF discards
@@ -100,10 +101,7 @@ def main() -> None:
     parser.add_argument("--experts", nargs="+", type=float, default=None, metavar="SUCCESS",
                         help="expert qualities to run, by their success (keys of NOISE_FOR_SUCCESS, e.g. 0.4); "
                         "default all")
-    parser.add_argument("--workers", type=int, default=1, help="runs at once (local pool; a local Ray's CPUs)")
-    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local process pool or Ray tasks")
-    parser.add_argument("--address", default=None, help="--backend ray: the cluster (default RAY_ADDRESS, else a "
-                        "local Ray)")
+    add_grid_options(parser, workers=1)
     parser.add_argument("--out", type=Path, default=Path("runs/rlif_vs_dagger"))
     args = parser.parse_args()
 
@@ -152,11 +150,7 @@ def main() -> None:
                 print(f"| {task} | {quality:.0%} | {margin:+.2f} | {seeds} |")
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print("machine:", describe_machine())
-    report = grid_report(records)
-    if report:
-        print("\n" + report)
-    if len(rows) < len(records):
-        raise SystemExit(1)
+    end_grid(records)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from grids import add_grid_options, end_grid
 from machine import describe_machine
 
-from hilrl.runtime.sweep import BACKENDS, GridCell, grid_report, run_grid
+from hilrl.runtime.sweep import GridCell, run_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 OURS = ROOT / "sim_configs/pick_cube_few_demos.yaml"
@@ -178,10 +179,7 @@ def main() -> None:
     parser.add_argument("--demos", type=int, default=10, help="expert demos for ours (the issue: 10)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change our config")
     parser.add_argument("--no-sb3", dest="sb3", action="store_false", help="skip the SB3 baseline")
-    parser.add_argument("--workers", type=int, default=2, help="jobs at once (local pool; a local Ray's CPUs)")
-    parser.add_argument("--backend", choices=BACKENDS, default="local", help="local process pool or Ray tasks")
-    parser.add_argument("--address", default=None, help="--backend ray: the cluster (default RAY_ADDRESS, else a "
-                        "local Ray)")
+    add_grid_options(parser, workers=2, what="jobs")
     parser.add_argument("--out", type=Path, default=Path("runs/sample_efficiency"))
     args = parser.parse_args()
 
@@ -215,11 +213,7 @@ def main() -> None:
           + (" (Ray)" if args.backend == "ray" else ""))
     print("command:", shlex.join([Path(sys.executable).name, *sys.argv]))
     print("machine:", describe_machine())
-    report = grid_report(records)
-    if report:
-        print("\n" + report)
-    if len(results) < len(records):
-        raise SystemExit(1)
+    end_grid(records)
 
 
 if __name__ == "__main__":
