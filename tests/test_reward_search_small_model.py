@@ -28,6 +28,12 @@ EXTRA_ARGUMENT = program("    return -np.abs(action[:, 0]) * t, {}", "obs, actio
 LOST_AXIS = program("    object = next_obs['object']\n"
                     "    distance = np.linalg.norm(next_obs['ee_pos'] - object)\n"
                     "    return -distance, {'distance': distance}")
+# Qwen's best program of a Reach search (it retrained to 0%): `ee_pos[0]` is the batch's first row, and a norm
+# without axis one number for the batch, so each row's reward depends on the rows sampled with it
+ROWS_MIXED = program("    ee_pos = next_obs['ee_pos']\n"
+                     "    distance = np.linalg.norm(next_obs['object'] - ee_pos, axis=-1)\n"
+                     "    moved = np.linalg.norm(ee_pos - ee_pos[0])\n"
+                     "    return np.exp(-distance / 0.1) + np.exp(-moved / 0.05), {'moved': moved}")
 SYNTAX_ERROR = "```python\ndef compute_reward(obs, action, next_obs)\n    return 0\n```"
 GOOD = program("    object = next_obs['object']\n"
                "    distance = np.linalg.norm(next_obs['ee_pos'] - object, axis=-1)\n"
@@ -54,7 +60,7 @@ def read(path):
 
 
 def test_each_mistake_is_fed_back_with_its_fix_and_the_next_iteration_sees_a_failed_sample(tmp_path):
-    script = [[ROWS_UNPACKED], [EXTRA_ARGUMENT], [LOST_AXIS], [SYNTAX_ERROR], [SYNTAX_ERROR], [SYNTAX_ERROR]]
+    script = [[ROWS_UNPACKED], [EXTRA_ARGUMENT], [LOST_AXIS], [ROWS_MIXED], [SYNTAX_ERROR], [SYNTAX_ERROR]]
     with ScriptedServer(script) as server:
         done = search(tmp_path, server, "--samples", "3", "--iterations", "2", "--steps", "100")
         requests = server.requests
@@ -67,6 +73,8 @@ def test_each_mistake_is_fed_back_with_its_fix_and_the_next_iteration_sees_a_fai
     assert "the extra argument(s) 't', but it is called as compute_reward(obs, action, next_obs)" in feedback[1]
     assert "is a single number, the same for every row" in feedback[2] and "miss axis=-1?" in feedback[2]
     assert "refused before running: line 4: `dx, dy, dz, gripper = action` unpacks" in done.stderr  # the table
+    mixed = (tmp_path / "search" / "iter_1" / "sample_0" / "feedback.txt").read_text()
+    assert "of a row changes with the other rows of its batch" in mixed and "x[0]" in mixed
 
     # iteration 1 is shown the sample that ran furthest (a runtime error) and its feedback, not the same prompt
     first, second = requests[0]["messages"], requests[3]["messages"]

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from hilrl.llm.sandbox import CodeError, Sandbox, SandboxError, SandboxLimits, check_code
+from hilrl.llm.sandbox import CodeError, Sandbox, SandboxError, SandboxLimits, check_code, check_row_by_row
 
 LIMITS = SandboxLimits(cpu_s=2.0, wall_s=10.0, memory_mb=1024)
 
@@ -183,3 +183,28 @@ def test_an_answer_is_made_ready_as_eurekas_loop_does_before_it_runs():
     cut_off = "```python\nimport numpy as np\n\ndef compute_reward(obs, action, next_obs):\n    return -action[:, 0]"
     assert extract_code(cut_off) == "import numpy as np\n\ndef compute_reward(obs, action, next_obs):\n" \
                                     "    return -action[:, 0]\n"
+
+
+@pytest.mark.parametrize("body", [
+    "return -np.linalg.norm(next_obs['ee_pos'] - next_obs['ee_pos'][0], axis=-1), {}",  # the first row, not a column
+    "d = np.linalg.norm(next_obs['ee_pos'] - next_obs['object'], axis=-1)\nreturn -d / d.max(), {}",  # batch scale
+    "d = np.linalg.norm(next_obs['ee_pos'] - next_obs['object'], axis=-1)\n"
+    "return -d, {'spread': d - np.mean(d)}",  # a component, not the total
+])
+def test_a_reward_whose_rows_depend_on_each_other_is_refused_with_the_usual_causes(body):
+    with Sandbox(reward_code(body), LIMITS) as sandbox, pytest.raises(SandboxError) as failed:
+        check_row_by_row(sandbox, *rows())
+    assert "changes with the other rows of its batch" in failed.value.message
+    assert "np.linalg.norm / np.sum / np.mean / np.max without axis=-1" in failed.value.message
+
+
+def test_a_row_by_row_reward_passes_the_check_and_gives_the_batchs_values():
+    code = reward_code("""
+        distance = np.linalg.norm(next_obs["ee_pos"] - next_obs["object"], axis=-1)
+        return -distance + 0.5, {"distance": distance, "bonus": 0.5}
+    """)
+    with Sandbox(code, LIMITS) as sandbox:
+        reward, parts = check_row_by_row(sandbox, *rows())
+    obs, _, _ = rows()
+    np.testing.assert_allclose(reward, 0.5 - np.linalg.norm(obs["ee_pos"] - obs["object"], axis=-1), rtol=1e-6)
+    assert set(parts) == {"distance", "bonus"}

@@ -66,7 +66,7 @@ from hilrl.config import is_hilrl_task
 from hilrl.errors import HilrlError
 from hilrl.llm.providers import LLM
 from hilrl.llm.reward_code import extract_code
-from hilrl.llm.sandbox import CodeError, Sandbox, SandboxError, check_code
+from hilrl.llm.sandbox import CodeError, Sandbox, SandboxError, check_code, check_row_by_row
 from hilrl.llm.tasks import task_text
 from hilrl.apps.candidates import CandidateJob, CandidatePool, default_workers, run_jobs
 
@@ -306,7 +306,7 @@ class RewardSearch:
         try:
             check_code(code)
             with Sandbox(code) as sandbox:
-                sandbox(*self.probe())
+                check_row_by_row(sandbox, *self.probe())
             status = {"status": "valid"}
         except CodeError as exc:  # Eureka: a sample that does not parse is skipped
             status = {"status": "unparsable", "error": str(exc), "problems": exc.problems}

@@ -51,7 +51,7 @@ import numpy as np
 from hilrl.errors import HilrlError
 from hilrl.llm._sandbox_worker import SAFE_BUILTINS, TYPING_NAMES
 
-__all__ = ["ALLOWED_IMPORTS", "CodeError", "Sandbox", "SandboxError", "SandboxLimits", "check_code"]
+__all__ = ["ALLOWED_IMPORTS", "CodeError", "Sandbox", "SandboxError", "SandboxLimits", "check_code", "check_row_by_row"]
 
 ALLOWED_IMPORTS = ("math", "numpy", "typing")  # typing: a few names for annotations (TYPING_NAMES)
 WORKER = Path(__file__).with_name("_sandbox_worker.py")
@@ -445,3 +445,56 @@ class Sandbox:
         if scores is None or scores.shape != (len(texts),):
             raise SandboxError("crash", "the worker sent a malformed reply")
         return scores
+
+
+def check_row_by_row(sandbox: Sandbox, obs: dict[str, np.ndarray], action: np.ndarray,
+                     next_obs: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Run the code on a batch and on each half of it (every other row, in reverse order); each row must get the
+    same reward and components every time. A value computed across rows (``ee_pos[0]``, the first row where a column was
+    meant; ``np.linalg.norm``/``np.sum``/``np.mean`` without ``axis=-1`` added to a per-row term; the batch's own
+    statistics) passes every shape check and trains on noise: the reward of a transition then depends on which
+    other transitions were sampled with it. Qwen2.5-Coder-1.5B wrote ``np.linalg.norm(ee_pos - ee_pos[0])``
+    in the best program of a Reach search, which retrained to 0% success.
+
+    Returns:
+        the whole batch's reward and components (what ``sandbox(...)`` returns).
+
+    Raises:
+        SandboxError: (``runtime``) a row's values differ between the two batches, the message written for the LLM.
+    """
+    reward, parts = sandbox(obs, action, next_obs)
+    n = len(action)
+    if n < 4:
+        return reward, parts
+    for rows in (np.arange(n)[::-2], np.arange(n)[-2::-2]):  # both halves: a batch maximum is missing from one
+        sub_reward, sub_parts = sandbox({k: np.asarray(v)[rows] for k, v in obs.items()}, np.asarray(action)[rows],
+                                        {k: np.asarray(v)[rows] for k, v in next_obs.items()})
+        for name, whole, part in [("the total reward", reward, sub_reward),
+                                  *((f"component {key!r}", parts[key], sub_parts.get(key)) for key in parts)]:
+            if part is not None and np.allclose(whole[rows], part, rtol=1e-4, atol=1e-6):
+                continue
+            row = 0 if part is None else int(np.argmax(np.abs(whole[rows] - part)))
+            seen = "" if part is None else (f" (row {int(rows[row])}: {float(whole[rows][row]):.6g} in a batch of "
+                                             f"{n}, {float(part[row]):.6g} in a batch of {len(rows)})")
+            raise SandboxError("runtime", (
+                f"{name} of a row changes with the other rows of its batch{seen}: some value is computed across "
+                "rows, not per row. Usual causes: x[0] or x[-1] (a row; a column is x[:, 0]), np.linalg.norm / "
+                "np.sum / np.mean / np.max without axis=-1 (one number for the whole batch), or scaling by the "
+                "batch's own min, max or mean. Compute every value of a row from that row's obs, action and "
+                "next_obs only."))
+    return reward, parts
+    sub_reward, sub_parts = sandbox({k: np.asarray(v)[rows] for k, v in obs.items()}, np.asarray(action)[rows],
+                                    {k: np.asarray(v)[rows] for k, v in next_obs.items()})
+    for name, whole, part in [("the total reward", reward, sub_reward),
+                              *((f"component {key!r}", parts[key], sub_parts.get(key)) for key in parts)]:
+        if part is None or not np.allclose(whole[rows], part, rtol=1e-4, atol=1e-6):
+            row = 0 if part is None else int(np.argmax(np.abs(whole[rows] - part)))
+            seen = "" if part is None else (f" (row {int(rows[row])}: {float(whole[rows][row]):.6g} in a batch of "
+                                             f"{len(action)}, {float(part[row]):.6g} in a batch of {len(rows)})")
+            raise SandboxError("runtime", (
+                f"{name} of a row changes with the other rows of its batch{seen}: some value is computed across "
+                "rows, not per row. Usual causes: x[0] or x[-1] (a row; a column is x[:, 0]), np.linalg.norm / "
+                "np.sum / np.mean / np.max without axis=-1 (one number for the whole batch), or scaling by the "
+                "batch's own min, max or mean. Compute every value of a row from that row's obs, action and "
+                "next_obs only."))
+    return reward, parts
