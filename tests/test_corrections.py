@@ -6,6 +6,7 @@ that change a parameter or add a rule, knowledge kept on disk and retrieved for 
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -21,9 +22,9 @@ from hilrl.envs.skills import SkillCall, SkillError, SkillRunner, task_objects
 from hilrl.envs.tasks.variants import variant
 from hilrl.llm.droc.corrections import corrected_value
 from hilrl.llm.droc.knowledge import KnowledgeBase
-from hilrl.llm.droc.planner import DrocPlanner, PlanError, Scene
+from hilrl.llm.droc.planner import DrocPlanner, PlanError, Scene, prompt
 from hilrl.llm.droc.retrieval import MiniLM, retrieve
-from hilrl.llm.droc.scripted import scripted_llm
+from hilrl.llm.droc.scripted import droc_responder, scripted_llm
 from hilrl.llm.providers import LLMConfig, OpenAICompatible
 from hilrl.llm.scripted_server import ScriptedServer
 from hilrl.apps.correction_sessions import CorrectionSession, ScriptedPerson, make_session_env
@@ -194,6 +195,69 @@ def test_the_knowledge_kept_is_what_the_corrections_taught(tmp_path):
     assert [(e.kind, e.skill, e.parameters) for e in outcome.distilled] == \
         [("skill", "grasp", {"height_offset": 0.02})], "no invented rule, no parameter nobody corrected"
 
+
+
+def qwen_like(first_plan, until=None):
+    """The DROC responder, except that a plan request gets ``first_plan`` (a plan Qwen2.5-Coder-1.5B wrote) until
+    ``until(prompt)`` says the prompt now holds what fixes it (default: the first plan request only)."""
+    asked = []
+
+    def respond(body):
+        text = body["messages"][-1]["content"]
+        if text.startswith("REQUEST: plan") and (until(text) if until else not asked):
+            asked.append(text)
+            return [json.dumps({"plan": first_plan})]
+        return droc_responder(body)
+    return respond
+
+
+def test_a_block_held_above_its_goal_point_is_seen_and_put_lower(tmp_path):
+    """Qwen2.5-Coder-1.5B, given a retrieved grasp entry, placed the block 4 cm above the goal (the height of the
+    plan prompt's example): every step reported ok, the task was not done, and the person had no words for it."""
+    plan = [{"skill": "grasp", "args": {"object": "block", "height_offset": 0.02}},
+            {"skill": "place", "args": {"target": "goal", "height": 0.04}}]
+    person = ScriptedPerson()
+    with ScriptedServer(qwen_like(plan)) as server:
+        llm = OpenAICompatible(LLMConfig(base_url=server.base_url, model="m", retries=0))
+        outcome = session("pick_tall", llm, person=person).run(variant("pick_tall"), seed=0)
+        classify = next(r for r in server.requests if "REQUEST: classify" in r["messages"][-1]["content"])
+    seen = re.compile(r"the block's centre is [34]\.\d cm above the goal")  # the place's 4 cm, less the sag
+    assert any(line.startswith("  every step ran but the task is not done") and seen.search(line)
+               for line in person.lines), person.lines
+    assert outcome.success and outcome.corrections == ["put the block lower, right at the goal"]
+    place = next(c for c in outcome.plan if c.skill == "place")
+    assert place.args["height"] == pytest.approx(0.0)
+    told = classify["messages"][-1]["content"]
+    assert "after it the task is not done" in told and seen.search(told), "the LLM is told why the attempt failed"
+
+
+def test_letting_go_of_a_block_held_in_the_air_becomes_a_rule_the_next_task_keeps(tmp_path):
+    """Qwen2.5-Coder-1.5B ended a hold-in-the-air plan with open_gripper (the plan prompt's example did): the
+    person says not to let go, DROC keeps that as a constraint, and the next task's plan gets it."""
+    plan = [{"skill": "grasp", "args": {"object": "block"}}, {"skill": "place", "args": {"target": "goal"}},
+            {"skill": "open_gripper", "args": {}}]
+    kb = KnowledgeBase(tmp_path / "kb")
+    with ScriptedServer(qwen_like(plan, until=lambda text: "let go" not in text)) as server:
+        llm = OpenAICompatible(LLMConfig(base_url=server.base_url, model="m", retries=0))
+        person = ScriptedPerson()
+        first = session("pick_cube", llm, kb=kb, person=person, retrieval="text").run(variant("pick_cube"), seed=0)
+        second = session("pick_cube", llm, kb=kb, retrieval="text").run(variant("pick_cube"), seed=5)
+    assert any("not in the gripper" in line for line in person.lines), person.lines
+    assert first.success and first.corrections == ["don't let go of the block, keep holding it at the goal"]
+    assert [c.skill for c in first.plan] == ["grasp", "place"]
+    assert [e.kind for e in first.distilled] == ["constraint"] and "let go" in first.distilled[0].text
+    assert [e.id for e in second.applied] == [first.distilled[0].id]
+    assert second.success and second.corrections == [], "round 2's first plan keeps the rule"
+
+
+def test_the_plan_prompts_example_ends_in_open_gripper_only_where_its_task_says_to_let_go():
+    """The example plan is copied by a small model: one that releases the object must come with a task that says
+    so, and the prompt says when open_gripper belongs in a plan (Qwen2.5-Coder-1.5B dropped a held block)."""
+    text = prompt("plan", description="d", objects="{}", skills="{}", constraints="[]", parameters="[]")
+    example = text[text.index("For example"):]
+    task = example[:example.index("an answer is")]
+    assert "open_gripper" not in example or "let go" in task, example
+    assert "open_gripper lets go of the held object" in text
 
 KILLED_SESSION = """
 import sys

@@ -49,6 +49,7 @@ class AttemptReport:
     plan: list[SkillCall]
     results: list[SkillResult]
     success: bool
+    end: str = ""  # where the task's object was left, when the task is not done (:meth:`CorrectionSession.end_state`)
 
     @property
     def failed_skill(self) -> str | None:
@@ -72,8 +73,13 @@ class Person(Protocol):
 
 # The right correction for each failure a person would see (task, failing skill), as the benchmark's person says it.
 # A value is the words, or (what the failure said, words) pairs checked in order.
+# The cues are in the skill's reason or in the attempt's end (``AttemptReport.end``): a plan that places the block
+# above its goal point, or lets go of it there, is what Qwen2.5-Coder-1.5B wrote after a retrieved grasp entry
+# (it copied the plan prompt's example, which ended in open_gripper); the person says what they see.
 CORRECTIONS: dict[tuple[str, str], str | list[tuple[str, str]]] = {
     ("PickCube", "grasp"): [("hit the block", "grasp it a bit higher"), ("closed on nothing", "grasp it a bit lower")],
+    ("PickCube", "place"): [("above the goal", "put the block lower, right at the goal")],
+    ("PickCube", "open_gripper"): "don't let go of the block, keep holding it at the goal",
     ("PegInsert", "place"): "lift the peg above the block before moving it over the hole",
     ("Push", "push"): "push it more slowly",
 }
@@ -106,7 +112,7 @@ class ScriptedPerson:
     def correction(self, report: AttemptReport) -> str | None:
         words = self.table.get((report.task_name, report.failed_skill or ""))
         if isinstance(words, list):
-            seen = " ".join(r.reason for r in report.results)
+            seen = " ".join([*(r.reason for r in report.results), report.end])
             words = next((said for cue, said in words if cue in seen), None)
         if words:
             self.said.append(words)
@@ -241,7 +247,7 @@ class CorrectionSession:
             words = words or self.person.correction(report)
             record = None
             while words is not None:
-                plan, record = self._correct(words, plan, report.results, scene, constraints, parameters, history)
+                plan, record = self._correct(words, plan, report, scene, constraints, parameters, history)
                 if record is not None:
                     break
                 words = self.person.correction(report)  # stopped: the arm holds; listen again
@@ -270,14 +276,37 @@ class CorrectionSession:
             if not result.ok:
                 break
         done = runner.success and len(results) == len(plan) and all(r.ok for r in results)
-        return AttemptReport(self.env.unwrapped.task_name, plan, results, done)
+        end = "" if done else self.end_state(plan, results)
+        if end and all(r.ok for r in results):
+            say(f"  every step ran but the task is not done: {end}")
+        return AttemptReport(self.env.unwrapped.task_name, plan, results, done, end)
 
-    def _correct(self, words: str, plan: list[SkillCall], results: list[SkillResult], scene: Scene,
+    def end_state(self, plan: list[SkillCall], results: list[SkillResult]) -> str:
+        """Where the task's object was left, as a person watching sees it: ``the block's centre is 4.0 cm above
+        the goal``, and ``, not in the gripper`` when a grasp held it and nothing holds it now. The object is the
+        first of the task's layout and its target the last (:func:`hilrl.envs.skills.task_objects`: block and
+        goal, peg and hole). Every step can run as asked with the task not done (a place 4 cm above a goal in
+        the air, an open_gripper after it), and then the skills' reasons alone do not say what went wrong."""
+        positions = self.runner.object_positions()
+        if len(positions) < 2:
+            return ""
+        names = list(positions)
+        thing, target = names[0], names[-1]
+        offset = positions[thing] - positions[target]
+        across = float(np.linalg.norm(offset[:2]))
+        side = "above" if offset[2] > across else "below" if -offset[2] > across else "away from"
+        text = f"the {thing}'s centre is {float(np.linalg.norm(offset)) * 100:.1f} cm {side} the {target}"
+        grasped = any(c.skill == "grasp" and r.ok for c, r in zip(plan, results))
+        return text + (", not in the gripper" if grasped and self.runner.held is None else "")
+
+    def _correct(self, words: str, plan: list[SkillCall], report: AttemptReport, scene: Scene,
                  constraints: list[str], parameters: list[dict[str, Any]],
                  history: list[dict[str, Any]]) -> tuple[list[SkillCall], dict[str, Any] | None]:
         """The plan after one correction, and its record (None for a stop)."""
-        say = self.person.show
+        say, results = self.person.show, report.results
         shown = [{"skill": c.skill, "ok": r.ok, "reason": r.reason} for c, r in zip(plan, results)]
+        if report.end and shown and all(r.ok for r in results):  # the steps' reasons do not say what is wrong
+            shown[-1]["reason"] += f"; after it the task is not done: {report.end}"
         kind = self.planner.classify(words, plan, shown)
         if kind.level == "stop":
             say("stopped; the arm holds")
