@@ -233,7 +233,8 @@ def part_droc(args) -> None:
                         session = CorrectionSession(env, DrocPlanner(llm), ScriptedPerson(), kb=kb,
                                                     retrieval=retrieval or "text", encoder=encoder)
                         try:
-                            outcome = session.run(task, seed=100 * round_ + index)
+                            # --seed N: another sequence, its scenes 1000 N apart (as corrections.py's --seeds)
+                            outcome = session.run(task, seed=1000 * args.seed + 100 * round_ + index)
                             got = len(outcome.corrections) if outcome.success else None
                         except Exception as exc:  # noqa: BLE001 - an LLM that never gives a valid plan: a failed task
                             print(f"{label} round {round_} {name}: {type(exc).__name__}: {exc}", flush=True)
@@ -243,7 +244,7 @@ def part_droc(args) -> None:
                     counts[round_].append(got)
                     emit({"part": "droc", "setup": label, "round": round_, "task": name, "corrections": got})
             r1, r2 = (sum(v or 0 for v in counts[r]) for r in (1, 2))
-            emit({"part": "droc", "setup": label, "tasks": list(tasks), "round1": cell(counts[1]),
+            emit({"part": "droc", "setup": label, "seed": args.seed, "tasks": list(tasks), "round1": cell(counts[1]),
                   "round2": cell(counts[2]), "r2_over_r1": round(r2 / r1, 2) if r1 else None,
                   "wall_s": round(time.perf_counter() - started)})
     finally:
