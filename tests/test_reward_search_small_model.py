@@ -81,7 +81,7 @@ def test_each_mistake_is_fed_back_with_its_fix_and_the_next_iteration_sees_a_fai
     assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
     assert second[:2] == first and second[2]["content"] == LOST_AXIS and second[3]["content"] == feedback[2]
     # the contract with its worked example on a batch, in the system prompt
-    assert "Never unpack a batch into rows" in first[0]["content"] and "reward ≈ [1.0, 0.018, 0.0025]" in first[0][
+    assert "Never unpack a batch into rows" in first[0]["content"] and "reward ≈ [0.0, -0.982, -0.998]" in first[0][
         "content"]
     cost = read(folder / "summary.json")["cost"]
     assert set(cost) == {"generation_s", "training_s", "candidates_s", "total_s", "overlap_s"}

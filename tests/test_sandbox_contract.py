@@ -208,3 +208,19 @@ def test_a_row_by_row_reward_passes_the_check_and_gives_the_batchs_values():
     obs, _, _ = rows()
     np.testing.assert_allclose(reward, 0.5 - np.linalg.norm(obs["ee_pos"] - obs["object"], axis=-1), rtol=1e-6)
     assert set(parts) == {"distance", "bonus"}
+
+
+def test_the_prompts_worked_example_runs_in_the_sandbox_and_returns_what_the_prompt_says():
+    import re
+    from pathlib import Path
+
+    import hilrl.llm
+
+    text = (Path(hilrl.llm.__file__).parent / "prompts" / "initial_system.txt").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    said = [float(v) for v in re.search(r"reward ≈ \[([^\]]*)\]", text).group(1).split(",")]
+    ee_pos = np.array([[0.0, 0.0, 0.3], [0.1, 0.0, 0.5], [0.0, 0.2, 0.0]], np.float32)
+    with Sandbox(code, LIMITS) as sandbox:
+        reward, parts = check_row_by_row(sandbox, {"ee_pos": ee_pos}, np.zeros((3, 4), np.float32), {"ee_pos": ee_pos})
+    np.testing.assert_allclose(reward, said, atol=1e-3)
+    assert all(value.shape == (3,) for value in parts.values())
