@@ -73,13 +73,16 @@ class Person(Protocol):
 
 # The right correction for each failure a person would see (task, failing skill), as the benchmark's person says it.
 # A value is the words, or (what the failure said, words) pairs checked in order.
-# The cues are in the skill's reason or in the attempt's end (``AttemptReport.end``): a plan that places the block
-# above its goal point, or lets go of it there, is what Qwen2.5-Coder-1.5B wrote after a retrieved grasp entry
-# (it copied the plan prompt's example, which ended in open_gripper); the person says what they see.
+# The cues are in the skill's reason or in the attempt's end (``AttemptReport.end``). Beside a grasp too low or too
+# high, the person has words for the plans Qwen2.5-Coder-1.5B wrote for a block held at a goal in the air: the
+# block placed above the goal or let go of there (it copied the plan prompt's old example, which did both), a
+# plan that ends holding the block where it was grasped, a move_to that drives the hand into the block.
 CORRECTIONS: dict[tuple[str, str], str | list[tuple[str, str]]] = {
-    ("PickCube", "grasp"): [("hit the block", "grasp it a bit higher"), ("closed on nothing", "grasp it a bit lower")],
+    ("PickCube", "grasp"): [("hit the block", "grasp it a bit higher"), ("closed on nothing", "grasp it a bit lower"),
+                            ("holding the block", "after grasping it, bring the block to the goal")],
     ("PickCube", "place"): [("above the goal", "put the block lower, right at the goal")],
     ("PickCube", "open_gripper"): "don't let go of the block, keep holding it at the goal",
+    ("PickCube", "move_to"): [("blocked", "don't drive the hand into the block, grasp it from above")],
     ("PegInsert", "place"): "lift the peg above the block before moving it over the hole",
     ("Push", "push"): "push it more slowly",
 }
