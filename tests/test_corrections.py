@@ -272,6 +272,15 @@ def test_a_plan_that_never_brings_the_block_to_its_goal_gets_a_persons_rule(task
     assert any(line.startswith("plan-level correction") for line in person.lines)
     assert [c.skill for c in outcome.plan] == ["grasp", "place"]
 
+def test_the_classifier_says_what_the_person_asks_before_it_labels_the_correction():
+    """A grammar-constrained local model writes the fields in the schema's order: Qwen2.5-Coder-1.5B, asked for the
+    level first, called "grasp it a bit higher" plan-level after a two-step plan (the session then replanned)."""
+    from hilrl.llm.droc.planner import Classification
+
+    assert list(Classification.model_json_schema()["properties"])[:2] == ["reason", "level"]
+    text = prompt("classify", correction="grasp it a bit higher", plan="[]", results="[]")
+    assert text.index('"reason"') < text.index('"level"') and "skill-level correction of that skill" in text
+
 def test_the_plan_prompts_example_ends_in_open_gripper_only_where_its_task_says_to_let_go():
     """The example plan is copied by a small model: one that releases the object must come with a task that says
     so, and the prompt says when open_gripper belongs in a plan (Qwen2.5-Coder-1.5B dropped a held block)."""

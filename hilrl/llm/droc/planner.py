@@ -102,12 +102,17 @@ class _Plan(BaseModel):
 
 
 class Classification(BaseModel):
+    """The level of a correction. ``reason`` comes first: a grammar-constrained model writes the fields in this
+    order, so it says what the person asks before it labels it (Qwen2.5-Coder-1.5B, labelling first, called
+    "grasp it a bit higher" plan-level after a two-step plan, and the session replanned instead of raising the
+    grasp)."""
+
     model_config = ConfigDict(extra="forbid")
 
+    reason: str = ""
     level: Literal["plan", "skill", "stop"]
     skill: str | None = None
     step: int | None = None
-    reason: str = ""
 
     @field_validator("level", mode="before")
     @classmethod
