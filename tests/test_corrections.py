@@ -281,6 +281,14 @@ def test_the_classifier_says_what_the_person_asks_before_it_labels_the_correctio
     text = prompt("classify", correction="grasp it a bit higher", plan="[]", results="[]")
     assert text.index('"reason"') < text.index('"level"') and "skill-level correction of that skill" in text
 
+
+def test_the_constraint_prompt_asks_for_a_rule_to_follow_not_what_went_wrong():
+    """Asked for "the rule of the task the plan broke", Qwen2.5-Coder-1.5B wrote what went wrong ("The plan broke
+    when the robot tried to grasp the block ...") and the next plan had nothing to follow."""
+    text = prompt("constraint", correction="after grasping it, bring the block to the goal", description="d",
+                  objects="{}", plan="[]", results="[]")
+    assert "plan broke" not in text and "instruction to the planner" in text and "person's own words" in text
+
 def test_the_plan_prompts_example_ends_in_open_gripper_only_where_its_task_says_to_let_go():
     """The example plan is copied by a small model: one that releases the object must come with a task that says
     so, and the prompt says when open_gripper belongs in a plan (Qwen2.5-Coder-1.5B dropped a held block)."""
