@@ -483,18 +483,3 @@ def check_row_by_row(sandbox: Sandbox, obs: dict[str, np.ndarray], action: np.nd
                 "batch's own min, max or mean. Compute every value of a row from that row's obs, action and "
                 "next_obs only."))
     return reward, parts
-    sub_reward, sub_parts = sandbox({k: np.asarray(v)[rows] for k, v in obs.items()}, np.asarray(action)[rows],
-                                    {k: np.asarray(v)[rows] for k, v in next_obs.items()})
-    for name, whole, part in [("the total reward", reward, sub_reward),
-                              *((f"component {key!r}", parts[key], sub_parts.get(key)) for key in parts)]:
-        if part is None or not np.allclose(whole[rows], part, rtol=1e-4, atol=1e-6):
-            row = 0 if part is None else int(np.argmax(np.abs(whole[rows] - part)))
-            seen = "" if part is None else (f" (row {int(rows[row])}: {float(whole[rows][row]):.6g} in a batch of "
-                                             f"{len(action)}, {float(part[row]):.6g} in a batch of {len(rows)})")
-            raise SandboxError("runtime", (
-                f"{name} of a row changes with the other rows of its batch{seen}: some value is computed across "
-                "rows, not per row. Usual causes: x[0] or x[-1] (a row; a column is x[:, 0]), np.linalg.norm / "
-                "np.sum / np.mean / np.max without axis=-1 (one number for the whole batch), or scaling by the "
-                "batch's own min, max or mean. Compute every value of a row from that row's obs, action and "
-                "next_obs only."))
-    return reward, parts
